@@ -1,0 +1,236 @@
+//! The agent's configuration file (TOML). Every key mirrors a `run` flag; flags win over the file.
+//! See `deploy/agent.toml` (minimal) and `deploy/agent-full.toml` (every key, commented).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Largest config file read.
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
+/// The configuration file's contents.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Collector addresses, tried in order.
+    pub collector: Option<Vec<String>>,
+    /// One-time enrollment token (prefer `enroll_token_file` so it is not in a world-readable file).
+    pub enroll_token: Option<String>,
+    /// A file holding the enrollment token.
+    pub enroll_token_file: Option<PathBuf>,
+    /// State directory.
+    pub state_dir: Option<PathBuf>,
+    /// Observation interval, e.g. `10s`.
+    pub interval: Option<String>,
+    /// NVML library.
+    pub nvml_lib: Option<PathBuf>,
+    /// `/proc` root.
+    pub proc_root: Option<PathBuf>,
+    /// `/sys` root.
+    pub sys_root: Option<PathBuf>,
+    /// Hostname override.
+    pub hostname: Option<String>,
+    /// Spool bound in MiB.
+    pub spool_max_mib: Option<u64>,
+}
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("config {path}: {reason}")]
+pub struct ConfigError {
+    /// The file.
+    pub path: String,
+    /// What is wrong, with line and key where known.
+    pub reason: String,
+}
+
+impl FileConfig {
+    /// Reads and validates a config file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, and the line and key for syntax and type errors.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let err = |reason: String| ConfigError {
+            path: path.display().to_string(),
+            reason,
+        };
+        let bytes = crate::jobs::read_bounded(path, MAX_CONFIG_BYTES + 1)
+            .ok_or_else(|| err("cannot read the file; check the path and permissions".into()))?;
+        if bytes.len() > MAX_CONFIG_BYTES {
+            return Err(err(format!("larger than {MAX_CONFIG_BYTES} bytes")));
+        }
+        let text = std::str::from_utf8(&bytes).map_err(|e| err(format!("not UTF-8 ({e})")))?;
+        let cfg: FileConfig =
+            toml::from_str(text).map_err(|e| err(e.to_string().replace('\n', " ")))?;
+        if let Some(i) = &cfg.interval {
+            gpuattest_proto::units::parse_duration(i)
+                .map_err(|e| err(format!("key `interval`: {e}")))?;
+        }
+        if let Some(c) = &cfg.collector {
+            for a in c {
+                crate::transport::check_address(a)
+                    .map_err(|e| err(format!("key `collector`: {e}")))?;
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// Flags of `run`, `inspect` and `--check-config`, before merging with the file.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    /// `--collector`, repeated.
+    pub collector: Vec<String>,
+    /// `--enroll-token`.
+    pub enroll_token: Option<String>,
+    /// `--state-dir`.
+    pub state_dir: Option<PathBuf>,
+    /// `--interval`.
+    pub interval: Option<String>,
+    /// `--nvml-lib` / `GPUATTEST_NVML_LIB`.
+    pub nvml_lib: Option<PathBuf>,
+    /// `--proc-root`.
+    pub proc_root: Option<PathBuf>,
+    /// `--sys-root`.
+    pub sys_root: Option<PathBuf>,
+    /// `--hostname`.
+    pub hostname: Option<String>,
+    /// `--spool-max-mib`.
+    pub spool_max_mib: Option<u64>,
+}
+
+/// Everything `run` needs, after merging flags over the file.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The daemon's settings.
+    pub run: crate::run::RunConfig,
+    /// NVML library.
+    pub nvml_lib: PathBuf,
+    /// Host paths.
+    pub paths: crate::observe::HostPaths,
+}
+
+impl Settings {
+    /// Merges flags over an optional file; flags win.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when a required setting is missing or a value is invalid.
+    pub fn merge(flags: Flags, file: Option<(&Path, FileConfig)>) -> Result<Settings, ConfigError> {
+        let (path, file) = match file {
+            Some((p, f)) => (p.display().to_string(), f),
+            None => ("command line".to_string(), FileConfig::default()),
+        };
+        let err = |reason: String| ConfigError {
+            path: path.clone(),
+            reason,
+        };
+        let collectors = if flags.collector.is_empty() {
+            file.collector.unwrap_or_default()
+        } else {
+            flags.collector
+        };
+        if collectors.is_empty() {
+            return Err(err(
+                "no collector address; pass --collector URL (repeat it for failover)".into(),
+            ));
+        }
+        for c in &collectors {
+            crate::transport::check_address(c).map_err(|e| err(e.to_string()))?;
+        }
+        let state_dir = flags.state_dir.or(file.state_dir).ok_or_else(|| {
+            err("no state directory; pass --state-dir DIR (for example /var/lib/gpuattest)".into())
+        })?;
+        let interval_text = flags
+            .interval
+            .or(file.interval)
+            .unwrap_or_else(|| "10s".into());
+        let interval = gpuattest_proto::units::parse_duration(&interval_text)
+            .map_err(|e| err(format!("interval: {e}")))?;
+        if interval.is_zero() {
+            return Err(err("interval must be more than 0".into()));
+        }
+        let enroll_token = match (
+            flags.enroll_token.or(file.enroll_token),
+            file.enroll_token_file,
+        ) {
+            (Some(t), _) => Some(t),
+            (None, Some(f)) => Some(
+                crate::jobs::read_bounded(&f, 4096)
+                    .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+                    .ok_or_else(|| err(format!("cannot read enroll_token_file {}", f.display())))?,
+            ),
+            (None, None) => None,
+        };
+        let mib = flags.spool_max_mib.or(file.spool_max_mib).unwrap_or(256);
+        Ok(Settings {
+            run: crate::run::RunConfig {
+                collectors,
+                enroll_token,
+                state_dir,
+                interval,
+                spool_max_bytes: mib.saturating_mul(1024 * 1024).max(1024 * 1024),
+                window: 256,
+            },
+            nvml_lib: flags
+                .nvml_lib
+                .or(file.nvml_lib)
+                .unwrap_or_else(crate::gpu::NvmlSource::default_lib),
+            paths: crate::observe::HostPaths {
+                proc_root: flags
+                    .proc_root
+                    .or(file.proc_root)
+                    .unwrap_or_else(|| "/proc".into()),
+                sys_root: flags
+                    .sys_root
+                    .or(file.sys_root)
+                    .unwrap_or_else(|| "/sys".into()),
+                hostname: flags.hostname.or(file.hostname),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &[u8]) -> Result<FileConfig, ConfigError> {
+        let t = tempfile::NamedTempFile::new().expect("tmp");
+        std::fs::write(t.path(), text).expect("write");
+        FileConfig::load(t.path())
+    }
+
+    #[test]
+    fn good_file() {
+        let c = load(b"collector = [\"http://127.0.0.1:7443\"]\nstate_dir = \"/var/lib/gpuattest\"\ninterval = \"10s\"\n")
+            .expect("load");
+        assert_eq!(c.interval.as_deref(), Some("10s"));
+    }
+
+    #[test]
+    fn bad_files_name_line_and_key() {
+        let e = load(b"state_dir = \"/x\"\nintervall = \"10s\"\n").expect_err("unknown key");
+        assert!(
+            e.to_string().contains("intervall") && e.to_string().contains("line 2"),
+            "{e}"
+        );
+        let e = load(b"interval = 10\n").expect_err("wrong type");
+        assert!(e.to_string().contains("interval"), "{e}");
+        let e = load(b"interval = \"ten\"\n").expect_err("bad duration");
+        assert!(e.to_string().contains("key `interval`"), "{e}");
+        assert!(
+            load(b"\xff\xfe")
+                .expect_err("encoding")
+                .to_string()
+                .contains("UTF-8")
+        );
+        assert!(
+            load(b"collector = [\"http://10.1.1.1:1\"]")
+                .expect_err("policy")
+                .to_string()
+                .contains("loopback")
+        );
+        assert!(load(&vec![b'#'; MAX_CONFIG_BYTES + 10]).is_err());
+        assert_eq!(load(b"").expect("empty is fine"), FileConfig::default());
+    }
+}

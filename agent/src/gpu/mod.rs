@@ -1,0 +1,106 @@
+//! GPU observation: what the accelerators managed by the NVIDIA driver say about themselves.
+//!
+//! The rest of the agent sees GPUs only through [`GpuSource`], so that the NVML backend can be swapped
+//! for the simulated NVML library (same code path, other `.so`) or, in unit tests, for a plain value.
+
+mod nvml;
+
+use serde::Serialize;
+
+pub use nvml::NvmlSource;
+
+/// Why the GPU backend could not start or observe.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    /// The NVML shared library could not be loaded or initialised.
+    #[error(
+        "cannot load NVML from {path}: {reason}; install the NVIDIA driver, or pass --nvml-lib PATH \
+         (env GPUATTEST_NVML_LIB) naming libnvidia-ml.so.1 or the simulated libgpuattest_nvml_sim.so"
+    )]
+    Load {
+        /// The library that was tried.
+        path: String,
+        /// What the loader or `nvmlInit` said.
+        reason: String,
+    },
+    /// A host-wide call (device count, driver version) failed.
+    #[error("NVML {call} failed: {reason}")]
+    Call {
+        /// The NVML call.
+        call: &'static str,
+        /// What NVML said.
+        reason: String,
+    },
+}
+
+/// A source of GPU observations.
+pub trait GpuSource: Send {
+    /// Takes one observation of every GPU.
+    ///
+    /// # Errors
+    /// [`GpuError::Call`] when the driver cannot even list its GPUs; a single GPU's failures are carried
+    /// inside its [`GpuObservation`] instead, so the rest of the observation goes on.
+    fn observe(&mut self) -> Result<GpuSnapshot, GpuError>;
+}
+
+/// Every GPU at one instant, plus facts about the driver.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GpuSnapshot {
+    /// `nvml` or `simulated`.
+    pub source: String,
+    /// The driver version NVML reports.
+    pub driver_version: Option<String>,
+    /// The GPUs, in NVML index order.
+    pub gpus: Vec<GpuObservation>,
+}
+
+/// One GPU at one instant.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct GpuObservation {
+    /// NVML index.
+    pub index: u32,
+    /// `GPU-...` UUID; empty if it could not be read.
+    pub uuid: String,
+    /// Board serial; empty if not supported.
+    pub serial: String,
+    /// Marketing name.
+    pub name: String,
+    /// PCI bus id, `00000000:18:00.0`.
+    pub pci_bus_id: String,
+    /// Framebuffer size.
+    pub memory_total_bytes: u64,
+    /// Framebuffer in use.
+    pub memory_used_bytes: Option<u64>,
+    /// GPU utilisation over the driver's last sample period, percent.
+    pub utilization_gpu_pct: Option<u32>,
+    /// Memory-controller utilisation, percent.
+    pub utilization_memory_pct: Option<u32>,
+    /// Power draw, milliwatts.
+    pub power_mw: Option<u32>,
+    /// Energy since the driver loaded, millijoules.
+    pub energy_mj: Option<u64>,
+    /// Compute processes on this GPU.
+    pub processes: Vec<GpuProcessUsage>,
+    /// Fields that could not be read, and why.
+    pub unavailable: Vec<Unavailable>,
+    /// The GPU fell off the bus or could not be opened.
+    pub lost: bool,
+}
+
+/// A process's use of one GPU.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct GpuProcessUsage {
+    /// Host pid.
+    pub pid: u32,
+    /// GPU memory it holds, bytes (0 where the driver cannot say).
+    pub used_memory_bytes: u64,
+}
+
+/// A field that could not be read.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Unavailable {
+    /// Field name as in the report.
+    pub field: String,
+    /// NVML's reason.
+    pub reason: String,
+}

@@ -1,0 +1,162 @@
+//! The NVML backend, through nvml-wrapper: the real driver's `libnvidia-ml.so.1`, or the simulated
+//! library, loaded the same way.
+
+use std::path::{Path, PathBuf};
+
+use nvml_wrapper::Nvml;
+use nvml_wrapper::error::NvmlError;
+use tracing::{debug, warn};
+
+use super::{GpuError, GpuObservation, GpuProcessUsage, GpuSnapshot, GpuSource, Unavailable};
+
+/// GPUs read through NVML.
+pub struct NvmlSource {
+    nvml: Nvml,
+    simulated: bool,
+}
+
+impl std::fmt::Debug for NvmlSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NvmlSource")
+            .field("simulated", &self.simulated)
+            .finish()
+    }
+}
+
+/// Whether a library path is gpuattest's simulated NVML.
+pub fn is_simulated(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.contains("gpuattest_nvml_sim"))
+}
+
+impl NvmlSource {
+    /// Loads the NVML library at `lib` and initialises it.
+    ///
+    /// # Errors
+    /// [`GpuError::Load`] naming `lib`, when the file is missing, is not an NVML library, or `nvmlInit`
+    /// fails (driver not loaded, no permission).
+    pub fn open(lib: &Path) -> Result<Self, GpuError> {
+        let load_err = |reason: String| GpuError::Load {
+            path: lib.display().to_string(),
+            reason,
+        };
+        // A bare soname (libnvidia-ml.so.1) is resolved by the dynamic loader; a path must exist.
+        if lib.components().count() > 1 && !lib.exists() {
+            return Err(load_err("no such file".into()));
+        }
+        let nvml = Nvml::builder()
+            .lib_path(lib.as_os_str())
+            .init()
+            .map_err(|e| load_err(e.to_string()))?;
+        let simulated = is_simulated(lib);
+        if simulated {
+            warn!(
+                lib = %lib.display(),
+                "USING THE SIMULATED NVML LIBRARY: GPU identities and usage are invented by a scenario file, \
+                 not read from hardware; reports from this host are not evidence"
+            );
+        }
+        Ok(NvmlSource { nvml, simulated })
+    }
+
+    /// The library path the agent uses when none is given.
+    pub fn default_lib() -> PathBuf {
+        PathBuf::from("libnvidia-ml.so.1")
+    }
+}
+
+fn reason(e: &NvmlError) -> String {
+    match e {
+        NvmlError::NotSupported => "not supported".into(),
+        NvmlError::FailedToLoadSymbol(s) => format!("driver library lacks this call ({s})"),
+        NvmlError::NoPermission => "no permission".into(),
+        NvmlError::GpuLost => "GPU is lost".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Reads one field, recording why it is missing instead of failing the observation.
+fn field<T>(
+    unavailable: &mut Vec<Unavailable>,
+    lost: &mut bool,
+    name: &str,
+    r: Result<T, NvmlError>,
+) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => {
+            if matches!(e, NvmlError::GpuLost) {
+                *lost = true;
+            }
+            unavailable.push(Unavailable {
+                field: name.into(),
+                reason: reason(&e),
+            });
+            None
+        }
+    }
+}
+
+impl GpuSource for NvmlSource {
+    fn observe(&mut self) -> Result<GpuSnapshot, GpuError> {
+        let count = self.nvml.device_count().map_err(|e| GpuError::Call {
+            call: "nvmlDeviceGetCount",
+            reason: reason(&e),
+        })?;
+        let mut gpus = Vec::with_capacity(count as usize);
+        for index in 0..count {
+            let mut obs = GpuObservation {
+                index,
+                ..GpuObservation::default()
+            };
+            let device = match self.nvml.device_by_index(index) {
+                Ok(d) => d,
+                Err(e) => {
+                    debug!(index, error = %e, "cannot open GPU");
+                    obs.lost = true;
+                    obs.unavailable.push(Unavailable {
+                        field: "device".into(),
+                        reason: reason(&e),
+                    });
+                    gpus.push(obs);
+                    continue;
+                }
+            };
+            let (u, l) = (&mut obs.unavailable, &mut obs.lost);
+            obs.uuid = field(u, l, "uuid", device.uuid()).unwrap_or_default();
+            obs.serial = field(u, l, "serial", device.serial()).unwrap_or_default();
+            obs.name = field(u, l, "name", device.name()).unwrap_or_default();
+            obs.pci_bus_id =
+                field(u, l, "pci_bus_id", device.pci_info().map(|p| p.bus_id)).unwrap_or_default();
+            if let Some(m) = field(u, l, "memory", device.memory_info()) {
+                obs.memory_total_bytes = m.total;
+                obs.memory_used_bytes = Some(m.used);
+            }
+            if let Some(r) = field(u, l, "utilization", device.utilization_rates()) {
+                obs.utilization_gpu_pct = Some(r.gpu);
+                obs.utilization_memory_pct = Some(r.memory);
+            }
+            obs.power_mw = field(u, l, "power", device.power_usage());
+            obs.energy_mj = field(u, l, "energy", device.total_energy_consumption());
+            if let Some(procs) = field(u, l, "processes", device.running_compute_processes()) {
+                obs.processes = procs
+                    .into_iter()
+                    .map(|p| GpuProcessUsage {
+                        pid: p.pid,
+                        used_memory_bytes: match p.used_gpu_memory {
+                            nvml_wrapper::enums::device::UsedGpuMemory::Used(b) => b,
+                            nvml_wrapper::enums::device::UsedGpuMemory::Unavailable => 0,
+                        },
+                    })
+                    .collect();
+            }
+            gpus.push(obs);
+        }
+        Ok(GpuSnapshot {
+            source: if self.simulated { "simulated" } else { "nvml" }.into(),
+            driver_version: self.nvml.sys_driver_version().ok(),
+            gpus,
+        })
+    }
+}

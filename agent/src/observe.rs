@@ -1,0 +1,423 @@
+//! One observation of the host: GPUs from the [`GpuSource`], who runs on them from `/proc`, other
+//! accelerators from sysfs, and what changed since the previous observation.
+//!
+//! This is what `inspect --json` prints and what a report is made from. Hardware and OS come in from
+//! outside (the GPU source, the proc and sys roots, the clock), so tests hand in prepared ones.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::accelerators::{self, Accelerator};
+use crate::gpu::{GpuError, GpuObservation, GpuSource};
+use crate::jobs;
+
+/// Facts about the host itself.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HostFacts {
+    /// Hostname (or the configured override).
+    pub hostname: String,
+    /// `/etc/machine-id`, where readable.
+    pub machine_id: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// This agent's version.
+    pub agent_version: String,
+}
+
+/// A model file a process has open, identified from its headers. Filled by model identification.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ModelFingerprint {
+    /// Path as the process sees it.
+    pub path: String,
+    /// `safetensors`, `gguf`, `pytorch-zip`, `onnx`, `directory`, ...
+    pub format: String,
+    /// SHA-256 of the header bytes, hex.
+    pub header_sha256: String,
+    /// Tensors declared.
+    pub tensor_count: u64,
+    /// Parameters from the tensor shapes.
+    pub parameter_count: u64,
+    /// Architecture class name, e.g. `DeepseekV3ForCausalLM`.
+    pub architecture: Option<String>,
+    /// `model_type` from config.json or GGUF `general.architecture`.
+    pub model_type: Option<String>,
+    /// Model name.
+    pub name: Option<String>,
+    /// Organisation that published it.
+    pub organization: Option<String>,
+    /// Models this one was derived from.
+    pub base_models: Vec<String>,
+}
+
+/// One process that uses at least one GPU.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProcessObservation {
+    /// Host pid.
+    pub pid: u32,
+    /// UUIDs of the GPUs it runs on.
+    pub gpu_uuids: Vec<String>,
+    /// Command line, secrets redacted.
+    pub cmdline: String,
+    /// Container id, where the process runs in one.
+    pub container_id: Option<String>,
+    /// Kubernetes pod UID.
+    pub pod_uid: Option<String>,
+    /// Slurm job id.
+    pub slurm_job_id: Option<String>,
+    /// Model fingerprints of weight files it has open.
+    pub models: Vec<ModelFingerprint>,
+    /// Real uid.
+    pub uid: Option<u32>,
+    /// Executable.
+    pub exe: Option<String>,
+    /// Start time (clock ticks since boot).
+    pub start_time_ticks: Option<u64>,
+    /// Everything the cgroup paths said.
+    pub attribution: jobs::Attribution,
+    /// The raw cgroup paths.
+    pub cgroups: Vec<String>,
+}
+
+/// Something that changed since the previous observation.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Event {
+    /// `gpu_appeared`, `gpu_disappeared`, `gpu_serial_changed`, `gpu_lost`.
+    pub kind: String,
+    /// The GPU concerned.
+    pub gpu_uuid: String,
+    /// Human-readable detail.
+    pub detail: String,
+}
+
+/// One observation of the host.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Observation {
+    /// When it was taken, Unix milliseconds.
+    pub observed_at_unix_ms: i64,
+    /// The host.
+    pub host: HostFacts,
+    /// `nvml` or `simulated`.
+    pub gpu_source: String,
+    /// NVIDIA driver version.
+    pub driver_version: Option<String>,
+    /// GPUs managed by NVML.
+    pub gpus: Vec<GpuObservation>,
+    /// Processes on those GPUs.
+    pub processes: Vec<ProcessObservation>,
+    /// Accelerators NVML does not manage.
+    pub accelerators: Vec<Accelerator>,
+    /// Changes since the previous observation.
+    pub events: Vec<Event>,
+}
+
+/// Where the observer reads the host from.
+#[derive(Debug, Clone)]
+pub struct HostPaths {
+    /// `/proc` or a prepared tree.
+    pub proc_root: PathBuf,
+    /// `/sys` or a prepared tree.
+    pub sys_root: PathBuf,
+    /// Overrides the hostname read from `proc_root` (several simulated hosts on one machine).
+    pub hostname: Option<String>,
+}
+
+impl Default for HostPaths {
+    fn default() -> Self {
+        HostPaths {
+            proc_root: PathBuf::from("/proc"),
+            sys_root: PathBuf::from("/sys"),
+            hostname: None,
+        }
+    }
+}
+
+/// Takes observations and remembers the previous GPU set for change detection.
+pub struct Observer {
+    gpus: Box<dyn GpuSource>,
+    paths: HostPaths,
+    /// uuid -> (index, serial) of the previous observation; `None` before the first.
+    previous: Option<BTreeMap<String, (u32, String)>>,
+}
+
+fn read_trimmed(path: &std::path::Path) -> String {
+    jobs::read_bounded(path, 4096)
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default()
+}
+
+impl Observer {
+    /// An observer over a GPU source and host paths.
+    pub fn new(gpus: Box<dyn GpuSource>, paths: HostPaths) -> Self {
+        Observer {
+            gpus,
+            paths,
+            previous: None,
+        }
+    }
+
+    /// Facts about the host.
+    pub fn host_facts(&self) -> HostFacts {
+        HostFacts {
+            hostname: self
+                .paths
+                .hostname
+                .clone()
+                .unwrap_or_else(|| read_trimmed(&self.paths.proc_root.join("sys/kernel/hostname"))),
+            machine_id: read_trimmed(std::path::Path::new("/etc/machine-id")),
+            kernel: read_trimmed(&self.paths.proc_root.join("sys/kernel/osrelease")),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// Takes one observation at `now_unix_ms`.
+    ///
+    /// # Errors
+    /// Only when the GPU source cannot list GPUs at all; per-GPU and per-process failures are recorded
+    /// in the observation instead.
+    pub fn observe(&mut self, now_unix_ms: i64) -> Result<Observation, GpuError> {
+        let mut snapshot = self.gpus.observe()?;
+        let events = self.changes(&mut snapshot.gpus);
+        let mut by_pid: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for g in &snapshot.gpus {
+            for p in &g.processes {
+                by_pid.entry(p.pid).or_default().push(g.uuid.clone());
+            }
+        }
+        let processes = by_pid
+            .into_iter()
+            .map(|(pid, gpu_uuids)| {
+                let f = jobs::read_process(&self.paths.proc_root, pid);
+                ProcessObservation {
+                    pid,
+                    gpu_uuids,
+                    cmdline: f.cmdline,
+                    container_id: f.attribution.container_id.clone(),
+                    pod_uid: f.attribution.pod_uid.clone(),
+                    slurm_job_id: f.attribution.slurm_job_id.clone(),
+                    models: Vec::new(),
+                    uid: f.uid,
+                    exe: f.exe,
+                    start_time_ticks: f.start_time_ticks,
+                    attribution: f.attribution,
+                    cgroups: f.cgroups,
+                }
+            })
+            .collect();
+        let managed: Vec<String> = snapshot.gpus.iter().map(|g| g.pci_bus_id.clone()).collect();
+        let accelerators = accelerators::scan(&self.paths.sys_root, &managed);
+        Ok(Observation {
+            observed_at_unix_ms: now_unix_ms,
+            host: self.host_facts(),
+            gpu_source: snapshot.source,
+            driver_version: snapshot.driver_version,
+            gpus: snapshot.gpus,
+            processes,
+            accelerators,
+            events,
+        })
+    }
+
+    /// Compares with the previous observation. A lost GPU whose identity can no longer be read gets
+    /// the UUID and serial it had at the same index last time, so the evidence names the chip.
+    fn changes(&mut self, gpus: &mut [GpuObservation]) -> Vec<Event> {
+        if let Some(prev) = &self.previous {
+            for g in gpus.iter_mut().filter(|g| g.lost && g.uuid.is_empty()) {
+                if let Some((uuid, (_, serial))) = prev.iter().find(|(_, (i, _))| *i == g.index) {
+                    g.uuid = uuid.clone();
+                    g.serial = serial.clone();
+                }
+            }
+        }
+        let now: BTreeMap<String, (u32, String)> = gpus
+            .iter()
+            .filter(|g| !g.uuid.is_empty())
+            .map(|g| (g.uuid.clone(), (g.index, g.serial.clone())))
+            .collect();
+        let mut events: Vec<Event> = gpus
+            .iter()
+            .filter(|g| g.lost)
+            .map(|g| Event {
+                kind: "gpu_lost".into(),
+                gpu_uuid: g.uuid.clone(),
+                detail: format!("GPU index {} cannot be read (fallen off the bus?)", g.index),
+            })
+            .collect();
+        if let Some(prev) = &self.previous {
+            for (uuid, (_, serial)) in &now {
+                match prev.get(uuid) {
+                    None => events.push(Event {
+                        kind: "gpu_appeared".into(),
+                        gpu_uuid: uuid.clone(),
+                        detail: format!("serial {serial}"),
+                    }),
+                    Some((_, old)) if old != serial && !serial.is_empty() => events.push(Event {
+                        kind: "gpu_serial_changed".into(),
+                        gpu_uuid: uuid.clone(),
+                        detail: format!("serial {old} -> {serial}"),
+                    }),
+                    Some(_) => {}
+                }
+            }
+            for (uuid, (_, serial)) in prev {
+                if !now.contains_key(uuid) {
+                    events.push(Event {
+                        kind: "gpu_disappeared".into(),
+                        gpu_uuid: uuid.clone(),
+                        detail: format!("serial {serial}"),
+                    });
+                }
+            }
+        }
+        self.previous = Some(now);
+        events
+    }
+}
+
+/// A human-readable rendering of an observation (what `inspect` prints without `--json`).
+pub fn render_text(obs: &Observation) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "host {} (kernel {}), GPU source {}, driver {}",
+        obs.host.hostname,
+        obs.host.kernel,
+        obs.gpu_source,
+        obs.driver_version.as_deref().unwrap_or("?")
+    );
+    let _ = writeln!(
+        s,
+        "\n{:<4} {:<42} {:<14} {:<18} {:<24} {:>6} {:>5}",
+        "IDX", "UUID", "SERIAL", "PCI", "NAME", "UTIL%", "PROCS"
+    );
+    for g in &obs.gpus {
+        let util = g
+            .utilization_gpu_pct
+            .map_or("-".to_string(), |u| u.to_string());
+        let name = if g.lost { "(lost)" } else { g.name.as_str() };
+        let _ = writeln!(
+            s,
+            "{:<4} {:<42} {:<14} {:<18} {:<24} {:>6} {:>5}",
+            g.index,
+            g.uuid,
+            g.serial,
+            g.pci_bus_id,
+            name,
+            util,
+            g.processes.len()
+        );
+    }
+    let _ = writeln!(s, "\nprocesses: {}", obs.processes.len());
+    for p in &obs.processes {
+        let job = p
+            .slurm_job_id
+            .as_ref()
+            .map(|j| format!("slurm job {j}"))
+            .or_else(|| p.pod_uid.as_ref().map(|u| format!("pod {u}")))
+            .or_else(|| {
+                p.container_id
+                    .as_ref()
+                    .map(|c| format!("container {}", &c[..c.len().min(12)]))
+            })
+            .unwrap_or_else(|| "no job".into());
+        let _ = writeln!(
+            s,
+            "  pid {:<8} {:<28} gpus {}  {}",
+            p.pid,
+            job,
+            p.gpu_uuids.len(),
+            p.cmdline
+        );
+    }
+    let _ = writeln!(s, "\nother accelerators: {}", obs.accelerators.len());
+    for a in &obs.accelerators {
+        let _ = writeln!(
+            s,
+            "  {} {} {} ({}:{})",
+            a.pci_address, a.vendor, a.product, a.vendor_id, a.device_id
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::{GpuProcessUsage, GpuSnapshot};
+
+    struct Fixed(Vec<GpuSnapshot>);
+    impl GpuSource for Fixed {
+        fn observe(&mut self) -> Result<GpuSnapshot, GpuError> {
+            Ok(if self.0.len() > 1 {
+                self.0.remove(0)
+            } else {
+                self.0[0].clone()
+            })
+        }
+    }
+
+    fn gpu(i: u32, uuid: &str, serial: &str, pids: &[u32]) -> GpuObservation {
+        GpuObservation {
+            index: i,
+            uuid: uuid.into(),
+            serial: serial.into(),
+            processes: pids
+                .iter()
+                .map(|&pid| GpuProcessUsage {
+                    pid,
+                    used_memory_bytes: 1,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn snap(gpus: Vec<GpuObservation>) -> GpuSnapshot {
+        GpuSnapshot {
+            source: "test".into(),
+            driver_version: None,
+            gpus,
+        }
+    }
+
+    #[test]
+    fn processes_are_grouped_across_gpus() {
+        let me = std::process::id();
+        let src = Fixed(vec![snap(vec![
+            gpu(0, "GPU-a", "1", &[me]),
+            gpu(1, "GPU-b", "2", &[me, 999_999_999]),
+        ])]);
+        let mut o = Observer::new(Box::new(src), HostPaths::default());
+        let obs = o.observe(1).expect("observe");
+        assert_eq!(obs.processes.len(), 2);
+        let mine = obs.processes.iter().find(|p| p.pid == me).expect("me");
+        assert_eq!(
+            mine.gpu_uuids,
+            vec!["GPU-a".to_string(), "GPU-b".to_string()]
+        );
+        assert!(!mine.cmdline.is_empty());
+        assert!(obs.events.is_empty());
+    }
+
+    #[test]
+    fn gpu_changes_become_events() {
+        let src = Fixed(vec![
+            snap(vec![gpu(0, "GPU-a", "1", &[]), gpu(1, "GPU-b", "2", &[])]),
+            snap(vec![gpu(0, "GPU-a", "9", &[]), gpu(1, "GPU-c", "3", &[])]),
+        ]);
+        let mut o = Observer::new(Box::new(src), HostPaths::default());
+        assert!(o.observe(1).expect("first").events.is_empty());
+        let kinds: Vec<(String, String)> = o
+            .observe(2)
+            .expect("second")
+            .events
+            .into_iter()
+            .map(|e| (e.kind, e.gpu_uuid))
+            .collect();
+        assert!(kinds.contains(&("gpu_serial_changed".into(), "GPU-a".into())));
+        assert!(kinds.contains(&("gpu_appeared".into(), "GPU-c".into())));
+        assert!(kinds.contains(&("gpu_disappeared".into(), "GPU-b".into())));
+    }
+}

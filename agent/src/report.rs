@@ -1,0 +1,182 @@
+//! Turning an observation into a signed, chained usage report.
+
+use gpuattest_proto::pb;
+use prost::Message;
+
+use crate::observe::{ModelFingerprint, Observation};
+
+/// The chain position and context of a report.
+#[derive(Debug, Clone, Default)]
+pub struct ReportContext {
+    /// Host id from enrollment.
+    pub host_id: String,
+    /// This report's sequence number.
+    pub seq: u64,
+    /// SHA-256 of the previous report's bytes (empty for seq 1).
+    pub prev_report_sha256: Vec<u8>,
+    /// Start of the observation window, Unix ms.
+    pub window_start_unix_ms: i64,
+    /// Agent clock at signing, Unix ms.
+    pub agent_time_unix_ms: i64,
+    /// Latest collector nonce.
+    pub collector_nonce: Vec<u8>,
+    /// Set on a gap record.
+    pub gap: Option<pb::Gap>,
+}
+
+fn fingerprint(m: &ModelFingerprint) -> pb::ModelFingerprint {
+    pb::ModelFingerprint {
+        path: m.path.clone(),
+        format: m.format.clone(),
+        header_sha256: m.header_sha256.clone(),
+        tensor_count: m.tensor_count,
+        parameter_count: m.parameter_count,
+        architecture: m.architecture.clone(),
+        model_type: m.model_type.clone(),
+        name: m.name.clone(),
+        organization: m.organization.clone(),
+        base_models: m.base_models.clone(),
+    }
+}
+
+/// Builds the protobuf report for an observation.
+pub fn build(obs: &Observation, ctx: &ReportContext) -> pb::UsageReport {
+    pb::UsageReport {
+        host_id: ctx.host_id.clone(),
+        seq: ctx.seq,
+        prev_report_sha256: ctx.prev_report_sha256.clone(),
+        window_start_unix_ms: ctx.window_start_unix_ms,
+        window_end_unix_ms: obs.observed_at_unix_ms,
+        agent_time_unix_ms: ctx.agent_time_unix_ms,
+        collector_nonce: ctx.collector_nonce.clone(),
+        host: Some(pb::HostInfo {
+            hostname: obs.host.hostname.clone(),
+            machine_id: obs.host.machine_id.clone(),
+            kernel: obs.host.kernel.clone(),
+            agent_version: obs.host.agent_version.clone(),
+            gpu_source: obs.gpu_source.clone(),
+            driver_version: obs.driver_version.clone().unwrap_or_default(),
+        }),
+        gpus: obs
+            .gpus
+            .iter()
+            .map(|g| pb::Gpu {
+                index: g.index,
+                uuid: g.uuid.clone(),
+                serial: g.serial.clone(),
+                name: g.name.clone(),
+                pci_bus_id: g.pci_bus_id.clone(),
+                memory_total_bytes: g.memory_total_bytes,
+                memory_used_bytes: g.memory_used_bytes,
+                utilization_gpu_pct: g.utilization_gpu_pct,
+                utilization_memory_pct: g.utilization_memory_pct,
+                power_mw: g.power_mw,
+                energy_mj: g.energy_mj,
+                processes: g
+                    .processes
+                    .iter()
+                    .map(|p| pb::GpuProcessUsage {
+                        pid: p.pid,
+                        used_memory_bytes: p.used_memory_bytes,
+                    })
+                    .collect(),
+                unavailable: g
+                    .unavailable
+                    .iter()
+                    .map(|u| pb::FieldError {
+                        field: u.field.clone(),
+                        reason: u.reason.clone(),
+                    })
+                    .collect(),
+                lost: g.lost,
+            })
+            .collect(),
+        processes: obs
+            .processes
+            .iter()
+            .map(|p| pb::GpuProcess {
+                pid: p.pid,
+                gpu_uuids: p.gpu_uuids.clone(),
+                cmdline: p.cmdline.clone(),
+                container_id: p.container_id.clone(),
+                pod_uid: p.pod_uid.clone(),
+                slurm_job_id: p.slurm_job_id.clone(),
+                models: p.models.iter().map(fingerprint).collect(),
+                uid: p.uid,
+                exe: p.exe.clone().unwrap_or_default(),
+                start_time_ticks: p.start_time_ticks,
+                cgroups: p.cgroups.clone(),
+            })
+            .collect(),
+        accelerators: obs
+            .accelerators
+            .iter()
+            .map(|a| pb::Accelerator {
+                pci_address: a.pci_address.clone(),
+                vendor_id: parse_hex(&a.vendor_id),
+                device_id: parse_hex(&a.device_id),
+                vendor: a.vendor.clone(),
+                product: a.product.clone(),
+                class_code: parse_hex(&a.class),
+            })
+            .collect(),
+        events: obs
+            .events
+            .iter()
+            .map(|e| pb::Event {
+                kind: e.kind.clone(),
+                gpu_uuid: e.gpu_uuid.clone(),
+                detail: e.detail.clone(),
+            })
+            .collect(),
+        gap: ctx.gap.clone(),
+    }
+}
+
+fn parse_hex(s: &str) -> u32 {
+    u32::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or(0)
+}
+
+/// Encodes and signs a report. Returns the encoded `SignedReport` and the SHA-256 of the report bytes
+/// (the next report's `prev_report_sha256`).
+pub fn sign(
+    key: &ring::signature::Ed25519KeyPair,
+    report: &pb::UsageReport,
+) -> (Vec<u8>, [u8; 32]) {
+    let bytes = report.encode_to_vec();
+    let hash = gpuattest_proto::sha256(&bytes);
+    let signed = gpuattest_proto::sign_report(key, bytes);
+    (signed.encode_to_vec(), hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring::signature::KeyPair;
+
+    #[test]
+    fn signed_report_verifies_and_decodes() {
+        let rng = ring::rand::SystemRandom::new();
+        let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).expect("keygen");
+        let key = ring::signature::Ed25519KeyPair::from_pkcs8(doc.as_ref()).expect("key");
+        let obs = Observation {
+            observed_at_unix_ms: 2000,
+            ..Default::default()
+        };
+        let ctx = ReportContext {
+            host_id: "h1".into(),
+            seq: 7,
+            window_start_unix_ms: 1000,
+            ..Default::default()
+        };
+        let (bytes, hash) = sign(&key, &build(&obs, &ctx));
+        let signed = pb::SignedReport::decode(bytes.as_slice()).expect("decode");
+        gpuattest_proto::verify_report(key.public_key().as_ref(), &signed).expect("verify");
+        assert_eq!(gpuattest_proto::sha256(&signed.report), hash);
+        let r = pb::UsageReport::decode(signed.report.as_slice()).expect("decode report");
+        assert_eq!(
+            (r.seq, r.window_start_unix_ms, r.window_end_unix_ms),
+            (7, 1000, 2000)
+        );
+    }
+}

@@ -1,0 +1,458 @@
+//! The daemon: observe on an interval, sign, spool, and stream to the collector until acknowledged.
+//!
+//! Two tasks share the spool. The producer observes, builds the next chained report, signs it, writes
+//! it to the spool (fsync) and only then advances the chain state. The sender keeps one stream open to
+//! a collector (failing over across the configured addresses with jittered backoff), resumes after the
+//! collector's stored sequence number, and trims the spool on cumulative acknowledgements.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gpuattest_proto::pb;
+use prost::Message;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{debug, error, info, warn};
+
+use crate::identity::{Identity, StateError};
+use crate::observe::Observer;
+use crate::report::{self, ReportContext};
+use crate::spool::Spool;
+use crate::state::ChainState;
+use crate::transport::{self, TransportError};
+
+/// Settings of the daemon.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Collector addresses, tried in order (failover).
+    pub collectors: Vec<String>,
+    /// One-time enrollment token, needed until the host is enrolled.
+    pub enroll_token: Option<String>,
+    /// Where key, state and spool live.
+    pub state_dir: PathBuf,
+    /// Observation interval.
+    pub interval: Duration,
+    /// Spool size bound in bytes.
+    pub spool_max_bytes: u64,
+    /// Most reports in flight before an acknowledgement (backpressure).
+    pub window: usize,
+}
+
+/// Why the daemon stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// State directory, key or spool trouble.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Enrollment was refused or impossible.
+    #[error("{0}")]
+    Enroll(String),
+    /// Observation failed at start-up.
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuError),
+}
+
+/// The wall clock, Unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+struct Shared {
+    state_dir: PathBuf,
+    identity: Identity,
+    spool: Mutex<Spool>,
+    chain: Mutex<ChainState>,
+    nonce: Mutex<Vec<u8>>,
+    appended: Notify,
+}
+
+impl Shared {
+    /// Signs and spools one report, then advances the chain. A dropped range (spool overflow) is
+    /// followed at once by a signed gap record.
+    fn produce(
+        &self,
+        obs: &crate::observe::Observation,
+        window_start: i64,
+    ) -> Result<u64, StateError> {
+        let mut chain = lock(&self.chain);
+        let mut spool = lock(&self.spool);
+        let mut gap = None;
+        let mut seq = 0;
+        for _ in 0..2 {
+            seq = chain.last_seq + 1;
+            let ctx = ReportContext {
+                host_id: chain.host_id.clone().unwrap_or_default(),
+                seq,
+                prev_report_sha256: hex_decode(&chain.last_hash),
+                window_start_unix_ms: window_start,
+                agent_time_unix_ms: now_ms(),
+                collector_nonce: lock(&self.nonce).clone(),
+                gap: gap.take(),
+            };
+            let (bytes, hash) = report::sign(self.identity.key(), &report::build(obs, &ctx));
+            let dropped = spool.append(seq, bytes)?;
+            chain.last_seq = seq;
+            chain.last_hash = gpuattest_proto::hex(&hash);
+            chain.save(&self.state_dir)?;
+            match dropped {
+                Some((first, last)) => {
+                    gap = Some(pb::Gap {
+                        first_seq: first,
+                        last_seq: last,
+                        reason: format!(
+                            "spool full: {} reports dropped before delivery",
+                            last - first + 1
+                        ),
+                    });
+                }
+                None => break,
+            }
+        }
+        drop(spool);
+        drop(chain);
+        self.appended.notify_one();
+        Ok(seq)
+    }
+
+    fn ack(&self, seq: u64) -> Result<(), StateError> {
+        let mut chain = lock(&self.chain);
+        if seq <= chain.acked_seq {
+            return Ok(());
+        }
+        let seq = seq.min(chain.last_seq);
+        lock(&self.spool).ack(seq)?;
+        chain.acked_seq = seq;
+        chain.save(&self.state_dir)
+    }
+}
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Brings the chain state up to the spool after a crash between spooling and saving state.
+fn reconcile(chain: &mut ChainState, spool: &Spool) {
+    if let Some(p) = spool.pending().back()
+        && p.seq > chain.last_seq
+        && let Ok(signed) = pb::SignedReport::decode(p.bytes.as_slice())
+    {
+        warn!(
+            state_seq = chain.last_seq,
+            spool_seq = p.seq,
+            "chain state was behind the spool; recovered from the spool"
+        );
+        chain.last_seq = p.seq;
+        chain.last_hash = gpuattest_proto::hex(&gpuattest_proto::sha256(&signed.report));
+    }
+}
+
+/// Runs the daemon until `shutdown` turns true.
+///
+/// # Errors
+/// [`RunError`] when the state directory or key is unusable, or enrollment is refused for good.
+pub async fn run(
+    cfg: RunConfig,
+    mut observer: Observer,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), RunError> {
+    let identity = Identity::load_or_create(&cfg.state_dir)?;
+    let mut chain = ChainState::load(&cfg.state_dir)?;
+    let (spool, recovery) = Spool::open(&cfg.state_dir, chain.acked_seq, cfg.spool_max_bytes)?;
+    if recovery.truncated_bytes > 0 || recovery.damaged_records > 0 {
+        warn!(?recovery, "spool was repaired on start-up");
+    }
+    reconcile(&mut chain, &spool);
+    info!(key_id = %identity.key_id_hex(), last_seq = chain.last_seq, acked_seq = chain.acked_seq, "agent starting");
+
+    if chain.host_id.is_none() {
+        let host_id = enroll(&cfg, &identity, &mut observer, &mut shutdown).await?;
+        chain.host_id = Some(host_id);
+        chain.enrolled_with = cfg.collectors.first().cloned();
+    }
+    chain.save(&cfg.state_dir)?;
+    let host_id = chain.host_id.clone().unwrap_or_default();
+    let shared = Arc::new(Shared {
+        state_dir: cfg.state_dir.clone(),
+        identity,
+        spool: Mutex::new(spool),
+        chain: Mutex::new(chain),
+        nonce: Mutex::new(Vec::new()),
+        appended: Notify::new(),
+    });
+
+    let sender = tokio::spawn(send_loop(
+        shared.clone(),
+        cfg.clone(),
+        host_id,
+        shutdown.clone(),
+    ));
+    let observer = Arc::new(Mutex::new(observer));
+    let mut ticker = tokio::time::interval(cfg.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut window_start = now_ms();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => break,
+        }
+        let obs_handle = observer.clone();
+        let now = now_ms();
+        let obs = match tokio::task::spawn_blocking(move || lock(&obs_handle).observe(now)).await {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => {
+                error!(error = %e, "observation failed; retrying at the next interval");
+                continue;
+            }
+            Err(e) => {
+                error!(error = %e, "observation task failed");
+                continue;
+            }
+        };
+        let s = shared.clone();
+        let end = obs.observed_at_unix_ms;
+        match tokio::task::spawn_blocking(move || s.produce(&obs, window_start)).await {
+            Ok(Ok(seq)) => debug!(seq, "report spooled"),
+            Ok(Err(e)) => {
+                error!(error = %e, "cannot spool a report; it is not made and the chain does not advance")
+            }
+            Err(e) => error!(error = %e, "spool task failed"),
+        }
+        window_start = end;
+    }
+    info!("agent stopping");
+    let _ = tokio::time::timeout(Duration::from_secs(2), sender).await;
+    Ok(())
+}
+
+async fn enroll(
+    cfg: &RunConfig,
+    identity: &Identity,
+    observer: &mut Observer,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<String, RunError> {
+    let token = cfg.enroll_token.clone().ok_or_else(|| {
+        RunError::Enroll(format!(
+            "host is not enrolled (no host id in {}); pass --enroll-token TOKEN from `gpuattest-collector token create --role enroll`",
+            ChainState::path(&cfg.state_dir).display()
+        ))
+    })?;
+    let obs = observer.observe(now_ms())?;
+    let req = pb::EnrollRequest {
+        enroll_token: token,
+        public_key: identity.public_key(),
+        facts: Some(pb::HostFacts {
+            hostname: obs.host.hostname.clone(),
+            machine_id: obs.host.machine_id.clone(),
+            agent_version: obs.host.agent_version.clone(),
+            gpus: obs
+                .gpus
+                .iter()
+                .map(|g| pb::GpuIdentity {
+                    uuid: g.uuid.clone(),
+                    serial: g.serial.clone(),
+                })
+                .collect(),
+        }),
+    };
+    let mut backoff = Backoff::new();
+    loop {
+        for addr in &cfg.collectors {
+            match transport::enroll(addr, req.clone()).await {
+                Ok(resp) => {
+                    info!(host_id = %resp.host_id, collector = %addr, "enrolled");
+                    return Ok(resp.host_id);
+                }
+                Err(e) if !e.is_retryable() => {
+                    return Err(RunError::Enroll(format!("enrollment failed: {e}")));
+                }
+                Err(e) => warn!(error = %e, "enrollment attempt failed; will retry"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = shutdown.changed() => return Err(RunError::Enroll("stopped before enrollment completed".into())),
+        }
+    }
+}
+
+/// Exponential backoff with full jitter, 200 ms to 30 s.
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff { attempt: 0 }
+    }
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+    fn next_delay(&mut self) -> Duration {
+        let cap = 200u64.saturating_mul(1 << self.attempt.min(8)).min(30_000);
+        self.attempt += 1;
+        let mut b = [0u8; 8];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+        Duration::from_millis(cap / 2 + u64::from_le_bytes(b) % (cap / 2 + 1))
+    }
+}
+
+async fn send_loop(
+    shared: Arc<Shared>,
+    cfg: RunConfig,
+    host_id: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new();
+    let mut idx = 0usize;
+    loop {
+        let addr = cfg.collectors[idx % cfg.collectors.len()].clone();
+        match session(
+            &shared,
+            &addr,
+            &host_id,
+            cfg.window,
+            &mut shutdown,
+            &mut backoff,
+        )
+        .await
+        {
+            Ok(()) => return,
+            Err(e) => {
+                warn!(collector = %addr, error = %e, "stream ended; reconnecting");
+                idx += 1;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// One stream to one collector. Returns `Ok` only on shutdown.
+async fn session(
+    shared: &Shared,
+    addr: &str,
+    host_id: &str,
+    window: usize,
+    shutdown: &mut watch::Receiver<bool>,
+    backoff: &mut Backoff,
+) -> Result<(), TransportError> {
+    let proto_err = |reason: String| TransportError::Protocol {
+        addr: addr.to_string(),
+        reason,
+    };
+    let mut client = transport::connect(addr).await?;
+    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(window.max(1));
+    let hello = pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
+            host_id: host_id.to_string(),
+            key_id: shared.identity.key_id().to_vec(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        })),
+    };
+    let _ = tx.send(hello).await;
+    let mut inbound = client
+        .stream(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| transport::refused(addr, &s))?
+        .into_inner();
+    let mut next_seq = 0u64;
+    let mut got_challenge = false;
+    loop {
+        let acked = lock(&shared.chain).acked_seq;
+        let next = if got_challenge {
+            let spool = lock(&shared.spool);
+            let floor = next_seq.max(acked + 1);
+            spool.pending().iter().find(|p| p.seq >= floor).cloned()
+        } else {
+            None
+        };
+        let room = next_seq.saturating_sub(acked + 1) < window as u64;
+        tokio::select! {
+            msg = inbound.message() => {
+                let msg = msg.map_err(|s| transport::refused(addr, &s))?
+                    .ok_or_else(|| proto_err("the collector closed the stream".into()))?;
+                match msg.msg {
+                    Some(pb::collector_message::Msg::Challenge(c)) => {
+                        *lock(&shared.nonce) = c.nonce;
+                        if !got_challenge {
+                            got_challenge = true;
+                            backoff.reset();
+                            info!(collector = %addr, stored_seq = c.stored_seq, "stream open");
+                            shared.ack(c.stored_seq).map_err(|e| proto_err(e.to_string()))?;
+                            next_seq = c.stored_seq + 1;
+                        }
+                    }
+                    Some(pb::collector_message::Msg::Ack(a)) => {
+                        shared.ack(a.seq).map_err(|e| proto_err(e.to_string()))?;
+                    }
+                    Some(pb::collector_message::Msg::Rejection(r)) => {
+                        error!(seq = r.seq, code = r.code, message = %r.message, "collector rejected a report; it is dropped from the spool");
+                        lock(&shared.spool).discard(r.seq);
+                    }
+                    None => return Err(proto_err("empty message".into())),
+                }
+            }
+            res = tx.reserve(), if next.is_some() && room => {
+                let permit = res.map_err(|_| proto_err("stream closed".into()))?;
+                if let Some(p) = next {
+                    match pb::SignedReport::decode(p.bytes.as_slice()) {
+                        Ok(signed) => permit.send(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Report(signed)) }),
+                        Err(e) => {
+                            error!(seq = p.seq, error = %e, "spooled report does not decode; dropping it");
+                            lock(&shared.spool).discard(p.seq);
+                        }
+                    }
+                    next_seq = p.seq + 1;
+                }
+            }
+            _ = shared.appended.notified(), if next.is_none() || !room => {}
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+}
+
+/// What `status` prints.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    /// Host id, once enrolled.
+    pub host_id: Option<String>,
+    /// Last report sequence number written.
+    pub last_seq: u64,
+    /// Last acknowledged by a collector.
+    pub acked_seq: u64,
+    /// Reports not yet acknowledged.
+    pub spooled: u64,
+    /// Spool bytes on disk.
+    pub spool_bytes: u64,
+    /// Key id of the agent's signing key, if it has one.
+    pub key_id: Option<String>,
+}
+
+/// Reads the agent's own view from its state directory without changing anything.
+///
+/// # Errors
+/// [`StateError`] when the state file is corrupt.
+pub fn status(state_dir: &Path) -> Result<Status, StateError> {
+    let chain = ChainState::load(state_dir)?;
+    let (spooled, spool_bytes, spool_last) = Spool::inspect(state_dir, chain.acked_seq)?;
+    let key_id = Identity::load_existing(state_dir).map(|i| i.key_id_hex());
+    Ok(Status {
+        host_id: chain.host_id,
+        last_seq: chain.last_seq.max(spool_last),
+        acked_seq: chain.acked_seq,
+        spooled,
+        spool_bytes,
+        key_id,
+    })
+}

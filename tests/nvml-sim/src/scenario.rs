@@ -1,0 +1,273 @@
+//! The JSON scenario format (documented in `../README.md`) and its defaults.
+//!
+//! Every field has a default, so `{}` is a valid scenario: one host with eight `NVIDIA H100 80GB HBM3`
+//! whose UUIDs, serials and PCI bus ids look like a real HGX H100 board's and are stable for a `seed`.
+
+use serde::Deserialize;
+
+/// Largest scenario file the library reads; a bigger one is refused, not half-read.
+pub const MAX_SCENARIO_BYTES: u64 = 4 * 1024 * 1024;
+
+/// A simulated host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scenario {
+    /// Makes UUIDs and serials of GPUs that do not set them distinct between simulated hosts.
+    pub seed: String,
+    /// What `nvmlSystemGetDriverVersion` returns.
+    pub driver_version: String,
+    /// What `nvmlSystemGetCudaDriverVersion` returns (12040 = CUDA 12.4).
+    pub cuda_driver_version: i32,
+    /// Make `nvmlInit` fail with this error: `driver_not_loaded`, `no_permission` or `unknown`.
+    pub init_error: Option<String>,
+    /// The GPUs; absent means eight default H100s.
+    pub gpus: Option<Vec<GpuSpec>>,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Scenario {
+            seed: "gpuattest-sim".into(),
+            driver_version: "550.90.07".into(),
+            cuda_driver_version: 12040,
+            init_error: None,
+            gpus: None,
+        }
+    }
+}
+
+/// One simulated GPU; every field defaults from its index and the scenario seed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuSpec {
+    /// Marketing name, e.g. `NVIDIA H100 80GB HBM3`.
+    pub name: Option<String>,
+    /// `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+    pub uuid: Option<String>,
+    /// The board serial (13 digits on data-centre boards).
+    pub serial: Option<String>,
+    /// `00000000:18:00.0`.
+    pub pci_bus_id: Option<String>,
+    /// PCI device id of the GPU (high 16 bits) and vendor (low 16 bits), e.g. `0x233010de`.
+    pub pci_device_id: Option<u32>,
+    /// Board part number, e.g. `692-2G520-0200-000`.
+    pub board_part_number: Option<String>,
+    /// Framebuffer size in bytes.
+    pub memory_total_bytes: Option<u64>,
+    /// Memory in use; defaults to the sum of the processes' memory.
+    pub memory_used_bytes: Option<u64>,
+    /// GPU utilisation, percent.
+    pub utilization_gpu_pct: Option<u32>,
+    /// Memory-controller utilisation, percent.
+    pub utilization_memory_pct: Option<u32>,
+    /// Power draw in milliwatts.
+    pub power_mw: Option<u32>,
+    /// Energy counter at library load, millijoules; it then advances by `power_mw` × elapsed time.
+    pub energy_mj: Option<u64>,
+    /// Processes running on this GPU.
+    pub processes: Vec<ProcessSpec>,
+    /// The GPU has fallen off the bus: every call on it returns `NVML_ERROR_GPU_IS_LOST`.
+    pub lost: bool,
+    /// Fields whose calls return `NVML_ERROR_NOT_SUPPORTED` (`serial`, `power`, `energy`,
+    /// `utilization`, `board_part_number`, `processes`, `memory`, `pci`, `name`, `uuid`).
+    pub unsupported: Vec<String>,
+}
+
+/// A process on a GPU.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessSpec {
+    /// Host pid.
+    pub pid: u32,
+    /// GPU memory the process holds, bytes.
+    pub used_memory_bytes: u64,
+}
+
+/// A GPU with every default filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gpu {
+    /// NVML index.
+    pub index: u32,
+    /// Marketing name.
+    pub name: String,
+    /// `GPU-...` UUID.
+    pub uuid: String,
+    /// Board serial.
+    pub serial: String,
+    /// 32-bit domain form `00000000:BB:DD.F`.
+    pub pci_bus_id: String,
+    /// PCI device and vendor id.
+    pub pci_device_id: u32,
+    /// Board part number.
+    pub board_part_number: String,
+    /// Framebuffer bytes.
+    pub memory_total_bytes: u64,
+    /// Bytes in use.
+    pub memory_used_bytes: u64,
+    /// Percent.
+    pub utilization_gpu_pct: u32,
+    /// Percent.
+    pub utilization_memory_pct: u32,
+    /// Milliwatts.
+    pub power_mw: u32,
+    /// Millijoules at load.
+    pub energy_mj: u64,
+    /// Processes.
+    pub processes: Vec<ProcessSpec>,
+    /// Fallen off the bus.
+    pub lost: bool,
+    /// Fields that are not supported.
+    pub unsupported: Vec<String>,
+}
+
+/// The PCI buses of the eight SXM5 GPUs on an HGX H100 baseboard, in NVML index order.
+const HGX_BUSES: [u8; 8] = [0x18, 0x2a, 0x3a, 0x5d, 0x9a, 0xab, 0xba, 0xdb];
+/// What NVML reports as total framebuffer for an H100 80GB HBM3 (81559 MiB).
+const H100_MEMORY: u64 = 81_559 * 1024 * 1024;
+
+/// FNV-1a, enough to spread a seed into stable identifiers (not security relevant).
+fn fnv(seed: &str, index: u32, salt: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ salt;
+    for b in seed.bytes().chain(index.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // Final avalanche so nearby indexes differ in every digit.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
+}
+
+impl Scenario {
+    /// Parses a scenario from JSON text.
+    ///
+    /// # Errors
+    /// The JSON error, with line and column.
+    pub fn parse(text: &str) -> Result<Scenario, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// The GPUs with defaults applied.
+    pub fn resolved_gpus(&self) -> Vec<Gpu> {
+        let specs = self
+            .gpus
+            .clone()
+            .unwrap_or_else(|| vec![GpuSpec::default(); 8]);
+        specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let index = i as u32;
+                let a = fnv(&self.seed, index, 1);
+                let b = fnv(&self.seed, index, 2);
+                let uuid = format!(
+                    "GPU-{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+                    (a >> 32) as u32,
+                    (a >> 16) as u16,
+                    a as u16,
+                    (b >> 48) as u16,
+                    b & 0xffff_ffff_ffff
+                );
+                let serial = format!("165{:010}", fnv(&self.seed, index, 3) % 10_000_000_000);
+                let bus = HGX_BUSES
+                    .get(i)
+                    .copied()
+                    .unwrap_or(0x18u8.wrapping_add(i as u8));
+                let used_default = s.processes.iter().map(|p| p.used_memory_bytes).sum::<u64>();
+                let busy = !s.processes.is_empty();
+                Gpu {
+                    index,
+                    name: s.name.unwrap_or_else(|| "NVIDIA H100 80GB HBM3".into()),
+                    uuid: s.uuid.unwrap_or(uuid),
+                    serial: s.serial.unwrap_or(serial),
+                    pci_bus_id: s
+                        .pci_bus_id
+                        .unwrap_or_else(|| format!("00000000:{bus:02X}:00.0")),
+                    pci_device_id: s.pci_device_id.unwrap_or(0x2330_10de),
+                    board_part_number: s
+                        .board_part_number
+                        .unwrap_or_else(|| "692-2G520-0200-000".into()),
+                    memory_total_bytes: s.memory_total_bytes.unwrap_or(H100_MEMORY),
+                    // The driver reserves about 0.5 GiB even on an idle GPU.
+                    memory_used_bytes: s.memory_used_bytes.unwrap_or(used_default + 532_676_608),
+                    utilization_gpu_pct: s.utilization_gpu_pct.unwrap_or(if busy { 97 } else { 0 }),
+                    utilization_memory_pct: s.utilization_memory_pct.unwrap_or(if busy {
+                        41
+                    } else {
+                        0
+                    }),
+                    power_mw: s.power_mw.unwrap_or(if busy { 645_000 } else { 71_000 }),
+                    energy_mj: s
+                        .energy_mj
+                        .unwrap_or(1_000_000_000 + u64::from(index) * 7_919_000),
+                    processes: s.processes,
+                    lost: s.lost,
+                    unsupported: s.unsupported,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_eight_distinct_h100s() {
+        let gpus = Scenario::default().resolved_gpus();
+        assert_eq!(gpus.len(), 8);
+        let mut uuids: Vec<_> = gpus.iter().map(|g| g.uuid.clone()).collect();
+        uuids.sort();
+        uuids.dedup();
+        assert_eq!(uuids.len(), 8);
+        for g in &gpus {
+            assert_eq!(g.name, "NVIDIA H100 80GB HBM3");
+            assert_eq!(g.uuid.len(), 40, "{}", g.uuid);
+            assert!(g.uuid.starts_with("GPU-"));
+            assert_eq!(g.serial.len(), 13);
+            assert_eq!(g.pci_bus_id.len(), 16);
+        }
+        assert_eq!(gpus[1].pci_bus_id, "00000000:2A:00.0");
+    }
+
+    #[test]
+    fn seed_changes_identities_but_is_stable() {
+        let a = Scenario::parse(r#"{"seed":"host-a"}"#)
+            .expect("parse")
+            .resolved_gpus();
+        let a2 = Scenario::parse(r#"{"seed":"host-a"}"#)
+            .expect("parse")
+            .resolved_gpus();
+        let b = Scenario::parse(r#"{"seed":"host-b"}"#)
+            .expect("parse")
+            .resolved_gpus();
+        assert_eq!(a, a2);
+        assert_ne!(a[0].uuid, b[0].uuid);
+        assert_ne!(a[0].serial, b[0].serial);
+    }
+
+    #[test]
+    fn contract_example_parses() {
+        let s = Scenario::parse(
+            r#"{"gpus": [{"processes": [{"pid": 4242, "used_memory_bytes": 20000000000}]}, {}]}"#,
+        )
+        .expect("parse");
+        let gpus = s.resolved_gpus();
+        assert_eq!(gpus.len(), 2);
+        assert_eq!(gpus[0].processes[0].pid, 4242);
+        assert!(gpus[1].processes.is_empty());
+    }
+
+    #[test]
+    fn hostile_scenarios_are_errors() {
+        for bad in [
+            r#"{"gpus": 7}"#,
+            r#"{"nope": 1}"#,
+            "[",
+            r#"{"gpus":[{"processes":[{"pid":-1}]}]}"#,
+        ] {
+            assert!(Scenario::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
