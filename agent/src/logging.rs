@@ -3,10 +3,11 @@
 //! `GPUATTEST_LOG` is the filter (default `info`), `GPUATTEST_LOG_FORMAT=json` switches to JSON lines
 //! for log shippers. Logs go to stderr, so `--json` output on stdout stays clean.
 
-/// Installs the global subscriber. Call once, from `main`.
-pub fn init() {
+/// Installs the global subscriber with `default` as the filter when `GPUATTEST_LOG` is unset. Call
+/// once, from `main`.
+pub fn init(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GPUATTEST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -105,7 +105,11 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    gpuattest_agent::logging::init();
+    gpuattest_agent::logging::init(if matches!(cli.cmd, Cmd::Run(_)) {
+        "info"
+    } else {
+        "warn"
+    });
     match cli.cmd {
         Cmd::Status { state_dir, json } => match gpuattest_agent::run::status(&state_dir) {
             Ok(s) if json => print_json(&s),

@@ -1,1 +1,34 @@
-//! placeholder
+//! The gpuattest collector: verifies signed usage reports from enrolled hosts, stores them verbatim
+//! beside their decoded fields, evaluates policy, raises flags, and serves the review UI and API.
+//!
+//! # Layout
+//! - [`store`]: the embedded SQLite store, its migrations, and every query.
+//! - [`ingest`]: gRPC enrollment and the report stream (verify, check, commit, acknowledge).
+//! - [`policy`]: the rules that turn evidence into flags, from TOML.
+//! - [`tokens`]: enrollment and bearer tokens, stored only as hashes.
+//! - [`http`]: the review UI, the JSON API with roles, `/healthz`, `/metrics`.
+//! - [`metrics`]: Prometheus counters and histograms.
+//! - [`server`]: runs gRPC and HTTP on listeners passed in, until shutdown.
+//! - [`demo`]: the whole system on one machine: collector, agents on the simulated NVML, workloads.
+//! - [`logging`]: tracing set-up and the shutdown signal for the binary.
+//! - [`render`]: human-readable tables for the CLI.
+//! - [`timefmt`]: RFC 3339 rendering.
+
+pub mod demo;
+pub mod http;
+pub mod ingest;
+pub mod logging;
+pub mod metrics;
+pub mod policy;
+pub mod render;
+pub mod server;
+pub mod store;
+pub mod timefmt;
+pub mod tokens;
+
+/// The wall clock, Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

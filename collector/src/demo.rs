@@ -1,0 +1,392 @@
+//! `gpuattest-collector demo`: the whole system on one machine.
+//!
+//! A collector on the embedded store in `--data`, four real `gpuattest-agent` processes on the simulated
+//! NVML library (each with its own scenario, hostname and sysfs tree), and real workload processes whose
+//! pids the scenarios place on GPUs: a DeepSeek fine-tune spread over two hosts of tenant `acme-ai`, a
+//! Llama inference server and a host carrying a Huawei Ascend NPU for tenant `borealis-labs`, and an
+//! idle host. The workloads are this binary re-executed with a real-looking command line (see
+//! [`WORKLOAD_ENV`]); they hold nothing but their pid and exit when the demo does.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::policy::Policy;
+use crate::server::Collector;
+use crate::store::Store;
+use crate::tokens::{self, Role};
+
+/// When this variable is set, the collector binary does nothing but wait for its parent to exit: it is
+/// a stand-in workload whose command line (set by the demo) is what the agent reads from `/proc`.
+pub const WORKLOAD_ENV: &str = "GPUATTEST_DEMO_WORKLOAD";
+
+/// Demo failures.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// A binary the demo needs is missing.
+    #[error(
+        "cannot find {what} at {path}; build everything first with `cargo build --release --workspace`"
+    )]
+    Missing {
+        /// What.
+        what: &'static str,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// Setting up failed.
+    #[error("demo: {0}")]
+    Setup(String),
+}
+
+/// Demo options.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// The data directory (store and demo files).
+    pub data: PathBuf,
+    /// Stop after this long; `None` runs until Ctrl-C.
+    pub duration: Option<Duration>,
+    /// Where the HTTP side listens.
+    pub http_listen: String,
+    /// Agents' observation interval.
+    pub interval: Duration,
+}
+
+/// Runs the stand-in workload: waits until the parent exits (or 24 hours pass).
+pub fn run_workload() {
+    let parent = std::os::unix::process::parent_id();
+    for _ in 0..86_400 {
+        std::thread::sleep(Duration::from_secs(1));
+        if std::os::unix::process::parent_id() != parent {
+            return;
+        }
+    }
+}
+
+struct Host {
+    name: &'static str,
+    tenant: &'static str,
+    /// GPU index -> workload index.
+    placements: Vec<(usize, usize)>,
+    ascend: bool,
+}
+
+/// Real-looking command lines. The first carries a Hugging Face token that must be redacted.
+fn workloads() -> Vec<(&'static str, Vec<String>)> {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    vec![
+        (
+            "python3",
+            s(&[
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--node-rank=0",
+                "--nproc-per-node=8",
+                "finetune.py",
+                "--model_name_or_path",
+                "deepseek-ai/DeepSeek-V3",
+                "--bf16",
+                "--hf_token",
+                "hf_DemoSecretTokenThatMustNeverLeaveTheHost0123",
+            ]),
+        ),
+        (
+            "python3",
+            s(&[
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--node-rank=1",
+                "--nproc-per-node=8",
+                "finetune.py",
+                "--model_name_or_path",
+                "deepseek-ai/DeepSeek-V3",
+                "--bf16",
+            ]),
+        ),
+        (
+            "python3",
+            s(&[
+                "-m",
+                "vllm.entrypoints.openai.api_server",
+                "--model",
+                "meta-llama/Llama-3.1-8B-Instruct",
+                "--tensor-parallel-size",
+                "2",
+            ]),
+        ),
+    ]
+}
+
+fn hosts() -> Vec<Host> {
+    vec![
+        Host {
+            name: "gpu-node-01",
+            tenant: "acme-ai",
+            placements: (0..8).map(|g| (g, 0)).collect(),
+            ascend: false,
+        },
+        Host {
+            name: "gpu-node-02",
+            tenant: "acme-ai",
+            placements: (0..8).map(|g| (g, 1)).collect(),
+            ascend: false,
+        },
+        Host {
+            name: "gpu-node-03",
+            tenant: "borealis-labs",
+            placements: vec![(0, 2), (1, 2)],
+            ascend: true,
+        },
+        Host {
+            name: "gpu-node-04",
+            tenant: "borealis-labs",
+            placements: vec![],
+            ascend: false,
+        },
+    ]
+}
+
+fn setup_err(what: &str) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
+    move |e| DemoError::Setup(format!("{what}: {e}"))
+}
+
+/// A sysfs tree with just the GPUs NVML will also report, and optionally a Huawei Ascend 910B.
+fn write_sysfs(root: &Path, ascend: bool) -> Result<(), DemoError> {
+    let dev = |addr: &str, vendor: &str, device: &str, class: &str| -> Result<(), DemoError> {
+        let d = root.join("bus/pci/devices").join(addr);
+        fs::create_dir_all(&d).map_err(setup_err("sysfs"))?;
+        for (f, v) in [("vendor", vendor), ("device", device), ("class", class)] {
+            fs::write(d.join(f), format!("{v}\n")).map_err(setup_err("sysfs"))?;
+        }
+        Ok(())
+    };
+    for bus in ["18", "2a", "3a", "5d", "9a", "ab", "ba", "db"] {
+        dev(&format!("0000:{bus}:00.0"), "0x10de", "0x2330", "0x030200")?;
+    }
+    if ascend {
+        dev("0000:c1:00.0", "0x19e5", "0xd802", "0x120000")?;
+    }
+    Ok(())
+}
+
+fn find_beside_self(name: &'static str, what: &'static str) -> Result<PathBuf, DemoError> {
+    let exe = std::env::current_exe().map_err(setup_err("locating this binary"))?;
+    let path = exe
+        .parent()
+        .map(|d| d.join(name))
+        .unwrap_or_else(|| PathBuf::from(name));
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(DemoError::Missing { what, path })
+    }
+}
+
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            // SIGTERM first so agents stop cleanly, then make sure.
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for c in &mut self.0 {
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs the demo.
+///
+/// # Errors
+/// [`DemoError`] when binaries are missing or the demo cannot set up its files, listeners or children.
+pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
+    let agent_bin = find_beside_self("gpuattest-agent", "the agent binary")?;
+    let sim_lib = find_beside_self("libgpuattest_nvml_sim.so", "the simulated NVML library")?;
+    let self_exe = std::env::current_exe().map_err(setup_err("locating this binary"))?;
+    let demo_dir = opts.data.join("demo");
+    fs::create_dir_all(&demo_dir).map_err(setup_err("creating the demo directory"))?;
+    let store = Arc::new(Store::open(&opts.data).map_err(|e| DemoError::Setup(e.to_string()))?);
+    let policy = Policy::load_from_data(&opts.data).map_err(|e| DemoError::Setup(e.to_string()))?;
+    let collector = Collector::new(store.clone(), policy);
+    let grpc = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(setup_err("binding gRPC"))?;
+    let http = TcpListener::bind(&opts.http_listen).await.map_err(|e| {
+        DemoError::Setup(format!(
+            "binding HTTP on {}: {e}; pass --http-listen 127.0.0.1:0",
+            opts.http_listen
+        ))
+    })?;
+    let grpc_addr = grpc.local_addr().map_err(setup_err("gRPC address"))?;
+    let http_addr = http.local_addr().map_err(setup_err("HTTP address"))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = {
+        let c = collector.clone();
+        tokio::spawn(async move { c.serve(grpc, http, stop_rx).await })
+    };
+
+    let reviewer = tokens::mint(
+        &store,
+        Role::Reviewer,
+        None,
+        Some(Duration::from_secs(7 * 86_400)),
+        "demo",
+        crate::now_ms(),
+    )
+    .map_err(|e| DemoError::Setup(e.to_string()))?;
+    println!(
+        "gpuattest demo: collector on grpc {grpc_addr}, store {}",
+        store.path().display()
+    );
+    println!("review UI: http://{http_addr}/  (sign in with the reviewer token {reviewer})");
+    println!(
+        "starting {} workloads and {} agents on the simulated NVML library...",
+        workloads().len(),
+        hosts().len()
+    );
+    let mut children = Children(Vec::new());
+    let mut pids = Vec::new();
+    for (argv0, args) in workloads() {
+        use std::os::unix::process::CommandExt;
+        let child = Command::new(&self_exe)
+            .arg0(argv0)
+            .args(&args)
+            .env(WORKLOAD_ENV, "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(setup_err("starting a workload"))?;
+        pids.push(child.id());
+        children.0.push(child);
+    }
+    let now = crate::now_ms();
+    for h in hosts() {
+        let dir = demo_dir.join(h.name);
+        fs::create_dir_all(&dir).map_err(setup_err("creating a host directory"))?;
+        let gpus: Vec<serde_json::Value> = (0..8)
+            .map(|g| {
+                let procs: Vec<serde_json::Value> = h
+                    .placements
+                    .iter()
+                    .filter(|(gi, _)| *gi == g)
+                    .map(|(_, w)| json!({"pid": pids[*w], "used_memory_bytes": 71_000_000_000u64 - (*w as u64) * 20_000_000_000}))
+                    .collect();
+                json!({"processes": procs})
+            })
+            .collect();
+        let scenario = dir.join("scenario.json");
+        let text = serde_json::to_string_pretty(&json!({"seed": h.name, "gpus": gpus}))
+            .unwrap_or_default();
+        fs::write(&scenario, text).map_err(setup_err("writing a scenario"))?;
+        let sys = dir.join("sys");
+        let _ = fs::remove_dir_all(&sys);
+        write_sysfs(&sys, h.ascend)?;
+        let token = tokens::mint(&store, Role::Enroll, Some(h.tenant), None, "demo", now)
+            .map_err(|e| DemoError::Setup(e.to_string()))?;
+        let log =
+            fs::File::create(dir.join("agent.log")).map_err(setup_err("creating an agent log"))?;
+        let log2 = log.try_clone().map_err(setup_err("agent log"))?;
+        let child = Command::new(&agent_bin)
+            .args([
+                "run",
+                "--collector",
+                &format!("http://{grpc_addr}"),
+                "--enroll-token",
+                &token,
+            ])
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args([
+                "--interval",
+                &format!("{}ms", opts.interval.as_millis()),
+                "--hostname",
+                h.name,
+            ])
+            .arg("--nvml-lib")
+            .arg(&sim_lib)
+            .arg("--sys-root")
+            .arg(&sys)
+            .env("GPUATTEST_NVML_SIM", &scenario)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(setup_err("starting an agent"))?;
+        children.0.push(child);
+    }
+
+    let started = Instant::now();
+    let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = &mut ctrl_c => break,
+        }
+        if let Ok(hosts) = store.hosts(None) {
+            let line: Vec<String> = hosts
+                .iter()
+                .map(|h| format!("{} {}", h.hostname, h.reports))
+                .collect();
+            println!(
+                "[{:>3}s] reports per host: {}",
+                started.elapsed().as_secs(),
+                if line.is_empty() {
+                    "enrolling...".into()
+                } else {
+                    line.join(" · ")
+                }
+            );
+        }
+        if opts.duration.is_some_and(|d| started.elapsed() >= d) {
+            break;
+        }
+    }
+    drop(children);
+    // Let the last acknowledged reports settle before reading the store.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+
+    println!("\n== hosts ==");
+    print!(
+        "{}",
+        crate::render::hosts(
+            &store
+                .hosts(None)
+                .map_err(|e| DemoError::Setup(e.to_string()))?
+        )
+    );
+    println!("\n== flags ==");
+    print!(
+        "{}",
+        crate::render::flags(
+            &store
+                .flags(None)
+                .map_err(|e| DemoError::Setup(e.to_string()))?
+        )
+    );
+    println!(
+        "\nThe store is in {}. Look again with:\n  gpuattest-collector flags list --data {0}\n  gpuattest-collector hosts list --data {0}\n\
+         Review in the browser with `gpuattest-collector serve --data {0} --http-listen {http_addr}` and the reviewer token\n  {reviewer}",
+        opts.data.display()
+    );
+    Ok(())
+}

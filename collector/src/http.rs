@@ -1,0 +1,260 @@
+//! The HTTP side: the review UI, the JSON API with bearer tokens by role, `/healthz` and `/metrics`.
+//!
+//! Who may do what is one table ([`allowed`]); every handler asks it. A customer token is bound to one
+//! tenant and sees nothing else. The UI is static files with no build step; it renders every value as
+//! text, and sends the token only in the `Authorization` header, so there is no cookie to forge.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::tokens::{self, Principal, Role};
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+pub struct HttpState {
+    /// The store.
+    pub store: Arc<Store>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// API actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// `GET /api/v1/flags`.
+    ListFlags,
+    /// `POST /api/v1/flags/{id}/decision`.
+    Decide,
+    /// `GET /api/v1/hosts`.
+    ListHosts,
+    /// `GET /api/v1/audit`.
+    ReadAudit,
+}
+
+/// The contract's role table.
+pub fn allowed(role: Role, action: Action) -> bool {
+    use Action::*;
+    use Role::*;
+    matches!(
+        (role, action),
+        (Reviewer | Operator | Customer, ListFlags)
+            | (Reviewer, Decide)
+            | (Operator | Reviewer, ListHosts)
+            | (Operator | Reviewer, ReadAudit)
+    )
+}
+
+fn error(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, Json(json!({"error": msg.into()}))).into_response()
+}
+
+fn authorize(
+    state: &HttpState,
+    headers: &HeaderMap,
+    action: Action,
+) -> Result<Principal, Response> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            error(
+                StatusCode::UNAUTHORIZED,
+                "missing Authorization: Bearer TOKEN",
+            )
+        })?;
+    let p = tokens::authenticate(&state.store, token, crate::now_ms())
+        .map_err(|e| error(StatusCode::UNAUTHORIZED, e))?;
+    if !allowed(p.role, action) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            format!("role {} may not do this", p.role),
+        ));
+    }
+    Ok(p)
+}
+
+fn store_err(e: crate::store::StoreError) -> Response {
+    tracing::error!(error = %e, "store failure in the HTTP API");
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "store failure; see the collector log",
+    )
+}
+
+/// Customer tokens see their tenant only; others see all.
+fn tenant_scope(p: &Principal) -> Option<&str> {
+    if p.role == Role::Customer {
+        p.tenant.as_deref().or(Some("\u{0}no-tenant"))
+    } else {
+        None
+    }
+}
+
+async fn list_flags(State(s): State<HttpState>, headers: HeaderMap) -> Response {
+    let p = match authorize(&s, &headers, Action::ListFlags) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    match s.store.flags(tenant_scope(&p)) {
+        Ok(f) => Json(f).into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Decision {
+    decision: String,
+    reason: String,
+}
+
+async fn decide(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    body: Option<Json<Decision>>,
+) -> Response {
+    let p = match authorize(&s, &headers, Action::Decide) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let Some(Json(d)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body must be JSON {\"decision\": \"confirm|dismiss|escalate\", \"reason\": \"...\"}",
+        );
+    };
+    let status = match d.decision.as_str() {
+        "confirm" => "confirmed",
+        "dismiss" => "dismissed",
+        "escalate" => "escalated",
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("decision {other:?} is not confirm, dismiss or escalate"),
+            );
+        }
+    };
+    let reason = d.reason.trim();
+    if reason.is_empty() || reason.len() > 4096 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a reason of 1 to 4096 characters is required",
+        );
+    }
+    match s.store.decide_flag(
+        id,
+        status,
+        &format!("token:{}", p.token_id),
+        reason,
+        crate::now_ms(),
+    ) {
+        Ok(Some(())) => Json(json!({"id": id, "status": status})).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no flag {id}")),
+        Err(e) => store_err(e),
+    }
+}
+
+async fn list_hosts(State(s): State<HttpState>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&s, &headers, Action::ListHosts) {
+        return r;
+    }
+    match s.store.hosts(None) {
+        Ok(h) => Json(h).into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
+async fn audit(State(s): State<HttpState>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&s, &headers, Action::ReadAudit) {
+        return r;
+    }
+    match s.store.audit_log(1000) {
+        Ok(a) => Json(a).into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
+async fn metrics(State(s): State<HttpState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut r = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    r
+}
+
+/// The router.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", include_str!("ui/index.html")) }),
+        )
+        .route(
+            "/ui.js",
+            get(|| async { asset("text/javascript; charset=utf-8", include_str!("ui/ui.js")) }),
+        )
+        .route(
+            "/ui.css",
+            get(|| async { asset("text/css; charset=utf-8", include_str!("ui/ui.css")) }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/flags", get(list_flags))
+        .route("/api/v1/flags/{id}/decision", post(decide))
+        .route("/api/v1/hosts", get(list_hosts))
+        .route("/api/v1/audit", get(audit))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_table_matches_the_contract() {
+        use Action::*;
+        use Role::*;
+        let expect = [
+            (Reviewer, [true, true, true, true]),
+            (Operator, [true, false, true, true]),
+            (Customer, [true, false, false, false]),
+            (Enroll, [false, false, false, false]),
+        ];
+        for (role, row) in expect {
+            for (action, ok) in [ListFlags, Decide, ListHosts, ReadAudit]
+                .into_iter()
+                .zip(row)
+            {
+                assert_eq!(allowed(role, action), ok, "{role} {action:?}");
+            }
+        }
+    }
+}

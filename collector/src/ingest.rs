@@ -1,0 +1,384 @@
+//! gRPC ingest: enrollment and the report stream.
+//!
+//! For every report: verify the Ed25519 signature over the exact bytes received against the host's
+//! pinned key, decode only then, check that it belongs to this host and advances its sequence, evaluate
+//! policy, and commit report, decoded rows and flags in one transaction; acknowledge only after the
+//! commit. A bad report gets an in-band `Rejection` with a gRPC code; the stream and the collector go
+//! on, and nothing stored changes. Conversion to `tonic::Status` happens here and nowhere else.
+
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use gpuattest_proto::pb::{self, collector_server::Collector};
+use gpuattest_proto::{SignError, verify_report};
+use prost::Message;
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::{info, instrument, warn};
+
+use crate::metrics::{Metrics, Reject};
+use crate::policy::{HostContext, Policy};
+use crate::store::{Commit, HostRow, IncomingReport, Store, StoreError};
+
+/// The ingest service.
+#[derive(Clone)]
+pub struct Ingest {
+    store: Arc<Store>,
+    policy: Arc<RwLock<Policy>>,
+    metrics: Arc<Metrics>,
+}
+
+/// A refused report, as sent back in-band.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The report's sequence number, where it could be trusted (0 otherwise).
+    pub seq: u64,
+    /// gRPC code.
+    pub code: Code,
+    /// A sentence for the operator.
+    pub message: String,
+    /// The metrics label.
+    pub kind: Reject,
+}
+
+fn now_ms() -> i64 {
+    crate::now_ms()
+}
+
+fn internal(e: &StoreError) -> Status {
+    Status::internal(format!("collector store failure: {e}"))
+}
+
+impl Ingest {
+    /// A service over a store, a policy and metrics.
+    pub fn new(store: Arc<Store>, policy: Arc<RwLock<Policy>>, metrics: Arc<Metrics>) -> Self {
+        Ingest {
+            store,
+            policy,
+            metrics,
+        }
+    }
+
+    /// Verifies, checks and commits one signed report from `host`. Blocking (SQLite); call it from a
+    /// blocking thread.
+    ///
+    /// # Errors
+    /// A [`Refusal`] for a report that is not stored; `Err(Status)` only for store failures.
+    pub fn handle_report(
+        &self,
+        host: &HostRow,
+        signed: &pb::SignedReport,
+        nonce: &[u8],
+    ) -> Result<Result<u64, Refusal>, Status> {
+        let started = Instant::now();
+        let refuse = |seq: u64, code: Code, kind: Reject, message: String| {
+            Ok(Err(Refusal {
+                seq,
+                code,
+                message,
+                kind,
+            }))
+        };
+        match verify_report(&host.public_key, signed) {
+            Ok(()) => {}
+            Err(e @ SignError::UnknownKey { .. }) => {
+                return refuse(0, Code::Unauthenticated, Reject::UnknownKey, e.to_string());
+            }
+            Err(e) => {
+                return refuse(
+                    0,
+                    Code::InvalidArgument,
+                    Reject::BadSignature,
+                    e.to_string(),
+                );
+            }
+        }
+        let report = match pb::UsageReport::decode(signed.report.as_slice()) {
+            Ok(r) => r,
+            Err(e) => {
+                return refuse(
+                    0,
+                    Code::InvalidArgument,
+                    Reject::Malformed,
+                    format!("signed bytes are not a UsageReport: {e}"),
+                );
+            }
+        };
+        if report.host_id != host.host_id {
+            return refuse(
+                report.seq,
+                Code::PermissionDenied,
+                Reject::WrongHost,
+                format!(
+                    "report names host {:?} but this stream is host {}",
+                    report.host_id, host.host_id
+                ),
+            );
+        }
+        if report.seq == 0 {
+            return refuse(
+                0,
+                Code::InvalidArgument,
+                Reject::Malformed,
+                "sequence numbers start at 1".into(),
+            );
+        }
+        let incoming = IncomingReport {
+            signed,
+            decoded: &report,
+            received_at: now_ms(),
+            nonce_fresh: !nonce.is_empty() && report.collector_nonce == nonce,
+        };
+        let policy = self
+            .policy
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let ctx = HostContext {
+            host_id: &host.host_id,
+            hostname: &host.hostname,
+        };
+        let outcome = self
+            .store
+            .commit_report(&host.host_id, &incoming, |pos| {
+                policy.evaluate(&ctx, &report, pos)
+            })
+            .map_err(|e| internal(&e))?;
+        match outcome {
+            Commit::Stored { flags } => {
+                self.metrics
+                    .accepted(started.elapsed().as_micros() as u64, flags);
+                Ok(Ok(report.seq))
+            }
+            Commit::Duplicate => refuse(
+                report.seq,
+                Code::AlreadyExists,
+                Reject::Replay,
+                format!(
+                    "report {} of host {} is already stored; replay refused",
+                    report.seq, host.host_id
+                ),
+            ),
+            Commit::Behind { last_seq } => refuse(
+                report.seq,
+                Code::FailedPrecondition,
+                Reject::OutOfOrder,
+                format!(
+                    "report {} is behind host {}'s position {last_seq}",
+                    report.seq, host.host_id
+                ),
+            ),
+            Commit::HostGone => refuse(
+                report.seq,
+                Code::PermissionDenied,
+                Reject::HostGone,
+                format!("host {} is revoked or unknown", host.host_id),
+            ),
+        }
+    }
+
+    fn new_nonce() -> Vec<u8> {
+        let mut n = vec![0u8; 32];
+        let _ = SystemRandom::new().fill(&mut n);
+        n
+    }
+}
+
+#[tonic::async_trait]
+impl Collector for Ingest {
+    #[instrument(skip_all)]
+    async fn enroll(
+        &self,
+        req: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let req = req.into_inner();
+        if req.public_key.len() != 32 {
+            self.metrics.enrollment(false);
+            return Err(Status::invalid_argument(
+                "public_key must be a raw 32-byte Ed25519 key",
+            ));
+        }
+        if req.enroll_token.is_empty() || req.enroll_token.len() > 256 {
+            self.metrics.enrollment(false);
+            return Err(Status::unauthenticated("an enroll token is required"));
+        }
+        let facts = req.facts.unwrap_or_default();
+        let hostname: String = facts
+            .hostname
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(253)
+            .collect();
+        let facts_json = serde_json::json!({
+            "hostname": hostname,
+            "machine_id": facts.machine_id,
+            "agent_version": facts.agent_version,
+            "gpus": facts.gpus.iter().take(1024).map(|g| serde_json::json!({"uuid": g.uuid, "serial": g.serial})).collect::<Vec<_>>(),
+        })
+        .to_string();
+        let key_id = gpuattest_proto::key_id(&req.public_key);
+        let store = self.store.clone();
+        let token_hash = crate::tokens::hash(&req.enroll_token);
+        let machine_id = facts.machine_id.clone();
+        let pk = req.public_key.clone();
+        let name = hostname.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            store.enroll(
+                &token_hash,
+                &pk,
+                &key_id,
+                &name,
+                &machine_id,
+                &facts_json,
+                now_ms(),
+            )
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        match result {
+            Ok(host) => {
+                self.metrics.enrollment(true);
+                info!(host_id = %host.host_id, hostname = %hostname, "host enrolled");
+                Ok(Response::new(pb::EnrollResponse {
+                    host_id: host.host_id,
+                    key_id: key_id.to_vec(),
+                }))
+            }
+            Err(StoreError::Refused(why)) => {
+                self.metrics.enrollment(false);
+                warn!(hostname = %hostname, reason = %why, "enrollment refused");
+                Err(Status::permission_denied(why))
+            }
+            Err(e) => Err(internal(&e)),
+        }
+    }
+
+    type StreamStream = ReceiverStream<Result<pb::CollectorMessage, Status>>;
+
+    #[instrument(skip_all)]
+    async fn stream(
+        &self,
+        req: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let mut inbound = req.into_inner();
+        let hello = match inbound.message().await? {
+            Some(pb::AgentMessage {
+                msg: Some(pb::agent_message::Msg::Hello(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message on a stream must be Hello",
+                ));
+            }
+        };
+        let store = self.store.clone();
+        let id = hello.host_id.clone();
+        let host = tokio::task::spawn_blocking(move || store.host(&id))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| internal(&e))?
+            .ok_or_else(|| {
+                warn!(host_id = %hello.host_id, "stream from an unknown host refused");
+                Status::unauthenticated(format!("host {:?} is not enrolled; enroll it with a token from `token create --role enroll`", hello.host_id))
+            })?;
+        if host.revoked_at.is_some() {
+            return Err(Status::permission_denied(format!(
+                "host {} is revoked",
+                host.host_id
+            )));
+        }
+        if hello.key_id != host.key_id {
+            warn!(host_id = %host.host_id, "stream with a key other than the enrolled one refused");
+            return Err(Status::unauthenticated(format!(
+                "key is not the one enrolled for host {}",
+                host.host_id
+            )));
+        }
+        let (tx, rx) = mpsc::channel::<Result<pb::CollectorMessage, Status>>(64);
+        let nonce = Self::new_nonce();
+        let challenge = pb::CollectorMessage {
+            msg: Some(pb::collector_message::Msg::Challenge(pb::Challenge {
+                nonce: nonce.clone(),
+                stored_seq: host.last_seq,
+                collector_time_unix_ms: now_ms(),
+            })),
+        };
+        let _ = tx.send(Ok(challenge)).await;
+        info!(host_id = %host.host_id, stored_seq = host.last_seq, "stream open");
+        self.metrics.stream(true);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let host = Arc::new(host);
+            let nonce = Arc::new(nonce);
+            loop {
+                let msg = match inbound.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(status) => {
+                        this.metrics.rejected(Reject::Malformed);
+                        warn!(host_id = %host.host_id, error = %status, "undecodable message; closing this stream");
+                        let _ = tx
+                            .send(Err(Status::invalid_argument(format!(
+                                "undecodable message: {}",
+                                status.message()
+                            ))))
+                            .await;
+                        break;
+                    }
+                };
+                let signed = match msg.msg {
+                    Some(pb::agent_message::Msg::Report(s)) => s,
+                    _ => {
+                        this.metrics.rejected(Reject::Malformed);
+                        let rej = pb::Rejection {
+                            seq: 0,
+                            code: Code::InvalidArgument as i32,
+                            message: "expected a report".into(),
+                        };
+                        let _ = tx
+                            .send(Ok(pb::CollectorMessage {
+                                msg: Some(pb::collector_message::Msg::Rejection(rej)),
+                            }))
+                            .await;
+                        continue;
+                    }
+                };
+                let (svc, h, n) = (this.clone(), host.clone(), nonce.clone());
+                let outcome =
+                    tokio::task::spawn_blocking(move || svc.handle_report(&h, &signed, &n)).await;
+                let reply = match outcome {
+                    Ok(Ok(Ok(seq))) => pb::collector_message::Msg::Ack(pb::Ack { seq }),
+                    Ok(Ok(Err(r))) => {
+                        this.metrics.rejected(r.kind);
+                        warn!(host_id = %host.host_id, seq = r.seq, code = ?r.code, reason = %r.message, "report rejected");
+                        pb::collector_message::Msg::Rejection(pb::Rejection {
+                            seq: r.seq,
+                            code: r.code as i32,
+                            message: r.message,
+                        })
+                    }
+                    Ok(Err(status)) => {
+                        warn!(host_id = %host.host_id, error = %status, "store failure; closing the stream so the agent resends");
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                        break;
+                    }
+                };
+                if tx
+                    .send(Ok(pb::CollectorMessage { msg: Some(reply) }))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            this.metrics.stream(false);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,35 @@
+//! Logging set-up and the shutdown signal for the binary.
+//!
+//! `GPUATTEST_LOG` is the filter (default `info`), `GPUATTEST_LOG_FORMAT=json` switches to JSON lines
+//! for log shippers. Logs go to stderr, so `--json` output on stdout stays clean.
+
+/// Installs the global subscriber with `default` as the filter when `GPUATTEST_LOG` is unset. Call
+/// once, from `main`.
+pub fn init(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GPUATTEST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("GPUATTEST_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

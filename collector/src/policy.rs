@@ -1,0 +1,551 @@
+//! Policy: what in a report raises a flag, and how severe it is.
+//!
+//! The policy is TOML (the built-in default is `default-policy.toml`; an operator's `<data>/policy.toml`
+//! replaces it). Its SHA-256 digest is recorded with every flag, so a reviewer can tell which policy
+//! judged the evidence. The rules here: models of listed or PRC-headquartered developers named on a GPU
+//! process's command line; accelerators of flagged vendors on the host; and the host's report chain
+//! (missing sequence numbers, a broken hash chain).
+
+use std::path::Path;
+
+use gpuattest_proto::pb;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::store::{ChainPosition, NewFlag};
+
+/// The built-in policy.
+pub const DEFAULT_POLICY: &str = include_str!("default-policy.toml");
+/// Largest policy file read.
+pub const MAX_POLICY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Flag severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Nothing to see.
+    None,
+    /// Worth a look.
+    Low,
+    /// Review soon.
+    Medium,
+    /// Review now.
+    High,
+    /// Stop and escalate.
+    Critical,
+}
+
+impl Severity {
+    /// The lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::None => "none",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// A model-id pattern with what it means.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPattern {
+    /// Glob over model ids, e.g. `deepseek-ai/*`.
+    pub pattern: String,
+    /// Model family.
+    pub family: String,
+    /// Developer.
+    pub developer: String,
+    /// Developer's headquarters country (ISO 3166 alpha-2).
+    pub country: String,
+    /// Severity of a match.
+    pub severity: Severity,
+    /// Listing status with its source.
+    #[serde(default)]
+    pub listing: Option<String>,
+}
+
+/// An accelerator vendor flagged when present.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceleratorVendor {
+    /// PCI vendor id, `0x19e5`.
+    pub vendor_id: String,
+    /// Display name.
+    pub name: String,
+    /// Severity.
+    pub severity: Severity,
+    /// Why it is flagged.
+    pub reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    model_patterns: Vec<ModelPattern>,
+    #[serde(default)]
+    accelerator_vendors: Vec<AcceleratorVendor>,
+}
+
+/// A policy that cannot be used; the running policy stays as it was.
+#[derive(Debug, thiserror::Error)]
+#[error("policy {source_name}: {reason}")]
+pub struct PolicyError {
+    /// File name or `built-in`.
+    pub source_name: String,
+    /// What is wrong, with line and key where known.
+    pub reason: String,
+}
+
+/// A loaded policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    patterns: Vec<ModelPattern>,
+    accelerator_vendors: Vec<(u32, AcceleratorVendor)>,
+    digest: String,
+}
+
+/// What the host is, for rules that need it.
+#[derive(Debug, Clone)]
+pub struct HostContext<'a> {
+    /// Host id.
+    pub host_id: &'a str,
+    /// Hostname.
+    pub hostname: &'a str,
+}
+
+impl Policy {
+    /// The built-in default policy.
+    pub fn builtin() -> Policy {
+        // The default is part of the build and covered by a test; failing here is a build defect.
+        Policy::parse(DEFAULT_POLICY, "built-in")
+            .unwrap_or_else(|e| panic!("built-in policy is invalid: {e}"))
+    }
+
+    /// Parses policy TOML.
+    ///
+    /// # Errors
+    /// [`PolicyError`] naming the line and key for syntax, type and unknown-key errors, and the
+    /// pattern or vendor for invalid values.
+    pub fn parse(text: &str, source_name: &str) -> Result<Policy, PolicyError> {
+        let err = |reason: String| PolicyError {
+            source_name: source_name.to_string(),
+            reason,
+        };
+        let file: PolicyFile =
+            toml::from_str(text).map_err(|e| err(e.to_string().trim().replace('\n', " ")))?;
+        for p in &file.model_patterns {
+            if p.pattern.trim().is_empty() || p.pattern.len() > 256 {
+                return Err(err(format!(
+                    "model pattern `{}` must be 1 to 256 characters",
+                    p.pattern
+                )));
+            }
+        }
+        let mut vendors = Vec::new();
+        for v in file.accelerator_vendors {
+            let id =
+                u32::from_str_radix(v.vendor_id.trim_start_matches("0x"), 16).map_err(|_| {
+                    err(format!(
+                        "accelerator vendor_id `{}` is not hex like 0x19e5",
+                        v.vendor_id
+                    ))
+                })?;
+            vendors.push((id, v));
+        }
+        Ok(Policy {
+            patterns: file.model_patterns,
+            accelerator_vendors: vendors,
+            digest: format!(
+                "sha256:{}",
+                gpuattest_proto::hex(&gpuattest_proto::sha256(text.as_bytes()))
+            ),
+        })
+    }
+
+    /// Loads `<data>/policy.toml` if present, else the built-in policy.
+    ///
+    /// # Errors
+    /// [`PolicyError`] when the file exists but is unreadable or invalid.
+    pub fn load_from_data(data_dir: &Path) -> Result<Policy, PolicyError> {
+        let path = data_dir.join("policy.toml");
+        if !path.exists() {
+            return Ok(Policy::builtin());
+        }
+        let name = path.display().to_string();
+        let meta = std::fs::metadata(&path).map_err(|e| PolicyError {
+            source_name: name.clone(),
+            reason: e.to_string(),
+        })?;
+        if meta.len() > MAX_POLICY_BYTES as u64 {
+            return Err(PolicyError {
+                source_name: name,
+                reason: format!("larger than {MAX_POLICY_BYTES} bytes"),
+            });
+        }
+        let bytes = std::fs::read(&path).map_err(|e| PolicyError {
+            source_name: name.clone(),
+            reason: e.to_string(),
+        })?;
+        let text = String::from_utf8(bytes).map_err(|e| PolicyError {
+            source_name: name.clone(),
+            reason: format!("not UTF-8 ({e})"),
+        })?;
+        Policy::parse(&text, &name)
+    }
+
+    /// The policy's digest, `sha256:<hex>`.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The patterns that match a command line, with the model id each matched.
+    pub fn match_cmdline<'a>(&'a self, cmdline: &str) -> Vec<(&'a ModelPattern, String)> {
+        let candidates = model_candidates(cmdline);
+        let mut out = Vec::new();
+        for p in &self.patterns {
+            if let Some(c) = candidates
+                .iter()
+                .find(|c| glob(&p.pattern.to_ascii_lowercase(), &c.to_ascii_lowercase()))
+            {
+                out.push((p, c.clone()));
+            }
+        }
+        out
+    }
+
+    /// The flags one report raises, given where the host's chain stood.
+    pub fn evaluate(
+        &self,
+        host: &HostContext<'_>,
+        report: &pb::UsageReport,
+        pos: &ChainPosition,
+    ) -> Vec<NewFlag> {
+        let mut flags = Vec::new();
+        for p in &report.processes {
+            for (pattern, model) in self.match_cmdline(&p.cmdline) {
+                let job_key = job_key(p);
+                flags.push(NewFlag {
+                    rule: "model-developer".into(),
+                    severity: pattern.severity.as_str().into(),
+                    job_key,
+                    summary: format!(
+                        "pid {} on {} ({}) runs {} — {} model by {} ({}){}",
+                        p.pid,
+                        host.hostname,
+                        gpu_list(&p.gpu_uuids),
+                        model,
+                        pattern.family,
+                        pattern.developer,
+                        pattern.country,
+                        pattern
+                            .listing
+                            .as_ref()
+                            .map(|l| format!("; {l}"))
+                            .unwrap_or_default()
+                    ),
+                    pid: Some(p.pid),
+                    gpu_uuids: p.gpu_uuids.clone(),
+                    evidence: json!({
+                        "matched": model,
+                        "pattern": pattern.pattern,
+                        "family": pattern.family,
+                        "developer": pattern.developer,
+                        "developer_country": pattern.country,
+                        "listing": pattern.listing,
+                        "cmdline": p.cmdline,
+                        "container_id": p.container_id,
+                        "pod_uid": p.pod_uid,
+                        "slurm_job_id": p.slurm_job_id,
+                        "report_seq": report.seq,
+                    }),
+                    policy_digest: self.digest.clone(),
+                });
+            }
+        }
+        for a in &report.accelerators {
+            if let Some((_, v)) = self
+                .accelerator_vendors
+                .iter()
+                .find(|(id, _)| *id == a.vendor_id)
+            {
+                flags.push(NewFlag {
+                    rule: "foreign-accelerator".into(),
+                    severity: v.severity.as_str().into(),
+                    job_key: format!("pci:{}", a.pci_address),
+                    summary: format!("{} has a {} {} at PCI {}: {}", host.hostname, v.name, a.product, a.pci_address, v.reason),
+                    pid: None,
+                    gpu_uuids: Vec::new(),
+                    evidence: json!({"pci_address": a.pci_address, "vendor_id": a.vendor_id, "device_id": a.device_id, "product": a.product, "report_seq": report.seq}),
+                    policy_digest: self.digest.clone(),
+                });
+            }
+        }
+        flags.extend(self.chain_flags(host, report, pos));
+        flags
+    }
+
+    fn chain_flags(
+        &self,
+        host: &HostContext<'_>,
+        report: &pb::UsageReport,
+        pos: &ChainPosition,
+    ) -> Vec<NewFlag> {
+        let mut flags = Vec::new();
+        if report.seq > pos.last_seq + 1 {
+            let (first, last) = (pos.last_seq + 1, report.seq - 1);
+            flags.push(NewFlag {
+                rule: "sequence-gap".into(),
+                severity: Severity::Medium.as_str().into(),
+                job_key: format!("seq:{first}-{last}"),
+                summary: format!("{}: reports {first} to {last} never reached the collector", host.hostname),
+                pid: None,
+                gpu_uuids: Vec::new(),
+                evidence: json!({"missing_first": first, "missing_last": last, "report_seq": report.seq}),
+                policy_digest: self.digest.clone(),
+            });
+        }
+        if let Some(g) = &report.gap {
+            flags.push(NewFlag {
+                rule: "sequence-gap".into(),
+                severity: Severity::Medium.as_str().into(),
+                job_key: format!("seq:{}-{}", g.first_seq, g.last_seq),
+                summary: format!(
+                    "{}: the agent dropped reports {} to {} before delivery ({})",
+                    host.hostname, g.first_seq, g.last_seq, g.reason
+                ),
+                pid: None,
+                gpu_uuids: Vec::new(),
+                evidence: json!({"missing_first": g.first_seq, "missing_last": g.last_seq, "agent_gap_record": report.seq, "reason": g.reason}),
+                policy_digest: self.digest.clone(),
+            });
+        }
+        let expected = pos.last_hash.as_deref().unwrap_or(&[]);
+        if report.seq == pos.last_seq + 1
+            && pos.last_seq > 0
+            && report.prev_report_sha256 != expected
+        {
+            flags.push(NewFlag {
+                rule: "chain-break".into(),
+                severity: Severity::High.as_str().into(),
+                job_key: format!("seq:{}", report.seq),
+                summary: format!(
+                    "{}: report {} does not chain to report {} (previous-report hash differs): history was rewritten or a second agent uses this key",
+                    host.hostname, report.seq, pos.last_seq
+                ),
+                pid: None,
+                gpu_uuids: Vec::new(),
+                evidence: json!({
+                    "report_seq": report.seq,
+                    "prev_report_sha256": gpuattest_proto::hex(&report.prev_report_sha256),
+                    "stored_hash": gpuattest_proto::hex(expected),
+                }),
+                policy_digest: self.digest.clone(),
+            });
+        }
+        flags
+    }
+}
+
+/// `GPU-a` / `GPU-a, GPU-b` / `GPU-a and 7 more GPUs`: short enough for a table row.
+fn gpu_list(uuids: &[String]) -> String {
+    match uuids {
+        [] => "no GPU".into(),
+        [one] => one.clone(),
+        [a, b] => format!("{a}, {b}"),
+        [first, rest @ ..] => format!("{first} and {} more GPUs", rest.len()),
+    }
+}
+
+/// The job a process belongs to: Slurm job, pod, container, or the process itself (pid + start time).
+pub fn job_key(p: &pb::GpuProcess) -> String {
+    if let Some(j) = &p.slurm_job_id {
+        return format!("slurm:{j}");
+    }
+    if let Some(u) = &p.pod_uid {
+        return format!("pod:{u}");
+    }
+    if let Some(c) = &p.container_id {
+        return format!("container:{c}");
+    }
+    format!("pid:{}:{}", p.pid, p.start_time_ticks.unwrap_or(0))
+}
+
+/// Model-id candidates in a command line: every `org/name` tail of each word, and Hugging Face cache
+/// directory names (`models--org--name`) turned back into `org/name`.
+pub fn model_candidates(cmdline: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for word in
+        cmdline.split(|c: char| c.is_whitespace() || matches!(c, '=' | ',' | '"' | '\'' | ';'))
+    {
+        if word.is_empty() || word.len() > 1024 {
+            continue;
+        }
+        let parts: Vec<&str> = word.split('/').filter(|s| !s.is_empty()).collect();
+        for w in parts.windows(2) {
+            out.push(format!("{}/{}", w[0], w[1]));
+        }
+        for part in &parts {
+            if let Some(rest) = part.strip_prefix("models--") {
+                let mut it = rest.splitn(2, "--");
+                if let (Some(org), Some(name)) = (it.next(), it.next()) {
+                    out.push(format!("{org}/{name}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Glob match with `*` (any run) and `?` (one character), iterative with backtracking on the last `*`.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_policy_parses() {
+        let p = Policy::builtin();
+        assert!(p.digest().starts_with("sha256:"));
+        assert!(p.patterns.len() >= 10);
+    }
+
+    #[test]
+    fn glob_cases() {
+        assert!(glob("deepseek-ai/*", "deepseek-ai/deepseek-v3"));
+        assert!(!glob("deepseek-ai/*", "deepseek-ai"));
+        assert!(glob("tencent/hunyuan*", "tencent/hunyuan-large"));
+        assert!(glob("a?c", "abc"));
+        assert!(!glob("a?c", "ac"));
+        assert!(glob("*", ""));
+        assert!(!glob("a*b*c", &"ab".repeat(2000)));
+    }
+
+    #[test]
+    fn cmdline_matches() {
+        let p = Policy::builtin();
+        let hits = p.match_cmdline(
+            "torchrun --nproc-per-node 8 train.py --model deepseek-ai/DeepSeek-V3 --lr 1e-5",
+        );
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].1, "deepseek-ai/DeepSeek-V3");
+        assert_eq!(hits[0].0.severity, Severity::High);
+        let hits = p.match_cmdline(
+            "vllm serve /root/.cache/huggingface/hub/models--THUDM--glm-4-9b-chat/snapshots/abc",
+        );
+        assert_eq!(hits[0].0.family, "GLM / ChatGLM");
+        let hits = p.match_cmdline("python serve.py --model=/models/Qwen/Qwen2.5-7B-Instruct");
+        assert_eq!(hits[0].0.family, "Qwen");
+        assert!(
+            p.match_cmdline("vllm serve meta-llama/Llama-3.1-8B-Instruct")
+                .is_empty()
+        );
+        assert!(
+            p.match_cmdline("python train.py --notes deepseek-ai")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn chain_rules() {
+        let p = Policy::builtin();
+        let host = HostContext {
+            host_id: "h",
+            hostname: "n",
+        };
+        let mut r = pb::UsageReport {
+            seq: 5,
+            prev_report_sha256: vec![1; 32],
+            ..Default::default()
+        };
+        let gap = p.evaluate(
+            &host,
+            &r,
+            &ChainPosition {
+                last_seq: 2,
+                last_hash: Some(vec![1; 32]),
+            },
+        );
+        assert_eq!(gap.len(), 1);
+        assert_eq!(
+            (gap[0].rule.as_str(), gap[0].job_key.as_str()),
+            ("sequence-gap", "seq:3-4")
+        );
+        r.seq = 3;
+        let brk = p.evaluate(
+            &host,
+            &r,
+            &ChainPosition {
+                last_seq: 2,
+                last_hash: Some(vec![2; 32]),
+            },
+        );
+        assert_eq!(brk[0].rule, "chain-break");
+        assert!(
+            p.evaluate(
+                &host,
+                &r,
+                &ChainPosition {
+                    last_seq: 2,
+                    last_hash: Some(vec![1; 32])
+                }
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn hostile_policies_are_refused_with_line_and_key() {
+        let e = Policy::parse(
+            "[[model_patterns]]\npattern = \"x/*\"\nfamly = \"x\"\n",
+            "p.toml",
+        )
+        .expect_err("unknown key");
+        assert!(
+            e.to_string().contains("famly") && e.to_string().contains("p.toml"),
+            "{e}"
+        );
+        let e = Policy::parse("[[model_patterns]]\npattern = 5\n", "p.toml").expect_err("type");
+        assert!(e.to_string().contains("line 2"), "{e}");
+        let e = Policy::parse(
+            "[[model_patterns]]\npattern = \"\"\nfamily=\"a\"\ndeveloper=\"b\"\ncountry=\"CN\"\nseverity=\"high\"\n",
+            "p.toml",
+        )
+        .expect_err("empty pattern");
+        assert!(e.to_string().contains("1 to 256"), "{e}");
+        let e = Policy::parse(
+            "[[model_patterns]]\npattern = \"a/*\"\nfamily=\"a\"\ndeveloper=\"b\"\ncountry=\"CN\"\nseverity=\"severe\"\n",
+            "p.toml",
+        )
+        .expect_err("bad severity");
+        assert!(
+            e.to_string().contains("severity") || e.to_string().contains("severe"),
+            "{e}"
+        );
+        assert!(Policy::parse("", "empty").is_ok());
+    }
+}

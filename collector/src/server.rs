@@ -1,0 +1,105 @@
+//! Running the collector: gRPC ingest and the HTTP side on listeners handed in from outside (port 0 in
+//! tests and the demo), until the shutdown signal.
+
+use std::sync::{Arc, RwLock};
+
+use gpuattest_proto::pb::collector_server::CollectorServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::info;
+
+use crate::http::{HttpState, router};
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::store::Store;
+
+/// A running collector's shared parts.
+#[derive(Clone)]
+pub struct Collector {
+    /// The store.
+    pub store: Arc<Store>,
+    /// The policy in force.
+    pub policy: Arc<RwLock<Policy>>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Why serving stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The gRPC server failed.
+    #[error("gRPC server on {addr}: {reason}")]
+    Grpc {
+        /// Listen address.
+        addr: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The HTTP server failed.
+    #[error("HTTP server on {addr}: {reason}")]
+    Http {
+        /// Listen address.
+        addr: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+impl Collector {
+    /// A collector over a store and policy.
+    pub fn new(store: Arc<Store>, policy: Policy) -> Self {
+        Collector {
+            store,
+            policy: Arc::new(RwLock::new(policy)),
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+
+    /// Serves gRPC on `grpc` and HTTP on `http` until `shutdown` turns true.
+    ///
+    /// # Errors
+    /// [`ServeError`] when either server fails.
+    pub async fn serve(
+        &self,
+        grpc: TcpListener,
+        http: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), ServeError> {
+        let grpc_addr = grpc.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let http_addr = http.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        info!(grpc = %grpc_addr, http = %http_addr, store = %self.store.path().display(), "collector serving");
+        let ingest = Ingest::new(
+            self.store.clone(),
+            self.policy.clone(),
+            self.metrics.clone(),
+        );
+        let svc = CollectorServer::new(ingest)
+            .max_decoding_message_size(gpuattest_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(gpuattest_proto::MAX_MESSAGE_BYTES);
+        let mut s1 = shutdown.clone();
+        let grpc_task = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .add_service(svc)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+                let _ = s1.wait_for(|v| *v).await;
+            });
+        let app = router(HttpState {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+        });
+        let http_task = axum::serve(http, app).with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|v| *v).await;
+        });
+        let (g, h) = tokio::join!(grpc_task, http_task);
+        g.map_err(|e| ServeError::Grpc {
+            addr: grpc_addr,
+            reason: e.to_string(),
+        })?;
+        h.map_err(|e| ServeError::Http {
+            addr: http_addr,
+            reason: e.to_string(),
+        })
+    }
+}

@@ -1,0 +1,933 @@
+//! The store: hosts, tokens, signed reports (verbatim, beside their decoded fields), flags and the audit
+//! log. The embedded default is SQLite in `--data DIR`, with versioned, append-only migrations.
+//!
+//! Every write that belongs together happens in one transaction: a report, its decoded rows, the host's
+//! new sequence position and the flags it raised commit together or not at all, so a rejected or failed
+//! report never changes what is stored.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use gpuattest_proto::pb;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+
+use crate::timefmt::rfc3339;
+
+/// The migrations, in order. Never edit a shipped one; append.
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file could not be opened or created.
+    #[error(
+        "cannot open the store at {path}: {source}; check --data (env GPUATTEST_DATA) and its permissions"
+    )]
+    Open {
+        /// The database path.
+        path: PathBuf,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer gpuattest.
+    #[error(
+        "the store at {path} has schema version {found}, newer than this collector knows ({known}); upgrade gpuattest-collector"
+    )]
+    TooNew {
+        /// The database path.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+        /// The newest this build knows.
+        known: i64,
+    },
+    /// A query failed.
+    #[error("store: {what}: {source}")]
+    Sql {
+        /// What was being done.
+        what: &'static str,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// An enrollment was refused.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Result alias for store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+fn sql(what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Sql { what, source }
+}
+
+/// A token to insert (only its hash is kept).
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    /// Short public id.
+    pub id: String,
+    /// SHA-256 of the token.
+    pub hash: [u8; 32],
+    /// `enroll`, `reviewer`, `operator`, `customer`.
+    pub role: String,
+    /// Tenant binding.
+    pub tenant: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub expires_at: i64,
+    /// Who minted it.
+    pub created_by: String,
+}
+
+/// A stored token.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenRow {
+    /// Short public id.
+    pub id: String,
+    /// Role.
+    pub role: String,
+    /// Tenant binding.
+    pub tenant: Option<String>,
+    /// Unix ms.
+    pub expires_at: i64,
+    /// Unix ms, for used enrollment tokens.
+    pub used_at: Option<i64>,
+    /// Unix ms, for revoked tokens.
+    pub revoked_at: Option<i64>,
+}
+
+/// An enrolled host.
+#[derive(Debug, Clone)]
+pub struct HostRow {
+    /// Host id.
+    pub host_id: String,
+    /// Hostname at enrollment.
+    pub hostname: String,
+    /// Tenant the host serves.
+    pub tenant: Option<String>,
+    /// Raw Ed25519 public key.
+    pub public_key: Vec<u8>,
+    /// SHA-256 of the key.
+    pub key_id: Vec<u8>,
+    /// Highest stored sequence number.
+    pub last_seq: u64,
+    /// Revoked at (Unix ms).
+    pub revoked_at: Option<i64>,
+}
+
+/// What `hosts list` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostSummary {
+    /// Host id.
+    pub host_id: String,
+    /// Hostname.
+    pub hostname: String,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Highest stored sequence number.
+    pub last_seq: u64,
+    /// Distinct reports stored.
+    pub reports: u64,
+    /// Sequence numbers between 1 and `last_seq` with no stored report.
+    pub gaps: u64,
+    /// Last report received (RFC 3339).
+    pub last_seen: Option<String>,
+    /// Enrolled at (RFC 3339).
+    pub enrolled_at: String,
+    /// Revoked.
+    pub revoked: bool,
+}
+
+/// A verified, decoded report to commit.
+#[derive(Debug)]
+pub struct IncomingReport<'a> {
+    /// The verified signed report (its `report` bytes are stored verbatim).
+    pub signed: &'a pb::SignedReport,
+    /// The decoded report.
+    pub decoded: &'a pb::UsageReport,
+    /// Unix ms.
+    pub received_at: i64,
+    /// The report carries a nonce this collector issued on the live stream.
+    pub nonce_fresh: bool,
+}
+
+/// Where the host's chain stood when a report arrived, for integrity rules.
+#[derive(Debug, Clone)]
+pub struct ChainPosition {
+    /// Highest sequence number stored before this report.
+    pub last_seq: u64,
+    /// SHA-256 of that report's bytes.
+    pub last_hash: Option<Vec<u8>>,
+}
+
+/// The outcome of committing a report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Commit {
+    /// Stored; the flags raised are counted.
+    Stored {
+        /// Flags inserted or updated.
+        flags: usize,
+    },
+    /// This (host, seq) is already stored: a replay.
+    Duplicate,
+    /// The sequence number is behind the host's position but not stored.
+    Behind {
+        /// The host's position.
+        last_seq: u64,
+    },
+    /// The host is unknown or revoked.
+    HostGone,
+}
+
+/// A flag to raise or update.
+#[derive(Debug, Clone)]
+pub struct NewFlag {
+    /// Rule id.
+    pub rule: String,
+    /// `low`, `medium`, `high`, `critical`.
+    pub severity: String,
+    /// The job the flag is about (one open flag per rule, host and job).
+    pub job_key: String,
+    /// A sentence for reviewers.
+    pub summary: String,
+    /// Process, where one is concerned.
+    pub pid: Option<u32>,
+    /// GPUs concerned.
+    pub gpu_uuids: Vec<String>,
+    /// What matched, as JSON.
+    pub evidence: serde_json::Value,
+    /// Digest of the policy that raised it.
+    pub policy_digest: String,
+}
+
+/// A stored flag.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlagRow {
+    /// Flag id.
+    pub id: i64,
+    /// Rule id.
+    pub rule: String,
+    /// Severity.
+    pub severity: String,
+    /// `open`, `confirmed`, `dismissed`, `escalated`.
+    pub status: String,
+    /// Host.
+    pub host_id: String,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Summary for reviewers.
+    pub summary: String,
+    /// Job key.
+    pub job: String,
+    /// Process.
+    pub pid: Option<u32>,
+    /// GPUs.
+    pub gpu_uuids: Vec<String>,
+    /// Evidence.
+    pub evidence: serde_json::Value,
+    /// Policy digest.
+    pub policy_digest: String,
+    /// First report that raised it.
+    pub first_seq: u64,
+    /// Latest report that matched.
+    pub last_seq: u64,
+    /// Reports that matched.
+    pub occurrences: u64,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+/// An audit entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRow {
+    /// Entry id.
+    pub id: i64,
+    /// RFC 3339.
+    pub at: String,
+    /// Who (token id or `cli`).
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// On what.
+    pub target: String,
+    /// Detail.
+    pub detail: String,
+}
+
+/// The embedded SQLite store.
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `data_dir`, and applies pending migrations.
+    ///
+    /// # Errors
+    /// [`StoreError::Open`] when the directory or database cannot be opened, [`StoreError::TooNew`]
+    /// when a newer collector wrote it.
+    pub fn open(data_dir: &Path) -> Result<Store> {
+        let path = data_dir.join("gpuattest.db");
+        let open_err = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        if !data_dir.exists() {
+            std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Open {
+                path: path.clone(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
+        }
+        let mut conn = Connection::open(&path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        migrate(&mut conn, &path)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+            path,
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Inserts a token (by hash) and audits it.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn insert_token(&self, t: &NewToken) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(sql("begin"))?;
+        tx.execute(
+            "INSERT INTO tokens (id, hash, role, tenant, created_at, expires_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![t.id, t.hash.as_slice(), t.role, t.tenant, t.created_at, t.expires_at, t.created_by],
+        )
+        .map_err(sql("insert token"))?;
+        audit_tx(
+            &tx,
+            t.created_at,
+            &t.created_by,
+            "token.create",
+            &t.id,
+            &format!(
+                "role={} tenant={}",
+                t.role,
+                t.tenant.as_deref().unwrap_or("-")
+            ),
+        )?;
+        tx.commit().map_err(sql("commit token"))
+    }
+
+    /// Looks a token up by its hash.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRow>> {
+        self.conn()
+            .query_row(
+                "SELECT id, role, tenant, expires_at, used_at, revoked_at FROM tokens WHERE hash = ?1",
+                params![hash],
+                |r| {
+                    Ok(TokenRow {
+                        id: r.get(0)?,
+                        role: r.get(1)?,
+                        tenant: r.get(2)?,
+                        expires_at: r.get(3)?,
+                        used_at: r.get(4)?,
+                        revoked_at: r.get(5)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sql("look up token"))
+    }
+
+    /// Consumes a one-time enrollment token and pins `public_key` to a new host, in one transaction.
+    ///
+    /// # Errors
+    /// [`StoreError::Refused`] with a reason the agent can act on: unknown, used, expired or revoked
+    /// token; key already enrolled.
+    #[allow(clippy::too_many_arguments)]
+    pub fn enroll(
+        &self,
+        token_hash: &[u8],
+        public_key: &[u8],
+        key_id: &[u8],
+        hostname: &str,
+        machine_id: &str,
+        facts_json: &str,
+        now: i64,
+    ) -> Result<HostRow> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql("begin"))?;
+        let token: Option<(String, String, Option<String>, i64, Option<i64>, Option<i64>)> = tx
+            .query_row(
+                "SELECT id, role, tenant, expires_at, used_at, revoked_at FROM tokens WHERE hash = ?1",
+                params![token_hash],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .optional()
+            .map_err(sql("look up enroll token"))?;
+        let Some((token_id, role, tenant, expires_at, used_at, revoked_at)) = token else {
+            return Err(StoreError::Refused("unknown enroll token; mint one with `gpuattest-collector token create --role enroll`".into()));
+        };
+        if role != "enroll" {
+            return Err(StoreError::Refused(format!(
+                "token {token_id} has role {role}, not enroll"
+            )));
+        }
+        if let Some(at) = used_at {
+            audit_tx(
+                &tx,
+                now,
+                "agent",
+                "enroll.refused",
+                &token_id,
+                &format!("token already used at {}; host {hostname}", rfc3339(at)),
+            )?;
+            tx.commit().map_err(sql("commit refusal"))?;
+            return Err(StoreError::Refused(format!(
+                "enroll token {token_id} was already used at {}; mint a new one",
+                rfc3339(at)
+            )));
+        }
+        if revoked_at.is_some() {
+            return Err(StoreError::Refused(format!(
+                "enroll token {token_id} is revoked; mint a new one"
+            )));
+        }
+        if expires_at <= now {
+            return Err(StoreError::Refused(format!(
+                "enroll token {token_id} expired at {}; mint a new one",
+                rfc3339(expires_at)
+            )));
+        }
+        let existing: Option<String> = tx
+            .query_row(
+                "SELECT host_id FROM hosts WHERE key_id = ?1",
+                params![key_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql("look up key"))?;
+        if let Some(h) = existing {
+            return Err(StoreError::Refused(format!(
+                "this key is already enrolled as host {h}; re-enrolling a known host needs an operator's action"
+            )));
+        }
+        let host_id = new_host_id(hostname, key_id);
+        tx.execute(
+            "INSERT INTO hosts (host_id, hostname, machine_id, tenant, public_key, key_id, enrolled_at, enroll_token_id, facts) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![host_id, hostname, machine_id, tenant, public_key, key_id, now, token_id, facts_json],
+        )
+        .map_err(sql("insert host"))?;
+        tx.execute(
+            "UPDATE tokens SET used_at = ?1 WHERE id = ?2",
+            params![now, token_id],
+        )
+        .map_err(sql("mark token used"))?;
+        audit_tx(
+            &tx,
+            now,
+            &format!("token:{token_id}"),
+            "host.enroll",
+            &host_id,
+            &format!("hostname={hostname}"),
+        )?;
+        tx.commit().map_err(sql("commit enrollment"))?;
+        Ok(HostRow {
+            host_id,
+            hostname: hostname.to_string(),
+            tenant,
+            public_key: public_key.to_vec(),
+            key_id: key_id.to_vec(),
+            last_seq: 0,
+            revoked_at: None,
+        })
+    }
+
+    /// One host.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn host(&self, host_id: &str) -> Result<Option<HostRow>> {
+        self.conn()
+            .query_row(
+                "SELECT host_id, hostname, tenant, public_key, key_id, last_seq, revoked_at FROM hosts WHERE host_id = ?1",
+                params![host_id],
+                |r| {
+                    Ok(HostRow {
+                        host_id: r.get(0)?,
+                        hostname: r.get(1)?,
+                        tenant: r.get(2)?,
+                        public_key: r.get(3)?,
+                        key_id: r.get(4)?,
+                        last_seq: r.get::<_, i64>(5)? as u64,
+                        revoked_at: r.get(6)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sql("look up host"))
+    }
+
+    /// Every host with its report accounting, optionally only one tenant's.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn hosts(&self, tenant: Option<&str>) -> Result<Vec<HostSummary>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT h.host_id, h.hostname, h.tenant, h.last_seq, \
+                   (SELECT COUNT(*) FROM reports r WHERE r.host_id = h.host_id), h.last_seen, h.enrolled_at, h.revoked_at \
+                 FROM hosts h WHERE (?1 IS NULL OR h.tenant = ?1) ORDER BY h.hostname, h.host_id",
+            )
+            .map_err(sql("list hosts"))?;
+        let rows = stmt
+            .query_map(params![tenant], |r| {
+                let last_seq = r.get::<_, i64>(3)? as u64;
+                let reports = r.get::<_, i64>(4)? as u64;
+                Ok(HostSummary {
+                    host_id: r.get(0)?,
+                    hostname: r.get(1)?,
+                    tenant: r.get(2)?,
+                    last_seq,
+                    reports,
+                    gaps: last_seq.saturating_sub(reports),
+                    last_seen: r.get::<_, Option<i64>>(5)?.map(rfc3339),
+                    enrolled_at: rfc3339(r.get(6)?),
+                    revoked: r.get::<_, Option<i64>>(7)?.is_some(),
+                })
+            })
+            .map_err(sql("list hosts"))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sql("list hosts"))
+    }
+
+    /// Commits a verified report with the flags `flags_for` computes from the host's chain position,
+    /// all in one transaction. A duplicate or out-of-order report changes nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`]; nothing is stored then.
+    pub fn commit_report(
+        &self,
+        host_id: &str,
+        incoming: &IncomingReport<'_>,
+        flags_for: impl FnOnce(&ChainPosition) -> Vec<NewFlag>,
+    ) -> Result<Commit> {
+        let r = incoming.decoded;
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql("begin"))?;
+        let host: Option<(i64, Option<Vec<u8>>, Option<i64>, Option<String>)> = tx
+            .query_row(
+                "SELECT last_seq, last_hash, revoked_at, tenant FROM hosts WHERE host_id = ?1",
+                params![host_id],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )
+            .optional()
+            .map_err(sql("read host position"))?;
+        let Some((last_seq, last_hash, revoked, tenant)) = host else {
+            return Ok(Commit::HostGone);
+        };
+        if revoked.is_some() {
+            return Ok(Commit::HostGone);
+        }
+        let seq = r.seq as i64;
+        let exists: bool = tx
+            .query_row(
+                "SELECT 1 FROM reports WHERE host_id = ?1 AND seq = ?2",
+                params![host_id, seq],
+                |_| Ok(true),
+            )
+            .optional()
+            .map_err(sql("check replay"))?
+            .unwrap_or(false);
+        if exists {
+            return Ok(Commit::Duplicate);
+        }
+        if seq <= last_seq {
+            return Ok(Commit::Behind {
+                last_seq: last_seq as u64,
+            });
+        }
+        let position = ChainPosition {
+            last_seq: last_seq as u64,
+            last_hash,
+        };
+        let hash = gpuattest_proto::sha256(&incoming.signed.report);
+        tx.execute(
+            "INSERT INTO reports (host_id, seq, report, signature, key_id, report_sha256, received_at, agent_time, window_start, window_end, nonce_fresh) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                host_id,
+                seq,
+                incoming.signed.report,
+                incoming.signed.signature,
+                incoming.signed.key_id,
+                hash.as_slice(),
+                incoming.received_at,
+                r.agent_time_unix_ms,
+                r.window_start_unix_ms,
+                r.window_end_unix_ms,
+                incoming.nonce_fresh
+            ],
+        )
+        .map_err(sql("insert report"))?;
+        {
+            let mut g = tx
+                .prepare_cached(
+                    "INSERT INTO report_gpus (host_id, seq, gpu_index, uuid, serial, name, pci_bus_id, memory_total, memory_used, util_gpu, power_mw, energy_mj, lost) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) ON CONFLICT DO NOTHING",
+                )
+                .map_err(sql("prepare gpus"))?;
+            for gpu in &r.gpus {
+                g.execute(params![
+                    host_id,
+                    seq,
+                    gpu.index,
+                    gpu.uuid,
+                    gpu.serial,
+                    gpu.name,
+                    gpu.pci_bus_id,
+                    gpu.memory_total_bytes as i64,
+                    gpu.memory_used_bytes.map(|v| v as i64),
+                    gpu.utilization_gpu_pct,
+                    gpu.power_mw,
+                    gpu.energy_mj.map(|v| v as i64),
+                    gpu.lost
+                ])
+                .map_err(sql("insert gpu"))?;
+            }
+            let mut p = tx
+                .prepare_cached(
+                    "INSERT INTO report_processes (host_id, seq, pid, start_time, gpu_uuids, cmdline, container_id, pod_uid, slurm_job_id, uid, exe) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT DO NOTHING",
+                )
+                .map_err(sql("prepare processes"))?;
+            for proc_ in &r.processes {
+                p.execute(params![
+                    host_id,
+                    seq,
+                    proc_.pid,
+                    proc_.start_time_ticks.map(|v| v as i64),
+                    serde_json::to_string(&proc_.gpu_uuids).unwrap_or_default(),
+                    proc_.cmdline,
+                    proc_.container_id,
+                    proc_.pod_uid,
+                    proc_.slurm_job_id,
+                    proc_.uid,
+                    proc_.exe
+                ])
+                .map_err(sql("insert process"))?;
+            }
+        }
+        tx.execute(
+            "UPDATE hosts SET last_seq = ?1, last_hash = ?2, last_seen = ?3 WHERE host_id = ?4",
+            params![seq, hash.as_slice(), incoming.received_at, host_id],
+        )
+        .map_err(sql("advance host"))?;
+        let flags = flags_for(&position);
+        for f in &flags {
+            upsert_flag(
+                &tx,
+                host_id,
+                tenant.as_deref(),
+                r.seq,
+                incoming.received_at,
+                f,
+            )?;
+        }
+        tx.commit().map_err(sql("commit report"))?;
+        Ok(Commit::Stored { flags: flags.len() })
+    }
+
+    /// The stored signed report of (host, seq).
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn signed_report(&self, host_id: &str, seq: u64) -> Result<Option<pb::SignedReport>> {
+        self.conn()
+            .query_row(
+                "SELECT report, signature, key_id FROM reports WHERE host_id = ?1 AND seq = ?2",
+                params![host_id, seq as i64],
+                |r| {
+                    Ok(pb::SignedReport {
+                        report: r.get(0)?,
+                        signature: r.get(1)?,
+                        key_id: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sql("read report"))
+    }
+
+    /// Flags, newest first, optionally one tenant's.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn flags(&self, tenant: Option<&str>) -> Result<Vec<FlagRow>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, rule, severity, status, host_id, tenant, summary, job_key, pid, gpu_uuids, evidence, policy_digest, \
+                   first_seq, last_seq, occurrences, created_at, updated_at \
+                 FROM flags WHERE (?1 IS NULL OR tenant = ?1) \
+                 ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'medium' THEN 2 WHEN 'low' THEN 3 ELSE 4 END, id",
+            )
+            .map_err(sql("list flags"))?;
+        let rows = stmt
+            .query_map(params![tenant], |r| {
+                Ok(FlagRow {
+                    id: r.get(0)?,
+                    rule: r.get(1)?,
+                    severity: r.get(2)?,
+                    status: r.get(3)?,
+                    host_id: r.get(4)?,
+                    tenant: r.get(5)?,
+                    summary: r.get(6)?,
+                    job: r.get(7)?,
+                    pid: r.get(8)?,
+                    gpu_uuids: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
+                    evidence: serde_json::from_str(&r.get::<_, String>(10)?).unwrap_or_default(),
+                    policy_digest: r.get(11)?,
+                    first_seq: r.get::<_, i64>(12)? as u64,
+                    last_seq: r.get::<_, i64>(13)? as u64,
+                    occurrences: r.get::<_, i64>(14)? as u64,
+                    created_at: rfc3339(r.get(15)?),
+                    updated_at: rfc3339(r.get(16)?),
+                })
+            })
+            .map_err(sql("list flags"))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sql("list flags"))
+    }
+
+    /// Records a reviewer's decision on a flag and audits it. Returns the flag's tenant, or `None` when
+    /// there is no such flag.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn decide_flag(
+        &self,
+        id: i64,
+        status: &str,
+        actor: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<Option<()>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(sql("begin"))?;
+        let n = tx
+            .execute(
+                "UPDATE flags SET status = ?1, updated_at = ?2 WHERE id = ?3",
+                params![status, now, id],
+            )
+            .map_err(sql("decide flag"))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        audit_tx(
+            &tx,
+            now,
+            actor,
+            &format!("flag.{status}"),
+            &format!("flag:{id}"),
+            reason,
+        )?;
+        tx.commit().map_err(sql("commit decision"))?;
+        Ok(Some(()))
+    }
+
+    /// Appends to the audit log.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn audit(
+        &self,
+        at: i64,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> Result<()> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO audit (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![at, actor, action, target, detail],
+        )
+        .map_err(sql("audit"))?;
+        Ok(())
+    }
+
+    /// The audit log, newest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn audit_log(&self, limit: u32) -> Result<Vec<AuditRow>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, at, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(sql("read audit"))?;
+        let rows = stmt
+            .query_map(params![limit], |r| {
+                Ok(AuditRow {
+                    id: r.get(0)?,
+                    at: rfc3339(r.get(1)?),
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    target: r.get(4)?,
+                    detail: r.get(5)?,
+                })
+            })
+            .map_err(sql("read audit"))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sql("read audit"))
+    }
+}
+
+fn audit_tx(
+    tx: &rusqlite::Transaction<'_>,
+    at: i64,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: &str,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO audit (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![at, actor, action, target, detail],
+    )
+    .map_err(sql("audit"))?;
+    Ok(())
+}
+
+fn upsert_flag(
+    tx: &rusqlite::Transaction<'_>,
+    host_id: &str,
+    tenant: Option<&str>,
+    seq: u64,
+    now: i64,
+    f: &NewFlag,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO flags (rule, severity, host_id, tenant, job_key, summary, pid, gpu_uuids, evidence, policy_digest, first_seq, last_seq, occurrences, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, 1, ?12, ?12) \
+         ON CONFLICT (rule, host_id, job_key) DO UPDATE SET \
+           last_seq = excluded.last_seq, occurrences = occurrences + 1, updated_at = excluded.updated_at, \
+           evidence = excluded.evidence, gpu_uuids = excluded.gpu_uuids, policy_digest = excluded.policy_digest",
+        params![
+            f.rule,
+            f.severity,
+            host_id,
+            tenant,
+            f.job_key,
+            f.summary,
+            f.pid,
+            serde_json::to_string(&f.gpu_uuids).unwrap_or_default(),
+            f.evidence.to_string(),
+            f.policy_digest,
+            seq as i64,
+            now
+        ],
+    )
+    .map_err(sql("upsert flag"))?;
+    Ok(())
+}
+
+/// `<hostname>-<first 6 hex of key id>`, sanitised: readable in flags, unique per key.
+fn new_host_id(hostname: &str, key_id: &[u8]) -> String {
+    let clean: String = hostname
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+        .take(48)
+        .collect();
+    let base = if clean.is_empty() {
+        "host".to_string()
+    } else {
+        clean
+    };
+    format!(
+        "{base}-{}",
+        gpuattest_proto::hex(&key_id[..key_id.len().min(3)])
+    )
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
+        .map_err(sql("create migrations table"))?;
+    let current: i64 = conn
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql("read schema version"))?;
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found: current,
+            known,
+        });
+    }
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql("begin migration"))?;
+        // Another process may have migrated between our read and the lock.
+        let again: i64 = tx
+            .query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql("read schema version"))?;
+        if again > i as i64 {
+            continue;
+        }
+        tx.execute_batch(m).map_err(sql("apply migration"))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+            params![i as i64 + 1, crate::now_ms()],
+        )
+        .map_err(sql("record migration"))?;
+        tx.commit().map_err(sql("commit migration"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

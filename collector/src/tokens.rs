@@ -1,0 +1,149 @@
+//! Credentials: one-time enrollment tokens for agents and bearer tokens for people (reviewer, operator,
+//! customer bound to one tenant). Tokens are 256 random bits; only their SHA-256 is stored.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::store::{NewToken, Store, StoreError, TokenRow};
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// One-time agent enrollment.
+    Enroll,
+    /// Security reviewer: reads flags and decides them.
+    Reviewer,
+    /// Operator: hosts, audit, tokens.
+    Operator,
+    /// Customer: sees only its own tenant.
+    Customer,
+}
+
+impl Role {
+    /// The role's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Enroll => "enroll",
+            Role::Reviewer => "reviewer",
+            Role::Operator => "operator",
+            Role::Customer => "customer",
+        }
+    }
+
+    /// How long a token of this role lives unless told otherwise.
+    pub fn default_ttl(self) -> Duration {
+        match self {
+            Role::Enroll => Duration::from_secs(24 * 3600),
+            _ => Duration::from_secs(90 * 24 * 3600),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "enroll" => Ok(Role::Enroll),
+            "reviewer" => Ok(Role::Reviewer),
+            "operator" => Ok(Role::Operator),
+            "customer" => Ok(Role::Customer),
+            _ => Err(format!(
+                "unknown role `{s}`; use enroll, reviewer, operator or customer"
+            )),
+        }
+    }
+}
+
+/// SHA-256 of a presented token.
+pub fn hash(token: &str) -> [u8; 32] {
+    gpuattest_proto::sha256(token.trim().as_bytes())
+}
+
+/// Mints a token, stores its hash and returns the token (shown once).
+///
+/// # Errors
+/// [`StoreError::Refused`] for a customer token without a tenant; [`StoreError::Sql`].
+pub fn mint(
+    store: &Store,
+    role: Role,
+    tenant: Option<&str>,
+    ttl: Option<Duration>,
+    actor: &str,
+    now: i64,
+) -> Result<String, StoreError> {
+    if role == Role::Customer && tenant.is_none() {
+        return Err(StoreError::Refused(
+            "a customer token is bound to one tenant: pass --tenant ID".into(),
+        ));
+    }
+    if let Some(t) = tenant
+        && (t.is_empty() || t.len() > 128 || t.chars().any(char::is_control))
+    {
+        return Err(StoreError::Refused(
+            "--tenant must be 1 to 128 printable characters".into(),
+        ));
+    }
+    let mut raw = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut raw)
+        .map_err(|_| StoreError::Refused("the system random generator failed".into()))?;
+    let token = format!("gpa_{}", gpuattest_proto::hex(&raw));
+    let h = hash(&token);
+    let ttl = ttl.unwrap_or_else(|| role.default_ttl());
+    store.insert_token(&NewToken {
+        id: gpuattest_proto::hex(&h[..6]),
+        hash: h,
+        role: role.as_str().to_string(),
+        tenant: tenant.map(str::to_string),
+        created_at: now,
+        expires_at: now.saturating_add(ttl.as_millis() as i64),
+        created_by: actor.to_string(),
+    })?;
+    Ok(token)
+}
+
+/// A person's verified credential.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// Token id (for the audit log).
+    pub token_id: String,
+    /// Role.
+    pub role: Role,
+    /// Tenant binding.
+    pub tenant: Option<String>,
+}
+
+/// Checks a bearer token: known, not revoked, not expired, and not an enrollment token.
+///
+/// # Errors
+/// A reason string when the token is not valid.
+pub fn authenticate(store: &Store, token: &str, now: i64) -> Result<Principal, String> {
+    let row: TokenRow = store
+        .token_by_hash(&hash(token))
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "unknown token".to_string())?;
+    if row.revoked_at.is_some() {
+        return Err(format!("token {} is revoked", row.id));
+    }
+    if row.expires_at <= now {
+        return Err(format!("token {} has expired", row.id));
+    }
+    let role: Role = row.role.parse()?;
+    if role == Role::Enroll {
+        return Err("an enroll token cannot be used for the API".into());
+    }
+    Ok(Principal {
+        token_id: row.id,
+        role,
+        tenant: row.tenant,
+    })
+}
