@@ -189,12 +189,9 @@ pub async fn run(
         appended: Notify::new(),
     });
 
-    let sender = tokio::spawn(send_loop(
-        shared.clone(),
-        cfg.clone(),
-        host_id,
-        shutdown.clone(),
-    ));
+    // The sender has its own stop signal: on shutdown it first gets a moment to drain the spool.
+    let (sender_stop_tx, sender_stop) = watch::channel(false);
+    let sender = tokio::spawn(send_loop(shared.clone(), cfg.clone(), host_id, sender_stop));
     let observer = Arc::new(Mutex::new(observer));
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -228,7 +225,17 @@ pub async fn run(
         }
         window_start = end;
     }
-    info!("agent stopping");
+    let drain_until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while !lock(&shared.spool).pending().is_empty() && tokio::time::Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let chain = lock(&shared.chain).clone();
+    info!(
+        last_seq = chain.last_seq,
+        acked_seq = chain.acked_seq,
+        "agent stopping"
+    );
+    let _ = sender_stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), sender).await;
     Ok(())
 }

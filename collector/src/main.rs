@@ -73,6 +73,20 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ListCmd,
     },
+    /// Stored reports.
+    Reports {
+        #[command(subcommand)]
+        cmd: ReportsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReportsCmd {
+    /// Re-verify every stored report's signature and hash chain from the stored bytes; exit 1 if any fails.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -208,6 +222,33 @@ fn main() -> ExitCode {
             Ok(f) => {
                 print!("{}", render::flags(&f));
                 ExitCode::SUCCESS
+            }
+            Err(e) => fail(1, e),
+        },
+        Cmd::Reports {
+            cmd: ReportsCmd::Verify { json },
+        } => match open().and_then(|s| s.verify_all()) {
+            Ok(v) => {
+                let ok = v.invalid.is_empty() && v.chain_breaks == 0;
+                if json {
+                    let _ = print_json(&v);
+                } else {
+                    println!(
+                        "{} reports checked: {} valid, {} invalid, {} chain breaks",
+                        v.checked,
+                        v.valid,
+                        v.invalid.len(),
+                        v.chain_breaks
+                    );
+                    for i in &v.invalid {
+                        println!("  {} seq {}: {}", i.host_id, i.seq, i.reason);
+                    }
+                }
+                if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
             }
             Err(e) => fail(1, e),
         },

@@ -1,1 +1,9 @@
+//! gpuattest integration tests: real collector, agent and workload processes on loopback, over the
+//! simulated NVML library. One test binary for the whole crate (link time on small machines).
+//!
+//! Run `cargo build --workspace` first: the tests start the built binaries.
 
+mod demo;
+mod hostile;
+mod inspect;
+mod streaming;

@@ -1,1 +1,410 @@
-//! placeholder
+//! Helpers for gpuattest's integration tests: start real collector and agent processes on loopback,
+//! real workload processes, and a raw gRPC client for hostile-input tests.
+//!
+//! The binaries come from the same target directory as the test executable, so run
+//! `cargo build --workspace` before `cargo test --workspace` (the README's test command does).
+//!
+//! # Layout
+//! - this file: process helpers ([`Collector`], [`Agent`], [`Workload`]), CLI wrappers, waiting.
+//! - [`raw`]: a hand-driven agent (own key, crafted reports) for tamper, replay and key tests.
+
+pub mod raw;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The directory holding the built binaries (`target/debug` or `target/release`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test-exe>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf();
+    for f in [
+        "gpuattest-agent",
+        "gpuattest-collector",
+        "libgpuattest_nvml_sim.so",
+    ] {
+        assert!(
+            dir.join(f).exists(),
+            "{} is missing: run `cargo build --workspace` before the integration tests",
+            dir.join(f).display()
+        );
+    }
+    dir
+}
+
+/// Path of a built binary or library.
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// The simulated NVML library.
+pub fn sim_lib() -> PathBuf {
+    bin("libgpuattest_nvml_sim.so")
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a command to completion and returns (exit code, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.stdin(Stdio::null()).output().expect("run command");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A collector command against a data directory.
+pub fn collector_cmd(data: &Path) -> Command {
+    let mut c = Command::new(bin("gpuattest-collector"));
+    c.arg("--data")
+        .arg(data)
+        .env_remove("GPUATTEST_DATA")
+        .env_remove("GPUATTEST_DATABASE");
+    c
+}
+
+/// Runs a collector command that prints JSON and returns it.
+pub fn collector_json(data: &Path, args: &[&str]) -> Value {
+    let (code, out, err) = run(collector_cmd(data).args(args));
+    assert_eq!(code, 0, "gpuattest-collector {args:?} failed: {err}");
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("gpuattest-collector {args:?} printed non-JSON ({e}): {out}"))
+}
+
+/// Mints a token.
+pub fn token(data: &Path, role: &str, tenant: Option<&str>) -> String {
+    let mut args = vec!["token", "create", "--role", role, "--json"];
+    if let Some(t) = tenant {
+        args.extend(["--tenant", t]);
+    }
+    collector_json(data, &args)["token"]
+        .as_str()
+        .expect("token")
+        .to_string()
+}
+
+/// `hosts list --json`, keyed by hostname.
+pub fn hosts(data: &Path) -> Vec<Value> {
+    collector_json(data, &["hosts", "list", "--json"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// One host's row by hostname.
+pub fn host(data: &Path, hostname: &str) -> Option<Value> {
+    hosts(data).into_iter().find(|h| h["hostname"] == hostname)
+}
+
+/// `flags list --json`.
+pub fn flags(data: &Path) -> Vec<Value> {
+    collector_json(data, &["flags", "list", "--json"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Sends SIGTERM (graceful stop) to a child and waits up to `timeout` for it.
+pub fn terminate(child: &mut Child, timeout: Duration) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A running `gpuattest-collector serve` on loopback ports chosen by the kernel.
+pub struct Collector {
+    /// The process.
+    pub child: Child,
+    /// `127.0.0.1:PORT` of gRPC.
+    pub grpc: String,
+    /// `127.0.0.1:PORT` of HTTP.
+    pub http: String,
+    /// The data directory.
+    pub data: PathBuf,
+}
+
+impl Collector {
+    /// Starts a collector on `data`.
+    pub fn start(data: &Path) -> Collector {
+        let mut child = collector_cmd(data)
+            .args([
+                "serve",
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .env("GPUATTEST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start collector");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read listen line");
+        let grab = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .unwrap_or_else(|| panic!("collector printed {line:?}, expected {key}ADDR"))
+                .to_string()
+        };
+        let (grpc, http) = (grab("grpc="), grab("http="));
+        Collector {
+            child,
+            grpc,
+            http,
+            data: data.to_path_buf(),
+        }
+    }
+
+    /// The agent-facing URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// Stops it with SIGKILL (a crash).
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        terminate(&mut self.child, Duration::from_secs(3));
+    }
+}
+
+/// A running `gpuattest-agent run` on the simulated NVML library.
+pub struct Agent {
+    /// The process.
+    pub child: Child,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+}
+
+/// How to start an agent.
+pub struct AgentSpec<'a> {
+    /// Collector URLs.
+    pub collectors: Vec<String>,
+    /// Enrollment token.
+    pub token: &'a str,
+    /// State directory.
+    pub state_dir: &'a Path,
+    /// Scenario JSON file.
+    pub scenario: &'a Path,
+    /// Hostname to report.
+    pub hostname: &'a str,
+    /// sysfs tree.
+    pub sys_root: &'a Path,
+    /// Observation interval.
+    pub interval: &'a str,
+}
+
+impl Agent {
+    /// Starts an agent.
+    pub fn start(spec: &AgentSpec<'_>) -> Agent {
+        let mut cmd = Command::new(bin("gpuattest-agent"));
+        cmd.arg("run");
+        for c in &spec.collectors {
+            cmd.args(["--collector", c]);
+        }
+        let child = cmd
+            .args([
+                "--enroll-token",
+                spec.token,
+                "--interval",
+                spec.interval,
+                "--hostname",
+                spec.hostname,
+            ])
+            .arg("--state-dir")
+            .arg(spec.state_dir)
+            .arg("--nvml-lib")
+            .arg(sim_lib())
+            .arg("--sys-root")
+            .arg(spec.sys_root)
+            .env("GPUATTEST_NVML_SIM", spec.scenario)
+            .env("GPUATTEST_LOG", "warn")
+            .env_remove("GPUATTEST_NVML_LIB")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start agent");
+        Agent {
+            child,
+            state_dir: spec.state_dir.to_path_buf(),
+        }
+    }
+
+    /// `status --json`.
+    pub fn status(&self) -> Value {
+        agent_status(&self.state_dir)
+    }
+
+    /// Graceful stop.
+    pub fn stop(&mut self) {
+        terminate(&mut self.child, Duration::from_secs(8));
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `gpuattest-agent status --state-dir DIR --json`.
+pub fn agent_status(state_dir: &Path) -> Value {
+    let (code, out, err) = run(Command::new(bin("gpuattest-agent"))
+        .args(["status", "--json", "--state-dir"])
+        .arg(state_dir));
+    assert_eq!(code, 0, "agent status failed: {err}");
+    serde_json::from_str(&out).expect("status JSON")
+}
+
+/// A real process with a chosen command line, alive until dropped. It is the collector binary in its
+/// stand-in workload mode, with `argv0` and `args` as its visible command line.
+pub struct Workload {
+    /// The process.
+    pub child: Child,
+}
+
+impl Workload {
+    /// Starts one.
+    pub fn start(argv0: &str, args: &[&str]) -> Workload {
+        use std::os::unix::process::CommandExt;
+        let child = Command::new(bin("gpuattest-collector"))
+            .arg0(argv0)
+            .args(args)
+            .env("GPUATTEST_DEMO_WORKLOAD", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start workload");
+        Workload { child }
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes a scenario placing `pids` on the first GPUs (one pid per GPU, in order), with `gpus` GPUs.
+pub fn write_scenario(path: &Path, seed: &str, gpus: usize, pids: &[u32]) {
+    let list: Vec<Value> = (0..gpus)
+        .map(|i| match pids.get(i) {
+            Some(pid) => serde_json::json!({"processes": [{"pid": pid, "used_memory_bytes": 40_000_000_000u64}]}),
+            None => serde_json::json!({}),
+        })
+        .collect();
+    std::fs::write(
+        path,
+        serde_json::json!({"seed": seed, "gpus": list}).to_string(),
+    )
+    .expect("write scenario");
+}
+
+/// Writes a sysfs tree with the given (address, vendor, device, class) PCI devices.
+pub fn write_sysfs(root: &Path, devices: &[(&str, &str, &str, &str)]) {
+    std::fs::create_dir_all(root.join("bus/pci/devices")).expect("sysfs root");
+    for (addr, vendor, device, class) in devices {
+        let d = root.join("bus/pci/devices").join(addr);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        for (f, v) in [("vendor", vendor), ("device", device), ("class", class)] {
+            std::fs::write(d.join(f), format!("{v}\n")).expect("write");
+        }
+    }
+}
+
+/// A blocking HTTP GET on loopback with an optional bearer token: (status, body).
+pub fn http_get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    http_request(addr, "GET", path, token, None)
+}
+
+/// A minimal HTTP/1.1 request on loopback (no client dependency): (status, body).
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect HTTP");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("write request");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read response");
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}

@@ -241,6 +241,30 @@ pub struct FlagRow {
     pub updated_at: String,
 }
 
+/// What re-verifying the stored reports found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifySummary {
+    /// Reports read.
+    pub checked: u64,
+    /// Reports whose signature verifies over the stored bytes.
+    pub valid: u64,
+    /// Consecutive stored reports whose hash chain does not link.
+    pub chain_breaks: u64,
+    /// Reports that failed, with why.
+    pub invalid: Vec<InvalidReport>,
+}
+
+/// A stored report that failed re-verification.
+#[derive(Debug, Clone, Serialize)]
+pub struct InvalidReport {
+    /// Host.
+    pub host_id: String,
+    /// Sequence number.
+    pub seq: u64,
+    /// Why.
+    pub reason: String,
+}
+
 /// An audit entry.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditRow {
@@ -690,6 +714,68 @@ impl Store {
             )
             .optional()
             .map_err(sql("read report"))
+    }
+
+    /// Re-verifies every stored report against its host's pinned key, and the hash chain between
+    /// consecutive stored reports, from the stored bytes alone.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn verify_all(&self) -> Result<VerifySummary> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT r.host_id, r.seq, r.report, r.signature, r.key_id, h.public_key FROM reports r \
+                 JOIN hosts h ON h.host_id = r.host_id ORDER BY r.host_id, r.seq",
+            )
+            .map_err(sql("read reports"))?;
+        let mut rows = stmt.query([]).map_err(sql("read reports"))?;
+        let mut summary = VerifySummary::default();
+        let mut prev: Option<(String, u64, [u8; 32])> = None;
+        while let Some(r) = rows.next().map_err(sql("read reports"))? {
+            let host_id: String = r.get(0).map_err(sql("read report"))?;
+            let seq = r.get::<_, i64>(1).map_err(sql("read report"))? as u64;
+            let signed = pb::SignedReport {
+                report: r.get(2).map_err(sql("read report"))?,
+                signature: r.get(3).map_err(sql("read report"))?,
+                key_id: r.get(4).map_err(sql("read report"))?,
+            };
+            let public_key: Vec<u8> = r.get(5).map_err(sql("read report"))?;
+            summary.checked += 1;
+            let mut problem = gpuattest_proto::verify_report(&public_key, &signed)
+                .err()
+                .map(|e| e.to_string());
+            if problem.is_none() {
+                match <pb::UsageReport as prost::Message>::decode(signed.report.as_slice()) {
+                    Err(e) => problem = Some(format!("stored bytes do not decode: {e}")),
+                    Ok(rep) if rep.seq != seq || rep.host_id != host_id => {
+                        problem = Some(format!(
+                            "stored under ({host_id}, {seq}) but says ({}, {})",
+                            rep.host_id, rep.seq
+                        ));
+                    }
+                    Ok(rep) => {
+                        if let Some((ph, ps, phash)) = &prev
+                            && *ph == host_id
+                            && *ps + 1 == seq
+                            && rep.prev_report_sha256 != phash.as_slice()
+                        {
+                            summary.chain_breaks += 1;
+                        }
+                    }
+                }
+            }
+            match problem {
+                None => summary.valid += 1,
+                Some(reason) => summary.invalid.push(InvalidReport {
+                    host_id: host_id.clone(),
+                    seq,
+                    reason,
+                }),
+            }
+            prev = Some((host_id, seq, gpuattest_proto::sha256(&signed.report)));
+        }
+        Ok(summary)
     }
 
     /// Flags, newest first, optionally one tenant's.
