@@ -97,19 +97,14 @@ pub fn scan(sys_root: &Path, managed: &[String]) -> Vec<Accelerator> {
     for entry in entries.flatten().take(4096) {
         let name = entry.file_name().to_string_lossy().into_owned();
         let dir = entry.path();
-        let (Some(vendor), Some(device), Some(class)) = (
-            read_hex(&dir.join("vendor")),
-            read_hex(&dir.join("device")),
-            read_hex(&dir.join("class")),
-        ) else {
+        let (Some(vendor), Some(device), Some(class)) =
+            (read_hex(&dir.join("vendor")), read_hex(&dir.join("device")), read_hex(&dir.join("class")))
+        else {
             continue;
         };
         let (vendor, device) = (vendor as u16, device as u16);
         let known_vendor = VENDORS.iter().find(|(v, _)| *v == vendor).map(|(_, n)| *n);
-        let known_device = DEVICES
-            .iter()
-            .find(|(v, d, _)| *v == vendor && *d == device)
-            .map(|(_, _, p)| *p);
+        let known_device = DEVICES.iter().find(|(v, d, _)| *v == vendor && *d == device).map(|(_, _, p)| *p);
         let accelerator_class = is_accelerator_class(class);
         // Intel and AMD also make ordinary integrated graphics: only listed devices or class 0x12 count.
         let counts = known_device.is_some()
@@ -123,8 +118,7 @@ pub fn scan(sys_root: &Path, managed: &[String]) -> Vec<Accelerator> {
             vendor_id: format!("0x{vendor:04x}"),
             device_id: format!("0x{device:04x}"),
             vendor: known_vendor.unwrap_or("unknown vendor").to_string(),
-            product: known_device
-                .map_or_else(|| format!("unknown device 0x{device:04x}"), str::to_string),
+            product: known_device.map_or_else(|| format!("unknown device 0x{device:04x}"), str::to_string),
             class: format!("0x{class:06x}"),
         });
     }

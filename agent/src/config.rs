@@ -50,26 +50,20 @@ impl FileConfig {
     /// # Errors
     /// [`ConfigError`] naming the file, and the line and key for syntax and type errors.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-        let err = |reason: String| ConfigError {
-            path: path.display().to_string(),
-            reason,
-        };
+        let err = |reason: String| ConfigError { path: path.display().to_string(), reason };
         let bytes = crate::jobs::read_bounded(path, MAX_CONFIG_BYTES + 1)
             .ok_or_else(|| err("cannot read the file; check the path and permissions".into()))?;
         if bytes.len() > MAX_CONFIG_BYTES {
             return Err(err(format!("larger than {MAX_CONFIG_BYTES} bytes")));
         }
         let text = std::str::from_utf8(&bytes).map_err(|e| err(format!("not UTF-8 ({e})")))?;
-        let cfg: FileConfig =
-            toml::from_str(text).map_err(|e| err(e.to_string().replace('\n', " ")))?;
+        let cfg: FileConfig = toml::from_str(text).map_err(|e| err(e.to_string().replace('\n', " ")))?;
         if let Some(i) = &cfg.interval {
-            gpuattest_proto::units::parse_duration(i)
-                .map_err(|e| err(format!("key `interval`: {e}")))?;
+            gpuattest_proto::units::parse_duration(i).map_err(|e| err(format!("key `interval`: {e}")))?;
         }
         if let Some(c) = &cfg.collector {
             for a in c {
-                crate::transport::check_address(a)
-                    .map_err(|e| err(format!("key `collector`: {e}")))?;
+                crate::transport::check_address(a).map_err(|e| err(format!("key `collector`: {e}")))?;
             }
         }
         Ok(cfg)
@@ -120,39 +114,25 @@ impl Settings {
             Some((p, f)) => (p.display().to_string(), f),
             None => ("command line".to_string(), FileConfig::default()),
         };
-        let err = |reason: String| ConfigError {
-            path: path.clone(),
-            reason,
-        };
-        let collectors = if flags.collector.is_empty() {
-            file.collector.unwrap_or_default()
-        } else {
-            flags.collector
-        };
+        let err = |reason: String| ConfigError { path: path.clone(), reason };
+        let collectors = if flags.collector.is_empty() { file.collector.unwrap_or_default() } else { flags.collector };
         if collectors.is_empty() {
-            return Err(err(
-                "no collector address; pass --collector URL (repeat it for failover)".into(),
-            ));
+            return Err(err("no collector address; pass --collector URL (repeat it for failover)".into()));
         }
         for c in &collectors {
             crate::transport::check_address(c).map_err(|e| err(e.to_string()))?;
         }
-        let state_dir = flags.state_dir.or(file.state_dir).ok_or_else(|| {
-            err("no state directory; pass --state-dir DIR (for example /var/lib/gpuattest)".into())
-        })?;
-        let interval_text = flags
-            .interval
-            .or(file.interval)
-            .unwrap_or_else(|| "10s".into());
-        let interval = gpuattest_proto::units::parse_duration(&interval_text)
-            .map_err(|e| err(format!("interval: {e}")))?;
+        let state_dir = flags
+            .state_dir
+            .or(file.state_dir)
+            .ok_or_else(|| err("no state directory; pass --state-dir DIR (for example /var/lib/gpuattest)".into()))?;
+        let interval_text = flags.interval.or(file.interval).unwrap_or_else(|| "10s".into());
+        let interval =
+            gpuattest_proto::units::parse_duration(&interval_text).map_err(|e| err(format!("interval: {e}")))?;
         if interval.is_zero() {
             return Err(err("interval must be more than 0".into()));
         }
-        let enroll_token = match (
-            flags.enroll_token.or(file.enroll_token),
-            file.enroll_token_file,
-        ) {
+        let enroll_token = match (flags.enroll_token.or(file.enroll_token), file.enroll_token_file) {
             (Some(t), _) => Some(t),
             (None, Some(f)) => Some(
                 crate::jobs::read_bounded(&f, 4096)
@@ -171,19 +151,10 @@ impl Settings {
                 spool_max_bytes: mib.saturating_mul(1024 * 1024).max(1024 * 1024),
                 window: 256,
             },
-            nvml_lib: flags
-                .nvml_lib
-                .or(file.nvml_lib)
-                .unwrap_or_else(crate::gpu::NvmlSource::default_lib),
+            nvml_lib: flags.nvml_lib.or(file.nvml_lib).unwrap_or_else(crate::gpu::NvmlSource::default_lib),
             paths: crate::observe::HostPaths {
-                proc_root: flags
-                    .proc_root
-                    .or(file.proc_root)
-                    .unwrap_or_else(|| "/proc".into()),
-                sys_root: flags
-                    .sys_root
-                    .or(file.sys_root)
-                    .unwrap_or_else(|| "/sys".into()),
+                proc_root: flags.proc_root.or(file.proc_root).unwrap_or_else(|| "/proc".into()),
+                sys_root: flags.sys_root.or(file.sys_root).unwrap_or_else(|| "/sys".into()),
                 hostname: flags.hostname.or(file.hostname),
             },
         })
@@ -202,34 +173,22 @@ mod tests {
 
     #[test]
     fn good_file() {
-        let c = load(b"collector = [\"http://127.0.0.1:7443\"]\nstate_dir = \"/var/lib/gpuattest\"\ninterval = \"10s\"\n")
-            .expect("load");
+        let c =
+            load(b"collector = [\"http://127.0.0.1:7443\"]\nstate_dir = \"/var/lib/gpuattest\"\ninterval = \"10s\"\n")
+                .expect("load");
         assert_eq!(c.interval.as_deref(), Some("10s"));
     }
 
     #[test]
     fn bad_files_name_line_and_key() {
         let e = load(b"state_dir = \"/x\"\nintervall = \"10s\"\n").expect_err("unknown key");
-        assert!(
-            e.to_string().contains("intervall") && e.to_string().contains("line 2"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("intervall") && e.to_string().contains("line 2"), "{e}");
         let e = load(b"interval = 10\n").expect_err("wrong type");
         assert!(e.to_string().contains("interval"), "{e}");
         let e = load(b"interval = \"ten\"\n").expect_err("bad duration");
         assert!(e.to_string().contains("key `interval`"), "{e}");
-        assert!(
-            load(b"\xff\xfe")
-                .expect_err("encoding")
-                .to_string()
-                .contains("UTF-8")
-        );
-        assert!(
-            load(b"collector = [\"http://10.1.1.1:1\"]")
-                .expect_err("policy")
-                .to_string()
-                .contains("loopback")
-        );
+        assert!(load(b"\xff\xfe").expect_err("encoding").to_string().contains("UTF-8"));
+        assert!(load(b"collector = [\"http://10.1.1.1:1\"]").expect_err("policy").to_string().contains("loopback"));
         assert!(load(&vec![b'#'; MAX_CONFIG_BYTES + 10]).is_err());
         assert_eq!(load(b"").expect("empty is fine"), FileConfig::default());
     }

@@ -40,9 +40,7 @@ pub enum StateError {
         reason: String,
     },
     /// A state file holds something the agent cannot read.
-    #[error(
-        "{path} is corrupt ({reason}); restore it from backup or remove the state directory and re-enroll"
-    )]
+    #[error("{path} is corrupt ({reason}); restore it from backup or remove the state directory and re-enroll")]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -55,10 +53,7 @@ pub enum StateError {
 pub type Result<T, E = StateError> = std::result::Result<T, E>;
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
-    move |source| StateError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| StateError::Io { path: path.to_path_buf(), source }
 }
 
 /// Creates `dir` (mode 0700) if needed.
@@ -92,9 +87,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     }
     fs::rename(&tmp, path).map_err(io_err(path))?;
     if let Some(dir) = path.parent() {
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))?;
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
     }
     Ok(())
 }
@@ -106,9 +99,7 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity")
-            .field("key_id", &self.key_id_hex())
-            .finish()
+        f.debug_struct("Identity").field("key_id", &self.key_id_hex()).finish()
     }
 }
 
@@ -123,10 +114,8 @@ impl Identity {
         let path = state_dir.join("agent.key");
         if !path.exists() {
             let rng = ring::rand::SystemRandom::new();
-            let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| StateError::BadKey {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+            let doc = Ed25519KeyPair::generate_pkcs8(&rng)
+                .map_err(|e| StateError::BadKey { path: path.clone(), reason: e.to_string() })?;
             write_atomic(&path, doc.as_ref(), 0o600)?;
             tracing::info!(path = %path.display(), "created a new agent signing key");
         }
@@ -135,23 +124,17 @@ impl Identity {
         if mode & 0o077 != 0 {
             return Err(StateError::KeyPermissions { path, mode });
         }
-        let bytes = crate::jobs::read_bounded(&path, 4096).ok_or_else(|| StateError::Io {
-            path: path.clone(),
-            source: std::io::Error::other("cannot read"),
-        })?;
-        let key = Ed25519KeyPair::from_pkcs8(&bytes).map_err(|e| StateError::BadKey {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let bytes = crate::jobs::read_bounded(&path, 4096)
+            .ok_or_else(|| StateError::Io { path: path.clone(), source: std::io::Error::other("cannot read") })?;
+        let key = Ed25519KeyPair::from_pkcs8(&bytes)
+            .map_err(|e| StateError::BadKey { path: path.clone(), reason: e.to_string() })?;
         Ok(Identity { key })
     }
 
     /// Loads an existing key without creating one; `None` when there is none or it is unusable.
     pub fn load_existing(state_dir: &Path) -> Option<Identity> {
         let bytes = crate::jobs::read_bounded(&state_dir.join("agent.key"), 4096)?;
-        Ed25519KeyPair::from_pkcs8(&bytes)
-            .ok()
-            .map(|key| Identity { key })
+        Ed25519KeyPair::from_pkcs8(&bytes).ok().map(|key| Identity { key })
     }
 
     /// The key pair, for signing.
@@ -183,11 +166,7 @@ mod tests {
     fn key_is_created_private_and_stable() {
         let t = tempfile::tempdir().expect("tmp");
         let a = Identity::load_or_create(t.path()).expect("create");
-        let mode = fs::metadata(t.path().join("agent.key"))
-            .expect("meta")
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = fs::metadata(t.path().join("agent.key")).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let b = Identity::load_or_create(t.path()).expect("load");
         assert_eq!(a.public_key(), b.public_key());

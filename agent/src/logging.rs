@@ -8,9 +8,7 @@
 pub fn init(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GPUATTEST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::env::var("GPUATTEST_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {

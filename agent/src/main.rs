@@ -105,19 +105,12 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    gpuattest_agent::logging::init(if matches!(cli.cmd, Cmd::Run(_)) {
-        "info"
-    } else {
-        "warn"
-    });
+    gpuattest_agent::logging::init(if matches!(cli.cmd, Cmd::Run(_)) { "info" } else { "warn" });
     match cli.cmd {
         Cmd::Status { state_dir, json } => match gpuattest_agent::run::status(&state_dir) {
             Ok(s) if json => print_json(&s),
             Ok(s) => {
-                println!(
-                    "host_id    {}",
-                    s.host_id.as_deref().unwrap_or("(not enrolled)")
-                );
+                println!("host_id    {}", s.host_id.as_deref().unwrap_or("(not enrolled)"));
                 println!(
                     "last_seq   {}\nacked_seq  {}\nspooled    {} ({} bytes)",
                     s.last_seq, s.acked_seq, s.spooled, s.spool_bytes
@@ -127,10 +120,7 @@ fn main() -> ExitCode {
             Err(e) => fail(1, e),
         },
         Cmd::Inspect { host, json } => {
-            let lib = host
-                .nvml_lib
-                .clone()
-                .unwrap_or_else(NvmlSource::default_lib);
+            let lib = host.nvml_lib.clone().unwrap_or_else(NvmlSource::default_lib);
             let mut observer = match open_observer(&host, &lib) {
                 Ok(o) => o,
                 Err(code) => return code,
@@ -190,11 +180,7 @@ fn run(a: RunArgs) -> ExitCode {
         Err(e) => return fail(1, e),
     };
     let observer = Observer::new(Box::new(gpus), settings.paths.clone());
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(1, format!("cannot start the runtime: {e}")),
     };

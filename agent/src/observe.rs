@@ -125,11 +125,7 @@ pub struct HostPaths {
 
 impl Default for HostPaths {
     fn default() -> Self {
-        HostPaths {
-            proc_root: PathBuf::from("/proc"),
-            sys_root: PathBuf::from("/sys"),
-            hostname: None,
-        }
+        HostPaths { proc_root: PathBuf::from("/proc"), sys_root: PathBuf::from("/sys"), hostname: None }
     }
 }
 
@@ -142,19 +138,13 @@ pub struct Observer {
 }
 
 fn read_trimmed(path: &std::path::Path) -> String {
-    jobs::read_bounded(path, 4096)
-        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
-        .unwrap_or_default()
+    jobs::read_bounded(path, 4096).map(|b| String::from_utf8_lossy(&b).trim().to_string()).unwrap_or_default()
 }
 
 impl Observer {
     /// An observer over a GPU source and host paths.
     pub fn new(gpus: Box<dyn GpuSource>, paths: HostPaths) -> Self {
-        Observer {
-            gpus,
-            paths,
-            previous: None,
-        }
+        Observer { gpus, paths, previous: None }
     }
 
     /// Facts about the host.
@@ -230,11 +220,8 @@ impl Observer {
                 }
             }
         }
-        let now: BTreeMap<String, (u32, String)> = gpus
-            .iter()
-            .filter(|g| !g.uuid.is_empty())
-            .map(|g| (g.uuid.clone(), (g.index, g.serial.clone())))
-            .collect();
+        let now: BTreeMap<String, (u32, String)> =
+            gpus.iter().filter(|g| !g.uuid.is_empty()).map(|g| (g.uuid.clone(), (g.index, g.serial.clone()))).collect();
         let mut events: Vec<Event> = gpus
             .iter()
             .filter(|g| g.lost)
@@ -293,9 +280,7 @@ pub fn render_text(obs: &Observation) -> String {
         "IDX", "UUID", "SERIAL", "PCI", "NAME", "UTIL%", "PROCS"
     );
     for g in &obs.gpus {
-        let util = g
-            .utilization_gpu_pct
-            .map_or("-".to_string(), |u| u.to_string());
+        let util = g.utilization_gpu_pct.map_or("-".to_string(), |u| u.to_string());
         let name = if g.lost { "(lost)" } else { g.name.as_str() };
         let _ = writeln!(
             s,
@@ -316,28 +301,13 @@ pub fn render_text(obs: &Observation) -> String {
             .as_ref()
             .map(|j| format!("slurm job {j}"))
             .or_else(|| p.pod_uid.as_ref().map(|u| format!("pod {u}")))
-            .or_else(|| {
-                p.container_id
-                    .as_ref()
-                    .map(|c| format!("container {}", &c[..c.len().min(12)]))
-            })
+            .or_else(|| p.container_id.as_ref().map(|c| format!("container {}", &c[..c.len().min(12)])))
             .unwrap_or_else(|| "no job".into());
-        let _ = writeln!(
-            s,
-            "  pid {:<8} {:<28} gpus {}  {}",
-            p.pid,
-            job,
-            p.gpu_uuids.len(),
-            p.cmdline
-        );
+        let _ = writeln!(s, "  pid {:<8} {:<28} gpus {}  {}", p.pid, job, p.gpu_uuids.len(), p.cmdline);
     }
     let _ = writeln!(s, "\nother accelerators: {}", obs.accelerators.len());
     for a in &obs.accelerators {
-        let _ = writeln!(
-            s,
-            "  {} {} {} ({}:{})",
-            a.pci_address, a.vendor, a.product, a.vendor_id, a.device_id
-        );
+        let _ = writeln!(s, "  {} {} {} ({}:{})", a.pci_address, a.vendor, a.product, a.vendor_id, a.device_id);
     }
     s
 }
@@ -350,11 +320,7 @@ mod tests {
     struct Fixed(Vec<GpuSnapshot>);
     impl GpuSource for Fixed {
         fn observe(&mut self) -> Result<GpuSnapshot, GpuError> {
-            Ok(if self.0.len() > 1 {
-                self.0.remove(0)
-            } else {
-                self.0[0].clone()
-            })
+            Ok(if self.0.len() > 1 { self.0.remove(0) } else { self.0[0].clone() })
         }
     }
 
@@ -363,40 +329,24 @@ mod tests {
             index: i,
             uuid: uuid.into(),
             serial: serial.into(),
-            processes: pids
-                .iter()
-                .map(|&pid| GpuProcessUsage {
-                    pid,
-                    used_memory_bytes: 1,
-                })
-                .collect(),
+            processes: pids.iter().map(|&pid| GpuProcessUsage { pid, used_memory_bytes: 1 }).collect(),
             ..Default::default()
         }
     }
 
     fn snap(gpus: Vec<GpuObservation>) -> GpuSnapshot {
-        GpuSnapshot {
-            source: "test".into(),
-            driver_version: None,
-            gpus,
-        }
+        GpuSnapshot { source: "test".into(), driver_version: None, gpus }
     }
 
     #[test]
     fn processes_are_grouped_across_gpus() {
         let me = std::process::id();
-        let src = Fixed(vec![snap(vec![
-            gpu(0, "GPU-a", "1", &[me]),
-            gpu(1, "GPU-b", "2", &[me, 999_999_999]),
-        ])]);
+        let src = Fixed(vec![snap(vec![gpu(0, "GPU-a", "1", &[me]), gpu(1, "GPU-b", "2", &[me, 999_999_999])])]);
         let mut o = Observer::new(Box::new(src), HostPaths::default());
         let obs = o.observe(1).expect("observe");
         assert_eq!(obs.processes.len(), 2);
         let mine = obs.processes.iter().find(|p| p.pid == me).expect("me");
-        assert_eq!(
-            mine.gpu_uuids,
-            vec!["GPU-a".to_string(), "GPU-b".to_string()]
-        );
+        assert_eq!(mine.gpu_uuids, vec!["GPU-a".to_string(), "GPU-b".to_string()]);
         assert!(!mine.cmdline.is_empty());
         assert!(obs.events.is_empty());
     }
@@ -409,13 +359,8 @@ mod tests {
         ]);
         let mut o = Observer::new(Box::new(src), HostPaths::default());
         assert!(o.observe(1).expect("first").events.is_empty());
-        let kinds: Vec<(String, String)> = o
-            .observe(2)
-            .expect("second")
-            .events
-            .into_iter()
-            .map(|e| (e.kind, e.gpu_uuid))
-            .collect();
+        let kinds: Vec<(String, String)> =
+            o.observe(2).expect("second").events.into_iter().map(|e| (e.kind, e.gpu_uuid)).collect();
         assert!(kinds.contains(&("gpu_serial_changed".into(), "GPU-a".into())));
         assert!(kinds.contains(&("gpu_appeared".into(), "GPU-c".into())));
         assert!(kinds.contains(&("gpu_disappeared".into(), "GPU-b".into())));

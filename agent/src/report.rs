@@ -75,18 +75,12 @@ pub fn build(obs: &Observation, ctx: &ReportContext) -> pb::UsageReport {
                 processes: g
                     .processes
                     .iter()
-                    .map(|p| pb::GpuProcessUsage {
-                        pid: p.pid,
-                        used_memory_bytes: p.used_memory_bytes,
-                    })
+                    .map(|p| pb::GpuProcessUsage { pid: p.pid, used_memory_bytes: p.used_memory_bytes })
                     .collect(),
                 unavailable: g
                     .unavailable
                     .iter()
-                    .map(|u| pb::FieldError {
-                        field: u.field.clone(),
-                        reason: u.reason.clone(),
-                    })
+                    .map(|u| pb::FieldError { field: u.field.clone(), reason: u.reason.clone() })
                     .collect(),
                 lost: g.lost,
             })
@@ -123,11 +117,7 @@ pub fn build(obs: &Observation, ctx: &ReportContext) -> pb::UsageReport {
         events: obs
             .events
             .iter()
-            .map(|e| pb::Event {
-                kind: e.kind.clone(),
-                gpu_uuid: e.gpu_uuid.clone(),
-                detail: e.detail.clone(),
-            })
+            .map(|e| pb::Event { kind: e.kind.clone(), gpu_uuid: e.gpu_uuid.clone(), detail: e.detail.clone() })
             .collect(),
         gap: ctx.gap.clone(),
     }
@@ -139,10 +129,7 @@ fn parse_hex(s: &str) -> u32 {
 
 /// Encodes and signs a report. Returns the encoded `SignedReport` and the SHA-256 of the report bytes
 /// (the next report's `prev_report_sha256`).
-pub fn sign(
-    key: &ring::signature::Ed25519KeyPair,
-    report: &pb::UsageReport,
-) -> (Vec<u8>, [u8; 32]) {
+pub fn sign(key: &ring::signature::Ed25519KeyPair, report: &pb::UsageReport) -> (Vec<u8>, [u8; 32]) {
     let bytes = report.encode_to_vec();
     let hash = gpuattest_proto::sha256(&bytes);
     let signed = gpuattest_proto::sign_report(key, bytes);
@@ -159,24 +146,13 @@ mod tests {
         let rng = ring::rand::SystemRandom::new();
         let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).expect("keygen");
         let key = ring::signature::Ed25519KeyPair::from_pkcs8(doc.as_ref()).expect("key");
-        let obs = Observation {
-            observed_at_unix_ms: 2000,
-            ..Default::default()
-        };
-        let ctx = ReportContext {
-            host_id: "h1".into(),
-            seq: 7,
-            window_start_unix_ms: 1000,
-            ..Default::default()
-        };
+        let obs = Observation { observed_at_unix_ms: 2000, ..Default::default() };
+        let ctx = ReportContext { host_id: "h1".into(), seq: 7, window_start_unix_ms: 1000, ..Default::default() };
         let (bytes, hash) = sign(&key, &build(&obs, &ctx));
         let signed = pb::SignedReport::decode(bytes.as_slice()).expect("decode");
         gpuattest_proto::verify_report(key.public_key().as_ref(), &signed).expect("verify");
         assert_eq!(gpuattest_proto::sha256(&signed.report), hash);
         let r = pb::UsageReport::decode(signed.report.as_slice()).expect("decode report");
-        assert_eq!(
-            (r.seq, r.window_start_unix_ms, r.window_end_unix_ms),
-            (7, 1000, 2000)
-        );
+        assert_eq!((r.seq, r.window_start_unix_ms, r.window_end_unix_ms), (7, 1000, 2000));
     }
 }

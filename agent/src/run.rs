@@ -55,9 +55,7 @@ pub enum RunError {
 
 /// The wall clock, Unix milliseconds.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -76,11 +74,7 @@ struct Shared {
 impl Shared {
     /// Signs and spools one report, then advances the chain. A dropped range (spool overflow) is
     /// followed at once by a signed gap record.
-    fn produce(
-        &self,
-        obs: &crate::observe::Observation,
-        window_start: i64,
-    ) -> Result<u64, StateError> {
+    fn produce(&self, obs: &crate::observe::Observation, window_start: i64) -> Result<u64, StateError> {
         let mut chain = lock(&self.chain);
         let mut spool = lock(&self.spool);
         let mut gap = None;
@@ -106,10 +100,7 @@ impl Shared {
                     gap = Some(pb::Gap {
                         first_seq: first,
                         last_seq: last,
-                        reason: format!(
-                            "spool full: {} reports dropped before delivery",
-                            last - first + 1
-                        ),
+                        reason: format!("spool full: {} reports dropped before delivery", last - first + 1),
                     });
                 }
                 None => break,
@@ -134,9 +125,7 @@ impl Shared {
 }
 
 fn hex_decode(s: &str) -> Vec<u8> {
-    (0..s.len() / 2)
-        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect()
+    (0..s.len() / 2).filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()).collect()
 }
 
 /// Brings the chain state up to the spool after a crash between spooling and saving state.
@@ -159,11 +148,7 @@ fn reconcile(chain: &mut ChainState, spool: &Spool) {
 ///
 /// # Errors
 /// [`RunError`] when the state directory or key is unusable, or enrollment is refused for good.
-pub async fn run(
-    cfg: RunConfig,
-    mut observer: Observer,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), RunError> {
+pub async fn run(cfg: RunConfig, mut observer: Observer, mut shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
     let identity = Identity::load_or_create(&cfg.state_dir)?;
     let mut chain = ChainState::load(&cfg.state_dir)?;
     let (spool, recovery) = Spool::open(&cfg.state_dir, chain.acked_seq, cfg.spool_max_bytes)?;
@@ -230,11 +215,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let chain = lock(&shared.chain).clone();
-    info!(
-        last_seq = chain.last_seq,
-        acked_seq = chain.acked_seq,
-        "agent stopping"
-    );
+    info!(last_seq = chain.last_seq, acked_seq = chain.acked_seq, "agent stopping");
     let _ = sender_stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), sender).await;
     Ok(())
@@ -260,14 +241,7 @@ async fn enroll(
             hostname: obs.host.hostname.clone(),
             machine_id: obs.host.machine_id.clone(),
             agent_version: obs.host.agent_version.clone(),
-            gpus: obs
-                .gpus
-                .iter()
-                .map(|g| pb::GpuIdentity {
-                    uuid: g.uuid.clone(),
-                    serial: g.serial.clone(),
-                })
-                .collect(),
+            gpus: obs.gpus.iter().map(|g| pb::GpuIdentity { uuid: g.uuid.clone(), serial: g.serial.clone() }).collect(),
         }),
     };
     let mut backoff = Backoff::new();
@@ -312,26 +286,12 @@ impl Backoff {
     }
 }
 
-async fn send_loop(
-    shared: Arc<Shared>,
-    cfg: RunConfig,
-    host_id: String,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn send_loop(shared: Arc<Shared>, cfg: RunConfig, host_id: String, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = Backoff::new();
     let mut idx = 0usize;
     loop {
         let addr = cfg.collectors[idx % cfg.collectors.len()].clone();
-        match session(
-            &shared,
-            &addr,
-            &host_id,
-            cfg.window,
-            &mut shutdown,
-            &mut backoff,
-        )
-        .await
-        {
+        match session(&shared, &addr, &host_id, cfg.window, &mut shutdown, &mut backoff).await {
             Ok(()) => return,
             Err(e) => {
                 warn!(collector = %addr, error = %e, "stream ended; reconnecting");
@@ -354,10 +314,7 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
     backoff: &mut Backoff,
 ) -> Result<(), TransportError> {
-    let proto_err = |reason: String| TransportError::Protocol {
-        addr: addr.to_string(),
-        reason,
-    };
+    let proto_err = |reason: String| TransportError::Protocol { addr: addr.to_string(), reason };
     let mut client = transport::connect(addr).await?;
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(window.max(1));
     let hello = pb::AgentMessage {
@@ -368,11 +325,8 @@ async fn session(
         })),
     };
     let _ = tx.send(hello).await;
-    let mut inbound = client
-        .stream(ReceiverStream::new(rx))
-        .await
-        .map_err(|s| transport::refused(addr, &s))?
-        .into_inner();
+    let mut inbound =
+        client.stream(ReceiverStream::new(rx)).await.map_err(|s| transport::refused(addr, &s))?.into_inner();
     let mut next_seq = 0u64;
     let mut got_challenge = false;
     loop {

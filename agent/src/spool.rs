@@ -84,12 +84,7 @@ struct SegmentScan {
 fn read_segment(path: &Path) -> Result<SegmentScan> {
     let mut f = File::open(path).map_err(io_err(path))?;
     let len = f.metadata().map_err(io_err(path))?.len();
-    let mut scan = SegmentScan {
-        records: Vec::new(),
-        damaged: 0,
-        bad_tail_at: None,
-        len,
-    };
+    let mut scan = SegmentScan { records: Vec::new(), damaged: 0, bad_tail_at: None, len };
     let mut off = 0u64;
     let mut header = [0u8; HEADER];
     while off < len {
@@ -119,10 +114,7 @@ fn read_segment(path: &Path) -> Result<SegmentScan> {
             scan.damaged += 1;
             continue;
         }
-        scan.records.push(Pending {
-            seq,
-            bytes: payload,
-        });
+        scan.records.push(Pending { seq, bytes: payload });
     }
     Ok(scan)
 }
@@ -140,31 +132,16 @@ impl Spool {
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let first = name
-                    .strip_prefix("seg-")?
-                    .strip_suffix(".log")?
-                    .parse()
-                    .ok()?;
+                let first = name.strip_prefix("seg-")?.strip_suffix(".log")?.parse().ok()?;
                 Some((first, e.path()))
             })
             .collect();
         names.sort();
-        let mut spool = Spool {
-            dir,
-            segments: Vec::new(),
-            pending: VecDeque::new(),
-            max_bytes,
-            current: None,
-        };
+        let mut spool = Spool { dir, segments: Vec::new(), pending: VecDeque::new(), max_bytes, current: None };
         let mut recovery = Recovery::default();
         let count = names.len();
         for (i, (first, path)) in names.into_iter().enumerate() {
-            let SegmentScan {
-                records,
-                damaged,
-                bad_tail_at,
-                len,
-            } = read_segment(&path)?;
+            let SegmentScan { records, damaged, bad_tail_at, len } = read_segment(&path)?;
             let mut bytes = len;
             if damaged > 0 {
                 recovery.damaged_records += damaged;
@@ -174,10 +151,7 @@ impl Spool {
             if let Some(off) = bad_tail_at {
                 if i + 1 == count {
                     // Torn write at the tail of the newest segment: cut it so appends continue cleanly.
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .map_err(io_err(&path))?;
+                    let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
                     f.set_len(off).map_err(io_err(&path))?;
                     f.sync_all().map_err(io_err(&path))?;
                     recovery.truncated_bytes += len - off;
@@ -202,10 +176,7 @@ impl Spool {
         }
         spool.ack(acked_seq)?;
         if !spool.pending.is_empty() {
-            info!(
-                reports = spool.pending.len(),
-                "spool: reports waiting for acknowledgement"
-            );
+            info!(reports = spool.pending.len(), "spool: reports waiting for acknowledgement");
         }
         Ok((spool, recovery))
     }
@@ -260,32 +231,17 @@ impl Spool {
     /// [`crate::identity::StateError::Io`] when the write or fsync fails; the report is then not spooled.
     pub fn append(&mut self, seq: u64, bytes: Vec<u8>) -> Result<Option<(u64, u64)>> {
         let rec = record(seq, &bytes);
-        let rotate = self
-            .segments
-            .last()
-            .is_none_or(|s| s.bytes + rec.len() as u64 > SEGMENT_BYTES);
+        let rotate = self.segments.last().is_none_or(|s| s.bytes + rec.len() as u64 > SEGMENT_BYTES);
         if rotate || self.current.is_none() {
             if rotate {
                 let path = self.dir.join(format!("seg-{seq:020}.log"));
-                self.segments.push(Segment {
-                    path,
-                    last: seq.saturating_sub(1),
-                    bytes: 0,
-                });
+                self.segments.push(Segment { path, last: seq.saturating_sub(1), bytes: 0 });
             }
-            let Some(seg) = self.segments.last() else {
-                unreachable!("a segment was just pushed")
-            };
-            let mut f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&seg.path)
-                .map_err(io_err(&seg.path))?;
+            let Some(seg) = self.segments.last() else { unreachable!("a segment was just pushed") };
+            let mut f = OpenOptions::new().create(true).append(true).open(&seg.path).map_err(io_err(&seg.path))?;
             f.seek(SeekFrom::End(0)).map_err(io_err(&seg.path))?;
             if let Some(dir) = seg.path.parent() {
-                File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io_err(dir))?;
+                File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
             }
             self.current = Some(f);
         }
@@ -306,19 +262,11 @@ impl Spool {
         while self.disk_bytes() > self.max_bytes && self.segments.len() > 1 {
             let seg = self.segments.remove(0);
             fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
-            let lost: Vec<u64> = self
-                .pending
-                .iter()
-                .take_while(|p| p.seq <= seg.last)
-                .map(|p| p.seq)
-                .collect();
+            let lost: Vec<u64> = self.pending.iter().take_while(|p| p.seq <= seg.last).map(|p| p.seq).collect();
             self.pending.retain(|p| p.seq > seg.last);
             if let (Some(first), Some(last)) = (lost.first(), lost.last()) {
                 dropped = Some((dropped.map_or(*first, |d| d.0), *last));
-                warn!(
-                    first,
-                    last, "spool full: dropped unacknowledged reports; a signed gap record follows"
-                );
+                warn!(first, last, "spool full: dropped unacknowledged reports; a signed gap record follows");
             }
         }
         Ok(dropped)
@@ -360,10 +308,7 @@ mod tests {
         drop(s);
         let (s, rec) = Spool::open(t.path(), 2, 1 << 30).expect("reopen");
         assert_eq!(rec, Recovery::default());
-        assert_eq!(
-            s.pending().iter().map(|p| p.seq).collect::<Vec<_>>(),
-            vec![3, 4, 5]
-        );
+        assert_eq!(s.pending().iter().map(|p| p.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert_eq!(s.pending()[0].bytes, vec![3u8; 100]);
     }
 
@@ -385,10 +330,7 @@ mod tests {
         drop(s);
         let (s, rec) = Spool::open(t.path(), 0, 1 << 30).expect("reopen");
         assert_eq!(rec, Recovery::default());
-        assert_eq!(
-            s.pending().iter().map(|p| p.seq).collect::<Vec<_>>(),
-            vec![1, 2]
-        );
+        assert_eq!(s.pending().iter().map(|p| p.seq).collect::<Vec<_>>(), vec![1, 2]);
     }
 
     #[test]
@@ -406,10 +348,7 @@ mod tests {
         let (s, rec) = Spool::open(t.path(), 0, 1 << 30).expect("reopen");
         assert_eq!(rec.damaged_records, 1);
         assert_eq!(rec.truncated_bytes, 0);
-        assert_eq!(
-            s.pending().iter().map(|p| p.seq).collect::<Vec<_>>(),
-            vec![1, 3]
-        );
+        assert_eq!(s.pending().iter().map(|p| p.seq).collect::<Vec<_>>(), vec![1, 3]);
     }
 
     #[test]

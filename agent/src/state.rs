@@ -38,22 +38,14 @@ impl ChainState {
         if !path.exists() {
             return Ok(ChainState::default());
         }
-        let bytes = crate::jobs::read_bounded(&path, 64 * 1024).ok_or_else(|| StateError::Io {
-            path: path.clone(),
-            source: std::io::Error::other("cannot read"),
-        })?;
-        let state: ChainState =
-            serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+        let bytes = crate::jobs::read_bounded(&path, 64 * 1024)
+            .ok_or_else(|| StateError::Io { path: path.clone(), source: std::io::Error::other("cannot read") })?;
+        let state: ChainState = serde_json::from_slice(&bytes)
+            .map_err(|e| StateError::Corrupt { path: path.clone(), reason: e.to_string() })?;
         if state.acked_seq > state.last_seq {
             return Err(StateError::Corrupt {
                 path,
-                reason: format!(
-                    "acked_seq {} is beyond last_seq {}",
-                    state.acked_seq, state.last_seq
-                ),
+                reason: format!("acked_seq {} is beyond last_seq {}", state.acked_seq, state.last_seq),
             });
         }
         Ok(state)
@@ -65,8 +57,7 @@ impl ChainState {
     /// [`StateError::Io`] naming the file.
     pub fn save(&self, state_dir: &Path) -> Result<()> {
         let path = Self::path(state_dir);
-        let json =
-            serde_json::to_vec_pretty(self).map_err(|e| io_err(&path)(std::io::Error::other(e)))?;
+        let json = serde_json::to_vec_pretty(self).map_err(|e| io_err(&path)(std::io::Error::other(e)))?;
         write_atomic(&path, &json, 0o600)
     }
 }
@@ -78,10 +69,7 @@ mod tests {
     #[test]
     fn round_trip_and_corruption() {
         let t = tempfile::tempdir().expect("tmp");
-        assert_eq!(
-            ChainState::load(t.path()).expect("empty"),
-            ChainState::default()
-        );
+        assert_eq!(ChainState::load(t.path()).expect("empty"), ChainState::default());
         let s = ChainState {
             host_id: Some("h".into()),
             enrolled_with: None,
@@ -92,18 +80,9 @@ mod tests {
         s.save(t.path()).expect("save");
         assert_eq!(ChainState::load(t.path()).expect("load"), s);
         std::fs::write(ChainState::path(t.path()), b"{\"last_seq\": \"x\"}").expect("w");
-        assert!(matches!(
-            ChainState::load(t.path()),
-            Err(StateError::Corrupt { .. })
-        ));
-        std::fs::write(
-            ChainState::path(t.path()),
-            b"{\"last_seq\": 1, \"acked_seq\": 2, \"last_hash\": \"\"}",
-        )
-        .expect("w");
-        assert!(matches!(
-            ChainState::load(t.path()),
-            Err(StateError::Corrupt { .. })
-        ));
+        assert!(matches!(ChainState::load(t.path()), Err(StateError::Corrupt { .. })));
+        std::fs::write(ChainState::path(t.path()), b"{\"last_seq\": 1, \"acked_seq\": 2, \"last_hash\": \"\"}")
+            .expect("w");
+        assert!(matches!(ChainState::load(t.path()), Err(StateError::Corrupt { .. })));
     }
 }

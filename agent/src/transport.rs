@@ -51,9 +51,7 @@ impl TransportError {
             TransportError::Address { .. } => false,
             TransportError::Refused { code, .. } => !matches!(
                 code,
-                tonic::Code::PermissionDenied
-                    | tonic::Code::Unauthenticated
-                    | tonic::Code::InvalidArgument
+                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated | tonic::Code::InvalidArgument
             ),
             _ => true,
         }
@@ -65,20 +63,14 @@ impl TransportError {
 /// # Errors
 /// [`TransportError::Address`] with what to do.
 pub fn check_address(addr: &str) -> Result<Uri, TransportError> {
-    let bad = |reason: &str| TransportError::Address {
-        addr: addr.to_string(),
-        reason: reason.to_string(),
-    };
-    let uri: Uri = addr
-        .parse()
-        .map_err(|_| bad("not a URL; use http://127.0.0.1:7443 for a local collector"))?;
+    let bad = |reason: &str| TransportError::Address { addr: addr.to_string(), reason: reason.to_string() };
+    let uri: Uri = addr.parse().map_err(|_| bad("not a URL; use http://127.0.0.1:7443 for a local collector"))?;
     let host = uri.host().ok_or_else(|| bad("no host in the URL"))?;
     match uri.scheme_str() {
         Some("http") => {
             let h = host.trim_start_matches('[').trim_end_matches(']');
-            let loopback = h.eq_ignore_ascii_case("localhost")
-                || h.parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback());
+            let loopback =
+                h.eq_ignore_ascii_case("localhost") || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
             if !loopback {
                 return Err(bad(
                     "plaintext http:// is allowed only to loopback addresses; use https:// with the collector's TLS certificate",
@@ -89,9 +81,7 @@ pub fn check_address(addr: &str) -> Result<Uri, TransportError> {
         Some("https") => Err(bad(
             "TLS transport is not in this build yet; run the collector on loopback or behind a local TLS-terminating proxy",
         )),
-        _ => Err(bad(
-            "the scheme must be http:// (loopback only) or https://",
-        )),
+        _ => Err(bad("the scheme must be http:// (loopback only) or https://")),
     }
 }
 
@@ -109,12 +99,7 @@ pub async fn connect(addr: &str) -> Result<CollectorClient<Channel>, TransportEr
         .await
         .map_err(|e| TransportError::Connect {
             addr: addr.to_string(),
-            reason: format!(
-                "{e}: {}",
-                std::error::Error::source(&e)
-                    .map(|s| s.to_string())
-                    .unwrap_or_default()
-            ),
+            reason: format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()),
         })?;
     Ok(CollectorClient::new(channel)
         .max_decoding_message_size(gpuattest_proto::MAX_MESSAGE_BYTES)
@@ -123,27 +108,16 @@ pub async fn connect(addr: &str) -> Result<CollectorClient<Channel>, TransportEr
 
 /// Converts a gRPC status into a [`TransportError`].
 pub fn refused(addr: &str, s: &tonic::Status) -> TransportError {
-    TransportError::Refused {
-        addr: addr.to_string(),
-        status: s.message().to_string(),
-        code: s.code(),
-    }
+    TransportError::Refused { addr: addr.to_string(), status: s.message().to_string(), code: s.code() }
 }
 
 /// Enrolls this host's key with a one-time token.
 ///
 /// # Errors
 /// [`TransportError::Refused`] when the token is unknown, used or expired.
-pub async fn enroll(
-    addr: &str,
-    req: pb::EnrollRequest,
-) -> Result<pb::EnrollResponse, TransportError> {
+pub async fn enroll(addr: &str, req: pb::EnrollRequest) -> Result<pb::EnrollResponse, TransportError> {
     let mut client = connect(addr).await?;
-    client
-        .enroll(req)
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(|s| refused(addr, &s))
+    client.enroll(req).await.map(tonic::Response::into_inner).map_err(|s| refused(addr, &s))
 }
 
 #[cfg(test)]
@@ -156,18 +130,9 @@ mod tests {
         assert!(check_address("http://127.5.6.7:1").is_ok());
         assert!(check_address("http://localhost:7443").is_ok());
         assert!(check_address("http://[::1]:7443").is_ok());
-        for bad in [
-            "http://10.0.0.5:7443",
-            "http://collector.example.com",
-            "ftp://127.0.0.1",
-            "not a url",
-            "http://",
-        ] {
+        for bad in ["http://10.0.0.5:7443", "http://collector.example.com", "ftp://127.0.0.1", "not a url", "http://"] {
             let e = check_address(bad).expect_err(bad);
-            assert!(
-                e.to_string().contains(bad.split('/').next().unwrap_or(bad)),
-                "{e}"
-            );
+            assert!(e.to_string().contains(bad.split('/').next().unwrap_or(bad)), "{e}");
         }
     }
 }

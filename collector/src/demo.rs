@@ -30,9 +30,7 @@ pub const WORKLOAD_ENV: &str = "GPUATTEST_DEMO_WORKLOAD";
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     /// A binary the demo needs is missing.
-    #[error(
-        "cannot find {what} at {path}; build everything first with `cargo build --release --workspace`"
-    )]
+    #[error("cannot find {what} at {path}; build everything first with `cargo build --release --workspace`")]
     Missing {
         /// What.
         what: &'static str,
@@ -126,30 +124,10 @@ fn workloads() -> Vec<(&'static str, Vec<String>)> {
 
 fn hosts() -> Vec<Host> {
     vec![
-        Host {
-            name: "gpu-node-01",
-            tenant: "acme-ai",
-            placements: (0..8).map(|g| (g, 0)).collect(),
-            ascend: false,
-        },
-        Host {
-            name: "gpu-node-02",
-            tenant: "acme-ai",
-            placements: (0..8).map(|g| (g, 1)).collect(),
-            ascend: false,
-        },
-        Host {
-            name: "gpu-node-03",
-            tenant: "borealis-labs",
-            placements: vec![(0, 2), (1, 2)],
-            ascend: true,
-        },
-        Host {
-            name: "gpu-node-04",
-            tenant: "borealis-labs",
-            placements: vec![],
-            ascend: false,
-        },
+        Host { name: "gpu-node-01", tenant: "acme-ai", placements: (0..8).map(|g| (g, 0)).collect(), ascend: false },
+        Host { name: "gpu-node-02", tenant: "acme-ai", placements: (0..8).map(|g| (g, 1)).collect(), ascend: false },
+        Host { name: "gpu-node-03", tenant: "borealis-labs", placements: vec![(0, 2), (1, 2)], ascend: true },
+        Host { name: "gpu-node-04", tenant: "borealis-labs", placements: vec![], ascend: false },
     ]
 }
 
@@ -178,15 +156,8 @@ fn write_sysfs(root: &Path, ascend: bool) -> Result<(), DemoError> {
 
 fn find_beside_self(name: &'static str, what: &'static str) -> Result<PathBuf, DemoError> {
     let exe = std::env::current_exe().map_err(setup_err("locating this binary"))?;
-    let path = exe
-        .parent()
-        .map(|d| d.join(name))
-        .unwrap_or_else(|| PathBuf::from(name));
-    if path.exists() {
-        Ok(path)
-    } else {
-        Err(DemoError::Missing { what, path })
-    }
+    let path = exe.parent().map(|d| d.join(name)).unwrap_or_else(|| PathBuf::from(name));
+    if path.exists() { Ok(path) } else { Err(DemoError::Missing { what, path }) }
 }
 
 struct Children(Vec<Child>);
@@ -195,11 +166,7 @@ impl Drop for Children {
     fn drop(&mut self) {
         for c in &mut self.0 {
             // SIGTERM first so agents stop cleanly, then make sure.
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .stderr(Stdio::null())
-                .status();
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).stderr(Stdio::null()).status();
         }
         let deadline = Instant::now() + Duration::from_secs(3);
         for c in &mut self.0 {
@@ -225,14 +192,9 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     let store = Arc::new(Store::open(&opts.data).map_err(|e| DemoError::Setup(e.to_string()))?);
     let policy = Policy::load_from_data(&opts.data).map_err(|e| DemoError::Setup(e.to_string()))?;
     let collector = Collector::new(store.clone(), policy);
-    let grpc = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(setup_err("binding gRPC"))?;
+    let grpc = TcpListener::bind("127.0.0.1:0").await.map_err(setup_err("binding gRPC"))?;
     let http = TcpListener::bind(&opts.http_listen).await.map_err(|e| {
-        DemoError::Setup(format!(
-            "binding HTTP on {}: {e}; pass --http-listen 127.0.0.1:0",
-            opts.http_listen
-        ))
+        DemoError::Setup(format!("binding HTTP on {}: {e}; pass --http-listen 127.0.0.1:0", opts.http_listen))
     })?;
     let grpc_addr = grpc.local_addr().map_err(setup_err("gRPC address"))?;
     let http_addr = http.local_addr().map_err(setup_err("HTTP address"))?;
@@ -242,25 +204,12 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         tokio::spawn(async move { c.serve(grpc, http, stop_rx).await })
     };
 
-    let reviewer = tokens::mint(
-        &store,
-        Role::Reviewer,
-        None,
-        Some(Duration::from_secs(7 * 86_400)),
-        "demo",
-        crate::now_ms(),
-    )
-    .map_err(|e| DemoError::Setup(e.to_string()))?;
-    println!(
-        "gpuattest demo: collector on grpc {grpc_addr}, store {}",
-        store.path().display()
-    );
+    let reviewer =
+        tokens::mint(&store, Role::Reviewer, None, Some(Duration::from_secs(7 * 86_400)), "demo", crate::now_ms())
+            .map_err(|e| DemoError::Setup(e.to_string()))?;
+    println!("gpuattest demo: collector on grpc {grpc_addr}, store {}", store.path().display());
     println!("review UI: http://{http_addr}/  (sign in with the reviewer token {reviewer})");
-    println!(
-        "starting {} workloads and {} agents on the simulated NVML library...",
-        workloads().len(),
-        hosts().len()
-    );
+    println!("starting {} workloads and {} agents on the simulated NVML library...", workloads().len(), hosts().len());
     let mut children = Children(Vec::new());
     let mut pids = Vec::new();
     for (argv0, args) in workloads() {
@@ -293,33 +242,20 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
             })
             .collect();
         let scenario = dir.join("scenario.json");
-        let text = serde_json::to_string_pretty(&json!({"seed": h.name, "gpus": gpus}))
-            .unwrap_or_default();
+        let text = serde_json::to_string_pretty(&json!({"seed": h.name, "gpus": gpus})).unwrap_or_default();
         fs::write(&scenario, text).map_err(setup_err("writing a scenario"))?;
         let sys = dir.join("sys");
         let _ = fs::remove_dir_all(&sys);
         write_sysfs(&sys, h.ascend)?;
         let token = tokens::mint(&store, Role::Enroll, Some(h.tenant), None, "demo", now)
             .map_err(|e| DemoError::Setup(e.to_string()))?;
-        let log =
-            fs::File::create(dir.join("agent.log")).map_err(setup_err("creating an agent log"))?;
+        let log = fs::File::create(dir.join("agent.log")).map_err(setup_err("creating an agent log"))?;
         let log2 = log.try_clone().map_err(setup_err("agent log"))?;
         let child = Command::new(&agent_bin)
-            .args([
-                "run",
-                "--collector",
-                &format!("http://{grpc_addr}"),
-                "--enroll-token",
-                &token,
-            ])
+            .args(["run", "--collector", &format!("http://{grpc_addr}"), "--enroll-token", &token])
             .arg("--state-dir")
             .arg(dir.join("state"))
-            .args([
-                "--interval",
-                &format!("{}ms", opts.interval.as_millis()),
-                "--hostname",
-                h.name,
-            ])
+            .args(["--interval", &format!("{}ms", opts.interval.as_millis()), "--hostname", h.name])
             .arg("--nvml-lib")
             .arg(&sim_lib)
             .arg("--sys-root")
@@ -341,18 +277,11 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
             _ = &mut ctrl_c => break,
         }
         if let Ok(hosts) = store.hosts(None) {
-            let line: Vec<String> = hosts
-                .iter()
-                .map(|h| format!("{} {}", h.hostname, h.reports))
-                .collect();
+            let line: Vec<String> = hosts.iter().map(|h| format!("{} {}", h.hostname, h.reports)).collect();
             println!(
                 "[{:>3}s] reports per host: {}",
                 started.elapsed().as_secs(),
-                if line.is_empty() {
-                    "enrolling...".into()
-                } else {
-                    line.join(" · ")
-                }
+                if line.is_empty() { "enrolling...".into() } else { line.join(" · ") }
             );
         }
         if opts.duration.is_some_and(|d| started.elapsed() >= d) {
@@ -366,23 +295,9 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
 
     println!("\n== hosts ==");
-    print!(
-        "{}",
-        crate::render::hosts(
-            &store
-                .hosts(None)
-                .map_err(|e| DemoError::Setup(e.to_string()))?
-        )
-    );
+    print!("{}", crate::render::hosts(&store.hosts(None).map_err(|e| DemoError::Setup(e.to_string()))?));
     println!("\n== flags ==");
-    print!(
-        "{}",
-        crate::render::flags(
-            &store
-                .flags(None)
-                .map_err(|e| DemoError::Setup(e.to_string()))?
-        )
-    );
+    print!("{}", crate::render::flags(&store.flags(None).map_err(|e| DemoError::Setup(e.to_string()))?));
     println!(
         "\nThe store is in {}. Look again with:\n  gpuattest-collector flags list --data {0}\n  gpuattest-collector hosts list --data {0}\n\
          Review in the browser with `gpuattest-collector serve --data {0} --http-listen {http_addr}` and the reviewer token\n  {reviewer}",

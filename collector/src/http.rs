@@ -53,62 +53,47 @@ pub fn allowed(role: Role, action: Action) -> bool {
     )
 }
 
-fn error(code: StatusCode, msg: impl Into<String>) -> Response {
-    (code, Json(json!({"error": msg.into()}))).into_response()
+/// An API error: a status and one sentence, sent as `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
 }
 
-fn authorize(
-    state: &HttpState,
-    headers: &HeaderMap,
-    action: Action,
-) -> Result<Principal, Response> {
+fn error(code: StatusCode, msg: impl Into<String>) -> ApiError {
+    ApiError(code, msg.into())
+}
+
+fn authorize(state: &HttpState, headers: &HeaderMap, action: Action) -> Result<Principal, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            error(
-                StatusCode::UNAUTHORIZED,
-                "missing Authorization: Bearer TOKEN",
-            )
-        })?;
-    let p = tokens::authenticate(&state.store, token, crate::now_ms())
-        .map_err(|e| error(StatusCode::UNAUTHORIZED, e))?;
+        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer TOKEN"))?;
+    let p =
+        tokens::authenticate(&state.store, token, crate::now_ms()).map_err(|e| error(StatusCode::UNAUTHORIZED, e))?;
     if !allowed(p.role, action) {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            format!("role {} may not do this", p.role),
-        ));
+        return Err(error(StatusCode::FORBIDDEN, format!("role {} may not do this", p.role)));
     }
     Ok(p)
 }
 
-fn store_err(e: crate::store::StoreError) -> Response {
+fn store_err(e: crate::store::StoreError) -> ApiError {
     tracing::error!(error = %e, "store failure in the HTTP API");
-    error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "store failure; see the collector log",
-    )
+    error(StatusCode::INTERNAL_SERVER_ERROR, "store failure; see the collector log")
 }
 
 /// Customer tokens see their tenant only; others see all.
 fn tenant_scope(p: &Principal) -> Option<&str> {
-    if p.role == Role::Customer {
-        p.tenant.as_deref().or(Some("\u{0}no-tenant"))
-    } else {
-        None
-    }
+    if p.role == Role::Customer { p.tenant.as_deref().or(Some("\u{0}no-tenant")) } else { None }
 }
 
-async fn list_flags(State(s): State<HttpState>, headers: HeaderMap) -> Response {
-    let p = match authorize(&s, &headers, Action::ListFlags) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    match s.store.flags(tenant_scope(&p)) {
-        Ok(f) => Json(f).into_response(),
-        Err(e) => store_err(e),
-    }
+async fn list_flags(State(s): State<HttpState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let p = authorize(&s, &headers, Action::ListFlags)?;
+    Ok(Json(s.store.flags(tenant_scope(&p)).map_err(store_err)?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -123,74 +108,51 @@ async fn decide(
     headers: HeaderMap,
     Path(id): Path<i64>,
     body: Option<Json<Decision>>,
-) -> Response {
-    let p = match authorize(&s, &headers, Action::Decide) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
+) -> Result<Response, ApiError> {
+    let p = authorize(&s, &headers, Action::Decide)?;
     let Some(Json(d)) = body else {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "body must be JSON {\"decision\": \"confirm|dismiss|escalate\", \"reason\": \"...\"}",
-        );
+        ));
     };
     let status = match d.decision.as_str() {
         "confirm" => "confirmed",
         "dismiss" => "dismissed",
         "escalate" => "escalated",
         other => {
-            return error(
+            return Err(error(
                 StatusCode::BAD_REQUEST,
                 format!("decision {other:?} is not confirm, dismiss or escalate"),
-            );
+            ));
         }
     };
     let reason = d.reason.trim();
     if reason.is_empty() || reason.len() > 4096 {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "a reason of 1 to 4096 characters is required",
-        );
+        return Err(error(StatusCode::BAD_REQUEST, "a reason of 1 to 4096 characters is required"));
     }
-    match s.store.decide_flag(
-        id,
-        status,
-        &format!("token:{}", p.token_id),
-        reason,
-        crate::now_ms(),
-    ) {
-        Ok(Some(())) => Json(json!({"id": id, "status": status})).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no flag {id}")),
-        Err(e) => store_err(e),
+    match s
+        .store
+        .decide_flag(id, status, &format!("token:{}", p.token_id), reason, crate::now_ms())
+        .map_err(store_err)?
+    {
+        Some(()) => Ok(Json(json!({"id": id, "status": status})).into_response()),
+        None => Err(error(StatusCode::NOT_FOUND, format!("no flag {id}"))),
     }
 }
 
-async fn list_hosts(State(s): State<HttpState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &headers, Action::ListHosts) {
-        return r;
-    }
-    match s.store.hosts(None) {
-        Ok(h) => Json(h).into_response(),
-        Err(e) => store_err(e),
-    }
+async fn list_hosts(State(s): State<HttpState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&s, &headers, Action::ListHosts)?;
+    Ok(Json(s.store.hosts(None).map_err(store_err)?).into_response())
 }
 
-async fn audit(State(s): State<HttpState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &headers, Action::ReadAudit) {
-        return r;
-    }
-    match s.store.audit_log(1000) {
-        Ok(a) => Json(a).into_response(),
-        Err(e) => store_err(e),
-    }
+async fn audit(State(s): State<HttpState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&s, &headers, Action::ReadAudit)?;
+    Ok(Json(s.store.audit_log(1000).map_err(store_err)?).into_response())
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -198,14 +160,9 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors 'none'",
-        ),
+        HeaderValue::from_static("default-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors 'none'"),
     );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     r
 }
@@ -213,18 +170,9 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// The router.
 pub fn router(state: HttpState) -> Router {
     Router::new()
-        .route(
-            "/",
-            get(|| async { asset("text/html; charset=utf-8", include_str!("ui/index.html")) }),
-        )
-        .route(
-            "/ui.js",
-            get(|| async { asset("text/javascript; charset=utf-8", include_str!("ui/ui.js")) }),
-        )
-        .route(
-            "/ui.css",
-            get(|| async { asset("text/css; charset=utf-8", include_str!("ui/ui.css")) }),
-        )
+        .route("/", get(|| async { asset("text/html; charset=utf-8", include_str!("ui/index.html")) }))
+        .route("/ui.js", get(|| async { asset("text/javascript; charset=utf-8", include_str!("ui/ui.js")) }))
+        .route("/ui.css", get(|| async { asset("text/css; charset=utf-8", include_str!("ui/ui.css")) }))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/api/v1/flags", get(list_flags))
@@ -249,10 +197,7 @@ mod tests {
             (Enroll, [false, false, false, false]),
         ];
         for (role, row) in expect {
-            for (action, ok) in [ListFlags, Decide, ListHosts, ReadAudit]
-                .into_iter()
-                .zip(row)
-            {
+            for (action, ok) in [ListFlags, Decide, ListHosts, ReadAudit].into_iter().zip(row) {
                 assert_eq!(allowed(role, action), ok, "{role} {action:?}");
             }
         }

@@ -54,11 +54,7 @@ fn internal(e: &StoreError) -> Status {
 impl Ingest {
     /// A service over a store, a policy and metrics.
     pub fn new(store: Arc<Store>, policy: Arc<RwLock<Policy>>, metrics: Arc<Metrics>) -> Self {
-        Ingest {
-            store,
-            policy,
-            metrics,
-        }
+        Ingest { store, policy, metrics }
     }
 
     /// Verifies, checks and commits one signed report from `host`. Blocking (SQLite); call it from a
@@ -73,26 +69,15 @@ impl Ingest {
         nonce: &[u8],
     ) -> Result<Result<u64, Refusal>, Status> {
         let started = Instant::now();
-        let refuse = |seq: u64, code: Code, kind: Reject, message: String| {
-            Ok(Err(Refusal {
-                seq,
-                code,
-                message,
-                kind,
-            }))
-        };
+        let refuse =
+            |seq: u64, code: Code, kind: Reject, message: String| Ok(Err(Refusal { seq, code, message, kind }));
         match verify_report(&host.public_key, signed) {
             Ok(()) => {}
             Err(e @ SignError::UnknownKey { .. }) => {
                 return refuse(0, Code::Unauthenticated, Reject::UnknownKey, e.to_string());
             }
             Err(e) => {
-                return refuse(
-                    0,
-                    Code::InvalidArgument,
-                    Reject::BadSignature,
-                    e.to_string(),
-                );
+                return refuse(0, Code::InvalidArgument, Reject::BadSignature, e.to_string());
             }
         }
         let report = match pb::UsageReport::decode(signed.report.as_slice()) {
@@ -111,19 +96,11 @@ impl Ingest {
                 report.seq,
                 Code::PermissionDenied,
                 Reject::WrongHost,
-                format!(
-                    "report names host {:?} but this stream is host {}",
-                    report.host_id, host.host_id
-                ),
+                format!("report names host {:?} but this stream is host {}", report.host_id, host.host_id),
             );
         }
         if report.seq == 0 {
-            return refuse(
-                0,
-                Code::InvalidArgument,
-                Reject::Malformed,
-                "sequence numbers start at 1".into(),
-            );
+            return refuse(0, Code::InvalidArgument, Reject::Malformed, "sequence numbers start at 1".into());
         }
         let incoming = IncomingReport {
             signed,
@@ -131,44 +108,28 @@ impl Ingest {
             received_at: now_ms(),
             nonce_fresh: !nonce.is_empty() && report.collector_nonce == nonce,
         };
-        let policy = self
-            .policy
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let ctx = HostContext {
-            host_id: &host.host_id,
-            hostname: &host.hostname,
-        };
+        let policy = self.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let ctx = HostContext { host_id: &host.host_id, hostname: &host.hostname };
         let outcome = self
             .store
-            .commit_report(&host.host_id, &incoming, |pos| {
-                policy.evaluate(&ctx, &report, pos)
-            })
+            .commit_report(&host.host_id, &incoming, |pos| policy.evaluate(&ctx, &report, pos))
             .map_err(|e| internal(&e))?;
         match outcome {
             Commit::Stored { flags } => {
-                self.metrics
-                    .accepted(started.elapsed().as_micros() as u64, flags);
+                self.metrics.accepted(started.elapsed().as_micros() as u64, flags);
                 Ok(Ok(report.seq))
             }
             Commit::Duplicate => refuse(
                 report.seq,
                 Code::AlreadyExists,
                 Reject::Replay,
-                format!(
-                    "report {} of host {} is already stored; replay refused",
-                    report.seq, host.host_id
-                ),
+                format!("report {} of host {} is already stored; replay refused", report.seq, host.host_id),
             ),
             Commit::Behind { last_seq } => refuse(
                 report.seq,
                 Code::FailedPrecondition,
                 Reject::OutOfOrder,
-                format!(
-                    "report {} is behind host {}'s position {last_seq}",
-                    report.seq, host.host_id
-                ),
+                format!("report {} is behind host {}'s position {last_seq}", report.seq, host.host_id),
             ),
             Commit::HostGone => refuse(
                 report.seq,
@@ -189,28 +150,18 @@ impl Ingest {
 #[tonic::async_trait]
 impl Collector for Ingest {
     #[instrument(skip_all)]
-    async fn enroll(
-        &self,
-        req: Request<pb::EnrollRequest>,
-    ) -> Result<Response<pb::EnrollResponse>, Status> {
+    async fn enroll(&self, req: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
         let req = req.into_inner();
         if req.public_key.len() != 32 {
             self.metrics.enrollment(false);
-            return Err(Status::invalid_argument(
-                "public_key must be a raw 32-byte Ed25519 key",
-            ));
+            return Err(Status::invalid_argument("public_key must be a raw 32-byte Ed25519 key"));
         }
         if req.enroll_token.is_empty() || req.enroll_token.len() > 256 {
             self.metrics.enrollment(false);
             return Err(Status::unauthenticated("an enroll token is required"));
         }
         let facts = req.facts.unwrap_or_default();
-        let hostname: String = facts
-            .hostname
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(253)
-            .collect();
+        let hostname: String = facts.hostname.chars().filter(|c| !c.is_control()).take(253).collect();
         let facts_json = serde_json::json!({
             "hostname": hostname,
             "machine_id": facts.machine_id,
@@ -225,15 +176,7 @@ impl Collector for Ingest {
         let pk = req.public_key.clone();
         let name = hostname.clone();
         let result = tokio::task::spawn_blocking(move || {
-            store.enroll(
-                &token_hash,
-                &pk,
-                &key_id,
-                &name,
-                &machine_id,
-                &facts_json,
-                now_ms(),
-            )
+            store.enroll(&token_hash, &pk, &key_id, &name, &machine_id, &facts_json, now_ms())
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
@@ -241,10 +184,7 @@ impl Collector for Ingest {
             Ok(host) => {
                 self.metrics.enrollment(true);
                 info!(host_id = %host.host_id, hostname = %hostname, "host enrolled");
-                Ok(Response::new(pb::EnrollResponse {
-                    host_id: host.host_id,
-                    key_id: key_id.to_vec(),
-                }))
+                Ok(Response::new(pb::EnrollResponse { host_id: host.host_id, key_id: key_id.to_vec() }))
             }
             Err(StoreError::Refused(why)) => {
                 self.metrics.enrollment(false);
@@ -258,19 +198,12 @@ impl Collector for Ingest {
     type StreamStream = ReceiverStream<Result<pb::CollectorMessage, Status>>;
 
     #[instrument(skip_all)]
-    async fn stream(
-        &self,
-        req: Request<Streaming<pb::AgentMessage>>,
-    ) -> Result<Response<Self::StreamStream>, Status> {
+    async fn stream(&self, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Self::StreamStream>, Status> {
         let mut inbound = req.into_inner();
         let hello = match inbound.message().await? {
-            Some(pb::AgentMessage {
-                msg: Some(pb::agent_message::Msg::Hello(h)),
-            }) => h,
+            Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Hello(h)) }) => h,
             _ => {
-                return Err(Status::invalid_argument(
-                    "the first message on a stream must be Hello",
-                ));
+                return Err(Status::invalid_argument("the first message on a stream must be Hello"));
             }
         };
         let store = self.store.clone();
@@ -281,20 +214,17 @@ impl Collector for Ingest {
             .map_err(|e| internal(&e))?
             .ok_or_else(|| {
                 warn!(host_id = %hello.host_id, "stream from an unknown host refused");
-                Status::unauthenticated(format!("host {:?} is not enrolled; enroll it with a token from `token create --role enroll`", hello.host_id))
+                Status::unauthenticated(format!(
+                    "host {:?} is not enrolled; enroll it with a token from `token create --role enroll`",
+                    hello.host_id
+                ))
             })?;
         if host.revoked_at.is_some() {
-            return Err(Status::permission_denied(format!(
-                "host {} is revoked",
-                host.host_id
-            )));
+            return Err(Status::permission_denied(format!("host {} is revoked", host.host_id)));
         }
         if hello.key_id != host.key_id {
             warn!(host_id = %host.host_id, "stream with a key other than the enrolled one refused");
-            return Err(Status::unauthenticated(format!(
-                "key is not the one enrolled for host {}",
-                host.host_id
-            )));
+            return Err(Status::unauthenticated(format!("key is not the one enrolled for host {}", host.host_id)));
         }
         let (tx, rx) = mpsc::channel::<Result<pb::CollectorMessage, Status>>(64);
         let nonce = Self::new_nonce();
@@ -320,10 +250,7 @@ impl Collector for Ingest {
                         this.metrics.rejected(Reject::Malformed);
                         warn!(host_id = %host.host_id, error = %status, "undecodable message; closing this stream");
                         let _ = tx
-                            .send(Err(Status::invalid_argument(format!(
-                                "undecodable message: {}",
-                                status.message()
-                            ))))
+                            .send(Err(Status::invalid_argument(format!("undecodable message: {}", status.message()))))
                             .await;
                         break;
                     }
@@ -338,16 +265,13 @@ impl Collector for Ingest {
                             message: "expected a report".into(),
                         };
                         let _ = tx
-                            .send(Ok(pb::CollectorMessage {
-                                msg: Some(pb::collector_message::Msg::Rejection(rej)),
-                            }))
+                            .send(Ok(pb::CollectorMessage { msg: Some(pb::collector_message::Msg::Rejection(rej)) }))
                             .await;
                         continue;
                     }
                 };
                 let (svc, h, n) = (this.clone(), host.clone(), nonce.clone());
-                let outcome =
-                    tokio::task::spawn_blocking(move || svc.handle_report(&h, &signed, &n)).await;
+                let outcome = tokio::task::spawn_blocking(move || svc.handle_report(&h, &signed, &n)).await;
                 let reply = match outcome {
                     Ok(Ok(Ok(seq))) => pb::collector_message::Msg::Ack(pb::Ack { seq }),
                     Ok(Ok(Err(r))) => {
@@ -369,11 +293,7 @@ impl Collector for Ingest {
                         break;
                     }
                 };
-                if tx
-                    .send(Ok(pb::CollectorMessage { msg: Some(reply) }))
-                    .await
-                    .is_err()
-                {
+                if tx.send(Ok(pb::CollectorMessage { msg: Some(reply) })).await.is_err() {
                     break;
                 }
             }

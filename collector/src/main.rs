@@ -16,20 +16,10 @@ use gpuattest_collector::{demo, policy::Policy, render, server::Collector, store
 )]
 struct Cli {
     /// Where the embedded store, keys and policy live.
-    #[arg(
-        long,
-        global = true,
-        env = "GPUATTEST_DATA",
-        default_value = "./gpuattest-data"
-    )]
+    #[arg(long, global = true, env = "GPUATTEST_DATA", default_value = "./gpuattest-data")]
     data: PathBuf,
     /// A shared PostgreSQL store instead of the embedded one.
-    #[arg(
-        long,
-        global = true,
-        env = "GPUATTEST_DATABASE",
-        hide_env_values = true
-    )]
+    #[arg(long, global = true, env = "GPUATTEST_DATABASE", hide_env_values = true)]
     database: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
@@ -138,18 +128,10 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(64)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return if e.use_stderr() { ExitCode::from(64) } else { ExitCode::SUCCESS };
         }
     };
-    gpuattest_collector::logging::init(if matches!(cli.cmd, Cmd::Serve { .. }) {
-        "info"
-    } else {
-        "warn"
-    });
+    gpuattest_collector::logging::init(if matches!(cli.cmd, Cmd::Serve { .. }) { "info" } else { "warn" });
     if let Some(db) = &cli.database {
         let scheme = db.split("://").next().unwrap_or("");
         return fail(
@@ -160,26 +142,10 @@ fn main() -> ExitCode {
         );
     }
     let open = || Store::open(&cli.data).map(Arc::new);
-    let rt = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-    };
+    let rt = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     match cli.cmd {
-        Cmd::Token {
-            cmd:
-                TokenCmd::Create {
-                    role,
-                    tenant,
-                    ttl,
-                    json,
-                },
-        } => {
-            let ttl = match ttl
-                .as_deref()
-                .map(gpuattest_proto::units::parse_duration)
-                .transpose()
-            {
+        Cmd::Token { cmd: TokenCmd::Create { role, tenant, ttl, json } } => {
+            let ttl = match ttl.as_deref().map(gpuattest_proto::units::parse_duration).transpose() {
                 Ok(t) => t,
                 Err(e) => return fail(64, format!("--ttl: {e}")),
             };
@@ -187,17 +153,8 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(e) => return fail(78, e),
             };
-            match tokens::mint(
-                &store,
-                role,
-                tenant.as_deref(),
-                ttl,
-                "cli",
-                gpuattest_collector::now_ms(),
-            ) {
-                Ok(t) if json => print_json(
-                    &serde_json::json!({"token": t, "role": role.as_str(), "tenant": tenant}),
-                ),
+            match tokens::mint(&store, role, tenant.as_deref(), ttl, "cli", gpuattest_collector::now_ms()) {
+                Ok(t) if json => print_json(&serde_json::json!({"token": t, "role": role.as_str(), "tenant": tenant})),
                 Ok(t) => {
                     println!("{t}");
                     ExitCode::SUCCESS
@@ -205,9 +162,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(64, e),
             }
         }
-        Cmd::Hosts {
-            cmd: ListCmd::List { json },
-        } => match open().and_then(|s| s.hosts(None)) {
+        Cmd::Hosts { cmd: ListCmd::List { json } } => match open().and_then(|s| s.hosts(None)) {
             Ok(h) if json => print_json(&h),
             Ok(h) => {
                 print!("{}", render::hosts(&h));
@@ -215,9 +170,7 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(1, e),
         },
-        Cmd::Flags {
-            cmd: ListCmd::List { json },
-        } => match open().and_then(|s| s.flags(None)) {
+        Cmd::Flags { cmd: ListCmd::List { json } } => match open().and_then(|s| s.flags(None)) {
             Ok(f) if json => print_json(&f),
             Ok(f) => {
                 print!("{}", render::flags(&f));
@@ -225,9 +178,7 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(1, e),
         },
-        Cmd::Reports {
-            cmd: ReportsCmd::Verify { json },
-        } => match open().and_then(|s| s.verify_all()) {
+        Cmd::Reports { cmd: ReportsCmd::Verify { json } } => match open().and_then(|s| s.verify_all()) {
             Ok(v) => {
                 let ok = v.invalid.is_empty() && v.chain_breaks == 0;
                 if json {
@@ -244,30 +195,18 @@ fn main() -> ExitCode {
                         println!("  {} seq {}: {}", i.host_id, i.seq, i.reason);
                     }
                 }
-                if ok {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                }
+                if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
             }
             Err(e) => fail(1, e),
         },
-        Cmd::Serve {
-            grpc_listen,
-            http_listen,
-            check_config,
-        } => {
+        Cmd::Serve { grpc_listen, http_listen, check_config } => {
             let (store, policy) = match (open(), Policy::load_from_data(&cli.data)) {
                 (Ok(s), Ok(p)) => (s, p),
                 (Err(e), _) => return fail(78, e),
                 (_, Err(e)) => return fail(78, e),
             };
             if check_config {
-                println!(
-                    "configuration is valid (store {}, policy {})",
-                    store.path().display(),
-                    policy.digest()
-                );
+                println!("configuration is valid (store {}, policy {})", store.path().display(), policy.digest());
                 return ExitCode::SUCCESS;
             }
             let rt = match rt() {
@@ -287,15 +226,8 @@ fn main() -> ExitCode {
                         return fail(1, format!("cannot listen on {http_listen} (HTTP): {e}"));
                     }
                 };
-                let (g, h) = (
-                    grpc.local_addr().map(|a| a.to_string()),
-                    http.local_addr().map(|a| a.to_string()),
-                );
-                println!(
-                    "listening grpc={} http={}",
-                    g.unwrap_or_default(),
-                    h.unwrap_or_default()
-                );
+                let (g, h) = (grpc.local_addr().map(|a| a.to_string()), http.local_addr().map(|a| a.to_string()));
+                println!("listening grpc={} http={}", g.unwrap_or_default(), h.unwrap_or_default());
                 let (tx, rx) = tokio::sync::watch::channel(false);
                 tokio::spawn(async move {
                     gpuattest_collector::logging::shutdown_signal().await;
@@ -307,11 +239,7 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Cmd::Demo {
-            seconds,
-            http_listen,
-            interval,
-        } => {
+        Cmd::Demo { seconds, http_listen, interval } => {
             let interval = match gpuattest_proto::units::parse_duration(&interval) {
                 Ok(i) if !i.is_zero() => i,
                 Ok(_) => return fail(64, "--interval must be more than 0"),

@@ -86,10 +86,7 @@ impl Metrics {
 
     /// Reports rejected for `why` so far.
     pub fn rejected_count(&self, why: Reject) -> u64 {
-        Reject::ALL
-            .iter()
-            .position(|r| *r == why)
-            .map_or(0, |i| self.rejected[i].load(Ordering::Relaxed))
+        Reject::ALL.iter().position(|r| *r == why).map_or(0, |i| self.rejected[i].load(Ordering::Relaxed))
     }
 
     /// Reports accepted so far.
@@ -99,12 +96,7 @@ impl Metrics {
 
     /// An enrollment succeeded (`true`) or was refused.
     pub fn enrollment(&self, ok: bool) {
-        if ok {
-            &self.enrollments
-        } else {
-            &self.enroll_refused
-        }
-        .fetch_add(1, Ordering::Relaxed);
+        if ok { &self.enrollments } else { &self.enroll_refused }.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A stream opened (`true`) or closed.
@@ -121,58 +113,28 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let _ = writeln!(
-            s,
-            "# HELP gpuattest_reports_accepted_total Reports verified and durably stored."
-        );
+        let _ = writeln!(s, "# HELP gpuattest_reports_accepted_total Reports verified and durably stored.");
         let _ = writeln!(s, "# TYPE gpuattest_reports_accepted_total counter");
         let _ = writeln!(s, "gpuattest_reports_accepted_total {}", l(&self.accepted));
-        let _ = writeln!(
-            s,
-            "# HELP gpuattest_reports_rejected_total Reports refused, by reason."
-        );
+        let _ = writeln!(s, "# HELP gpuattest_reports_rejected_total Reports refused, by reason.");
         let _ = writeln!(s, "# TYPE gpuattest_reports_rejected_total counter");
         for (i, r) in Reject::ALL.iter().enumerate() {
-            let _ = writeln!(
-                s,
-                "gpuattest_reports_rejected_total{{reason=\"{}\"}} {}",
-                r.label(),
-                l(&self.rejected[i])
-            );
+            let _ =
+                writeln!(s, "gpuattest_reports_rejected_total{{reason=\"{}\"}} {}", r.label(), l(&self.rejected[i]));
         }
-        let _ = writeln!(
-            s,
-            "# HELP gpuattest_enrollments_total Enrollment attempts, by outcome."
-        );
+        let _ = writeln!(s, "# HELP gpuattest_enrollments_total Enrollment attempts, by outcome.");
         let _ = writeln!(s, "# TYPE gpuattest_enrollments_total counter");
-        let _ = writeln!(
-            s,
-            "gpuattest_enrollments_total{{outcome=\"ok\"}} {}",
-            l(&self.enrollments)
-        );
-        let _ = writeln!(
-            s,
-            "gpuattest_enrollments_total{{outcome=\"refused\"}} {}",
-            l(&self.enroll_refused)
-        );
-        let _ = writeln!(
-            s,
-            "# HELP gpuattest_streams_active Agent report streams open now."
-        );
+        let _ = writeln!(s, "gpuattest_enrollments_total{{outcome=\"ok\"}} {}", l(&self.enrollments));
+        let _ = writeln!(s, "gpuattest_enrollments_total{{outcome=\"refused\"}} {}", l(&self.enroll_refused));
+        let _ = writeln!(s, "# HELP gpuattest_streams_active Agent report streams open now.");
         let _ = writeln!(s, "# TYPE gpuattest_streams_active gauge");
         let _ = writeln!(s, "gpuattest_streams_active {}", l(&self.streams_active));
         let _ = writeln!(s, "# TYPE gpuattest_streams_total counter");
         let _ = writeln!(s, "gpuattest_streams_total {}", l(&self.streams_total));
-        let _ = writeln!(
-            s,
-            "# HELP gpuattest_flag_updates_total Flags raised or updated by reports."
-        );
+        let _ = writeln!(s, "# HELP gpuattest_flag_updates_total Flags raised or updated by reports.");
         let _ = writeln!(s, "# TYPE gpuattest_flag_updates_total counter");
         let _ = writeln!(s, "gpuattest_flag_updates_total {}", l(&self.flags));
-        let _ = writeln!(
-            s,
-            "# HELP gpuattest_ingest_seconds Time from receiving a report to its durable commit."
-        );
+        let _ = writeln!(s, "# HELP gpuattest_ingest_seconds Time from receiving a report to its durable commit.");
         let _ = writeln!(s, "# TYPE gpuattest_ingest_seconds histogram");
         for (i, b) in BUCKETS_MS.iter().enumerate() {
             let _ = writeln!(
@@ -182,21 +144,9 @@ impl Metrics {
                 l(&self.latency_buckets[i])
             );
         }
-        let _ = writeln!(
-            s,
-            "gpuattest_ingest_seconds_bucket{{le=\"+Inf\"}} {}",
-            l(&self.latency_count)
-        );
-        let _ = writeln!(
-            s,
-            "gpuattest_ingest_seconds_sum {}",
-            l(&self.latency_sum_us) as f64 / 1e6
-        );
-        let _ = writeln!(
-            s,
-            "gpuattest_ingest_seconds_count {}",
-            l(&self.latency_count)
-        );
+        let _ = writeln!(s, "gpuattest_ingest_seconds_bucket{{le=\"+Inf\"}} {}", l(&self.latency_count));
+        let _ = writeln!(s, "gpuattest_ingest_seconds_sum {}", l(&self.latency_sum_us) as f64 / 1e6);
+        let _ = writeln!(s, "gpuattest_ingest_seconds_count {}", l(&self.latency_count));
         s
     }
 }

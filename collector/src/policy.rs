@@ -121,8 +121,7 @@ impl Policy {
     /// The built-in default policy.
     pub fn builtin() -> Policy {
         // The default is part of the build and covered by a test; failing here is a build defect.
-        Policy::parse(DEFAULT_POLICY, "built-in")
-            .unwrap_or_else(|e| panic!("built-in policy is invalid: {e}"))
+        Policy::parse(DEFAULT_POLICY, "built-in").unwrap_or_else(|e| panic!("built-in policy is invalid: {e}"))
     }
 
     /// Parses policy TOML.
@@ -131,38 +130,23 @@ impl Policy {
     /// [`PolicyError`] naming the line and key for syntax, type and unknown-key errors, and the
     /// pattern or vendor for invalid values.
     pub fn parse(text: &str, source_name: &str) -> Result<Policy, PolicyError> {
-        let err = |reason: String| PolicyError {
-            source_name: source_name.to_string(),
-            reason,
-        };
-        let file: PolicyFile =
-            toml::from_str(text).map_err(|e| err(e.to_string().trim().replace('\n', " ")))?;
+        let err = |reason: String| PolicyError { source_name: source_name.to_string(), reason };
+        let file: PolicyFile = toml::from_str(text).map_err(|e| err(e.to_string().trim().replace('\n', " ")))?;
         for p in &file.model_patterns {
             if p.pattern.trim().is_empty() || p.pattern.len() > 256 {
-                return Err(err(format!(
-                    "model pattern `{}` must be 1 to 256 characters",
-                    p.pattern
-                )));
+                return Err(err(format!("model pattern `{}` must be 1 to 256 characters", p.pattern)));
             }
         }
         let mut vendors = Vec::new();
         for v in file.accelerator_vendors {
-            let id =
-                u32::from_str_radix(v.vendor_id.trim_start_matches("0x"), 16).map_err(|_| {
-                    err(format!(
-                        "accelerator vendor_id `{}` is not hex like 0x19e5",
-                        v.vendor_id
-                    ))
-                })?;
+            let id = u32::from_str_radix(v.vendor_id.trim_start_matches("0x"), 16)
+                .map_err(|_| err(format!("accelerator vendor_id `{}` is not hex like 0x19e5", v.vendor_id)))?;
             vendors.push((id, v));
         }
         Ok(Policy {
             patterns: file.model_patterns,
             accelerator_vendors: vendors,
-            digest: format!(
-                "sha256:{}",
-                gpuattest_proto::hex(&gpuattest_proto::sha256(text.as_bytes()))
-            ),
+            digest: format!("sha256:{}", gpuattest_proto::hex(&gpuattest_proto::sha256(text.as_bytes()))),
         })
     }
 
@@ -176,24 +160,15 @@ impl Policy {
             return Ok(Policy::builtin());
         }
         let name = path.display().to_string();
-        let meta = std::fs::metadata(&path).map_err(|e| PolicyError {
-            source_name: name.clone(),
-            reason: e.to_string(),
-        })?;
+        let meta =
+            std::fs::metadata(&path).map_err(|e| PolicyError { source_name: name.clone(), reason: e.to_string() })?;
         if meta.len() > MAX_POLICY_BYTES as u64 {
-            return Err(PolicyError {
-                source_name: name,
-                reason: format!("larger than {MAX_POLICY_BYTES} bytes"),
-            });
+            return Err(PolicyError { source_name: name, reason: format!("larger than {MAX_POLICY_BYTES} bytes") });
         }
-        let bytes = std::fs::read(&path).map_err(|e| PolicyError {
-            source_name: name.clone(),
-            reason: e.to_string(),
-        })?;
-        let text = String::from_utf8(bytes).map_err(|e| PolicyError {
-            source_name: name.clone(),
-            reason: format!("not UTF-8 ({e})"),
-        })?;
+        let bytes =
+            std::fs::read(&path).map_err(|e| PolicyError { source_name: name.clone(), reason: e.to_string() })?;
+        let text = String::from_utf8(bytes)
+            .map_err(|e| PolicyError { source_name: name.clone(), reason: format!("not UTF-8 ({e})") })?;
         Policy::parse(&text, &name)
     }
 
@@ -207,9 +182,7 @@ impl Policy {
         let candidates = model_candidates(cmdline);
         let mut out = Vec::new();
         for p in &self.patterns {
-            if let Some(c) = candidates
-                .iter()
-                .find(|c| glob(&p.pattern.to_ascii_lowercase(), &c.to_ascii_lowercase()))
+            if let Some(c) = candidates.iter().find(|c| glob(&p.pattern.to_ascii_lowercase(), &c.to_ascii_lowercase()))
             {
                 out.push((p, c.clone()));
             }
@@ -218,12 +191,7 @@ impl Policy {
     }
 
     /// The flags one report raises, given where the host's chain stood.
-    pub fn evaluate(
-        &self,
-        host: &HostContext<'_>,
-        report: &pb::UsageReport,
-        pos: &ChainPosition,
-    ) -> Vec<NewFlag> {
+    pub fn evaluate(&self, host: &HostContext<'_>, report: &pb::UsageReport, pos: &ChainPosition) -> Vec<NewFlag> {
         let mut flags = Vec::new();
         for p in &report.processes {
             for (pattern, model) in self.match_cmdline(&p.cmdline) {
@@ -241,11 +209,7 @@ impl Policy {
                         pattern.family,
                         pattern.developer,
                         pattern.country,
-                        pattern
-                            .listing
-                            .as_ref()
-                            .map(|l| format!("; {l}"))
-                            .unwrap_or_default()
+                        pattern.listing.as_ref().map(|l| format!("; {l}")).unwrap_or_default()
                     ),
                     pid: Some(p.pid),
                     gpu_uuids: p.gpu_uuids.clone(),
@@ -267,11 +231,7 @@ impl Policy {
             }
         }
         for a in &report.accelerators {
-            if let Some((_, v)) = self
-                .accelerator_vendors
-                .iter()
-                .find(|(id, _)| *id == a.vendor_id)
-            {
+            if let Some((_, v)) = self.accelerator_vendors.iter().find(|(id, _)| *id == a.vendor_id) {
                 flags.push(NewFlag {
                     rule: "foreign-accelerator".into(),
                     severity: v.severity.as_str().into(),
@@ -288,12 +248,7 @@ impl Policy {
         flags
     }
 
-    fn chain_flags(
-        &self,
-        host: &HostContext<'_>,
-        report: &pb::UsageReport,
-        pos: &ChainPosition,
-    ) -> Vec<NewFlag> {
+    fn chain_flags(&self, host: &HostContext<'_>, report: &pb::UsageReport, pos: &ChainPosition) -> Vec<NewFlag> {
         let mut flags = Vec::new();
         if report.seq > pos.last_seq + 1 {
             let (first, last) = (pos.last_seq + 1, report.seq - 1);
@@ -324,10 +279,7 @@ impl Policy {
             });
         }
         let expected = pos.last_hash.as_deref().unwrap_or(&[]);
-        if report.seq == pos.last_seq + 1
-            && pos.last_seq > 0
-            && report.prev_report_sha256 != expected
-        {
+        if report.seq == pos.last_seq + 1 && pos.last_seq > 0 && report.prev_report_sha256 != expected {
             flags.push(NewFlag {
                 rule: "chain-break".into(),
                 severity: Severity::High.as_str().into(),
@@ -378,9 +330,7 @@ pub fn job_key(p: &pb::GpuProcess) -> String {
 /// directory names (`models--org--name`) turned back into `org/name`.
 pub fn model_candidates(cmdline: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for word in
-        cmdline.split(|c: char| c.is_whitespace() || matches!(c, '=' | ',' | '"' | '\'' | ';'))
-    {
+    for word in cmdline.split(|c: char| c.is_whitespace() || matches!(c, '=' | ',' | '"' | '\'' | ';')) {
         if word.is_empty() || word.len() > 1024 {
             continue;
         }
@@ -448,87 +398,38 @@ mod tests {
     #[test]
     fn cmdline_matches() {
         let p = Policy::builtin();
-        let hits = p.match_cmdline(
-            "torchrun --nproc-per-node 8 train.py --model deepseek-ai/DeepSeek-V3 --lr 1e-5",
-        );
+        let hits = p.match_cmdline("torchrun --nproc-per-node 8 train.py --model deepseek-ai/DeepSeek-V3 --lr 1e-5");
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].1, "deepseek-ai/DeepSeek-V3");
         assert_eq!(hits[0].0.severity, Severity::High);
-        let hits = p.match_cmdline(
-            "vllm serve /root/.cache/huggingface/hub/models--THUDM--glm-4-9b-chat/snapshots/abc",
-        );
+        let hits =
+            p.match_cmdline("vllm serve /root/.cache/huggingface/hub/models--THUDM--glm-4-9b-chat/snapshots/abc");
         assert_eq!(hits[0].0.family, "GLM / ChatGLM");
         let hits = p.match_cmdline("python serve.py --model=/models/Qwen/Qwen2.5-7B-Instruct");
         assert_eq!(hits[0].0.family, "Qwen");
-        assert!(
-            p.match_cmdline("vllm serve meta-llama/Llama-3.1-8B-Instruct")
-                .is_empty()
-        );
-        assert!(
-            p.match_cmdline("python train.py --notes deepseek-ai")
-                .is_empty()
-        );
+        assert!(p.match_cmdline("vllm serve meta-llama/Llama-3.1-8B-Instruct").is_empty());
+        assert!(p.match_cmdline("python train.py --notes deepseek-ai").is_empty());
     }
 
     #[test]
     fn chain_rules() {
         let p = Policy::builtin();
-        let host = HostContext {
-            host_id: "h",
-            hostname: "n",
-        };
-        let mut r = pb::UsageReport {
-            seq: 5,
-            prev_report_sha256: vec![1; 32],
-            ..Default::default()
-        };
-        let gap = p.evaluate(
-            &host,
-            &r,
-            &ChainPosition {
-                last_seq: 2,
-                last_hash: Some(vec![1; 32]),
-            },
-        );
+        let host = HostContext { host_id: "h", hostname: "n" };
+        let mut r = pb::UsageReport { seq: 5, prev_report_sha256: vec![1; 32], ..Default::default() };
+        let gap = p.evaluate(&host, &r, &ChainPosition { last_seq: 2, last_hash: Some(vec![1; 32]) });
         assert_eq!(gap.len(), 1);
-        assert_eq!(
-            (gap[0].rule.as_str(), gap[0].job_key.as_str()),
-            ("sequence-gap", "seq:3-4")
-        );
+        assert_eq!((gap[0].rule.as_str(), gap[0].job_key.as_str()), ("sequence-gap", "seq:3-4"));
         r.seq = 3;
-        let brk = p.evaluate(
-            &host,
-            &r,
-            &ChainPosition {
-                last_seq: 2,
-                last_hash: Some(vec![2; 32]),
-            },
-        );
+        let brk = p.evaluate(&host, &r, &ChainPosition { last_seq: 2, last_hash: Some(vec![2; 32]) });
         assert_eq!(brk[0].rule, "chain-break");
-        assert!(
-            p.evaluate(
-                &host,
-                &r,
-                &ChainPosition {
-                    last_seq: 2,
-                    last_hash: Some(vec![1; 32])
-                }
-            )
-            .is_empty()
-        );
+        assert!(p.evaluate(&host, &r, &ChainPosition { last_seq: 2, last_hash: Some(vec![1; 32]) }).is_empty());
     }
 
     #[test]
     fn hostile_policies_are_refused_with_line_and_key() {
-        let e = Policy::parse(
-            "[[model_patterns]]\npattern = \"x/*\"\nfamly = \"x\"\n",
-            "p.toml",
-        )
-        .expect_err("unknown key");
-        assert!(
-            e.to_string().contains("famly") && e.to_string().contains("p.toml"),
-            "{e}"
-        );
+        let e =
+            Policy::parse("[[model_patterns]]\npattern = \"x/*\"\nfamly = \"x\"\n", "p.toml").expect_err("unknown key");
+        assert!(e.to_string().contains("famly") && e.to_string().contains("p.toml"), "{e}");
         let e = Policy::parse("[[model_patterns]]\npattern = 5\n", "p.toml").expect_err("type");
         assert!(e.to_string().contains("line 2"), "{e}");
         let e = Policy::parse(
@@ -542,10 +443,7 @@ mod tests {
             "p.toml",
         )
         .expect_err("bad severity");
-        assert!(
-            e.to_string().contains("severity") || e.to_string().contains("severe"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("severity") || e.to_string().contains("severe"), "{e}");
         assert!(Policy::parse("", "empty").is_ok());
     }
 }

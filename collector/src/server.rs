@@ -50,11 +50,7 @@ pub enum ServeError {
 impl Collector {
     /// A collector over a store and policy.
     pub fn new(store: Arc<Store>, policy: Policy) -> Self {
-        Collector {
-            store,
-            policy: Arc::new(RwLock::new(policy)),
-            metrics: Arc::new(Metrics::default()),
-        }
+        Collector { store, policy: Arc::new(RwLock::new(policy)), metrics: Arc::new(Metrics::default()) }
     }
 
     /// Serves gRPC on `grpc` and HTTP on `http` until `shutdown` turns true.
@@ -70,11 +66,7 @@ impl Collector {
         let grpc_addr = grpc.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let http_addr = http.local_addr().map(|a| a.to_string()).unwrap_or_default();
         info!(grpc = %grpc_addr, http = %http_addr, store = %self.store.path().display(), "collector serving");
-        let ingest = Ingest::new(
-            self.store.clone(),
-            self.policy.clone(),
-            self.metrics.clone(),
-        );
+        let ingest = Ingest::new(self.store.clone(), self.policy.clone(), self.metrics.clone());
         let svc = CollectorServer::new(ingest)
             .max_decoding_message_size(gpuattest_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(gpuattest_proto::MAX_MESSAGE_BYTES);
@@ -85,21 +77,12 @@ impl Collector {
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
                 let _ = s1.wait_for(|v| *v).await;
             });
-        let app = router(HttpState {
-            store: self.store.clone(),
-            metrics: self.metrics.clone(),
-        });
+        let app = router(HttpState { store: self.store.clone(), metrics: self.metrics.clone() });
         let http_task = axum::serve(http, app).with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|v| *v).await;
         });
         let (g, h) = tokio::join!(grpc_task, http_task);
-        g.map_err(|e| ServeError::Grpc {
-            addr: grpc_addr,
-            reason: e.to_string(),
-        })?;
-        h.map_err(|e| ServeError::Http {
-            addr: http_addr,
-            reason: e.to_string(),
-        })
+        g.map_err(|e| ServeError::Grpc { addr: grpc_addr, reason: e.to_string() })?;
+        h.map_err(|e| ServeError::Http { addr: http_addr, reason: e.to_string() })
     }
 }

@@ -56,9 +56,7 @@ impl FromStr for Role {
             "reviewer" => Ok(Role::Reviewer),
             "operator" => Ok(Role::Operator),
             "customer" => Ok(Role::Customer),
-            _ => Err(format!(
-                "unknown role `{s}`; use enroll, reviewer, operator or customer"
-            )),
+            _ => Err(format!("unknown role `{s}`; use enroll, reviewer, operator or customer")),
         }
     }
 }
@@ -81,21 +79,15 @@ pub fn mint(
     now: i64,
 ) -> Result<String, StoreError> {
     if role == Role::Customer && tenant.is_none() {
-        return Err(StoreError::Refused(
-            "a customer token is bound to one tenant: pass --tenant ID".into(),
-        ));
+        return Err(StoreError::Refused("a customer token is bound to one tenant: pass --tenant ID".into()));
     }
     if let Some(t) = tenant
         && (t.is_empty() || t.len() > 128 || t.chars().any(char::is_control))
     {
-        return Err(StoreError::Refused(
-            "--tenant must be 1 to 128 printable characters".into(),
-        ));
+        return Err(StoreError::Refused("--tenant must be 1 to 128 printable characters".into()));
     }
     let mut raw = [0u8; 32];
-    SystemRandom::new()
-        .fill(&mut raw)
-        .map_err(|_| StoreError::Refused("the system random generator failed".into()))?;
+    SystemRandom::new().fill(&mut raw).map_err(|_| StoreError::Refused("the system random generator failed".into()))?;
     let token = format!("gpa_{}", gpuattest_proto::hex(&raw));
     let h = hash(&token);
     let ttl = ttl.unwrap_or_else(|| role.default_ttl());
@@ -127,10 +119,8 @@ pub struct Principal {
 /// # Errors
 /// A reason string when the token is not valid.
 pub fn authenticate(store: &Store, token: &str, now: i64) -> Result<Principal, String> {
-    let row: TokenRow = store
-        .token_by_hash(&hash(token))
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "unknown token".to_string())?;
+    let row: TokenRow =
+        store.token_by_hash(&hash(token)).map_err(|e| e.to_string())?.ok_or_else(|| "unknown token".to_string())?;
     if row.revoked_at.is_some() {
         return Err(format!("token {} is revoked", row.id));
     }
@@ -141,9 +131,5 @@ pub fn authenticate(store: &Store, token: &str, now: i64) -> Result<Principal, S
     if role == Role::Enroll {
         return Err("an enroll token cannot be used for the API".into());
     }
-    Ok(Principal {
-        token_id: row.id,
-        role,
-        tenant: row.tenant,
-    })
+    Ok(Principal { token_id: row.id, role, tenant: row.tenant })
 }

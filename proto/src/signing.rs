@@ -54,11 +54,7 @@ fn signed_message(report: &[u8]) -> Vec<u8> {
 pub fn sign_report(key: &Ed25519KeyPair, report: Vec<u8>) -> SignedReport {
     use ring::signature::KeyPair;
     let sig = key.sign(&signed_message(&report));
-    SignedReport {
-        report,
-        signature: sig.as_ref().to_vec(),
-        key_id: key_id(key.public_key().as_ref()).to_vec(),
-    }
+    SignedReport { report, signature: sig.as_ref().to_vec(), key_id: key_id(key.public_key().as_ref()).to_vec() }
 }
 
 /// Verifies a signed report against a host's pinned public key, over the exact bytes received.
@@ -69,10 +65,7 @@ pub fn sign_report(key: &Ed25519KeyPair, report: Vec<u8>) -> SignedReport {
 pub fn verify_report(public_key: &[u8], signed: &SignedReport) -> Result<(), SignError> {
     let expected = key_id(public_key);
     if signed.key_id.as_slice() != expected.as_slice() {
-        return Err(SignError::UnknownKey {
-            found: hex(&signed.key_id),
-            expected: hex(&expected),
-        });
+        return Err(SignError::UnknownKey { found: hex(&signed.key_id), expected: hex(&expected) });
     }
     if signed.signature.len() != 64 {
         return Err(SignError::BadSignatureLength(signed.signature.len()));
@@ -117,28 +110,18 @@ mod tests {
         for i in 0..signed.report.len() {
             let mut bad = signed.clone();
             bad.report[i] ^= 0x01;
-            assert_eq!(
-                verify_report(k.public_key().as_ref(), &bad),
-                Err(SignError::BadSignature),
-                "flip at byte {i}"
-            );
+            assert_eq!(verify_report(k.public_key().as_ref(), &bad), Err(SignError::BadSignature), "flip at byte {i}");
         }
         let mut bad = signed.clone();
         bad.signature[10] ^= 0x80;
-        assert_eq!(
-            verify_report(k.public_key().as_ref(), &bad),
-            Err(SignError::BadSignature)
-        );
+        assert_eq!(verify_report(k.public_key().as_ref(), &bad), Err(SignError::BadSignature));
     }
 
     #[test]
     fn other_key_is_unknown() {
         let (a, b) = (key(), key());
         let signed = sign_report(&a, b"x".to_vec());
-        assert!(matches!(
-            verify_report(b.public_key().as_ref(), &signed),
-            Err(SignError::UnknownKey { .. })
-        ));
+        assert!(matches!(verify_report(b.public_key().as_ref(), &signed), Err(SignError::UnknownKey { .. })));
     }
 
     #[test]
@@ -147,15 +130,9 @@ mod tests {
         let k = key();
         let report = b"abc".to_vec();
         let sig = k.sign(&report);
-        let forged = SignedReport {
-            report,
-            signature: sig.as_ref().to_vec(),
-            key_id: key_id(k.public_key().as_ref()).to_vec(),
-        };
-        assert_eq!(
-            verify_report(k.public_key().as_ref(), &forged),
-            Err(SignError::BadSignature)
-        );
+        let forged =
+            SignedReport { report, signature: sig.as_ref().to_vec(), key_id: key_id(k.public_key().as_ref()).to_vec() };
+        assert_eq!(verify_report(k.public_key().as_ref(), &forged), Err(SignError::BadSignature));
     }
 
     #[test]
@@ -163,9 +140,6 @@ mod tests {
         let k = key();
         let mut signed = sign_report(&k, b"abc".to_vec());
         signed.signature.truncate(10);
-        assert_eq!(
-            verify_report(k.public_key().as_ref(), &signed),
-            Err(SignError::BadSignatureLength(10))
-        );
+        assert_eq!(verify_report(k.public_key().as_ref(), &signed), Err(SignError::BadSignatureLength(10)));
     }
 }

@@ -11,22 +11,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration; write it like 500ms, 10s, 5m or 1h"))?;
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration; write it like 500ms, 10s, 5m or 1h"))?;
     let ms = match unit {
         "ms" => Some(n),
         "" | "s" => n.checked_mul(1000),
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
         _ => {
-            return Err(format!(
-                "`{s}` has unknown unit `{unit}`; use ms, s, m or h"
-            ));
+            return Err(format!("`{s}` has unknown unit `{unit}`; use ms, s, m or h"));
         }
     };
-    ms.map(Duration::from_millis)
-        .ok_or_else(|| format!("`{s}` is too long"))
+    ms.map(Duration::from_millis).ok_or_else(|| format!("`{s}` is too long"))
 }
 
 #[cfg(test)]
@@ -39,15 +34,7 @@ mod tests {
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        for bad in [
-            "",
-            "s",
-            "10x",
-            "-1s",
-            "1.5s",
-            "99999999999999999999h",
-            "18446744073709551615h",
-        ] {
+        for bad in ["", "s", "10x", "-1s", "1.5s", "99999999999999999999h", "18446744073709551615h"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -22,10 +22,7 @@ fn demo_ends_with_a_deepseek_flag_and_clean_hosts() {
             && l.contains("GPU-")),
         "{table}"
     );
-    assert!(
-        !out.contains("hf_DemoSecret") && !err.contains("hf_DemoSecret"),
-        "the demo's planted token leaked"
-    );
+    assert!(!out.contains("hf_DemoSecret") && !err.contains("hf_DemoSecret"), "the demo's planted token leaked");
     let hosts = collector_json(&data, &["hosts", "list", "--json"]);
     let hosts = hosts.as_array().expect("array");
     assert_eq!(hosts.len(), 4);
@@ -33,7 +30,6 @@ fn demo_ends_with_a_deepseek_flag_and_clean_hosts() {
         assert!(h["reports"].as_u64().is_some_and(|r| r > 0), "{h}");
         assert_eq!(h["gaps"], 0, "{h}");
     }
-    let tenants: std::collections::BTreeSet<_> =
-        hosts.iter().filter_map(|h| h["tenant"].as_str()).collect();
+    let tenants: std::collections::BTreeSet<_> = hosts.iter().filter_map(|h| h["tenant"].as_str()).collect();
     assert_eq!(tenants.len(), 2);
 }

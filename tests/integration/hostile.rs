@@ -20,13 +20,9 @@ async fn tampered_replayed_foreign_and_malformed_reports_are_refused() {
     let c = Collector::start(t.path());
     let key = new_key();
     let tok = token(t.path(), "enroll", Some("acme"));
-    let host_id = enroll(&c.url(), &tok, &key, "raw-host")
-        .await
-        .expect("enroll");
+    let host_id = enroll(&c.url(), &tok, &key, "raw-host").await.expect("enroll");
     let key_id = gpuattest_proto::key_id(key.public_key().as_ref());
-    let mut s = RawStream::open(&c.url(), &host_id, &key_id)
-        .await
-        .expect("stream");
+    let mut s = RawStream::open(&c.url(), &host_id, &key_id).await.expect("stream");
     assert_eq!(s.challenge.stored_seq, 0);
     assert_eq!(s.challenge.nonce.len(), 32);
 
@@ -51,10 +47,7 @@ async fn tampered_replayed_foreign_and_malformed_reports_are_refused() {
 
     // Signed by a key that is not the host's.
     let other = new_key();
-    let foreign = gpuattest_proto::sign_report(
-        &other,
-        prost::Message::encode_to_vec(&report(&host_id, 2, &prev, "x")),
-    );
+    let foreign = gpuattest_proto::sign_report(&other, prost::Message::encode_to_vec(&report(&host_id, 2, &prev, "x")));
     let (_, code, _) = rejection(s.next_after(foreign).await);
     assert_eq!(code, tonic::Code::Unauthenticated as i32);
 
@@ -70,42 +63,19 @@ async fn tampered_replayed_foreign_and_malformed_reports_are_refused() {
     assert_eq!(code, tonic::Code::PermissionDenied as i32);
 
     // The stream still works.
-    let s2 = sign(
-        &key,
-        &report(&host_id, 2, &prev, "vllm serve deepseek-ai/DeepSeek-R1"),
-    );
+    let s2 = sign(&key, &report(&host_id, 2, &prev, "vllm serve deepseek-ai/DeepSeek-R1"));
     assert!(matches!(s.next_after(s2).await, Msg::Ack(a) if a.seq == 2));
 
     let h = host(t.path(), "raw-host").expect("host listed");
-    assert_eq!(
-        (
-            h["reports"].as_u64(),
-            h["last_seq"].as_u64(),
-            h["gaps"].as_u64()
-        ),
-        (Some(2), Some(2), Some(0))
-    );
+    assert_eq!((h["reports"].as_u64(), h["last_seq"].as_u64(), h["gaps"].as_u64()), (Some(2), Some(2), Some(0)));
     assert_eq!(h["tenant"], "acme");
     let v = collector_json(t.path(), &["reports", "verify", "--json"]);
-    assert_eq!(
-        (
-            v["checked"].as_u64(),
-            v["valid"].as_u64(),
-            v["chain_breaks"].as_u64()
-        ),
-        (Some(2), Some(2), Some(0))
-    );
+    assert_eq!((v["checked"].as_u64(), v["valid"].as_u64(), v["chain_breaks"].as_u64()), (Some(2), Some(2), Some(0)));
 
     // Counted, by reason.
     let (status, metrics) = http_get(&c.http, "/metrics", None);
     assert_eq!(status, 200);
-    for (reason, n) in [
-        ("bad_signature", 1),
-        ("replay", 1),
-        ("unknown_key", 1),
-        ("malformed", 1),
-        ("wrong_host", 1),
-    ] {
+    for (reason, n) in [("bad_signature", 1), ("replay", 1), ("unknown_key", 1), ("malformed", 1), ("wrong_host", 1)] {
         let line = format!("gpuattest_reports_rejected_total{{reason=\"{reason}\"}} {n}");
         assert!(metrics.contains(&line), "missing `{line}` in\n{metrics}");
     }
@@ -114,15 +84,9 @@ async fn tampered_replayed_foreign_and_malformed_reports_are_refused() {
     // The flag from the second report names host, GPU and pid.
     let flags = collector_json(t.path(), &["flags", "list", "--json"]);
     let f = &flags.as_array().expect("array")[0];
-    assert_eq!(
-        (f["rule"].as_str(), f["severity"].as_str()),
-        (Some("model-developer"), Some("high"))
-    );
+    assert_eq!((f["rule"].as_str(), f["severity"].as_str()), (Some("model-developer"), Some("high")));
     assert_eq!(f["pid"], 4242);
-    assert_eq!(
-        f["gpu_uuids"][0],
-        "GPU-00000000-1111-2222-3333-444444444444"
-    );
+    assert_eq!(f["gpu_uuids"][0], "GPU-00000000-1111-2222-3333-444444444444");
     assert_eq!(f["host_id"], host_id);
 }
 
@@ -130,21 +94,13 @@ async fn tampered_replayed_foreign_and_malformed_reports_are_refused() {
 async fn unknown_host_and_wrong_key_cannot_open_a_stream() {
     let t = tempfile::tempdir().expect("tmp");
     let c = Collector::start(t.path());
-    let e = RawStream::open(&c.url(), "nobody-123456", &[0u8; 32])
-        .await
-        .err()
-        .expect("refused");
+    let e = RawStream::open(&c.url(), "nobody-123456", &[0u8; 32]).await.err().expect("refused");
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
     assert!(e.message().contains("not enrolled"), "{}", e.message());
 
     let key = new_key();
-    let host_id = enroll(&c.url(), &token(t.path(), "enroll", None), &key, "h")
-        .await
-        .expect("enroll");
-    let e = RawStream::open(&c.url(), &host_id, &[7u8; 32])
-        .await
-        .err()
-        .expect("refused");
+    let host_id = enroll(&c.url(), &token(t.path(), "enroll", None), &key, "h").await.expect("enroll");
+    let e = RawStream::open(&c.url(), &host_id, &[7u8; 32]).await.err().expect("refused");
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
 }
 
@@ -153,26 +109,13 @@ async fn a_used_enroll_token_is_refused() {
     let t = tempfile::tempdir().expect("tmp");
     let c = Collector::start(t.path());
     let tok = token(t.path(), "enroll", None);
-    enroll(&c.url(), &tok, &new_key(), "first")
-        .await
-        .expect("first use");
-    let e = enroll(&c.url(), &tok, &new_key(), "thief")
-        .await
-        .expect_err("second use");
+    enroll(&c.url(), &tok, &new_key(), "first").await.expect("first use");
+    let e = enroll(&c.url(), &tok, &new_key(), "thief").await.expect_err("second use");
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
     assert!(e.message().contains("already used"), "{}", e.message());
-    let e = enroll(&c.url(), "gpa_made_up", &new_key(), "x")
-        .await
-        .expect_err("unknown");
+    let e = enroll(&c.url(), "gpa_made_up", &new_key(), "x").await.expect_err("unknown");
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
     // A reviewer token is not an enroll token.
-    let e = enroll(
-        &c.url(),
-        &token(t.path(), "reviewer", None),
-        &new_key(),
-        "x",
-    )
-    .await
-    .expect_err("wrong role");
+    let e = enroll(&c.url(), &token(t.path(), "reviewer", None), &new_key(), "x").await.expect_err("wrong role");
     assert!(e.message().contains("not enroll"), "{}", e.message());
 }

@@ -3,8 +3,7 @@
 use std::time::Duration;
 
 use gpuattest_tests::{
-    Agent, AgentSpec, Collector, Workload, collector_json, flags, host, token, wait_for,
-    write_scenario, write_sysfs,
+    Agent, AgentSpec, Collector, Workload, collector_json, flags, host, token, wait_for, write_scenario, write_sysfs,
 };
 
 struct Node {
@@ -40,9 +39,7 @@ fn start(c: &Collector, n: &Node, tok: &str) -> Agent {
 }
 
 fn reports(data: &std::path::Path, name: &str) -> u64 {
-    host(data, name)
-        .and_then(|h| h["reports"].as_u64())
-        .unwrap_or(0)
+    host(data, name).and_then(|h| h["reports"].as_u64()).unwrap_or(0)
 }
 
 /// The exact accounting every delivery test ends with: what the agent says it made and had
@@ -50,19 +47,10 @@ fn reports(data: &std::path::Path, name: &str) -> u64 {
 fn assert_exact(data: &std::path::Path, a: &Agent, name: &str) {
     let st = a.status();
     let h = host(data, name).expect("host listed");
-    assert_eq!(
-        st["spooled"], 0,
-        "{name}: agent still has spooled reports: {st}"
-    );
+    assert_eq!(st["spooled"], 0, "{name}: agent still has spooled reports: {st}");
     assert_eq!(st["acked_seq"], st["last_seq"], "{name}: {st}");
-    assert_eq!(
-        h["last_seq"], st["last_seq"],
-        "{name}: collector {h} vs agent {st}"
-    );
-    assert_eq!(
-        h["reports"], st["last_seq"],
-        "{name}: every report stored once: {h}"
-    );
+    assert_eq!(h["last_seq"], st["last_seq"], "{name}: collector {h} vs agent {st}");
+    assert_eq!(h["reports"], st["last_seq"], "{name}: every report stored once: {h}");
     assert_eq!(h["gaps"], 0, "{name}: {h}");
     assert_eq!(h["host_id"], st["host_id"]);
 }
@@ -72,16 +60,8 @@ fn two_agents_stream_to_one_collector_and_every_report_verifies() {
     let t = tempfile::tempdir().expect("tmp");
     let data = t.path().join("data");
     let c = Collector::start(&data);
-    let trainer = Workload::start(
-        "python3",
-        &[
-            "-m",
-            "torch.distributed.run",
-            "train.py",
-            "--model",
-            "deepseek-ai/DeepSeek-V3",
-        ],
-    );
+    let trainer =
+        Workload::start("python3", &["-m", "torch.distributed.run", "train.py", "--model", "deepseek-ai/DeepSeek-V3"]);
     let server = Workload::start("vllm", &["serve", "meta-llama/Llama-3.1-8B-Instruct"]);
     let a = node(t.path(), "node-a", &[trainer.pid(), trainer.pid()]);
     let b = node(t.path(), "node-b", &[server.pid()]);
@@ -101,29 +81,17 @@ fn two_agents_stream_to_one_collector_and_every_report_verifies() {
     assert_eq!(v["chain_breaks"], 0);
 
     let fl = flags(&data);
-    let deepseek: Vec<_> = fl
-        .iter()
-        .filter(|f| f["rule"] == "model-developer")
-        .collect();
-    assert_eq!(
-        deepseek.len(),
-        1,
-        "one flag for the one DeepSeek job, updated as evidence grows: {fl:?}"
-    );
+    let deepseek: Vec<_> = fl.iter().filter(|f| f["rule"] == "model-developer").collect();
+    assert_eq!(deepseek.len(), 1, "one flag for the one DeepSeek job, updated as evidence grows: {fl:?}");
     let f = deepseek[0];
     assert_eq!(f["severity"], "high");
     assert_eq!(f["tenant"], "tenant-a");
     assert_eq!(f["pid"], trainer.pid());
     assert_eq!(f["gpu_uuids"].as_array().map(Vec::len), Some(2));
     assert!(f["occurrences"].as_u64().is_some_and(|n| n >= 5), "{f}");
+    assert!(f["summary"].as_str().is_some_and(|s| s.contains("node-a") && s.contains(&trainer.pid().to_string())));
     assert!(
-        f["summary"]
-            .as_str()
-            .is_some_and(|s| s.contains("node-a") && s.contains(&trainer.pid().to_string()))
-    );
-    assert!(
-        fl.iter()
-            .all(|f| f["host_id"] != host(&data, "node-b").expect("b")["host_id"]),
+        fl.iter().all(|f| f["host_id"] != host(&data, "node-b").expect("b")["host_id"]),
         "Llama inference is not flagged"
     );
 }
@@ -143,21 +111,12 @@ fn agent_killed_and_restarted_keeps_its_chain() {
         agent.kill9();
         agent = start(&c, &n, &tok);
     }
-    wait_for(
-        "reports after the last restart",
-        Duration::from_secs(30),
-        || (reports(&data, "node-r") >= 12).then_some(()),
-    );
+    wait_for("reports after the last restart", Duration::from_secs(30), || {
+        (reports(&data, "node-r") >= 12).then_some(())
+    });
     agent.stop();
     assert_exact(&data, &agent, "node-r");
     let v = collector_json(&data, &["reports", "verify", "--json"]);
-    assert_eq!(
-        v["chain_breaks"], 0,
-        "the hash chain survives restarts: {v}"
-    );
-    assert!(
-        flags(&data)
-            .iter()
-            .all(|f| f["rule"] != "chain-break" && f["rule"] != "sequence-gap")
-    );
+    assert_eq!(v["chain_breaks"], 0, "the hash chain survives restarts: {v}");
+    assert!(flags(&data).iter().all(|f| f["rule"] != "chain-break" && f["rule"] != "sequence-gap"));
 }

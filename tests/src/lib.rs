@@ -21,16 +21,8 @@ use serde_json::Value;
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test-exe>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_path_buf();
-    for f in [
-        "gpuattest-agent",
-        "gpuattest-collector",
-        "libgpuattest_nvml_sim.so",
-    ] {
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+    for f in ["gpuattest-agent", "gpuattest-collector", "libgpuattest_nvml_sim.so"] {
         assert!(
             dir.join(f).exists(),
             "{} is missing: run `cargo build --workspace` before the integration tests",
@@ -57,10 +49,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -78,10 +67,7 @@ pub fn run(cmd: &mut Command) -> (i32, String, String) {
 /// A collector command against a data directory.
 pub fn collector_cmd(data: &Path) -> Command {
     let mut c = Command::new(bin("gpuattest-collector"));
-    c.arg("--data")
-        .arg(data)
-        .env_remove("GPUATTEST_DATA")
-        .env_remove("GPUATTEST_DATABASE");
+    c.arg("--data").arg(data).env_remove("GPUATTEST_DATA").env_remove("GPUATTEST_DATABASE");
     c
 }
 
@@ -89,8 +75,7 @@ pub fn collector_cmd(data: &Path) -> Command {
 pub fn collector_json(data: &Path, args: &[&str]) -> Value {
     let (code, out, err) = run(collector_cmd(data).args(args));
     assert_eq!(code, 0, "gpuattest-collector {args:?} failed: {err}");
-    serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("gpuattest-collector {args:?} printed non-JSON ({e}): {out}"))
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("gpuattest-collector {args:?} printed non-JSON ({e}): {out}"))
 }
 
 /// Mints a token.
@@ -99,18 +84,12 @@ pub fn token(data: &Path, role: &str, tenant: Option<&str>) -> String {
     if let Some(t) = tenant {
         args.extend(["--tenant", t]);
     }
-    collector_json(data, &args)["token"]
-        .as_str()
-        .expect("token")
-        .to_string()
+    collector_json(data, &args)["token"].as_str().expect("token").to_string()
 }
 
 /// `hosts list --json`, keyed by hostname.
 pub fn hosts(data: &Path) -> Vec<Value> {
-    collector_json(data, &["hosts", "list", "--json"])
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    collector_json(data, &["hosts", "list", "--json"]).as_array().cloned().unwrap_or_default()
 }
 
 /// One host's row by hostname.
@@ -120,18 +99,12 @@ pub fn host(data: &Path, hostname: &str) -> Option<Value> {
 
 /// `flags list --json`.
 pub fn flags(data: &Path) -> Vec<Value> {
-    collector_json(data, &["flags", "list", "--json"])
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    collector_json(data, &["flags", "list", "--json"]).as_array().cloned().unwrap_or_default()
 }
 
 /// Sends SIGTERM (graceful stop) to a child and waits up to `timeout` for it.
 pub fn terminate(child: &mut Child, timeout: Duration) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
@@ -159,13 +132,7 @@ impl Collector {
     /// Starts a collector on `data`.
     pub fn start(data: &Path) -> Collector {
         let mut child = collector_cmd(data)
-            .args([
-                "serve",
-                "--grpc-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
+            .args(["serve", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
             .env("GPUATTEST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -174,9 +141,7 @@ impl Collector {
             .expect("start collector");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read listen line");
+        BufReader::new(stdout).read_line(&mut line).expect("read listen line");
         let grab = |key: &str| {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(key))
@@ -184,12 +149,7 @@ impl Collector {
                 .to_string()
         };
         let (grpc, http) = (grab("grpc="), grab("http="));
-        Collector {
-            child,
-            grpc,
-            http,
-            data: data.to_path_buf(),
-        }
+        Collector { child, grpc, http, data: data.to_path_buf() }
     }
 
     /// The agent-facing URL.
@@ -245,14 +205,7 @@ impl Agent {
             cmd.args(["--collector", c]);
         }
         let child = cmd
-            .args([
-                "--enroll-token",
-                spec.token,
-                "--interval",
-                spec.interval,
-                "--hostname",
-                spec.hostname,
-            ])
+            .args(["--enroll-token", spec.token, "--interval", spec.interval, "--hostname", spec.hostname])
             .arg("--state-dir")
             .arg(spec.state_dir)
             .arg("--nvml-lib")
@@ -267,10 +220,7 @@ impl Agent {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start agent");
-        Agent {
-            child,
-            state_dir: spec.state_dir.to_path_buf(),
-        }
+        Agent { child, state_dir: spec.state_dir.to_path_buf() }
     }
 
     /// `status --json`.
@@ -299,9 +249,8 @@ impl Drop for Agent {
 
 /// `gpuattest-agent status --state-dir DIR --json`.
 pub fn agent_status(state_dir: &Path) -> Value {
-    let (code, out, err) = run(Command::new(bin("gpuattest-agent"))
-        .args(["status", "--json", "--state-dir"])
-        .arg(state_dir));
+    let (code, out, err) =
+        run(Command::new(bin("gpuattest-agent")).args(["status", "--json", "--state-dir"]).arg(state_dir));
     assert_eq!(code, 0, "agent status failed: {err}");
     serde_json::from_str(&out).expect("status JSON")
 }
@@ -350,11 +299,7 @@ pub fn write_scenario(path: &Path, seed: &str, gpus: usize, pids: &[u32]) {
             None => serde_json::json!({}),
         })
         .collect();
-    std::fs::write(
-        path,
-        serde_json::json!({"seed": seed, "gpus": list}).to_string(),
-    )
-    .expect("write scenario");
+    std::fs::write(path, serde_json::json!({"seed": seed, "gpus": list}).to_string()).expect("write scenario");
 }
 
 /// Writes a sysfs tree with the given (address, vendor, device, class) PCI devices.
@@ -375,20 +320,11 @@ pub fn http_get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
 }
 
 /// A minimal HTTP/1.1 request on loopback (no client dependency): (status, body).
-pub fn http_request(
-    addr: &str,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-) -> (u16, String) {
+pub fn http_request(addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect HTTP");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let body = body.unwrap_or("");
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -397,14 +333,7 @@ pub fn http_request(
     s.write_all(req.as_bytes()).expect("write request");
     let mut resp = String::new();
     s.read_to_string(&mut resp).expect("read response");
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }

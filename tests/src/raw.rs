@@ -29,21 +29,13 @@ pub async fn client(url: &str) -> CollectorClient<Channel> {
 }
 
 /// Enrolls `key` with `token`; returns the host id or the refusal.
-pub async fn enroll(
-    url: &str,
-    token: &str,
-    key: &Ed25519KeyPair,
-    hostname: &str,
-) -> Result<String, tonic::Status> {
+pub async fn enroll(url: &str, token: &str, key: &Ed25519KeyPair, hostname: &str) -> Result<String, tonic::Status> {
     let resp = client(url)
         .await
         .enroll(pb::EnrollRequest {
             enroll_token: token.to_string(),
             public_key: key.public_key().as_ref().to_vec(),
-            facts: Some(pb::HostFacts {
-                hostname: hostname.to_string(),
-                ..Default::default()
-            }),
+            facts: Some(pb::HostFacts { hostname: hostname.to_string(), ..Default::default() }),
         })
         .await?;
     Ok(resp.into_inner().host_id)
@@ -61,10 +53,7 @@ pub fn report(host_id: &str, seq: u64, prev: &[u8], cmdline: &str) -> pb::UsageR
         gpus: vec![pb::Gpu {
             uuid: "GPU-00000000-1111-2222-3333-444444444444".into(),
             name: "NVIDIA H100 80GB HBM3".into(),
-            processes: vec![pb::GpuProcessUsage {
-                pid: 4242,
-                used_memory_bytes: 1,
-            }],
+            processes: vec![pb::GpuProcessUsage { pid: 4242, used_memory_bytes: 1 }],
             ..Default::default()
         }],
         processes: vec![pb::GpuProcess {
@@ -103,11 +92,7 @@ impl RawStream {
         })
         .await
         .expect("queue hello");
-        let mut rx = client(url)
-            .await
-            .stream(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        let mut rx = client(url).await.stream(ReceiverStream::new(rx)).await?.into_inner();
         let first = rx.message().await?.expect("collector sent nothing");
         let Some(pb::collector_message::Msg::Challenge(challenge)) = first.msg else {
             panic!("expected a Challenge first, got {first:?}");
@@ -118,9 +103,7 @@ impl RawStream {
     /// Sends one signed report.
     pub async fn send(&self, signed: pb::SignedReport) {
         self.tx
-            .send(pb::AgentMessage {
-                msg: Some(pb::agent_message::Msg::Report(signed)),
-            })
+            .send(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Report(signed)) })
             .await
             .expect("send report");
     }

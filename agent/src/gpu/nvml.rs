@@ -17,17 +17,13 @@ pub struct NvmlSource {
 
 impl std::fmt::Debug for NvmlSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NvmlSource")
-            .field("simulated", &self.simulated)
-            .finish()
+        f.debug_struct("NvmlSource").field("simulated", &self.simulated).finish()
     }
 }
 
 /// Whether a library path is gpuattest's simulated NVML.
 pub fn is_simulated(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.contains("gpuattest_nvml_sim"))
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains("gpuattest_nvml_sim"))
 }
 
 impl NvmlSource {
@@ -37,18 +33,12 @@ impl NvmlSource {
     /// [`GpuError::Load`] naming `lib`, when the file is missing, is not an NVML library, or `nvmlInit`
     /// fails (driver not loaded, no permission).
     pub fn open(lib: &Path) -> Result<Self, GpuError> {
-        let load_err = |reason: String| GpuError::Load {
-            path: lib.display().to_string(),
-            reason,
-        };
+        let load_err = |reason: String| GpuError::Load { path: lib.display().to_string(), reason };
         // A bare soname (libnvidia-ml.so.1) is resolved by the dynamic loader; a path must exist.
         if lib.components().count() > 1 && !lib.exists() {
             return Err(load_err("no such file".into()));
         }
-        let nvml = Nvml::builder()
-            .lib_path(lib.as_os_str())
-            .init()
-            .map_err(|e| load_err(e.to_string()))?;
+        let nvml = Nvml::builder().lib_path(lib.as_os_str()).init().map_err(|e| load_err(e.to_string()))?;
         let simulated = is_simulated(lib);
         if simulated {
             warn!(
@@ -77,22 +67,14 @@ fn reason(e: &NvmlError) -> String {
 }
 
 /// Reads one field, recording why it is missing instead of failing the observation.
-fn field<T>(
-    unavailable: &mut Vec<Unavailable>,
-    lost: &mut bool,
-    name: &str,
-    r: Result<T, NvmlError>,
-) -> Option<T> {
+fn field<T>(unavailable: &mut Vec<Unavailable>, lost: &mut bool, name: &str, r: Result<T, NvmlError>) -> Option<T> {
     match r {
         Ok(v) => Some(v),
         Err(e) => {
             if matches!(e, NvmlError::GpuLost) {
                 *lost = true;
             }
-            unavailable.push(Unavailable {
-                field: name.into(),
-                reason: reason(&e),
-            });
+            unavailable.push(Unavailable { field: name.into(), reason: reason(&e) });
             None
         }
     }
@@ -100,25 +82,17 @@ fn field<T>(
 
 impl GpuSource for NvmlSource {
     fn observe(&mut self) -> Result<GpuSnapshot, GpuError> {
-        let count = self.nvml.device_count().map_err(|e| GpuError::Call {
-            call: "nvmlDeviceGetCount",
-            reason: reason(&e),
-        })?;
+        let count =
+            self.nvml.device_count().map_err(|e| GpuError::Call { call: "nvmlDeviceGetCount", reason: reason(&e) })?;
         let mut gpus = Vec::with_capacity(count as usize);
         for index in 0..count {
-            let mut obs = GpuObservation {
-                index,
-                ..GpuObservation::default()
-            };
+            let mut obs = GpuObservation { index, ..GpuObservation::default() };
             let device = match self.nvml.device_by_index(index) {
                 Ok(d) => d,
                 Err(e) => {
                     debug!(index, error = %e, "cannot open GPU");
                     obs.lost = true;
-                    obs.unavailable.push(Unavailable {
-                        field: "device".into(),
-                        reason: reason(&e),
-                    });
+                    obs.unavailable.push(Unavailable { field: "device".into(), reason: reason(&e) });
                     gpus.push(obs);
                     continue;
                 }
@@ -127,8 +101,7 @@ impl GpuSource for NvmlSource {
             obs.uuid = field(u, l, "uuid", device.uuid()).unwrap_or_default();
             obs.serial = field(u, l, "serial", device.serial()).unwrap_or_default();
             obs.name = field(u, l, "name", device.name()).unwrap_or_default();
-            obs.pci_bus_id =
-                field(u, l, "pci_bus_id", device.pci_info().map(|p| p.bus_id)).unwrap_or_default();
+            obs.pci_bus_id = field(u, l, "pci_bus_id", device.pci_info().map(|p| p.bus_id)).unwrap_or_default();
             if let Some(m) = field(u, l, "memory", device.memory_info()) {
                 obs.memory_total_bytes = m.total;
                 obs.memory_used_bytes = Some(m.used);

@@ -62,20 +62,9 @@ pub fn attribute_path(path: &str) -> Attribution {
         Some((job, step)) => (Some(job), step),
         None => (None, None),
     };
-    let systemd_unit = if container_id.is_none() && pod_uid.is_none() && slurm_job_id.is_none() {
-        systemd(path)
-    } else {
-        None
-    };
-    Attribution {
-        container_id,
-        runtime,
-        pod_uid,
-        qos_class,
-        slurm_job_id,
-        slurm_step,
-        systemd_unit,
-    }
+    let systemd_unit =
+        if container_id.is_none() && pod_uid.is_none() && slurm_job_id.is_none() { systemd(path) } else { None };
+    Attribution { container_id, runtime, pod_uid, qos_class, slurm_job_id, slurm_step, systemd_unit }
 }
 
 fn is_hex64(s: &str) -> bool {
@@ -117,13 +106,7 @@ pub fn container(path: &str) -> Option<(String, String)> {
 fn normalise_uid(raw: &str) -> Option<String> {
     let uid = raw.replace('_', "-").to_ascii_lowercase();
     let ok = uid.len() == 36
-        && uid.char_indices().all(|(i, c)| {
-            if [8, 13, 18, 23].contains(&i) {
-                c == '-'
-            } else {
-                c.is_ascii_hexdigit()
-            }
-        });
+        && uid.char_indices().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() });
     ok.then_some(uid)
 }
 
@@ -178,10 +161,7 @@ pub fn slurm(path: &str) -> Option<(String, Option<String>)> {
 
 /// systemd units outside containers: the last `*.service` or `*.scope` segment.
 pub fn systemd(path: &str) -> Option<String> {
-    path.split('/')
-        .rev()
-        .find(|s| s.ends_with(".service") || s.ends_with(".scope"))
-        .map(str::to_string)
+    path.split('/').rev().find(|s| s.ends_with(".service") || s.ends_with(".scope")).map(str::to_string)
 }
 
 #[cfg(test)]
@@ -200,9 +180,7 @@ mod tests {
 
     #[test]
     fn docker_cgroupfs_driver_v1() {
-        let text = format!(
-            "12:memory:/docker/{ID}\n11:cpu,cpuacct:/docker/{ID}\n1:name=systemd:/docker/{ID}\n"
-        );
+        let text = format!("12:memory:/docker/{ID}\n11:cpu,cpuacct:/docker/{ID}\n1:name=systemd:/docker/{ID}\n");
         let (a, paths) = parse(&text);
         assert_eq!(a.container_id.as_deref(), Some(ID));
         assert_eq!(paths.len(), 1);
@@ -214,10 +192,7 @@ mod tests {
             "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice/cri-containerd-{ID}.scope"
         );
         let a = attribute_path(&p);
-        assert_eq!(
-            a.pod_uid.as_deref(),
-            Some("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")
-        );
+        assert_eq!(a.pod_uid.as_deref(), Some("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"));
         assert_eq!(a.qos_class.as_deref(), Some("burstable"));
         assert_eq!(a.runtime.as_deref(), Some("containerd"));
     }
@@ -226,10 +201,7 @@ mod tests {
     fn kubernetes_cgroupfs_guaranteed_crio() {
         let p = format!("/kubepods/pod0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0/crio-{ID}");
         let a = attribute_path(&p);
-        assert_eq!(
-            a.pod_uid.as_deref(),
-            Some("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")
-        );
+        assert_eq!(a.pod_uid.as_deref(), Some("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"));
         assert_eq!(a.qos_class.as_deref(), Some("guaranteed"));
         assert_eq!(a.runtime.as_deref(), Some("cri-o"));
     }
@@ -237,30 +209,17 @@ mod tests {
     #[test]
     fn slurm_v1_and_v2() {
         let a = attribute_path("/slurm/uid_1000/job_4242/step_0/task_0");
-        assert_eq!(
-            (a.slurm_job_id.as_deref(), a.slurm_step.as_deref()),
-            (Some("4242"), Some("0"))
-        );
+        assert_eq!((a.slurm_job_id.as_deref(), a.slurm_step.as_deref()), (Some("4242"), Some("0")));
         let b = attribute_path("/system.slice/slurmstepd.scope/job_77/step_batch/user/task_0");
-        assert_eq!(
-            (b.slurm_job_id.as_deref(), b.slurm_step.as_deref()),
-            (Some("77"), Some("batch"))
-        );
+        assert_eq!((b.slurm_job_id.as_deref(), b.slurm_step.as_deref()), (Some("77"), Some("batch")));
         assert_eq!(b.systemd_unit, None);
     }
 
     #[test]
     fn systemd_unit_and_user_session() {
+        assert_eq!(attribute_path("/system.slice/vllm.service").systemd_unit.as_deref(), Some("vllm.service"));
         assert_eq!(
-            attribute_path("/system.slice/vllm.service")
-                .systemd_unit
-                .as_deref(),
-            Some("vllm.service")
-        );
-        assert_eq!(
-            attribute_path("/user.slice/user-1000.slice/session-3.scope")
-                .systemd_unit
-                .as_deref(),
+            attribute_path("/user.slice/user-1000.slice/session-3.scope").systemd_unit.as_deref(),
             Some("session-3.scope")
         );
     }

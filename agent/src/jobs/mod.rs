@@ -85,25 +85,14 @@ pub fn read_process(proc_root: &Path, pid: u32) -> ProcessFacts {
     let cmdline = read_bounded(&dir.join("cmdline"), MAX_CMDLINE_BYTES)
         .map(|raw| redact::redact_argv(&split_cmdline(&raw)))
         .unwrap_or_default();
-    let exe = std::fs::read_link(dir.join("exe"))
-        .ok()
-        .map(|p| p.display().to_string());
-    let uid = read_bounded(&dir.join("status"), 16 * 1024)
-        .and_then(|b| parse_status_uid(&String::from_utf8_lossy(&b)));
-    let start_time_ticks = read_bounded(&dir.join("stat"), 8 * 1024)
-        .and_then(|b| parse_stat_start_time(&String::from_utf8_lossy(&b)));
+    let exe = std::fs::read_link(dir.join("exe")).ok().map(|p| p.display().to_string());
+    let uid = read_bounded(&dir.join("status"), 16 * 1024).and_then(|b| parse_status_uid(&String::from_utf8_lossy(&b)));
+    let start_time_ticks =
+        read_bounded(&dir.join("stat"), 8 * 1024).and_then(|b| parse_stat_start_time(&String::from_utf8_lossy(&b)));
     let (attribution, cgroups) = read_bounded(&dir.join("cgroup"), cgroup::MAX_CGROUP_BYTES)
         .map(|b| cgroup::parse(&String::from_utf8_lossy(&b)))
         .unwrap_or_default();
-    ProcessFacts {
-        pid,
-        cmdline,
-        exe,
-        uid,
-        start_time_ticks,
-        attribution,
-        cgroups,
-    }
+    ProcessFacts { pid, cmdline, exe, uid, start_time_ticks, attribution, cgroups }
 }
 
 #[cfg(test)]
@@ -120,26 +109,17 @@ mod tests {
 
     #[test]
     fn status_uid() {
-        assert_eq!(
-            parse_status_uid("Name:\tpython\nUid:\t1000\t1000\t1000\t1000\n"),
-            Some(1000)
-        );
+        assert_eq!(parse_status_uid("Name:\tpython\nUid:\t1000\t1000\t1000\t1000\n"), Some(1000));
         assert_eq!(parse_status_uid("Uid:\tx\n"), None);
     }
 
     #[test]
     fn cmdline_is_bounded() {
-        let raw: Vec<u8> = std::iter::repeat_n(b"a\0".as_slice(), 10_000)
-            .flatten()
-            .copied()
-            .collect();
+        let raw: Vec<u8> = std::iter::repeat_n(b"a\0".as_slice(), 10_000).flatten().copied().collect();
         let args = split_cmdline(&raw);
         assert_eq!(args.len(), MAX_ARGS + 1);
         assert_eq!(args.last().map(String::as_str), Some("[...]"));
-        assert_eq!(
-            split_cmdline(b"\xff\xfe\0x"),
-            vec!["\u{fffd}\u{fffd}".to_string(), "x".to_string()]
-        );
+        assert_eq!(split_cmdline(b"\xff\xfe\0x"), vec!["\u{fffd}\u{fffd}".to_string(), "x".to_string()]);
     }
 
     #[test]

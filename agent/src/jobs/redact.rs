@@ -46,21 +46,14 @@ const SECRET_PREFIXES: &[(&str, usize)] = &[
 ];
 
 fn is_secret_flag(name: &str) -> bool {
-    let n = name
-        .trim_start_matches('-')
-        .to_ascii_lowercase()
-        .replace('_', "-");
-    SECRET_FLAGS
-        .iter()
-        .any(|f| n == *f || n.ends_with(&format!("-{f}")) && !n.ends_with("-keyword"))
+    let n = name.trim_start_matches('-').to_ascii_lowercase().replace('_', "-");
+    SECRET_FLAGS.iter().any(|f| n == *f || n.ends_with(&format!("-{f}")) && !n.ends_with("-keyword"))
 }
 
 /// Redacts one word that is not a flag's separate value.
 fn redact_word(word: &str) -> String {
     // URLs carry `=` in their query; they are values, not KEY=value pairs.
-    let is_url = word
-        .find("://")
-        .is_some_and(|i| word.find('=').is_none_or(|e| i < e));
+    let is_url = word.find("://").is_some_and(|i| word.find('=').is_none_or(|e| i < e));
     // --flag=value and KEY=value
     if !is_url && let Some((k, v)) = word.split_once('=') {
         if is_secret_flag(k) && !v.is_empty() {
@@ -74,10 +67,7 @@ fn redact_word(word: &str) -> String {
 fn looks_like_token(s: &str) -> bool {
     SECRET_PREFIXES.iter().any(|(p, min_tail)| {
         s.strip_prefix(p).is_some_and(|tail| {
-            tail.len() >= *min_tail
-                && tail
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            tail.len() >= *min_tail && tail.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         })
     })
 }
@@ -96,16 +86,8 @@ fn redact_value(v: &str) -> String {
         {
             let userinfo = &rest[..at];
             let user = userinfo.split(':').next().unwrap_or("");
-            let shown_user = if looks_like_token(user) {
-                REDACTED
-            } else {
-                user
-            };
-            return format!(
-                "{}{shown_user}:{REDACTED}{}",
-                &v[..scheme_end + 3],
-                &rest[at..]
-            );
+            let shown_user = if looks_like_token(user) { REDACTED } else { user };
+            return format!("{}{shown_user}:{REDACTED}{}", &v[..scheme_end + 3], &rest[at..]);
         }
     }
     // Query strings: ?token=...&x=1
@@ -166,26 +148,11 @@ mod tests {
 
     #[test]
     fn flag_values_are_redacted() {
-        assert_eq!(
-            r(&["serve", "--token=abc123", "--port=80"]),
-            "serve --token=[REDACTED] --port=80"
-        );
-        assert_eq!(
-            r(&["serve", "--api-key", "abc", "--x", "y"]),
-            "serve --api-key [REDACTED] --x y"
-        );
-        assert_eq!(
-            r(&["run", "--hf_token", "zzz"]),
-            "run --hf_token [REDACTED]"
-        );
-        assert_eq!(
-            r(&["PASSWORD=hunter2", "DB_PASSWORD=x"]),
-            "PASSWORD=[REDACTED] DB_PASSWORD=[REDACTED]"
-        );
-        assert_eq!(
-            r(&["--aws-secret-access-key=Q"]),
-            "--aws-secret-access-key=[REDACTED]"
-        );
+        assert_eq!(r(&["serve", "--token=abc123", "--port=80"]), "serve --token=[REDACTED] --port=80");
+        assert_eq!(r(&["serve", "--api-key", "abc", "--x", "y"]), "serve --api-key [REDACTED] --x y");
+        assert_eq!(r(&["run", "--hf_token", "zzz"]), "run --hf_token [REDACTED]");
+        assert_eq!(r(&["PASSWORD=hunter2", "DB_PASSWORD=x"]), "PASSWORD=[REDACTED] DB_PASSWORD=[REDACTED]");
+        assert_eq!(r(&["--aws-secret-access-key=Q"]), "--aws-secret-access-key=[REDACTED]");
     }
 
     #[test]
@@ -199,40 +166,21 @@ mod tests {
 
     #[test]
     fn url_credentials_are_redacted() {
-        assert_eq!(
-            r(&["--db", "postgres://alice:s3cret@db:5432/x"]),
-            "--db postgres://alice:[REDACTED]@db:5432/x"
-        );
-        assert_eq!(
-            r(&["https://h/x?token=abc&y=1"]),
-            "https://h/x?token=[REDACTED]&y=1"
-        );
+        assert_eq!(r(&["--db", "postgres://alice:s3cret@db:5432/x"]), "--db postgres://alice:[REDACTED]@db:5432/x");
+        assert_eq!(r(&["https://h/x?token=abc&y=1"]), "https://h/x?token=[REDACTED]&y=1");
         assert_eq!(r(&["https://h/a@b"]), "https://h/a@b");
     }
 
     #[test]
     fn bearer_is_redacted() {
-        assert_eq!(
-            r(&["-H", "Authorization: Bearer abc.def"]),
-            "-H Authorization: Bearer [REDACTED]"
-        );
+        assert_eq!(r(&["-H", "Authorization: Bearer abc.def"]), "-H Authorization: Bearer [REDACTED]");
         assert_eq!(r(&["Bearer", "abc"]), "Bearer [REDACTED]");
     }
 
     #[test]
     fn ordinary_arguments_survive() {
-        let s = r(&[
-            "torchrun",
-            "--nproc-per-node=8",
-            "train.py",
-            "--model",
-            "deepseek-ai/DeepSeek-V3",
-            "--keyword=x",
-        ]);
-        assert_eq!(
-            s,
-            "torchrun --nproc-per-node=8 train.py --model deepseek-ai/DeepSeek-V3 --keyword=x"
-        );
+        let s = r(&["torchrun", "--nproc-per-node=8", "train.py", "--model", "deepseek-ai/DeepSeek-V3", "--keyword=x"]);
+        assert_eq!(s, "torchrun --nproc-per-node=8 train.py --model deepseek-ai/DeepSeek-V3 --keyword=x");
     }
 
     #[test]

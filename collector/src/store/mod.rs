@@ -21,9 +21,7 @@ const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database file could not be opened or created.
-    #[error(
-        "cannot open the store at {path}: {source}; check --data (env GPUATTEST_DATA) and its permissions"
-    )]
+    #[error("cannot open the store at {path}: {source}; check --data (env GPUATTEST_DATA) and its permissions")]
     Open {
         /// The database path.
         path: PathBuf,
@@ -302,10 +300,7 @@ impl Store {
     /// when a newer collector wrote it.
     pub fn open(data_dir: &Path) -> Result<Store> {
         let path = data_dir.join("gpuattest.db");
-        let open_err = |source| StoreError::Open {
-            path: path.clone(),
-            source,
-        };
+        let open_err = |source| StoreError::Open { path: path.clone(), source };
         if !data_dir.exists() {
             std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Open {
                 path: path.clone(),
@@ -313,25 +308,16 @@ impl Store {
             })?;
         }
         let mut conn = Connection::open(&path).map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
         migrate(&mut conn, &path)?;
-        Ok(Store {
-            conn: Mutex::new(conn),
-            path,
-        })
+        Ok(Store { conn: Mutex::new(conn), path })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The database file.
@@ -357,11 +343,7 @@ impl Store {
             &t.created_by,
             "token.create",
             &t.id,
-            &format!(
-                "role={} tenant={}",
-                t.role,
-                t.tenant.as_deref().unwrap_or("-")
-            ),
+            &format!("role={} tenant={}", t.role, t.tenant.as_deref().unwrap_or("-")),
         )?;
         tx.commit().map_err(sql("commit token"))
     }
@@ -371,23 +353,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRow>> {
-        self.conn()
-            .query_row(
-                "SELECT id, role, tenant, expires_at, used_at, revoked_at FROM tokens WHERE hash = ?1",
-                params![hash],
-                |r| {
-                    Ok(TokenRow {
-                        id: r.get(0)?,
-                        role: r.get(1)?,
-                        tenant: r.get(2)?,
-                        expires_at: r.get(3)?,
-                        used_at: r.get(4)?,
-                        revoked_at: r.get(5)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(sql("look up token"))
+        token_row(&self.conn(), hash)
     }
 
     /// Consumes a one-time enrollment token and pins `public_key` to a new host, in one transaction.
@@ -407,24 +373,16 @@ impl Store {
         now: i64,
     ) -> Result<HostRow> {
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql("begin"))?;
-        let token: Option<(String, String, Option<String>, i64, Option<i64>, Option<i64>)> = tx
-            .query_row(
-                "SELECT id, role, tenant, expires_at, used_at, revoked_at FROM tokens WHERE hash = ?1",
-                params![token_hash],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
-            )
-            .optional()
-            .map_err(sql("look up enroll token"))?;
-        let Some((token_id, role, tenant, expires_at, used_at, revoked_at)) = token else {
-            return Err(StoreError::Refused("unknown enroll token; mint one with `gpuattest-collector token create --role enroll`".into()));
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("begin"))?;
+        let Some(TokenRow { id: token_id, role, tenant, expires_at, used_at, revoked_at }) =
+            token_row(&tx, token_hash)?
+        else {
+            return Err(StoreError::Refused(
+                "unknown enroll token; mint one with `gpuattest-collector token create --role enroll`".into(),
+            ));
         };
         if role != "enroll" {
-            return Err(StoreError::Refused(format!(
-                "token {token_id} has role {role}, not enroll"
-            )));
+            return Err(StoreError::Refused(format!("token {token_id} has role {role}, not enroll")));
         }
         if let Some(at) = used_at {
             audit_tx(
@@ -442,9 +400,7 @@ impl Store {
             )));
         }
         if revoked_at.is_some() {
-            return Err(StoreError::Refused(format!(
-                "enroll token {token_id} is revoked; mint a new one"
-            )));
+            return Err(StoreError::Refused(format!("enroll token {token_id} is revoked; mint a new one")));
         }
         if expires_at <= now {
             return Err(StoreError::Refused(format!(
@@ -453,11 +409,7 @@ impl Store {
             )));
         }
         let existing: Option<String> = tx
-            .query_row(
-                "SELECT host_id FROM hosts WHERE key_id = ?1",
-                params![key_id],
-                |r| r.get(0),
-            )
+            .query_row("SELECT host_id FROM hosts WHERE key_id = ?1", params![key_id], |r| r.get(0))
             .optional()
             .map_err(sql("look up key"))?;
         if let Some(h) = existing {
@@ -472,19 +424,9 @@ impl Store {
             params![host_id, hostname, machine_id, tenant, public_key, key_id, now, token_id, facts_json],
         )
         .map_err(sql("insert host"))?;
-        tx.execute(
-            "UPDATE tokens SET used_at = ?1 WHERE id = ?2",
-            params![now, token_id],
-        )
-        .map_err(sql("mark token used"))?;
-        audit_tx(
-            &tx,
-            now,
-            &format!("token:{token_id}"),
-            "host.enroll",
-            &host_id,
-            &format!("hostname={hostname}"),
-        )?;
+        tx.execute("UPDATE tokens SET used_at = ?1 WHERE id = ?2", params![now, token_id])
+            .map_err(sql("mark token used"))?;
+        audit_tx(&tx, now, &format!("token:{token_id}"), "host.enroll", &host_id, &format!("hostname={hostname}"))?;
         tx.commit().map_err(sql("commit enrollment"))?;
         Ok(HostRow {
             host_id,
@@ -552,8 +494,7 @@ impl Store {
                 })
             })
             .map_err(sql("list hosts"))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(sql("list hosts"))
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("list hosts"))
     }
 
     /// Commits a verified report with the flags `flags_for` computes from the host's chain position,
@@ -569,30 +510,31 @@ impl Store {
     ) -> Result<Commit> {
         let r = incoming.decoded;
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql("begin"))?;
-        let host: Option<(i64, Option<Vec<u8>>, Option<i64>, Option<String>)> = tx
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("begin"))?;
+        let host = tx
             .query_row(
                 "SELECT last_seq, last_hash, revoked_at, tenant FROM hosts WHERE host_id = ?1",
                 params![host_id],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+                |row| {
+                    Ok(HostPosition {
+                        last_seq: row.get(0)?,
+                        last_hash: row.get(1)?,
+                        revoked: row.get::<_, Option<i64>>(2)?.is_some(),
+                        tenant: row.get(3)?,
+                    })
+                },
             )
             .optional()
             .map_err(sql("read host position"))?;
-        let Some((last_seq, last_hash, revoked, tenant)) = host else {
+        let Some(HostPosition { last_seq, last_hash, revoked, tenant }) = host else {
             return Ok(Commit::HostGone);
         };
-        if revoked.is_some() {
+        if revoked {
             return Ok(Commit::HostGone);
         }
         let seq = r.seq as i64;
         let exists: bool = tx
-            .query_row(
-                "SELECT 1 FROM reports WHERE host_id = ?1 AND seq = ?2",
-                params![host_id, seq],
-                |_| Ok(true),
-            )
+            .query_row("SELECT 1 FROM reports WHERE host_id = ?1 AND seq = ?2", params![host_id, seq], |_| Ok(true))
             .optional()
             .map_err(sql("check replay"))?
             .unwrap_or(false);
@@ -600,14 +542,9 @@ impl Store {
             return Ok(Commit::Duplicate);
         }
         if seq <= last_seq {
-            return Ok(Commit::Behind {
-                last_seq: last_seq as u64,
-            });
+            return Ok(Commit::Behind { last_seq: last_seq as u64 });
         }
-        let position = ChainPosition {
-            last_seq: last_seq as u64,
-            last_hash,
-        };
+        let position = ChainPosition { last_seq: last_seq as u64, last_hash };
         let hash = gpuattest_proto::sha256(&incoming.signed.report);
         tx.execute(
             "INSERT INTO reports (host_id, seq, report, signature, key_id, report_sha256, received_at, agent_time, window_start, window_end, nonce_fresh) \
@@ -682,14 +619,7 @@ impl Store {
         .map_err(sql("advance host"))?;
         let flags = flags_for(&position);
         for f in &flags {
-            upsert_flag(
-                &tx,
-                host_id,
-                tenant.as_deref(),
-                r.seq,
-                incoming.received_at,
-                f,
-            )?;
+            upsert_flag(&tx, host_id, tenant.as_deref(), r.seq, incoming.received_at, f)?;
         }
         tx.commit().map_err(sql("commit report"))?;
         Ok(Commit::Stored { flags: flags.len() })
@@ -704,13 +634,7 @@ impl Store {
             .query_row(
                 "SELECT report, signature, key_id FROM reports WHERE host_id = ?1 AND seq = ?2",
                 params![host_id, seq as i64],
-                |r| {
-                    Ok(pb::SignedReport {
-                        report: r.get(0)?,
-                        signature: r.get(1)?,
-                        key_id: r.get(2)?,
-                    })
-                },
+                |r| Ok(pb::SignedReport { report: r.get(0)?, signature: r.get(1)?, key_id: r.get(2)? }),
             )
             .optional()
             .map_err(sql("read report"))
@@ -742,17 +666,13 @@ impl Store {
             };
             let public_key: Vec<u8> = r.get(5).map_err(sql("read report"))?;
             summary.checked += 1;
-            let mut problem = gpuattest_proto::verify_report(&public_key, &signed)
-                .err()
-                .map(|e| e.to_string());
+            let mut problem = gpuattest_proto::verify_report(&public_key, &signed).err().map(|e| e.to_string());
             if problem.is_none() {
                 match <pb::UsageReport as prost::Message>::decode(signed.report.as_slice()) {
                     Err(e) => problem = Some(format!("stored bytes do not decode: {e}")),
                     Ok(rep) if rep.seq != seq || rep.host_id != host_id => {
-                        problem = Some(format!(
-                            "stored under ({host_id}, {seq}) but says ({}, {})",
-                            rep.host_id, rep.seq
-                        ));
+                        problem =
+                            Some(format!("stored under ({host_id}, {seq}) but says ({}, {})", rep.host_id, rep.seq));
                     }
                     Ok(rep) => {
                         if let Some((ph, ps, phash)) = &prev
@@ -767,11 +687,7 @@ impl Store {
             }
             match problem {
                 None => summary.valid += 1,
-                Some(reason) => summary.invalid.push(InvalidReport {
-                    host_id: host_id.clone(),
-                    seq,
-                    reason,
-                }),
+                Some(reason) => summary.invalid.push(InvalidReport { host_id: host_id.clone(), seq, reason }),
             }
             prev = Some((host_id, seq, gpuattest_proto::sha256(&signed.report)));
         }
@@ -815,8 +731,7 @@ impl Store {
                 })
             })
             .map_err(sql("list flags"))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(sql("list flags"))
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("list flags"))
     }
 
     /// Records a reviewer's decision on a flag and audits it. Returns the flag's tenant, or `None` when
@@ -824,33 +739,16 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Sql`].
-    pub fn decide_flag(
-        &self,
-        id: i64,
-        status: &str,
-        actor: &str,
-        reason: &str,
-        now: i64,
-    ) -> Result<Option<()>> {
+    pub fn decide_flag(&self, id: i64, status: &str, actor: &str, reason: &str, now: i64) -> Result<Option<()>> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(sql("begin"))?;
         let n = tx
-            .execute(
-                "UPDATE flags SET status = ?1, updated_at = ?2 WHERE id = ?3",
-                params![status, now, id],
-            )
+            .execute("UPDATE flags SET status = ?1, updated_at = ?2 WHERE id = ?3", params![status, now, id])
             .map_err(sql("decide flag"))?;
         if n == 0 {
             return Ok(None);
         }
-        audit_tx(
-            &tx,
-            now,
-            actor,
-            &format!("flag.{status}"),
-            &format!("flag:{id}"),
-            reason,
-        )?;
+        audit_tx(&tx, now, actor, &format!("flag.{status}"), &format!("flag:{id}"), reason)?;
         tx.commit().map_err(sql("commit decision"))?;
         Ok(Some(()))
     }
@@ -859,14 +757,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Sql`].
-    pub fn audit(
-        &self,
-        at: i64,
-        actor: &str,
-        action: &str,
-        target: &str,
-        detail: &str,
-    ) -> Result<()> {
+    pub fn audit(&self, at: i64, actor: &str, action: &str, target: &str, detail: &str) -> Result<()> {
         let conn = self.conn();
         conn.execute(
             "INSERT INTO audit (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -883,9 +774,7 @@ impl Store {
     pub fn audit_log(&self, limit: u32) -> Result<Vec<AuditRow>> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(
-                "SELECT id, at, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?1",
-            )
+            .prepare("SELECT id, at, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?1")
             .map_err(sql("read audit"))?;
         let rows = stmt
             .query_map(params![limit], |r| {
@@ -899,9 +788,35 @@ impl Store {
                 })
             })
             .map_err(sql("read audit"))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(sql("read audit"))
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("read audit"))
     }
+}
+
+/// A host's chain position and standing, read inside the report transaction.
+struct HostPosition {
+    last_seq: i64,
+    last_hash: Option<Vec<u8>>,
+    revoked: bool,
+    tenant: Option<String>,
+}
+
+fn token_row(conn: &Connection, hash: &[u8]) -> Result<Option<TokenRow>> {
+    conn.query_row(
+        "SELECT id, role, tenant, expires_at, used_at, revoked_at FROM tokens WHERE hash = ?1",
+        params![hash],
+        |r| {
+            Ok(TokenRow {
+                id: r.get(0)?,
+                role: r.get(1)?,
+                tenant: r.get(2)?,
+                expires_at: r.get(3)?,
+                used_at: r.get(4)?,
+                revoked_at: r.get(5)?,
+            })
+        },
+    )
+    .optional()
+    .map_err(sql("look up token"))
 }
 
 fn audit_tx(
@@ -955,51 +870,29 @@ fn upsert_flag(
 
 /// `<hostname>-<first 6 hex of key id>`, sanitised: readable in flags, unique per key.
 fn new_host_id(hostname: &str, key_id: &[u8]) -> String {
-    let clean: String = hostname
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
-        .take(48)
-        .collect();
-    let base = if clean.is_empty() {
-        "host".to_string()
-    } else {
-        clean
-    };
-    format!(
-        "{base}-{}",
-        gpuattest_proto::hex(&key_id[..key_id.len().min(3)])
-    )
+    let clean: String =
+        hostname.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.').take(48).collect();
+    let base = if clean.is_empty() { "host".to_string() } else { clean };
+    format!("{base}-{}", gpuattest_proto::hex(&key_id[..key_id.len().min(3)]))
 }
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
-    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
-        .map_err(sql("create migrations table"))?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )
+    .map_err(sql("create migrations table"))?;
     let current: i64 = conn
-        .query_row(
-            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
-            [],
-            |r| r.get(0),
-        )
+        .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))
         .map_err(sql("read schema version"))?;
     let known = MIGRATIONS.len() as i64;
     if current > known {
-        return Err(StoreError::TooNew {
-            path: path.to_path_buf(),
-            found: current,
-            known,
-        });
+        return Err(StoreError::TooNew { path: path.to_path_buf(), found: current, known });
     }
     for (i, m) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql("begin migration"))?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("begin migration"))?;
         // Another process may have migrated between our read and the lock.
         let again: i64 = tx
-            .query_row(
-                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
-                [],
-                |r| r.get(0),
-            )
+            .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))
             .map_err(sql("read schema version"))?;
         if again > i as i64 {
             continue;

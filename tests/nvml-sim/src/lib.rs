@@ -46,9 +46,7 @@ fn load_scenario() -> Result<Scenario, String> {
     let shown = path.to_string_lossy().into_owned();
     let meta = std::fs::metadata(&path).map_err(|e| format!("scenario {shown}: {e}"))?;
     if !meta.is_file() || meta.len() > MAX_SCENARIO_BYTES {
-        return Err(format!(
-            "scenario {shown}: not a regular file of at most {MAX_SCENARIO_BYTES} bytes"
-        ));
+        return Err(format!("scenario {shown}: not a regular file of at most {MAX_SCENARIO_BYTES} bytes"));
     }
     let text = std::fs::read_to_string(&path).map_err(|e| format!("scenario {shown}: {e}"))?;
     Scenario::parse(&text).map_err(|e| format!("scenario {shown}: {e}"))
@@ -70,19 +68,10 @@ fn done(r: Result<(), nvmlReturn_t>) -> nvmlReturn_t {
 }
 
 /// Looks up the GPU behind a handle (handles are index + 1), applying the lost and unsupported faults.
-fn with_gpu<T>(
-    device: nvmlDevice_t,
-    field: &str,
-    f: impl FnOnce(&Gpu, &State) -> T,
-) -> Result<T, nvmlReturn_t> {
+fn with_gpu<T>(device: nvmlDevice_t, field: &str, f: impl FnOnce(&Gpu, &State) -> T) -> Result<T, nvmlReturn_t> {
     with_state(|s| {
-        let idx = (device as usize)
-            .checked_sub(1)
-            .ok_or(sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT)?;
-        let gpu = s
-            .gpus
-            .get(idx)
-            .ok_or(sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT)?;
+        let idx = (device as usize).checked_sub(1).ok_or(sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT)?;
+        let gpu = s.gpus.get(idx).ok_or(sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT)?;
         if gpu.lost {
             return Err(sys::nvmlReturn_enum_NVML_ERROR_GPU_IS_LOST);
         }
@@ -145,12 +134,7 @@ fn init() -> nvmlReturn_t {
     let mut guard = STATE.lock().unwrap_or_else(|p| p.into_inner());
     let refcount = guard.as_ref().map_or(0, |s| s.refcount) + 1;
     let gpus = scenario.resolved_gpus();
-    *guard = Some(State {
-        scenario,
-        gpus,
-        loaded_at: Instant::now(),
-        refcount,
-    });
+    *guard = Some(State { scenario, gpus, loaded_at: Instant::now(), refcount });
     SUCCESS
 }
 
@@ -196,10 +180,7 @@ pub extern "C" fn nvmlErrorString(result: nvmlReturn_t) -> *const c_char {
 
 /// `nvmlSystemGetDriverVersion`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlSystemGetDriverVersion(
-    version: *mut c_char,
-    length: c_uint,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlSystemGetDriverVersion(version: *mut c_char, length: c_uint) -> nvmlReturn_t {
     let v = match with_state(|s| Ok(s.scenario.driver_version.clone())) {
         Ok(v) => v,
         Err(e) => return e,
@@ -212,9 +193,7 @@ pub unsafe extern "C" fn nvmlSystemGetDriverVersion(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion(v: *mut c_int) -> nvmlReturn_t {
     // SAFETY: NVML's contract: `v` is valid for a write of one int.
-    done(
-        with_state(|s| Ok(s.scenario.cuda_driver_version)).and_then(|x| unsafe { write_out(v, x) }),
-    )
+    done(with_state(|s| Ok(s.scenario.cuda_driver_version)).and_then(|x| unsafe { write_out(v, x) }))
 }
 
 /// `nvmlSystemGetCudaDriverVersion_v2`.
@@ -233,15 +212,9 @@ pub unsafe extern "C" fn nvmlDeviceGetCount_v2(count: *mut c_uint) -> nvmlReturn
 
 /// `nvmlDeviceGetHandleByIndex_v2`: handles are index + 1, never null.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
-    index: c_uint,
-    device: *mut nvmlDevice_t,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(index: c_uint, device: *mut nvmlDevice_t) -> nvmlReturn_t {
     let r = with_state(|s| {
-        let gpu = s
-            .gpus
-            .get(index as usize)
-            .ok_or(sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT)?;
+        let gpu = s.gpus.get(index as usize).ok_or(sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT)?;
         if gpu.lost {
             return Err(sys::nvmlReturn_enum_NVML_ERROR_GPU_IS_LOST);
         }
@@ -253,10 +226,7 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
 
 /// `nvmlDeviceGetIndex`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetIndex(
-    device: nvmlDevice_t,
-    index: *mut c_uint,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetIndex(device: nvmlDevice_t, index: *mut c_uint) -> nvmlReturn_t {
     // SAFETY: NVML's contract: `index` is valid for a write.
     done(with_gpu(device, "index", |g, _| g.index).and_then(|i| unsafe { write_out(index, i) }))
 }
@@ -296,21 +266,13 @@ string_getter!(
 /// Parses `00000000:18:00.0` into (domain, bus, device).
 fn parse_bus_id(id: &str) -> (u32, u32, u32) {
     let mut parts = id.split([':', '.']);
-    let mut next = || {
-        parts
-            .next()
-            .and_then(|p| u32::from_str_radix(p, 16).ok())
-            .unwrap_or(0)
-    };
+    let mut next = || parts.next().and_then(|p| u32::from_str_radix(p, 16).ok()).unwrap_or(0);
     (next(), next(), next())
 }
 
 /// `nvmlDeviceGetPciInfo_v3`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(
-    device: nvmlDevice_t,
-    pci: *mut sys::nvmlPciInfo_t,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(device: nvmlDevice_t, pci: *mut sys::nvmlPciInfo_t) -> nvmlReturn_t {
     let r = with_gpu(device, "pci", |g, _| {
         let (domain, bus, dev) = parse_bus_id(&g.pci_bus_id);
         // SAFETY: an all-zero nvmlPciInfo_t (integers and char arrays) is a valid value.
@@ -335,10 +297,7 @@ pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(
 
 /// `nvmlDeviceGetMemoryInfo` (v1 struct).
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(
-    device: nvmlDevice_t,
-    memory: *mut sys::nvmlMemory_t,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(device: nvmlDevice_t, memory: *mut sys::nvmlMemory_t) -> nvmlReturn_t {
     let r = with_gpu(device, "memory", |g, _| sys::nvmlMemory_t {
         total: g.memory_total_bytes,
         used: g.memory_used_bytes,
@@ -368,10 +327,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
         total: g.memory_total_bytes,
         reserved: 536_870_912,
         used: g.memory_used_bytes,
-        free: g
-            .memory_total_bytes
-            .saturating_sub(g.memory_used_bytes)
-            .saturating_sub(536_870_912),
+        free: g.memory_total_bytes.saturating_sub(g.memory_used_bytes).saturating_sub(536_870_912),
     });
     // SAFETY: checked non-null above; valid for a write per NVML's contract.
     done(r.and_then(|m| unsafe { write_out(memory, m) }))
@@ -393,10 +349,7 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
 
 /// `nvmlDeviceGetPowerUsage`, milliwatts.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(
-    device: nvmlDevice_t,
-    power: *mut c_uint,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(device: nvmlDevice_t, power: *mut c_uint) -> nvmlReturn_t {
     // SAFETY: NVML's contract: `power` is valid for a write.
     done(with_gpu(device, "power", |g, _| g.power_mw).and_then(|p| unsafe { write_out(power, p) }))
 }

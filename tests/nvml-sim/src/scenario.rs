@@ -149,10 +149,7 @@ impl Scenario {
 
     /// The GPUs with defaults applied.
     pub fn resolved_gpus(&self) -> Vec<Gpu> {
-        let specs = self
-            .gpus
-            .clone()
-            .unwrap_or_else(|| vec![GpuSpec::default(); 8]);
+        let specs = self.gpus.clone().unwrap_or_else(|| vec![GpuSpec::default(); 8]);
         specs
             .into_iter()
             .enumerate()
@@ -169,10 +166,7 @@ impl Scenario {
                     b & 0xffff_ffff_ffff
                 );
                 let serial = format!("165{:010}", fnv(&self.seed, index, 3) % 10_000_000_000);
-                let bus = HGX_BUSES
-                    .get(i)
-                    .copied()
-                    .unwrap_or(0x18u8.wrapping_add(i as u8));
+                let bus = HGX_BUSES.get(i).copied().unwrap_or(0x18u8.wrapping_add(i as u8));
                 let used_default = s.processes.iter().map(|p| p.used_memory_bytes).sum::<u64>();
                 let busy = !s.processes.is_empty();
                 Gpu {
@@ -180,26 +174,16 @@ impl Scenario {
                     name: s.name.unwrap_or_else(|| "NVIDIA H100 80GB HBM3".into()),
                     uuid: s.uuid.unwrap_or(uuid),
                     serial: s.serial.unwrap_or(serial),
-                    pci_bus_id: s
-                        .pci_bus_id
-                        .unwrap_or_else(|| format!("00000000:{bus:02X}:00.0")),
+                    pci_bus_id: s.pci_bus_id.unwrap_or_else(|| format!("00000000:{bus:02X}:00.0")),
                     pci_device_id: s.pci_device_id.unwrap_or(0x2330_10de),
-                    board_part_number: s
-                        .board_part_number
-                        .unwrap_or_else(|| "692-2G520-0200-000".into()),
+                    board_part_number: s.board_part_number.unwrap_or_else(|| "692-2G520-0200-000".into()),
                     memory_total_bytes: s.memory_total_bytes.unwrap_or(H100_MEMORY),
                     // The driver reserves about 0.5 GiB even on an idle GPU.
                     memory_used_bytes: s.memory_used_bytes.unwrap_or(used_default + 532_676_608),
                     utilization_gpu_pct: s.utilization_gpu_pct.unwrap_or(if busy { 97 } else { 0 }),
-                    utilization_memory_pct: s.utilization_memory_pct.unwrap_or(if busy {
-                        41
-                    } else {
-                        0
-                    }),
+                    utilization_memory_pct: s.utilization_memory_pct.unwrap_or(if busy { 41 } else { 0 }),
                     power_mw: s.power_mw.unwrap_or(if busy { 645_000 } else { 71_000 }),
-                    energy_mj: s
-                        .energy_mj
-                        .unwrap_or(1_000_000_000 + u64::from(index) * 7_919_000),
+                    energy_mj: s.energy_mj.unwrap_or(1_000_000_000 + u64::from(index) * 7_919_000),
                     processes: s.processes,
                     lost: s.lost,
                     unsupported: s.unsupported,
@@ -233,15 +217,9 @@ mod tests {
 
     #[test]
     fn seed_changes_identities_but_is_stable() {
-        let a = Scenario::parse(r#"{"seed":"host-a"}"#)
-            .expect("parse")
-            .resolved_gpus();
-        let a2 = Scenario::parse(r#"{"seed":"host-a"}"#)
-            .expect("parse")
-            .resolved_gpus();
-        let b = Scenario::parse(r#"{"seed":"host-b"}"#)
-            .expect("parse")
-            .resolved_gpus();
+        let a = Scenario::parse(r#"{"seed":"host-a"}"#).expect("parse").resolved_gpus();
+        let a2 = Scenario::parse(r#"{"seed":"host-a"}"#).expect("parse").resolved_gpus();
+        let b = Scenario::parse(r#"{"seed":"host-b"}"#).expect("parse").resolved_gpus();
         assert_eq!(a, a2);
         assert_ne!(a[0].uuid, b[0].uuid);
         assert_ne!(a[0].serial, b[0].serial);
@@ -249,10 +227,8 @@ mod tests {
 
     #[test]
     fn contract_example_parses() {
-        let s = Scenario::parse(
-            r#"{"gpus": [{"processes": [{"pid": 4242, "used_memory_bytes": 20000000000}]}, {}]}"#,
-        )
-        .expect("parse");
+        let s = Scenario::parse(r#"{"gpus": [{"processes": [{"pid": 4242, "used_memory_bytes": 20000000000}]}, {}]}"#)
+            .expect("parse");
         let gpus = s.resolved_gpus();
         assert_eq!(gpus.len(), 2);
         assert_eq!(gpus[0].processes[0].pid, 4242);
@@ -261,12 +237,7 @@ mod tests {
 
     #[test]
     fn hostile_scenarios_are_errors() {
-        for bad in [
-            r#"{"gpus": 7}"#,
-            r#"{"nope": 1}"#,
-            "[",
-            r#"{"gpus":[{"processes":[{"pid":-1}]}]}"#,
-        ] {
+        for bad in [r#"{"gpus": 7}"#, r#"{"nope": 1}"#, "[", r#"{"gpus":[{"processes":[{"pid":-1}]}]}"#] {
             assert!(Scenario::parse(bad).is_err(), "{bad}");
         }
     }
