@@ -6,6 +6,7 @@
 //! through the same nvml-wrapper code), the `/proc` and `/sys` roots, and the shutdown signal.
 //!
 //! # Layout
+//! - [`cli`]: the commands behind the binary, with their exit codes.
 //! - [`gpu`]: the [`gpu::GpuSource`] trait and the NVML backend.
 //! - [`jobs`]: process facts from `/proc`, cgroup job attribution, command-line redaction.
 //! - [`accelerators`]: non-NVML accelerators (Huawei Ascend, AMD, Gaudi, ...) from sysfs.
@@ -20,6 +21,7 @@
 //! - [`config`]: the agent's configuration, from flags and an optional TOML file.
 
 pub mod accelerators;
+pub mod cli;
 pub mod config;
 pub mod gpu;
 pub mod identity;

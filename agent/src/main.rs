@@ -1,13 +1,11 @@
-//! `gpuattest-agent`: the thin binary over the agent library. Parses arguments, starts tracing, loads
-//! the config and calls into the library. Exit codes: 64 usage, 78 configuration, 1 runtime failure.
+//! `gpuattest-agent`: the thin binary over the agent library. Parses arguments, starts tracing and
+//! calls [`gpuattest_agent::cli`]. Exit codes: 64 usage, 78 configuration, 1 runtime failure.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use gpuattest_agent::config::{FileConfig, Flags, Settings};
-use gpuattest_agent::gpu::NvmlSource;
-use gpuattest_agent::observe::Observer;
+use gpuattest_agent::{cli, config::Flags, gpu::NvmlSource, observe::HostPaths};
 
 #[derive(Parser)]
 #[command(
@@ -78,121 +76,46 @@ struct RunArgs {
     host: HostArgs,
 }
 
-fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("gpuattest-agent: {msg}");
-    ExitCode::from(code)
-}
-
-fn open_observer(h: &HostArgs, lib: &std::path::Path) -> Result<Observer, ExitCode> {
-    let gpus = NvmlSource::open(lib).map_err(|e| fail(1, e))?;
-    let paths = gpuattest_agent::observe::HostPaths {
-        proc_root: h.proc_root.clone().unwrap_or_else(|| "/proc".into()),
-        sys_root: h.sys_root.clone().unwrap_or_else(|| "/sys".into()),
-        hostname: h.hostname.clone(),
-    };
-    Ok(Observer::new(Box::new(gpus), paths))
-}
-
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(64);
+            return if e.use_stderr() { ExitCode::from(64) } else { ExitCode::SUCCESS };
         }
     };
-    gpuattest_agent::logging::init(if matches!(cli.cmd, Cmd::Run(_)) { "info" } else { "warn" });
-    match cli.cmd {
-        Cmd::Status { state_dir, json } => match gpuattest_agent::run::status(&state_dir) {
-            Ok(s) if json => print_json(&s),
-            Ok(s) => {
-                println!("host_id    {}", s.host_id.as_deref().unwrap_or("(not enrolled)"));
-                println!(
-                    "last_seq   {}\nacked_seq  {}\nspooled    {} ({} bytes)",
-                    s.last_seq, s.acked_seq, s.spooled, s.spool_bytes
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(1, e),
-        },
+    gpuattest_agent::logging::init(if matches!(args.cmd, Cmd::Run(_)) { "info" } else { "warn" });
+    let result = match args.cmd {
+        Cmd::Status { state_dir, json } => cli::status(&state_dir, json),
         Cmd::Inspect { host, json } => {
-            let lib = host.nvml_lib.clone().unwrap_or_else(NvmlSource::default_lib);
-            let mut observer = match open_observer(&host, &lib) {
-                Ok(o) => o,
-                Err(code) => return code,
+            let lib = host.nvml_lib.unwrap_or_else(NvmlSource::default_lib);
+            let paths = HostPaths {
+                proc_root: host.proc_root.unwrap_or_else(|| "/proc".into()),
+                sys_root: host.sys_root.unwrap_or_else(|| "/sys".into()),
+                hostname: host.hostname,
             };
-            match observer.observe(gpuattest_agent::run::now_ms()) {
-                Ok(obs) if json => print_json(&obs),
-                Ok(obs) => {
-                    print!("{}", gpuattest_agent::observe::render_text(&obs));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(1, e),
-            }
+            cli::inspect(&lib, paths, json)
         }
-        Cmd::Run(a) => run(a),
-    }
-}
-
-fn print_json(v: &impl serde::Serialize) -> ExitCode {
-    match serde_json::to_string_pretty(v) {
-        Ok(s) => {
-            println!("{s}");
-            ExitCode::SUCCESS
+        Cmd::Run(a) => {
+            let flags = Flags {
+                collector: a.collector,
+                enroll_token: a.enroll_token,
+                state_dir: a.state_dir,
+                interval: a.interval,
+                nvml_lib: a.host.nvml_lib,
+                proc_root: a.host.proc_root,
+                sys_root: a.host.sys_root,
+                hostname: a.host.hostname,
+                spool_max_mib: a.spool_max_mib,
+            };
+            cli::run(flags, a.config.as_deref(), a.check_config)
         }
-        Err(e) => fail(1, e),
-    }
-}
-
-fn run(a: RunArgs) -> ExitCode {
-    let file = match &a.config {
-        Some(p) => match FileConfig::load(p) {
-            Ok(f) => Some((p.as_path(), f)),
-            Err(e) => return fail(78, e),
-        },
-        None => None,
     };
-    let flags = Flags {
-        collector: a.collector,
-        enroll_token: a.enroll_token,
-        state_dir: a.state_dir,
-        interval: a.interval,
-        nvml_lib: a.host.nvml_lib.clone(),
-        proc_root: a.host.proc_root.clone(),
-        sys_root: a.host.sys_root.clone(),
-        hostname: a.host.hostname.clone(),
-        spool_max_mib: a.spool_max_mib,
-    };
-    let settings = match Settings::merge(flags, file) {
-        Ok(s) => s,
-        Err(e) => return fail(78, e),
-    };
-    if a.check_config {
-        println!("configuration is valid");
-        return ExitCode::SUCCESS;
-    }
-    let gpus = match NvmlSource::open(&settings.nvml_lib) {
-        Ok(g) => g,
-        Err(e) => return fail(1, e),
-    };
-    let observer = Observer::new(Box::new(gpus), settings.paths.clone());
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => return fail(1, format!("cannot start the runtime: {e}")),
-    };
-    rt.block_on(async move {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            gpuattest_agent::logging::shutdown_signal().await;
-            let _ = tx.send(true);
-        });
-        match gpuattest_agent::run::run(settings.run, observer, rx).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(1, e),
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gpuattest-agent: {}", e.message);
+            ExitCode::from(e.code)
         }
-    })
+    }
 }

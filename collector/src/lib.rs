@@ -2,6 +2,7 @@
 //! beside their decoded fields, evaluates policy, raises flags, and serves the review UI and API.
 //!
 //! # Layout
+//! - [`cli`]: the commands behind the binary, with their exit codes.
 //! - [`store`]: the embedded SQLite store, its migrations, and every query.
 //! - [`ingest`]: gRPC enrollment and the report stream (verify, check, commit, acknowledge).
 //! - [`policy`]: the rules that turn evidence into flags, from TOML.
@@ -14,6 +15,7 @@
 //! - [`render`]: human-readable tables for the CLI.
 //! - [`timefmt`]: RFC 3339 rendering.
 
+pub mod cli;
 pub mod demo;
 pub mod http;
 pub mod ingest;

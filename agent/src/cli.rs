@@ -1,0 +1,91 @@
+//! The commands behind the thin `gpuattest-agent` binary. Each returns `Ok` or a [`CliError`] carrying
+//! the exit code: 64 usage, 78 configuration, 1 runtime failure.
+
+use std::path::Path;
+
+use crate::config::{FileConfig, Flags, Settings};
+use crate::gpu::NvmlSource;
+use crate::observe::{HostPaths, Observer, render_text};
+
+/// A failed command: one line for stderr, and the exit code.
+#[derive(Debug)]
+pub struct CliError {
+    /// Exit code.
+    pub code: u8,
+    /// The line.
+    pub message: String,
+}
+
+fn fail(code: u8, m: impl std::fmt::Display) -> CliError {
+    CliError { code, message: m.to_string() }
+}
+
+type Result<T = ()> = std::result::Result<T, CliError>;
+
+fn print_json(v: &impl serde::Serialize) -> Result {
+    println!("{}", serde_json::to_string_pretty(v).map_err(|e| fail(1, e))?);
+    Ok(())
+}
+
+/// `status`.
+///
+/// # Errors
+/// When the state directory holds corrupt state.
+pub fn status(state_dir: &Path, json: bool) -> Result {
+    let s = crate::run::status(state_dir).map_err(|e| fail(1, e))?;
+    if json {
+        return print_json(&s);
+    }
+    println!("host_id    {}", s.host_id.as_deref().unwrap_or("(not enrolled)"));
+    println!(
+        "last_seq   {}\nacked_seq  {}\nspooled    {} ({} bytes)",
+        s.last_seq, s.acked_seq, s.spooled, s.spool_bytes
+    );
+    Ok(())
+}
+
+/// `inspect`: one observation, printed; nothing is signed or sent.
+///
+/// # Errors
+/// When NVML cannot be loaded (one line naming the library) or cannot list GPUs.
+pub fn inspect(nvml_lib: &Path, paths: HostPaths, json: bool) -> Result {
+    let gpus = NvmlSource::open(nvml_lib).map_err(|e| fail(1, e))?;
+    let obs = Observer::new(Box::new(gpus), paths).observe(crate::run::now_ms()).map_err(|e| fail(1, e))?;
+    if json {
+        return print_json(&obs);
+    }
+    print!("{}", render_text(&obs));
+    Ok(())
+}
+
+/// `run`: the daemon, until SIGINT or SIGTERM. With `check_config`, validates and exits.
+///
+/// # Errors
+/// Configuration errors (78) for the file and settings; runtime errors (1) for NVML, the state
+/// directory and enrollment.
+pub fn run(flags: Flags, config: Option<&Path>, check_config: bool) -> Result {
+    let file = match config {
+        Some(p) => Some((p, FileConfig::load(p).map_err(|e| fail(78, e))?)),
+        None => None,
+    };
+    let settings = Settings::merge(flags, file).map_err(|e| fail(78, e))?;
+    if check_config {
+        println!("configuration is valid");
+        return Ok(());
+    }
+    let gpus = NvmlSource::open(&settings.nvml_lib).map_err(|e| fail(1, e))?;
+    let observer = Observer::new(Box::new(gpus), settings.paths.clone());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| fail(1, format!("cannot start the runtime: {e}")))?;
+    rt.block_on(async move {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            crate::logging::shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        crate::run::run(settings.run, observer, rx).await.map_err(|e| fail(1, e))
+    })
+}
