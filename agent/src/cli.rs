@@ -89,3 +89,30 @@ pub fn run(flags: Flags, config: Option<&Path>, check_config: bool) -> Result {
         crate::run::run(settings.run, observer, rx).await.map_err(|e| fail(1, e))
     })
 }
+
+/// `fingerprint PATH`: identify a model file or model directory from its headers.
+///
+/// # Errors
+/// One line naming the path and why it is not a readable model.
+pub fn fingerprint(path: &Path, json: bool) -> Result {
+    let fp = crate::models::fingerprint_path(path).map_err(|e| fail(1, format!("{}: {e}", path.display())))?;
+    if json {
+        return print_json(&fp);
+    }
+    println!("{}\n  format       {}\n  header       sha256:{}", fp.path, fp.format, fp.header_sha256);
+    println!("  tensors      {}\n  parameters   {}", fp.tensor_count, fp.parameter_count);
+    for (k, v) in [
+        ("architecture", &fp.architecture),
+        ("model_type", &fp.model_type),
+        ("name", &fp.name),
+        ("organization", &fp.organization),
+    ] {
+        if let Some(v) = v {
+            println!("  {k:<12} {v}");
+        }
+    }
+    if !fp.base_models.is_empty() {
+        println!("  base models  {}", fp.base_models.join(", "));
+    }
+    Ok(())
+}

@@ -9,6 +9,7 @@
 //! - [`cli`]: the commands behind the binary, with their exit codes.
 //! - [`gpu`]: the [`gpu::GpuSource`] trait and the NVML backend.
 //! - [`jobs`]: process facts from `/proc`, cgroup job attribution, command-line redaction.
+//! - [`models`]: model files a process has open, identified from their headers.
 //! - [`accelerators`]: non-NVML accelerators (Huawei Ascend, AMD, Gaudi, ...) from sysfs.
 //! - [`observe`]: one observation of the host, and change detection between observations.
 //! - [`report`]: observation to signed, chained protobuf report.
@@ -27,6 +28,7 @@ pub mod gpu;
 pub mod identity;
 pub mod jobs;
 pub mod logging;
+pub mod models;
 pub mod observe;
 pub mod report;
 pub mod run;

@@ -29,6 +29,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Identify a model file or model directory from its headers.
+    Fingerprint {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Take one observation of this host and print it (nothing is signed or sent).
     Inspect {
         #[command(flatten)]
@@ -87,6 +93,7 @@ fn main() -> ExitCode {
     gpuattest_agent::logging::init(if matches!(args.cmd, Cmd::Run(_)) { "info" } else { "warn" });
     let result = match args.cmd {
         Cmd::Status { state_dir, json } => cli::status(&state_dir, json),
+        Cmd::Fingerprint { path, json } => cli::fingerprint(&path, json),
         Cmd::Inspect { host, json } => {
             let lib = host.nvml_lib.unwrap_or_else(NvmlSource::default_lib);
             let paths = HostPaths {

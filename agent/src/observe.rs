@@ -26,29 +26,15 @@ pub struct HostFacts {
     pub agent_version: String,
 }
 
-/// A model file a process has open, identified from its headers. Filled by model identification.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct ModelFingerprint {
-    /// Path as the process sees it.
+pub use crate::models::Fingerprint as ModelFingerprint;
+
+/// A model file that could not be fingerprinted.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ModelError {
+    /// The path as the process sees it.
     pub path: String,
-    /// `safetensors`, `gguf`, `pytorch-zip`, `onnx`, `directory`, ...
-    pub format: String,
-    /// SHA-256 of the header bytes, hex.
-    pub header_sha256: String,
-    /// Tensors declared.
-    pub tensor_count: u64,
-    /// Parameters from the tensor shapes.
-    pub parameter_count: u64,
-    /// Architecture class name, e.g. `DeepseekV3ForCausalLM`.
-    pub architecture: Option<String>,
-    /// `model_type` from config.json or GGUF `general.architecture`.
-    pub model_type: Option<String>,
-    /// Model name.
-    pub name: Option<String>,
-    /// Organisation that published it.
-    pub organization: Option<String>,
-    /// Models this one was derived from.
-    pub base_models: Vec<String>,
+    /// Why.
+    pub error: String,
 }
 
 /// One process that uses at least one GPU.
@@ -66,8 +52,10 @@ pub struct ProcessObservation {
     pub pod_uid: Option<String>,
     /// Slurm job id.
     pub slurm_job_id: Option<String>,
-    /// Model fingerprints of weight files it has open.
+    /// Model fingerprints of weight files it has open or mapped.
     pub models: Vec<ModelFingerprint>,
+    /// Model files it has open that could not be fingerprinted, and why.
+    pub model_errors: Vec<ModelError>,
     /// Real uid.
     pub uid: Option<u32>,
     /// Executable.
@@ -133,6 +121,8 @@ impl Default for HostPaths {
 pub struct Observer {
     gpus: Box<dyn GpuSource>,
     paths: HostPaths,
+    /// Fingerprints by file identity.
+    models: crate::models::Cache,
     /// uuid -> (index, serial) of the previous observation; `None` before the first.
     previous: Option<BTreeMap<String, (u32, String)>>,
 }
@@ -144,7 +134,7 @@ fn read_trimmed(path: &std::path::Path) -> String {
 impl Observer {
     /// An observer over a GPU source and host paths.
     pub fn new(gpus: Box<dyn GpuSource>, paths: HostPaths) -> Self {
-        Observer { gpus, paths, previous: None }
+        Observer { gpus, paths, models: crate::models::Cache::default(), previous: None }
     }
 
     /// Facts about the host.
@@ -178,7 +168,16 @@ impl Observer {
         let processes = by_pid
             .into_iter()
             .map(|(pid, gpu_uuids)| {
-                let f = jobs::read_process(&self.paths.proc_root, pid);
+                let mut f = jobs::read_process(&self.paths.proc_root, pid);
+                let (models, model_errors) = self.models_of(pid);
+                // PID-reuse guard: if the pid now names another process, nothing read about it stands.
+                let again = jobs::read_process_start(&self.paths.proc_root, pid);
+                let (models, model_errors) = if again == f.start_time_ticks {
+                    (models, model_errors)
+                } else {
+                    f = jobs::ProcessFacts { pid, ..Default::default() };
+                    (Vec::new(), Vec::new())
+                };
                 ProcessObservation {
                     pid,
                     gpu_uuids,
@@ -186,7 +185,8 @@ impl Observer {
                     container_id: f.attribution.container_id.clone(),
                     pod_uid: f.attribution.pod_uid.clone(),
                     slurm_job_id: f.attribution.slurm_job_id.clone(),
-                    models: Vec::new(),
+                    models,
+                    model_errors,
                     uid: f.uid,
                     exe: f.exe,
                     start_time_ticks: f.start_time_ticks,
@@ -207,6 +207,20 @@ impl Observer {
             accelerators,
             events,
         })
+    }
+
+    /// Fingerprints of the model files `pid` has open or mapped.
+    fn models_of(&mut self, pid: u32) -> (Vec<ModelFingerprint>, Vec<ModelError>) {
+        let mut ok = Vec::new();
+        let mut errors = Vec::new();
+        for c in crate::models::discover(&self.paths.proc_root, pid) {
+            match self.models.fingerprint(&c) {
+                Ok(fp) => ok.push(fp),
+                Err(crate::models::ModelError::Unknown) => {}
+                Err(e) => errors.push(ModelError { path: c.shown, error: e.to_string() }),
+            }
+        }
+        (ok, errors)
     }
 
     /// Compares with the previous observation. A lost GPU whose identity can no longer be read gets

@@ -36,6 +36,9 @@ fn fingerprint(m: &ModelFingerprint) -> pb::ModelFingerprint {
         name: m.name.clone(),
         organization: m.organization.clone(),
         base_models: m.base_models.clone(),
+        dtypes: m.dtypes.clone(),
+        metadata: m.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        size_bytes: m.size_bytes,
     }
 }
 
@@ -100,6 +103,11 @@ pub fn build(obs: &Observation, ctx: &ReportContext) -> pb::UsageReport {
                 exe: p.exe.clone().unwrap_or_default(),
                 start_time_ticks: p.start_time_ticks,
                 cgroups: p.cgroups.clone(),
+                model_errors: p
+                    .model_errors
+                    .iter()
+                    .map(|e| pb::FieldError { field: e.path.clone(), reason: e.error.clone() })
+                    .collect(),
             })
             .collect(),
         accelerators: obs

@@ -55,8 +55,16 @@ pub struct DemoOptions {
     pub interval: Duration,
 }
 
-/// Runs the stand-in workload: waits until the parent exits (or 24 hours pass).
+/// Paths (separated by `:`) the stand-in workload keeps open, as a real job keeps its weights open.
+pub const HOLD_ENV: &str = "GPUATTEST_DEMO_HOLD";
+
+/// Runs the stand-in workload: opens the files named in [`HOLD_ENV`], then waits until the parent exits
+/// (or 24 hours pass).
 pub fn run_workload() {
+    let held: Vec<fs::File> = std::env::var_os(HOLD_ENV)
+        .map(|v| std::env::split_paths(&v).filter_map(|p| fs::File::open(p).ok()).collect())
+        .unwrap_or_default();
+    let _keep = held;
     let parent = std::os::unix::process::parent_id();
     for _ in 0..86_400 {
         std::thread::sleep(Duration::from_secs(1));
@@ -72,6 +80,62 @@ struct Host {
     /// GPU index -> workload index.
     placements: Vec<(usize, usize)>,
     ascend: bool,
+}
+
+/// Writes a model directory: config.json and one sparse safetensors shard whose header declares
+/// `tensors` (name, shape) in BF16. The file is as large as the tensors say, but sparse: nothing
+/// but the header is written, and nothing but the header is read.
+fn write_model(
+    dir: &Path,
+    config: &serde_json::Value,
+    tensors: &[(&str, &[u64])],
+    shard: &str,
+) -> Result<PathBuf, DemoError> {
+    fs::create_dir_all(dir).map_err(setup_err("model directory"))?;
+    fs::write(dir.join("config.json"), config.to_string()).map_err(setup_err("config.json"))?;
+    let mut header = serde_json::Map::new();
+    let mut offset = 0u64;
+    for (name, shape) in tensors {
+        let bytes = shape.iter().product::<u64>() * 2;
+        header.insert(
+            name.to_string(),
+            json!({"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    header.insert("__metadata__".into(), json!({"format": "pt"}));
+    let h = serde_json::Value::Object(header).to_string();
+    let path = dir.join(shard);
+    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(h.as_bytes());
+    fs::write(&path, &bytes).map_err(setup_err("model shard"))?;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_len(bytes.len() as u64 + offset))
+        .map_err(setup_err("model shard size"))?;
+    Ok(path)
+}
+
+/// The demo's model files: a DeepSeek-V3 shard and a Llama 3.1 8B shard, shaped like the real ones.
+fn write_models(root: &Path) -> Result<(PathBuf, PathBuf), DemoError> {
+    let deepseek = write_model(
+        &root.join("deepseek-ai/DeepSeek-V3"),
+        &json!({"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "_name_or_path": "deepseek-ai/DeepSeek-V3",
+                "hidden_size": 7168, "num_hidden_layers": 61, "num_attention_heads": 128, "vocab_size": 129280,
+                "n_routed_experts": 256, "num_experts_per_tok": 8, "kv_lora_rank": 512, "q_lora_rank": 1536, "torch_dtype": "bfloat16"}),
+        &[("model.embed_tokens.weight", &[129_280, 7168]), ("model.layers.0.self_attn.q_a_proj.weight", &[1536, 7168])],
+        "model-00001-of-000163.safetensors",
+    )?;
+    let llama = write_model(
+        &root.join("meta-llama/Llama-3.1-8B-Instruct"),
+        &json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "_name_or_path": "meta-llama/Llama-3.1-8B-Instruct",
+                "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+                "vocab_size": 128256, "torch_dtype": "bfloat16"}),
+        &[("model.embed_tokens.weight", &[128_256, 4096]), ("model.layers.0.mlp.up_proj.weight", &[14_336, 4096])],
+        "model-00001-of-00004.safetensors",
+    )?;
+    Ok((deepseek, llama))
 }
 
 /// Real-looking command lines. The first carries a Hugging Face token that must be redacted.
@@ -212,12 +276,15 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     println!("starting {} workloads and {} agents on the simulated NVML library...", workloads().len(), hosts().len());
     let mut children = Children(Vec::new());
     let mut pids = Vec::new();
-    for (argv0, args) in workloads() {
+    let (deepseek, llama) = write_models(&demo_dir.join("models"))?;
+    for (i, (argv0, args)) in workloads().into_iter().enumerate() {
         use std::os::unix::process::CommandExt;
+        let hold = if i < 2 { &deepseek } else { &llama };
         let child = Command::new(&self_exe)
             .arg0(argv0)
             .args(&args)
             .env(WORKLOAD_ENV, "1")
+            .env(HOLD_ENV, hold)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

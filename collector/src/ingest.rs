@@ -246,12 +246,18 @@ impl Collector for Ingest {
                 let msg = match inbound.message().await {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
-                    Err(status) => {
+                    // tonic reports a protobuf decode failure as INTERNAL; anything else is the
+                    // connection breaking (an agent killed or restarted), which is not bad input.
+                    Err(status) if status.code() == Code::Internal => {
                         this.metrics.rejected(Reject::Malformed);
-                        warn!(host_id = %host.host_id, error = %status, "undecodable message; closing this stream");
+                        warn!(host_id = %host.host_id, error = %status.message(), "undecodable message; closing this stream");
                         let _ = tx
                             .send(Err(Status::invalid_argument(format!("undecodable message: {}", status.message()))))
                             .await;
+                        break;
+                    }
+                    Err(status) => {
+                        info!(host_id = %host.host_id, reason = %status.message(), "stream broke");
                         break;
                     }
                 };

@@ -194,7 +194,26 @@ impl Policy {
     pub fn evaluate(&self, host: &HostContext<'_>, report: &pb::UsageReport, pos: &ChainPosition) -> Vec<NewFlag> {
         let mut flags = Vec::new();
         for p in &report.processes {
-            for (pattern, model) in self.match_cmdline(&p.cmdline) {
+            // What the command line names, and what the weight files it has open say they are.
+            let mut hits: Vec<(&ModelPattern, String, String)> = self
+                .match_cmdline(&p.cmdline)
+                .into_iter()
+                .map(|(pat, m)| (pat, m, "command line".to_string()))
+                .collect();
+            for m in &p.models {
+                let names: Vec<&str> = [m.name.as_deref(), m.metadata.get("general.basename").map(String::as_str)]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                for n in names {
+                    for (pat, model) in self.match_cmdline(n) {
+                        if !hits.iter().any(|(hp, _, _)| hp.pattern == pat.pattern) {
+                            hits.push((pat, model, format!("model file {}", m.path)));
+                        }
+                    }
+                }
+            }
+            for (pattern, model, source) in hits {
                 let job_key = job_key(p);
                 flags.push(NewFlag {
                     rule: "model-developer".into(),
@@ -215,12 +234,18 @@ impl Policy {
                     gpu_uuids: p.gpu_uuids.clone(),
                     evidence: json!({
                         "matched": model,
+                        "source": source,
                         "pattern": pattern.pattern,
                         "family": pattern.family,
                         "developer": pattern.developer,
                         "developer_country": pattern.country,
                         "listing": pattern.listing,
                         "cmdline": p.cmdline,
+                        "models": p.models.iter().map(|m| json!({
+                            "path": m.path, "format": m.format, "header_sha256": m.header_sha256,
+                            "architecture": m.architecture, "model_type": m.model_type, "name": m.name,
+                            "parameter_count": m.parameter_count,
+                        })).collect::<Vec<_>>(),
                         "container_id": p.container_id,
                         "pod_uid": p.pod_uid,
                         "slurm_job_id": p.slurm_job_id,

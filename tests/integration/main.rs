@@ -6,4 +6,5 @@
 mod demo;
 mod hostile;
 mod inspect;
+mod models;
 mod streaming;

@@ -278,6 +278,23 @@ impl Workload {
         Workload { child }
     }
 
+    /// Starts one that keeps `files` open (read-only) while it runs.
+    pub fn start_holding(argv0: &str, args: &[&str], files: &[&Path]) -> Workload {
+        use std::os::unix::process::CommandExt;
+        let hold = std::env::join_paths(files).expect("paths without ':'");
+        let child = Command::new(bin("gpuattest-collector"))
+            .arg0(argv0)
+            .args(args)
+            .env("GPUATTEST_DEMO_WORKLOAD", "1")
+            .env("GPUATTEST_DEMO_HOLD", hold)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start workload");
+        Workload { child }
+    }
+
     /// Its pid.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -78,6 +78,12 @@ pub fn parse_status_uid(status: &str) -> Option<u32> {
         .and_then(|u| u.parse().ok())
 }
 
+/// Reads only the start time of `pid` (the PID-reuse guard re-checks it).
+pub fn read_process_start(proc_root: &Path, pid: u32) -> Option<u64> {
+    read_bounded(&proc_root.join(pid.to_string()).join("stat"), 8 * 1024)
+        .and_then(|b| parse_stat_start_time(&String::from_utf8_lossy(&b)))
+}
+
 /// Reads what `/proc/<pid>` says about a process. Missing files give empty fields, never an error:
 /// a process may exit between NVML listing it and the agent reading it.
 pub fn read_process(proc_root: &Path, pid: u32) -> ProcessFacts {
