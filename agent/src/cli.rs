@@ -22,9 +22,18 @@ fn fail(code: u8, m: impl std::fmt::Display) -> CliError {
 
 type Result<T = ()> = std::result::Result<T, CliError>;
 
+/// Writes to stdout; a closed pipe (`... | head`) ends the output quietly instead of panicking.
+fn out(text: &str) -> Result {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    match o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(fail(1, format!("writing to stdout: {e}"))),
+        _ => Ok(()),
+    }
+}
+
 fn print_json(v: &impl serde::Serialize) -> Result {
-    println!("{}", serde_json::to_string_pretty(v).map_err(|e| fail(1, e))?);
-    Ok(())
+    out(&format!("{}\n", serde_json::to_string_pretty(v).map_err(|e| fail(1, e))?))
 }
 
 /// `status`.
@@ -36,12 +45,14 @@ pub fn status(state_dir: &Path, json: bool) -> Result {
     if json {
         return print_json(&s);
     }
-    println!("host_id    {}", s.host_id.as_deref().unwrap_or("(not enrolled)"));
-    println!(
-        "last_seq   {}\nacked_seq  {}\nspooled    {} ({} bytes)",
-        s.last_seq, s.acked_seq, s.spooled, s.spool_bytes
-    );
-    Ok(())
+    out(&format!(
+        "host_id    {}\nlast_seq   {}\nacked_seq  {}\nspooled    {} ({} bytes)\n",
+        s.host_id.as_deref().unwrap_or("(not enrolled)"),
+        s.last_seq,
+        s.acked_seq,
+        s.spooled,
+        s.spool_bytes
+    ))
 }
 
 /// `inspect`: one observation, printed; nothing is signed or sent.
@@ -54,8 +65,7 @@ pub fn inspect(nvml_lib: &Path, paths: HostPaths, json: bool) -> Result {
     if json {
         return print_json(&obs);
     }
-    print!("{}", render_text(&obs));
-    Ok(())
+    out(&render_text(&obs))
 }
 
 /// `run`: the daemon, until SIGINT or SIGTERM. With `check_config`, validates and exits.
@@ -99,8 +109,10 @@ pub fn fingerprint(path: &Path, json: bool) -> Result {
     if json {
         return print_json(&fp);
     }
-    println!("{}\n  format       {}\n  header       sha256:{}", fp.path, fp.format, fp.header_sha256);
-    println!("  tensors      {}\n  parameters   {}", fp.tensor_count, fp.parameter_count);
+    let mut text = format!(
+        "{}\n  format       {}\n  header       sha256:{}\n  tensors      {}\n  parameters   {}\n",
+        fp.path, fp.format, fp.header_sha256, fp.tensor_count, fp.parameter_count
+    );
     for (k, v) in [
         ("architecture", &fp.architecture),
         ("model_type", &fp.model_type),
@@ -108,11 +120,11 @@ pub fn fingerprint(path: &Path, json: bool) -> Result {
         ("organization", &fp.organization),
     ] {
         if let Some(v) = v {
-            println!("  {k:<12} {v}");
+            text.push_str(&format!("  {k:<12} {v}\n"));
         }
     }
     if !fp.base_models.is_empty() {
-        println!("  base models  {}", fp.base_models.join(", "));
+        text.push_str(&format!("  base models  {}\n", fp.base_models.join(", ")));
     }
-    Ok(())
+    out(&text)
 }

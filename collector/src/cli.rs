@@ -36,9 +36,18 @@ pub fn runtime(m: impl std::fmt::Display) -> CliError {
 
 type Result<T = ()> = std::result::Result<T, CliError>;
 
+/// Writes to stdout; a closed pipe (`... | head`) ends the output quietly instead of panicking.
+fn out(text: &str) -> Result {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    match o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(runtime(format!("writing to stdout: {e}"))),
+        _ => Ok(()),
+    }
+}
+
 fn print_json(v: &impl serde::Serialize) -> Result {
-    println!("{}", serde_json::to_string_pretty(v).map_err(runtime)?);
-    Ok(())
+    out(&format!("{}\n", serde_json::to_string_pretty(v).map_err(runtime)?))
 }
 
 fn open(data: &Path) -> Result<Arc<Store>> {
@@ -74,8 +83,7 @@ pub fn token_create(data: &Path, role: tokens::Role, tenant: Option<&str>, ttl: 
     if json {
         print_json(&serde_json::json!({"token": t, "role": role.as_str(), "tenant": tenant}))
     } else {
-        println!("{t}");
-        Ok(())
+        out(&format!("{t}\n"))
     }
 }
 
@@ -88,8 +96,7 @@ pub fn hosts_list(data: &Path, json: bool) -> Result {
     if json {
         return print_json(&h);
     }
-    print!("{}", render::hosts(&h));
-    Ok(())
+    out(&render::hosts(&h))
 }
 
 /// `flags list`.
@@ -101,8 +108,7 @@ pub fn flags_list(data: &Path, json: bool) -> Result {
     if json {
         return print_json(&f);
     }
-    print!("{}", render::flags(&f));
-    Ok(())
+    out(&render::flags(&f))
 }
 
 /// `reports verify`: exit 1 when any stored report fails.
@@ -114,16 +120,17 @@ pub fn reports_verify(data: &Path, json: bool) -> Result {
     if json {
         print_json(&v)?;
     } else {
-        println!(
-            "{} reports checked: {} valid, {} invalid, {} chain breaks",
+        let mut text = format!(
+            "{} reports checked: {} valid, {} invalid, {} chain breaks\n",
             v.checked,
             v.valid,
             v.invalid.len(),
             v.chain_breaks
         );
         for i in &v.invalid {
-            println!("  {} seq {}: {}", i.host_id, i.seq, i.reason);
+            text.push_str(&format!("  {} seq {}: {}\n", i.host_id, i.seq, i.reason));
         }
+        out(&text)?;
     }
     if v.invalid.is_empty() && v.chain_breaks == 0 {
         Ok(())
