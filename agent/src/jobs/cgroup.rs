@@ -48,6 +48,11 @@ pub fn parse(content: &str) -> (Attribution, Vec<String>) {
         att.slurm_step = att.slurm_step.or(a.slurm_step);
         att.systemd_unit = att.systemd_unit.or(a.systemd_unit);
     }
+    // On hybrid hosts some controllers still show the runtime's own service (slurmd.service,
+    // containerd.service); a job found on any line is the answer, not that unit.
+    if att.container_id.is_some() || att.pod_uid.is_some() || att.slurm_job_id.is_some() {
+        att.systemd_unit = None;
+    }
     (att, paths)
 }
 
@@ -222,6 +227,28 @@ mod tests {
             attribute_path("/user.slice/user-1000.slice/session-3.scope").systemd_unit.as_deref(),
             Some("session-3.scope")
         );
+    }
+
+    /// Every captured `/proc/<pid>/cgroup` under `test-data/cgroup/` against its expected attribution.
+    #[test]
+    fn captured_cgroup_files() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("test-data/cgroup");
+        let mut checked = 0;
+        for e in std::fs::read_dir(&dir).expect("test-data/cgroup") {
+            let path = e.expect("entry").path();
+            if path.extension().and_then(|x| x.to_str()) != Some("cgroup") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read");
+            let expected: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(path.with_extension("expected.json")).expect("expected file"),
+            )
+            .expect("expected JSON");
+            let (att, _) = parse(&text);
+            assert_eq!(serde_json::to_value(&att).expect("json"), expected, "{}", path.display());
+            checked += 1;
+        }
+        assert!(checked >= 14, "only {checked} captured files found");
     }
 
     #[test]

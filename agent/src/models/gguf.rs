@@ -257,6 +257,17 @@ mod tests {
     }
 
     #[test]
+    fn file_written_by_another_implementation() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("test-data/models/python-written.gguf");
+        let bytes = std::fs::read(p).expect("test data");
+        let f = fp(&bytes).expect("fingerprint");
+        assert_eq!(
+            (f.model_type.as_deref(), f.name.as_deref(), f.tensor_count, f.parameter_count),
+            (Some("llama"), Some("Test"), 1, 16)
+        );
+    }
+
+    #[test]
     fn hostile_headers_are_errors() {
         assert!(fp(b"GGUF").is_err());
         assert!(fp(b"GGML\x03\0\0\0").is_err());

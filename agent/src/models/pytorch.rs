@@ -144,6 +144,17 @@ mod tests {
     }
 
     #[test]
+    fn archive_written_by_another_zip_implementation() {
+        // Python's zipfile, with torch.save's entry layout (test-data/models/README.md).
+        let p =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("test-data/models/python-zipfile-torch-layout.pt");
+        let bytes = std::fs::read(p).expect("test data");
+        let f = fp(&bytes).expect("fingerprint");
+        assert_eq!(f.tensor_count, 1);
+        assert_eq!(f.metadata.get("zip.entries").map(String::as_str), Some("3"));
+    }
+
+    #[test]
     fn hostile_archives_are_errors() {
         assert!(fp(b"PK\x03\x04 not really").is_err());
         assert!(fp(&zip(&["just/a/file"])).is_err(), "no pickle: not a checkpoint");
