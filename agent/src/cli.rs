@@ -128,3 +128,13 @@ pub fn fingerprint(path: &Path, json: bool) -> Result {
     }
     out(&text)
 }
+
+/// `bench`: observation and fingerprint figures, as JSON.
+///
+/// # Errors
+/// When NVML cannot be loaded or the scratch directory is not writable.
+pub fn bench(nvml_lib: &Path, paths: HostPaths, iterations: u32, scratch: &Path) -> Result {
+    let gpus = NvmlSource::open(nvml_lib).map_err(|e| fail(1, e))?;
+    let figures = crate::bench::run(Box::new(gpus), paths, iterations, scratch).map_err(|e| fail(1, e))?;
+    print_json(&figures)
+}

@@ -6,6 +6,7 @@
 //! through the same nvml-wrapper code), the `/proc` and `/sys` roots, and the shutdown signal.
 //!
 //! # Layout
+//! - [`bench`]: observation and fingerprint benchmarks (`gpuattest-agent bench`).
 //! - [`cli`]: the commands behind the binary, with their exit codes.
 //! - [`gpu`]: the [`gpu::GpuSource`] trait and the NVML backend.
 //! - [`jobs`]: process facts from `/proc`, cgroup job attribution, command-line redaction.
@@ -22,6 +23,7 @@
 //! - [`config`]: the agent's configuration, from flags and an optional TOML file.
 
 pub mod accelerators;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod gpu;

@@ -35,6 +35,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmark observation cost and sparse-file fingerprinting; prints JSON figures.
+    Bench {
+        #[command(flatten)]
+        host: HostArgs,
+        #[arg(long, default_value_t = 2000)]
+        iterations: u32,
+        /// Where the sparse 1 TB test file is written (and removed).
+        #[arg(long, default_value = "/tmp")]
+        scratch: PathBuf,
+    },
     /// Take one observation of this host and print it (nothing is signed or sent).
     Inspect {
         #[command(flatten)]
@@ -56,6 +66,17 @@ struct HostArgs {
     /// Report this hostname instead of the kernel's (several simulated hosts on one machine).
     #[arg(long)]
     hostname: Option<String>,
+}
+
+impl HostArgs {
+    fn split(self) -> (PathBuf, HostPaths) {
+        let paths = HostPaths {
+            proc_root: self.proc_root.unwrap_or_else(|| "/proc".into()),
+            sys_root: self.sys_root.unwrap_or_else(|| "/sys".into()),
+            hostname: self.hostname,
+        };
+        (self.nvml_lib.unwrap_or_else(NvmlSource::default_lib), paths)
+    }
 }
 
 #[derive(Args)]
@@ -95,13 +116,12 @@ fn main() -> ExitCode {
         Cmd::Status { state_dir, json } => cli::status(&state_dir, json),
         Cmd::Fingerprint { path, json } => cli::fingerprint(&path, json),
         Cmd::Inspect { host, json } => {
-            let lib = host.nvml_lib.unwrap_or_else(NvmlSource::default_lib);
-            let paths = HostPaths {
-                proc_root: host.proc_root.unwrap_or_else(|| "/proc".into()),
-                sys_root: host.sys_root.unwrap_or_else(|| "/sys".into()),
-                hostname: host.hostname,
-            };
+            let (lib, paths) = host.split();
             cli::inspect(&lib, paths, json)
+        }
+        Cmd::Bench { host, iterations, scratch } => {
+            let (lib, paths) = host.split();
+            cli::bench(&lib, paths, iterations, &scratch)
         }
         Cmd::Run(a) => {
             let flags = Flags {

@@ -66,6 +66,14 @@ pub struct ProcessObservation {
     pub attribution: jobs::Attribution,
     /// The raw cgroup paths.
     pub cgroups: Vec<String>,
+    /// Allow-listed environment variables; no other environment value leaves the host.
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Launcher or inference server, distributed size and rank.
+    pub launch: jobs::Launch,
+    /// Checkpoint-like files open for writing.
+    pub writing: Vec<String>,
+    /// User name.
+    pub user: Option<String>,
 }
 
 /// Something that changed since the previous observation.
@@ -192,6 +200,10 @@ impl Observer {
                     start_time_ticks: f.start_time_ticks,
                     attribution: f.attribution,
                     cgroups: f.cgroups,
+                    env: f.env,
+                    launch: f.launch,
+                    writing: f.writing,
+                    user: f.user,
                 }
             })
             .collect();

@@ -103,6 +103,16 @@ pub fn build(obs: &Observation, ctx: &ReportContext) -> pb::UsageReport {
                 exe: p.exe.clone().unwrap_or_default(),
                 start_time_ticks: p.start_time_ticks,
                 cgroups: p.cgroups.clone(),
+                env: p.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                launch: Some(pb::Launch {
+                    kind: p.launch.kind.clone(),
+                    framework: p.launch.framework.clone(),
+                    world_size: p.launch.world_size,
+                    rank: p.launch.rank,
+                    local_rank: p.launch.local_rank,
+                }),
+                writing: p.writing.clone(),
+                user: p.user.clone().unwrap_or_default(),
                 model_errors: p
                     .model_errors
                     .iter()

@@ -73,9 +73,16 @@ fn init_failure_is_one_clear_line() {
 fn real_process_is_attributed_and_redacted_and_ascend_is_listed() {
     let t = tempfile::tempdir().expect("tmp");
     let secret = "hf_ThisIsATestSecretThatMustBeRedacted42";
-    let w = Workload::start(
+    let w = Workload::start_with_env(
         "python3",
         &["train.py", "--model", "deepseek-ai/DeepSeek-V3", "--hf-token", secret, "--db=postgres://u:pw123@db/x"],
+        &[
+            ("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY"),
+            ("OPENAI_API_KEY", "sk-proj-envsecretenvsecretenvsecret"),
+            ("WORLD_SIZE", "16"),
+            ("RANK", "3"),
+            ("SLURM_JOB_ID", "4242"),
+        ],
     );
     let scenario = t.path().join("s.json");
     write_scenario(&scenario, "inspect-host", 2, &[w.pid()]);
@@ -86,7 +93,9 @@ fn real_process_is_attributed_and_redacted_and_ascend_is_listed() {
     );
     let obs = inspect(Some(&scenario), &sys);
     let text = obs.to_string();
-    assert!(!text.contains(secret) && !text.contains("pw123"), "a secret leaked: {text}");
+    for leaked in [secret, "pw123", "wJalrXUtnFEMIK7MDENG", "envsecret"] {
+        assert!(!text.contains(leaked), "a secret leaked ({leaked}): {text}");
+    }
     let procs = obs["processes"].as_array().expect("processes");
     assert_eq!(procs.len(), 1);
     let p = &procs[0];
@@ -100,6 +109,9 @@ fn real_process_is_attributed_and_redacted_and_ascend_is_listed() {
         assert!(p.get(k).is_some(), "{k} must be present (null where unknown)");
     }
     assert_eq!(p["models"], serde_json::json!([]));
+    assert_eq!(p["env"], serde_json::json!({"RANK": "3", "SLURM_JOB_ID": "4242", "WORLD_SIZE": "16"}));
+    assert_eq!(p["launch"]["world_size"], 16);
+    assert_eq!(p["launch"]["rank"], 3);
     let acc = obs["accelerators"].as_array().expect("accelerators");
     assert_eq!(acc.len(), 1, "{acc:?}");
     assert_eq!(acc[0]["vendor"], "Huawei");

@@ -265,10 +265,16 @@ pub struct Workload {
 impl Workload {
     /// Starts one.
     pub fn start(argv0: &str, args: &[&str]) -> Workload {
+        Self::start_with_env(argv0, args, &[])
+    }
+
+    /// Starts one with extra environment variables.
+    pub fn start_with_env(argv0: &str, args: &[&str], env: &[(&str, &str)]) -> Workload {
         use std::os::unix::process::CommandExt;
         let child = Command::new(bin("gpuattest-collector"))
             .arg0(argv0)
             .args(args)
+            .envs(env.iter().copied())
             .env("GPUATTEST_DEMO_WORKLOAD", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

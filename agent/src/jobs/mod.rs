@@ -5,14 +5,18 @@
 //! nothing read is trusted beyond being shown to a reviewer.
 
 pub mod cgroup;
+pub mod env;
+pub mod launch;
 pub mod redact;
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
 use serde::Serialize;
 
 pub use cgroup::Attribution;
+pub use launch::Launch;
 
 /// Largest command line kept (the kernel allows far more; a reviewer needs far less).
 pub const MAX_CMDLINE_BYTES: usize = 64 * 1024;
@@ -36,6 +40,14 @@ pub struct ProcessFacts {
     pub attribution: Attribution,
     /// The raw cgroup paths.
     pub cgroups: Vec<String>,
+    /// Allow-listed environment variables (see [`env::ALLOWED`]).
+    pub env: BTreeMap<String, String>,
+    /// How it was launched.
+    pub launch: Launch,
+    /// Checkpoint-like files it has open for writing.
+    pub writing: Vec<String>,
+    /// User name of `uid`, from the host's passwd file.
+    pub user: Option<String>,
 }
 
 /// Reads at most `limit` bytes of a file; `None` when it cannot be opened.
@@ -98,7 +110,62 @@ pub fn read_process(proc_root: &Path, pid: u32) -> ProcessFacts {
     let (attribution, cgroups) = read_bounded(&dir.join("cgroup"), cgroup::MAX_CGROUP_BYTES)
         .map(|b| cgroup::parse(&String::from_utf8_lossy(&b)))
         .unwrap_or_default();
-    ProcessFacts { pid, cmdline, exe, uid, start_time_ticks, attribution, cgroups }
+    let env = read_bounded(&dir.join("environ"), env::MAX_ENVIRON_BYTES).map(|b| env::filter(&b)).unwrap_or_default();
+    let launch = launch::detect(&cmdline, &env);
+    ProcessFacts {
+        pid,
+        cmdline,
+        exe,
+        uid,
+        start_time_ticks,
+        attribution,
+        cgroups,
+        launch,
+        env,
+        writing: open_for_writing(&dir),
+        user: uid.and_then(user_name),
+    }
+}
+
+/// Checkpoint-like regular files the process has open for writing (at most 32): evidence of training.
+pub fn open_for_writing(pid_dir: &Path) -> Vec<String> {
+    let Ok(fds) = std::fs::read_dir(pid_dir.join("fd")) else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in fds.flatten().take(65_536) {
+        let Ok(target) = std::fs::read_link(e.path()) else { continue };
+        let shown = target.to_string_lossy().into_owned();
+        let lower = shown.to_ascii_lowercase();
+        let checkpointish = crate::models::looks_like_model(&lower)
+            || lower.ends_with(".distcp")
+            || lower.contains("checkpoint")
+            || lower.contains("ckpt");
+        if !shown.starts_with('/') || !checkpointish {
+            continue;
+        }
+        let info = read_bounded(&pid_dir.join("fdinfo").join(e.file_name()), 4096).unwrap_or_default();
+        let flags = String::from_utf8_lossy(&info)
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok());
+        // O_WRONLY = 1, O_RDWR = 2.
+        if flags.is_some_and(|f| f & 3 != 0) && std::fs::metadata(e.path()).is_ok_and(|m| m.is_file()) {
+            out.push(shown);
+            if out.len() >= 32 {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The user name of `uid` from `/etc/passwd` (bounded read).
+pub fn user_name(uid: u32) -> Option<String> {
+    let raw = read_bounded(Path::new("/etc/passwd"), 4 * 1024 * 1024)?;
+    String::from_utf8_lossy(&raw).lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.chars().take(64).collect())
+    })
 }
 
 #[cfg(test)]
@@ -126,6 +193,18 @@ mod tests {
         assert_eq!(args.len(), MAX_ARGS + 1);
         assert_eq!(args.last().map(String::as_str), Some("[...]"));
         assert_eq!(split_cmdline(b"\xff\xfe\0x"), vec!["\u{fffd}\u{fffd}".to_string(), "x".to_string()]);
+    }
+
+    #[test]
+    fn checkpoint_open_for_writing_is_seen() {
+        let t = tempfile::tempdir().expect("tmp");
+        let ckpt = t.path().join("checkpoint-100.safetensors");
+        let _w = std::fs::File::create(&ckpt).expect("create");
+        let _r = std::fs::File::open(t.path()).expect("dir");
+        let me = Path::new("/proc").join(std::process::id().to_string());
+        let writing = open_for_writing(&me);
+        assert!(writing.contains(&ckpt.display().to_string()), "{writing:?}");
+        assert_eq!(user_name(0).as_deref(), Some("root"));
     }
 
     #[test]

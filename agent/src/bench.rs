@@ -1,0 +1,105 @@
+//! `gpuattest-agent bench`: figures for the issue notes, printed, never asserted in tests.
+//!
+//! - Observation cost: CPU time per observation outside the driver is what the agent adds to every GPU
+//!   host. Run it on the simulated library with a scenario of 8 GPUs and 64 live processes
+//!   (`agent/benches/observe.sh` sets that up) or on a real host.
+//! - Fingerprint cost: a sparse 1 TB safetensors file must fingerprint in milliseconds, because only
+//!   its header is read.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::gpu::GpuSource;
+use crate::models;
+use crate::observe::{HostPaths, Observer};
+
+/// What the benchmark measured.
+#[derive(Debug, Serialize)]
+pub struct Figures {
+    /// Observations taken.
+    pub observations: u32,
+    /// GPUs per observation.
+    pub gpus: usize,
+    /// GPU processes per observation.
+    pub processes: usize,
+    /// Wall time per observation, microseconds.
+    pub wall_us_per_observation: f64,
+    /// CPU time (user + system) per observation, microseconds (includes the NVML library's own work).
+    pub cpu_us_per_observation: f64,
+    /// Peak resident set of this process, bytes.
+    pub peak_rss_bytes: u64,
+    /// Size of the sparse safetensors file fingerprinted.
+    pub sparse_file_bytes: u64,
+    /// Time per uncached fingerprint of that file, microseconds.
+    pub fingerprint_us: f64,
+}
+
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the command name.
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Writes a sparse safetensors file declaring `bytes` of BF16 weights.
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn write_sparse_safetensors(path: &Path, bytes: u64) -> std::io::Result<()> {
+    let rows = bytes / 2 / 8192;
+    let header = format!(r#"{{"w":{{"dtype":"BF16","shape":[{rows},8192],"data_offsets":[0,{}]}}}}"#, rows * 8192 * 2);
+    let mut v = (header.len() as u64).to_le_bytes().to_vec();
+    v.extend_from_slice(header.as_bytes());
+    std::fs::write(path, &v)?;
+    std::fs::OpenOptions::new().write(true).open(path)?.set_len(v.len() as u64 + rows * 8192 * 2)
+}
+
+/// Runs both benchmarks.
+///
+/// # Errors
+/// A sentence when the GPU source cannot observe or the sparse file cannot be written.
+pub fn run(gpus: Box<dyn GpuSource>, paths: HostPaths, iterations: u32, scratch: &Path) -> Result<Figures, String> {
+    let mut observer = Observer::new(gpus, paths);
+    let first = observer.observe(0).map_err(|e| e.to_string())?;
+    let (ticks0, t0) = (cpu_ticks(), Instant::now());
+    for i in 0..iterations {
+        observer.observe(i64::from(i)).map_err(|e| e.to_string())?;
+    }
+    let wall = t0.elapsed();
+    let ticks = cpu_ticks() - ticks0;
+    let sparse = scratch.join("sparse-1tb.safetensors");
+    let size = 1u64 << 40;
+    write_sparse_safetensors(&sparse, size).map_err(|e| format!("{}: {e}", sparse.display()))?;
+    let rounds = 200u32;
+    let t1 = Instant::now();
+    for _ in 0..rounds {
+        models::fingerprint_path(&sparse).map_err(|e| e.to_string())?;
+    }
+    let fp_wall = t1.elapsed();
+    let _ = std::fs::remove_file(&sparse);
+    let n = f64::from(iterations.max(1));
+    Ok(Figures {
+        observations: iterations,
+        gpus: first.gpus.len(),
+        processes: first.processes.len(),
+        wall_us_per_observation: wall.as_secs_f64() * 1e6 / n,
+        // USER_HZ is 100 on Linux: one tick is 10 ms.
+        cpu_us_per_observation: ticks as f64 * 10_000.0 / n,
+        peak_rss_bytes: peak_rss(),
+        sparse_file_bytes: size,
+        fingerprint_us: fp_wall.as_secs_f64() * 1e6 / f64::from(rounds),
+    })
+}
