@@ -98,6 +98,8 @@ pub struct Observation {
     pub gpu_source: String,
     /// NVIDIA driver version.
     pub driver_version: Option<String>,
+    /// CUDA driver API version.
+    pub cuda_driver_version: Option<String>,
     /// GPUs managed by NVML.
     pub gpus: Vec<GpuObservation>,
     /// Processes on those GPUs.
@@ -214,6 +216,7 @@ impl Observer {
             host: self.host_facts(),
             gpu_source: snapshot.source,
             driver_version: snapshot.driver_version,
+            cuda_driver_version: snapshot.cuda_driver_version,
             gpus: snapshot.gpus,
             processes,
             accelerators,
@@ -355,13 +358,13 @@ mod tests {
             index: i,
             uuid: uuid.into(),
             serial: serial.into(),
-            processes: pids.iter().map(|&pid| GpuProcessUsage { pid, used_memory_bytes: 1 }).collect(),
+            processes: pids.iter().map(|&pid| GpuProcessUsage { pid, used_memory_bytes: 1, mps: false }).collect(),
             ..Default::default()
         }
     }
 
     fn snap(gpus: Vec<GpuObservation>) -> GpuSnapshot {
-        GpuSnapshot { source: "test".into(), driver_version: None, gpus }
+        GpuSnapshot { source: "test".into(), driver_version: None, cuda_driver_version: None, gpus }
     }
 
     #[test]

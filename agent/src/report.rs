@@ -59,6 +59,7 @@ pub fn build(obs: &Observation, ctx: &ReportContext) -> pb::UsageReport {
             agent_version: obs.host.agent_version.clone(),
             gpu_source: obs.gpu_source.clone(),
             driver_version: obs.driver_version.clone().unwrap_or_default(),
+            cuda_driver_version: obs.cuda_driver_version.clone().unwrap_or_default(),
         }),
         gpus: obs
             .gpus
@@ -75,10 +76,42 @@ pub fn build(obs: &Observation, ctx: &ReportContext) -> pb::UsageReport {
                 utilization_memory_pct: g.utilization_memory_pct,
                 power_mw: g.power_mw,
                 energy_mj: g.energy_mj,
-                processes: g
-                    .processes
+                processes: g.processes.iter().map(usage).collect(),
+                board_part_number: g.board_part_number.clone().unwrap_or_default(),
+                brand: g.brand.clone().unwrap_or_default(),
+                architecture: g.architecture.clone().unwrap_or_default(),
+                vbios_version: g.vbios_version.clone().unwrap_or_default(),
+                compute_capability: g.compute_capability.clone().unwrap_or_default(),
+                temperature_c: g.temperature_c,
+                clock_graphics_mhz: g.clock_graphics_mhz,
+                clock_sm_mhz: g.clock_sm_mhz,
+                clock_memory_mhz: g.clock_memory_mhz,
+                mig_enabled: g.mig_enabled,
+                mig_devices: g
+                    .mig_devices
                     .iter()
-                    .map(|p| pb::GpuProcessUsage { pid: p.pid, used_memory_bytes: p.used_memory_bytes })
+                    .map(|m| pb::MigDevice {
+                        index: m.index,
+                        uuid: m.uuid.clone(),
+                        memory_total_bytes: m.memory_total_bytes,
+                        processes: m.processes.iter().map(usage).collect(),
+                    })
+                    .collect(),
+                process_utilization: g
+                    .process_utilization
+                    .iter()
+                    .map(|u| pb::ProcessUtilization { pid: u.pid, sm_pct: u.sm_pct, memory_pct: u.memory_pct })
+                    .collect(),
+                accounting: g
+                    .accounting
+                    .iter()
+                    .map(|a| pb::ProcessAccounting {
+                        pid: a.pid,
+                        gpu_util_pct: a.gpu_util_pct,
+                        memory_util_pct: a.memory_util_pct,
+                        max_memory_bytes: a.max_memory_bytes,
+                        time_ms: a.time_ms,
+                    })
                     .collect(),
                 unavailable: g
                     .unavailable
@@ -139,6 +172,10 @@ pub fn build(obs: &Observation, ctx: &ReportContext) -> pb::UsageReport {
             .collect(),
         gap: ctx.gap.clone(),
     }
+}
+
+fn usage(p: &crate::gpu::GpuProcessUsage) -> pb::GpuProcessUsage {
+    pb::GpuProcessUsage { pid: p.pid, used_memory_bytes: p.used_memory_bytes, mps: p.mps }
 }
 
 fn parse_hex(s: &str) -> u32 {

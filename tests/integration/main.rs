@@ -7,4 +7,5 @@ mod demo;
 mod hostile;
 mod inspect;
 mod models;
+mod nvml;
 mod streaming;

@@ -53,7 +53,7 @@ pub fn report(host_id: &str, seq: u64, prev: &[u8], cmdline: &str) -> pb::UsageR
         gpus: vec![pb::Gpu {
             uuid: "GPU-00000000-1111-2222-3333-444444444444".into(),
             name: "NVIDIA H100 80GB HBM3".into(),
-            processes: vec![pb::GpuProcessUsage { pid: 4242, used_memory_bytes: 1 }],
+            processes: vec![pb::GpuProcessUsage { pid: 4242, used_memory_bytes: 1, mps: false }],
             ..Default::default()
         }],
         processes: vec![pb::GpuProcess {

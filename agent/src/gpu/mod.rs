@@ -50,6 +50,8 @@ pub struct GpuSnapshot {
     pub source: String,
     /// The driver version NVML reports.
     pub driver_version: Option<String>,
+    /// CUDA driver API version, e.g. `12.4`.
+    pub cuda_driver_version: Option<String>,
     /// The GPUs, in NVML index order.
     pub gpus: Vec<GpuObservation>,
 }
@@ -79,8 +81,34 @@ pub struct GpuObservation {
     pub power_mw: Option<u32>,
     /// Energy since the driver loaded, millijoules.
     pub energy_mj: Option<u64>,
-    /// Compute processes on this GPU.
+    /// Board part number.
+    pub board_part_number: Option<String>,
+    /// NVML brand (`NvidiaRTX`, `Nvidia`, ...).
+    pub brand: Option<String>,
+    /// Architecture (`Hopper`, `Blackwell`, ...).
+    pub architecture: Option<String>,
+    /// VBIOS version.
+    pub vbios_version: Option<String>,
+    /// CUDA compute capability, `9.0`.
+    pub compute_capability: Option<String>,
+    /// GPU temperature, °C.
+    pub temperature_c: Option<u32>,
+    /// Graphics clock, MHz.
+    pub clock_graphics_mhz: Option<u32>,
+    /// SM clock, MHz.
+    pub clock_sm_mhz: Option<u32>,
+    /// Memory clock, MHz.
+    pub clock_memory_mhz: Option<u32>,
+    /// MIG mode on (`None` where the GPU cannot say).
+    pub mig_enabled: Option<bool>,
+    /// MIG instances and their processes.
+    pub mig_devices: Vec<MigDevice>,
+    /// Compute and MPS processes on this GPU (MIG instances' processes included).
     pub processes: Vec<GpuProcessUsage>,
+    /// Per-process utilisation samples since the previous observation.
+    pub process_utilization: Vec<ProcessUtilization>,
+    /// Accounting statistics per process, where accounting mode is on.
+    pub accounting: Vec<ProcessAccounting>,
     /// Fields that could not be read, and why.
     pub unavailable: Vec<Unavailable>,
     /// The GPU fell off the bus or could not be opened.
@@ -94,6 +122,47 @@ pub struct GpuProcessUsage {
     pub pid: u32,
     /// GPU memory it holds, bytes (0 where the driver cannot say).
     pub used_memory_bytes: u64,
+    /// Listed by the MPS call (a client of the multi-process service).
+    pub mps: bool,
+}
+
+/// One MIG instance.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct MigDevice {
+    /// Instance index on its GPU.
+    pub index: u32,
+    /// `MIG-...` UUID.
+    pub uuid: String,
+    /// Instance memory, bytes.
+    pub memory_total_bytes: u64,
+    /// Processes in this instance.
+    pub processes: Vec<GpuProcessUsage>,
+}
+
+/// A per-process utilisation sample.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct ProcessUtilization {
+    /// Host pid.
+    pub pid: u32,
+    /// SM utilisation, percent.
+    pub sm_pct: u32,
+    /// Memory utilisation, percent.
+    pub memory_pct: u32,
+}
+
+/// Accounting statistics of one process.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct ProcessAccounting {
+    /// Host pid.
+    pub pid: u32,
+    /// GPU utilisation over the process's lifetime, percent.
+    pub gpu_util_pct: Option<u32>,
+    /// Memory utilisation over its lifetime, percent.
+    pub memory_util_pct: Option<u32>,
+    /// Most memory it ever held, bytes.
+    pub max_memory_bytes: Option<u64>,
+    /// Time its compute context was active, ms (0 while it runs on most drivers).
+    pub time_ms: u64,
 }
 
 /// A field that could not be read.

@@ -4,15 +4,22 @@
 use std::path::{Path, PathBuf};
 
 use nvml_wrapper::Nvml;
+use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
 use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::struct_wrappers::device::ProcessInfo;
 use tracing::{debug, warn};
 
-use super::{GpuError, GpuObservation, GpuProcessUsage, GpuSnapshot, GpuSource, Unavailable};
+use super::{
+    GpuError, GpuObservation, GpuProcessUsage, GpuSnapshot, GpuSource, MigDevice, ProcessAccounting,
+    ProcessUtilization, Unavailable,
+};
 
 /// GPUs read through NVML.
 pub struct NvmlSource {
     nvml: Nvml,
     simulated: bool,
+    /// Newest per-process utilisation sample seen per GPU UUID, so each observation gets new samples.
+    last_sample_us: std::collections::HashMap<String, u64>,
 }
 
 impl std::fmt::Debug for NvmlSource {
@@ -47,7 +54,7 @@ impl NvmlSource {
                  not read from hardware; reports from this host are not evidence"
             );
         }
-        Ok(NvmlSource { nvml, simulated })
+        Ok(NvmlSource { nvml, simulated, last_sample_us: std::collections::HashMap::new() })
     }
 
     /// The library path the agent uses when none is given.
@@ -60,6 +67,7 @@ fn reason(e: &NvmlError) -> String {
     match e {
         NvmlError::NotSupported => "not supported".into(),
         NvmlError::FailedToLoadSymbol(s) => format!("driver library lacks this call ({s})"),
+        NvmlError::FunctionNotFound => "driver lacks this call".into(),
         NvmlError::NoPermission => "no permission".into(),
         NvmlError::GpuLost => "GPU is lost".into(),
         other => other.to_string(),
@@ -77,6 +85,17 @@ fn field<T>(unavailable: &mut Vec<Unavailable>, lost: &mut bool, name: &str, r: 
             unavailable.push(Unavailable { field: name.into(), reason: reason(&e) });
             None
         }
+    }
+}
+
+fn usage(p: ProcessInfo, mps: bool) -> GpuProcessUsage {
+    GpuProcessUsage {
+        pid: p.pid,
+        used_memory_bytes: match p.used_gpu_memory {
+            nvml_wrapper::enums::device::UsedGpuMemory::Used(b) => b,
+            nvml_wrapper::enums::device::UsedGpuMemory::Unavailable => 0,
+        },
+        mps,
     }
 }
 
@@ -112,23 +131,90 @@ impl GpuSource for NvmlSource {
             }
             obs.power_mw = field(u, l, "power", device.power_usage());
             obs.energy_mj = field(u, l, "energy", device.total_energy_consumption());
+            obs.board_part_number = field(u, l, "board_part_number", device.board_part_number());
+            obs.brand = field(u, l, "brand", device.brand()).map(|b| format!("{b:?}"));
+            obs.architecture = field(u, l, "architecture", device.architecture()).map(|a| format!("{a:?}"));
+            obs.vbios_version = field(u, l, "vbios_version", device.vbios_version());
+            obs.compute_capability = field(u, l, "compute_capability", device.cuda_compute_capability())
+                .map(|c| format!("{}.{}", c.major, c.minor));
+            obs.temperature_c = field(u, l, "temperature", device.temperature(TemperatureSensor::Gpu));
+            obs.clock_graphics_mhz = field(u, l, "clock_graphics", device.clock_info(Clock::Graphics));
+            obs.clock_sm_mhz = field(u, l, "clock_sm", device.clock_info(Clock::SM));
+            obs.clock_memory_mhz = field(u, l, "clock_memory", device.clock_info(Clock::Memory));
             if let Some(procs) = field(u, l, "processes", device.running_compute_processes()) {
-                obs.processes = procs
-                    .into_iter()
-                    .map(|p| GpuProcessUsage {
-                        pid: p.pid,
-                        used_memory_bytes: match p.used_gpu_memory {
-                            nvml_wrapper::enums::device::UsedGpuMemory::Used(b) => b,
-                            nvml_wrapper::enums::device::UsedGpuMemory::Unavailable => 0,
-                        },
-                    })
-                    .collect();
+                obs.processes = procs.into_iter().map(|p| usage(p, false)).collect();
+            }
+            if let Some(procs) = field(u, l, "mps_processes", device.mps_running_compute_processes()) {
+                for p in procs {
+                    if !obs.processes.iter().any(|q| q.pid == p.pid) {
+                        obs.processes.push(usage(p, true));
+                    }
+                }
+            }
+            if let Some(mode) = field(u, l, "mig_mode", device.mig_mode()) {
+                obs.mig_enabled = Some(mode.current == 1);
+                if mode.current == 1 {
+                    let n = field(u, l, "mig_device_count", device.mig_device_count()).unwrap_or(0);
+                    for i in 0..n.min(64) {
+                        match device.mig_device_by_index(i) {
+                            Ok(m) => obs.mig_devices.push(MigDevice {
+                                index: i,
+                                uuid: m.uuid().unwrap_or_default(),
+                                memory_total_bytes: m.memory_info().map(|x| x.total).unwrap_or(0),
+                                processes: m
+                                    .running_compute_processes()
+                                    .map(|ps| ps.into_iter().map(|p| usage(p, false)).collect())
+                                    .unwrap_or_default(),
+                            }),
+                            Err(NvmlError::NotFound) => {}
+                            Err(e) => obs
+                                .unavailable
+                                .push(Unavailable { field: format!("mig_device[{i}]"), reason: reason(&e) }),
+                        }
+                    }
+                }
+            }
+            let since = self.last_sample_us.get(&obs.uuid).copied();
+            match device.process_utilization_stats(since) {
+                Ok(samples) => {
+                    if let Some(newest) = samples.iter().map(|s| s.timestamp).max() {
+                        self.last_sample_us.insert(obs.uuid.clone(), newest);
+                    }
+                    for smp in samples {
+                        let u = ProcessUtilization { pid: smp.pid, sm_pct: smp.sm_util, memory_pct: smp.mem_util };
+                        match obs.process_utilization.iter_mut().find(|x| x.pid == smp.pid) {
+                            Some(x) => *x = u,
+                            None => obs.process_utilization.push(u),
+                        }
+                    }
+                }
+                // No samples since the last call is not a failure.
+                Err(NvmlError::NotFound) => {}
+                Err(e) => obs.unavailable.push(Unavailable { field: "process_utilization".into(), reason: reason(&e) }),
+            }
+            if device.is_accounting_enabled().unwrap_or(false) {
+                for p in obs.processes.clone() {
+                    if let Ok(a) = device.accounting_stats_for(p.pid) {
+                        obs.accounting.push(ProcessAccounting {
+                            pid: p.pid,
+                            gpu_util_pct: a.gpu_utilization,
+                            memory_util_pct: a.memory_utilization,
+                            max_memory_bytes: a.max_memory_usage,
+                            time_ms: a.time,
+                        });
+                    }
+                }
             }
             gpus.push(obs);
         }
         Ok(GpuSnapshot {
             source: if self.simulated { "simulated" } else { "nvml" }.into(),
             driver_version: self.nvml.sys_driver_version().ok(),
+            cuda_driver_version: self
+                .nvml
+                .sys_cuda_driver_version()
+                .ok()
+                .map(|v| format!("{}.{}", v / 1000, v % 1000 / 10)),
             gpus,
         })
     }

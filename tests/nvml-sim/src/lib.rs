@@ -21,7 +21,7 @@ use std::time::Instant;
 use nvml_wrapper_sys::bindings as sys;
 use sys::{nvmlDevice_t, nvmlReturn_t};
 
-use scenario::{Gpu, MAX_SCENARIO_BYTES, Scenario};
+use scenario::{Gpu, MAX_SCENARIO_BYTES, Mig, ProcessSpec, Scenario};
 
 /// The environment variable that names the scenario file.
 pub const SCENARIO_ENV: &str = "GPUATTEST_NVML_SIM";
@@ -67,19 +67,58 @@ fn done(r: Result<(), nvmlReturn_t>) -> nvmlReturn_t {
     }
 }
 
-/// Looks up the GPU behind a handle (handles are index + 1), applying the lost and unsupported faults.
-fn with_gpu<T>(device: nvmlDevice_t, field: &str, f: impl FnOnce(&Gpu, &State) -> T) -> Result<T, nvmlReturn_t> {
+/// What a handle names: a GPU, or one MIG instance on it.
+struct Target<'a> {
+    gpu: &'a Gpu,
+    mig: Option<&'a Mig>,
+}
+
+/// Handles are `gpu index + 1`, with `(mig index + 1) << 16` added for MIG instances.
+fn handle(gpu: usize, mig: Option<usize>) -> nvmlDevice_t {
+    (gpu + 1 + mig.map_or(0, |m| (m + 1) << 16)) as nvmlDevice_t
+}
+
+/// Looks up the GPU (or MIG instance) behind a handle and applies the faults: slow calls, lost GPUs,
+/// missing functions (`call`) and unsupported fields (`field`).
+fn with_gpu<T>(
+    device: nvmlDevice_t,
+    call: &str,
+    field: &str,
+    f: impl FnOnce(Target<'_>, &State) -> T,
+) -> Result<T, nvmlReturn_t> {
+    let slow = with_state(|s| {
+        let idx =
+            ((device as usize) & 0xffff).checked_sub(1).ok_or(sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT)?;
+        Ok(s.gpus.get(idx).map_or(0, |g| g.slow_ms))
+    })?;
+    if slow > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(slow));
+    }
     with_state(|s| {
-        let idx = (device as usize).checked_sub(1).ok_or(sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT)?;
+        let raw = device as usize;
+        let idx = (raw & 0xffff).checked_sub(1).ok_or(sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT)?;
         let gpu = s.gpus.get(idx).ok_or(sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT)?;
+        let mig = match raw >> 16 {
+            0 => None,
+            m => Some(
+                gpu.mig.as_ref().and_then(|v| v.get(m - 1)).ok_or(sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT)?,
+            ),
+        };
         if gpu.lost {
             return Err(sys::nvmlReturn_enum_NVML_ERROR_GPU_IS_LOST);
+        }
+        if gpu.missing.iter().any(|m| m == call) {
+            return Err(sys::nvmlReturn_enum_NVML_ERROR_FUNCTION_NOT_FOUND);
         }
         if gpu.unsupported.iter().any(|u| u == field) {
             return Err(sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED);
         }
-        Ok(f(gpu, s))
+        Ok(f(Target { gpu, mig }, s))
     })
+}
+
+fn elapsed_ms(s: &State) -> u64 {
+    s.loaded_at.elapsed().as_millis() as u64
 }
 
 /// Copies `value` and a NUL into a caller buffer of `length` bytes.
@@ -173,6 +212,8 @@ pub extern "C" fn nvmlErrorString(result: nvmlReturn_t) -> *const c_char {
         sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED => b"Not Supported\0",
         sys::nvmlReturn_enum_NVML_ERROR_GPU_IS_LOST => b"GPU is lost\0",
         sys::nvmlReturn_enum_NVML_ERROR_DRIVER_NOT_LOADED => b"Driver Not Loaded\0",
+        sys::nvmlReturn_enum_NVML_ERROR_FUNCTION_NOT_FOUND => b"Function Not Found\0",
+        sys::nvmlReturn_enum_NVML_ERROR_NOT_FOUND => b"Not Found\0",
         _ => b"Unknown Error\0",
     };
     s.as_ptr().cast()
@@ -218,7 +259,7 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(index: c_uint, device: *m
         if gpu.lost {
             return Err(sys::nvmlReturn_enum_NVML_ERROR_GPU_IS_LOST);
         }
-        Ok((index as usize + 1) as nvmlDevice_t)
+        Ok(handle(index as usize, None))
     });
     // SAFETY: NVML's contract: `device` is valid for a write of one handle.
     done(r.and_then(|h| unsafe { write_out(device, h) }))
@@ -228,7 +269,10 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(index: c_uint, device: *m
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetIndex(device: nvmlDevice_t, index: *mut c_uint) -> nvmlReturn_t {
     // SAFETY: NVML's contract: `index` is valid for a write.
-    done(with_gpu(device, "index", |g, _| g.index).and_then(|i| unsafe { write_out(index, i) }))
+    done(
+        with_gpu(device, "nvmlDeviceGetIndex", "index", |t, _| t.gpu.index)
+            .and_then(|i| unsafe { write_out(index, i) }),
+    )
 }
 
 macro_rules! string_getter {
@@ -236,8 +280,8 @@ macro_rules! string_getter {
         $(#[$doc])*
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(device: nvmlDevice_t, buf: *mut c_char, length: c_uint) -> nvmlReturn_t {
-            let get: fn(&Gpu) -> String = $get;
-            match with_gpu(device, $field, |g, _| get(g)) {
+            let get: fn(&Target<'_>) -> String = $get;
+            match with_gpu(device, stringify!($name), $field, |t, _| get(&t)) {
                 // SAFETY: NVML's contract: `buf` holds `length` bytes.
                 Ok(v) => done(unsafe { write_str(buf, length, &v) }),
                 Err(e) => e,
@@ -248,19 +292,23 @@ macro_rules! string_getter {
 
 string_getter!(
     /// `nvmlDeviceGetUUID`.
-    nvmlDeviceGetUUID, "uuid", |g| g.uuid.clone()
+    nvmlDeviceGetUUID, "uuid", |t| t.mig.map_or_else(|| t.gpu.uuid.clone(), |m| m.uuid.clone())
 );
 string_getter!(
     /// `nvmlDeviceGetSerial`.
-    nvmlDeviceGetSerial, "serial", |g| g.serial.clone()
+    nvmlDeviceGetSerial, "serial", |t| t.gpu.serial.clone()
 );
 string_getter!(
     /// `nvmlDeviceGetName`.
-    nvmlDeviceGetName, "name", |g| g.name.clone()
+    nvmlDeviceGetName, "name", |t| t.mig.map_or_else(|| t.gpu.name.clone(), |_| format!("{} MIG 1g.10gb", t.gpu.name))
 );
 string_getter!(
     /// `nvmlDeviceGetBoardPartNumber`.
-    nvmlDeviceGetBoardPartNumber, "board_part_number", |g| g.board_part_number.clone()
+    nvmlDeviceGetBoardPartNumber, "board_part_number", |t| t.gpu.board_part_number.clone()
+);
+string_getter!(
+    /// `nvmlDeviceGetVbiosVersion`.
+    nvmlDeviceGetVbiosVersion, "vbios", |t| t.gpu.vbios_version.clone()
 );
 
 /// Parses `00000000:18:00.0` into (domain, bus, device).
@@ -273,7 +321,8 @@ fn parse_bus_id(id: &str) -> (u32, u32, u32) {
 /// `nvmlDeviceGetPciInfo_v3`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(device: nvmlDevice_t, pci: *mut sys::nvmlPciInfo_t) -> nvmlReturn_t {
-    let r = with_gpu(device, "pci", |g, _| {
+    let r = with_gpu(device, "nvmlDeviceGetPciInfo_v3", "pci", |t, _| {
+        let g = t.gpu;
         let (domain, bus, dev) = parse_bus_id(&g.pci_bus_id);
         // SAFETY: an all-zero nvmlPciInfo_t (integers and char arrays) is a valid value.
         let mut info: sys::nvmlPciInfo_t = unsafe { std::mem::zeroed() };
@@ -298,10 +347,9 @@ pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(device: nvmlDevice_t, pci: *mut
 /// `nvmlDeviceGetMemoryInfo` (v1 struct).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(device: nvmlDevice_t, memory: *mut sys::nvmlMemory_t) -> nvmlReturn_t {
-    let r = with_gpu(device, "memory", |g, _| sys::nvmlMemory_t {
-        total: g.memory_total_bytes,
-        used: g.memory_used_bytes,
-        free: g.memory_total_bytes.saturating_sub(g.memory_used_bytes),
+    let r = with_gpu(device, "nvmlDeviceGetMemoryInfo", "memory", |t, _| {
+        let (total, used) = memory_of(&t);
+        sys::nvmlMemory_t { total, used, free: total.saturating_sub(used) }
     });
     // SAFETY: NVML's contract: `memory` is valid for a write.
     done(r.and_then(|m| unsafe { write_out(memory, m) }))
@@ -322,12 +370,15 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
     if version != expected {
         return sys::nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
     }
-    let r = with_gpu(device, "memory", |g, _| sys::nvmlMemory_v2_t {
-        version,
-        total: g.memory_total_bytes,
-        reserved: 536_870_912,
-        used: g.memory_used_bytes,
-        free: g.memory_total_bytes.saturating_sub(g.memory_used_bytes).saturating_sub(536_870_912),
+    let r = with_gpu(device, "nvmlDeviceGetMemoryInfo_v2", "memory", |t, _| {
+        let (total, used) = memory_of(&t);
+        sys::nvmlMemory_v2_t {
+            version,
+            total,
+            reserved: 536_870_912,
+            used,
+            free: total.saturating_sub(used).saturating_sub(536_870_912),
+        }
     });
     // SAFETY: checked non-null above; valid for a write per NVML's contract.
     done(r.and_then(|m| unsafe { write_out(memory, m) }))
@@ -339,9 +390,9 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
     device: nvmlDevice_t,
     u: *mut sys::nvmlUtilization_t,
 ) -> nvmlReturn_t {
-    let r = with_gpu(device, "utilization", |g, _| sys::nvmlUtilization_t {
-        gpu: g.utilization_gpu_pct,
-        memory: g.utilization_memory_pct,
+    let r = with_gpu(device, "nvmlDeviceGetUtilizationRates", "utilization", |t, s| sys::nvmlUtilization_t {
+        gpu: t.gpu.utilization_at(elapsed_ms(s)),
+        memory: t.gpu.utilization_memory_pct,
     });
     // SAFETY: NVML's contract: `u` is valid for a write.
     done(r.and_then(|v| unsafe { write_out(u, v) }))
@@ -351,7 +402,10 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(device: nvmlDevice_t, power: *mut c_uint) -> nvmlReturn_t {
     // SAFETY: NVML's contract: `power` is valid for a write.
-    done(with_gpu(device, "power", |g, _| g.power_mw).and_then(|p| unsafe { write_out(power, p) }))
+    done(
+        with_gpu(device, "nvmlDeviceGetPowerUsage", "power", |t, s| t.gpu.power_at(elapsed_ms(s)))
+            .and_then(|p| unsafe { write_out(power, p) }),
+    )
 }
 
 /// `nvmlDeviceGetTotalEnergyConsumption`, millijoules: the start value plus power × elapsed time.
@@ -360,25 +414,46 @@ pub unsafe extern "C" fn nvmlDeviceGetTotalEnergyConsumption(
     device: nvmlDevice_t,
     energy: *mut c_ulonglong,
 ) -> nvmlReturn_t {
-    let r = with_gpu(device, "energy", |g, s| {
-        let elapsed_ms = s.loaded_at.elapsed().as_millis() as u64;
-        g.energy_mj + u64::from(g.power_mw) * elapsed_ms / 1000
-    });
+    let r = with_gpu(device, "nvmlDeviceGetTotalEnergyConsumption", "energy", |t, s| t.gpu.energy_at(elapsed_ms(s)));
     // SAFETY: NVML's contract: `energy` is valid for a write.
     done(r.and_then(|e| unsafe { write_out(energy, e) }))
 }
 
-/// `nvmlDeviceGetComputeRunningProcesses_v3`: the count-then-fill protocol of the real driver.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
+fn memory_of(t: &Target<'_>) -> (u64, u64) {
+    match t.mig {
+        Some(m) => (m.memory_total_bytes, m.processes.iter().map(|p| p.used_memory_bytes).sum::<u64>() + 12_582_912),
+        None => (t.gpu.memory_total_bytes, t.gpu.memory_used_bytes),
+    }
+}
+
+/// The processes a handle lists: a MIG instance's own, or a whole GPU's (all instances included, as
+/// the driver reports them on the parent).
+fn processes_of(t: &Target<'_>, mps: bool) -> Vec<ProcessSpec> {
+    let all: Vec<ProcessSpec> = match t.mig {
+        Some(m) => m.processes.clone(),
+        None => {
+            t.gpu.processes.iter().chain(t.gpu.mig.iter().flatten().flat_map(|m| m.processes.iter())).cloned().collect()
+        }
+    };
+    all.into_iter().filter(|p| p.mps == mps).collect()
+}
+
+/// The count-then-fill protocol of the real driver, shared by the compute and MPS calls.
+///
+/// # Safety
+/// `count` null or valid for read and write; `infos` null or valid for `*count` entries.
+unsafe fn running_processes(
     device: nvmlDevice_t,
+    call: &str,
+    mps: bool,
     count: *mut c_uint,
     infos: *mut sys::nvmlProcessInfo_t,
 ) -> nvmlReturn_t {
     if count.is_null() {
         return sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT;
     }
-    let procs = match with_gpu(device, "processes", |g, _| g.processes.clone()) {
+    let field = if mps { "mps" } else { "processes" };
+    let procs = match with_gpu(device, call, field, |t, _| processes_of(&t, mps)) {
         Ok(p) => p,
         Err(e) => return e,
     };
@@ -400,6 +475,216 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
         unsafe { infos.add(i).write(info) };
     }
     SUCCESS
+}
+
+/// `nvmlDeviceGetComputeRunningProcesses_v3`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
+    device: nvmlDevice_t,
+    count: *mut c_uint,
+    infos: *mut sys::nvmlProcessInfo_t,
+) -> nvmlReturn_t {
+    // SAFETY: forwarded with NVML's contract.
+    unsafe { running_processes(device, "nvmlDeviceGetComputeRunningProcesses_v3", false, count, infos) }
+}
+
+/// `nvmlDeviceGetMPSComputeRunningProcesses_v3`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMPSComputeRunningProcesses_v3(
+    device: nvmlDevice_t,
+    count: *mut c_uint,
+    infos: *mut sys::nvmlProcessInfo_t,
+) -> nvmlReturn_t {
+    // SAFETY: forwarded with NVML's contract.
+    unsafe { running_processes(device, "nvmlDeviceGetMPSComputeRunningProcesses_v3", true, count, infos) }
+}
+
+macro_rules! value_getter {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $ty:ty, $get:expr) => {
+        $(#[$doc])*
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(device: nvmlDevice_t, out: *mut $ty) -> nvmlReturn_t {
+            let get: fn(&Target<'_>, &State) -> $ty = $get;
+            // SAFETY: NVML's contract: `out` is valid for a write.
+            done(with_gpu(device, stringify!($name), $field, |t, s| get(&t, s)).and_then(|v| unsafe { write_out(out, v) }))
+        }
+    };
+}
+
+value_getter!(
+    /// `nvmlDeviceGetBrand`.
+    nvmlDeviceGetBrand, "brand", sys::nvmlBrandType_t, |t, _| t.gpu.brand
+);
+value_getter!(
+    /// `nvmlDeviceGetArchitecture`.
+    nvmlDeviceGetArchitecture, "architecture", sys::nvmlDeviceArchitecture_t, |t, _| t.gpu.architecture
+);
+value_getter!(
+    /// `nvmlDeviceGetMaxMigDeviceCount`: the number of instances (not the profile maximum).
+    nvmlDeviceGetMaxMigDeviceCount, "mig", c_uint, |t, _| t.gpu.mig.as_ref().map_or(0, |m| m.len() as c_uint)
+);
+value_getter!(
+    /// `nvmlDeviceGetAccountingMode`.
+    nvmlDeviceGetAccountingMode, "accounting", sys::nvmlEnableState_t, |t, _| t.gpu.accounting as sys::nvmlEnableState_t
+);
+
+/// `nvmlDeviceGetCudaComputeCapability`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetCudaComputeCapability(
+    device: nvmlDevice_t,
+    major: *mut c_int,
+    minor: *mut c_int,
+) -> nvmlReturn_t {
+    let r =
+        with_gpu(device, "nvmlDeviceGetCudaComputeCapability", "compute_capability", |t, _| t.gpu.compute_capability);
+    // SAFETY: NVML's contract: both are valid for a write.
+    done(r.and_then(|[a, b]| unsafe { write_out(major, a).and_then(|()| write_out(minor, b)) }))
+}
+
+/// `nvmlDeviceGetTemperature` (GPU sensor only).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetTemperature(
+    device: nvmlDevice_t,
+    sensor: sys::nvmlTemperatureSensors_t,
+    temp: *mut c_uint,
+) -> nvmlReturn_t {
+    if sensor != sys::nvmlTemperatureSensors_enum_NVML_TEMPERATURE_GPU {
+        return sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED;
+    }
+    // SAFETY: NVML's contract: `temp` is valid for a write.
+    done(
+        with_gpu(device, "nvmlDeviceGetTemperature", "temperature", |t, _| t.gpu.temperature_c)
+            .and_then(|v| unsafe { write_out(temp, v) }),
+    )
+}
+
+/// `nvmlDeviceGetClockInfo`: graphics, SM and memory clocks.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetClockInfo(
+    device: nvmlDevice_t,
+    kind: sys::nvmlClockType_t,
+    clock: *mut c_uint,
+) -> nvmlReturn_t {
+    let i = match kind {
+        sys::nvmlClockType_enum_NVML_CLOCK_GRAPHICS => 0,
+        sys::nvmlClockType_enum_NVML_CLOCK_SM => 1,
+        sys::nvmlClockType_enum_NVML_CLOCK_MEM => 2,
+        _ => return sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED,
+    };
+    // SAFETY: NVML's contract: `clock` is valid for a write.
+    done(
+        with_gpu(device, "nvmlDeviceGetClockInfo", "clocks", |t, _| t.gpu.clocks_mhz[i])
+            .and_then(|v| unsafe { write_out(clock, v) }),
+    )
+}
+
+/// `nvmlDeviceGetMigMode`: enabled when the scenario lists instances.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMigMode(
+    device: nvmlDevice_t,
+    current: *mut c_uint,
+    pending: *mut c_uint,
+) -> nvmlReturn_t {
+    let r = with_gpu(device, "nvmlDeviceGetMigMode", "mig", |t, _| c_uint::from(t.gpu.mig.is_some()));
+    // SAFETY: NVML's contract: both are valid for a write.
+    done(r.and_then(|m| unsafe { write_out(current, m).and_then(|()| write_out(pending, m)) }))
+}
+
+/// `nvmlDeviceGetMigDeviceHandleByIndex`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMigDeviceHandleByIndex(
+    device: nvmlDevice_t,
+    index: c_uint,
+    mig: *mut nvmlDevice_t,
+) -> nvmlReturn_t {
+    let r = with_gpu(device, "nvmlDeviceGetMigDeviceHandleByIndex", "mig", |t, _| {
+        let n = t.gpu.mig.as_ref().map_or(0, Vec::len);
+        ((index as usize) < n).then(|| handle(t.gpu.index as usize, Some(index as usize)))
+    })
+    .and_then(|h| h.ok_or(sys::nvmlReturn_enum_NVML_ERROR_NOT_FOUND));
+    // SAFETY: NVML's contract: `mig` is valid for a write.
+    done(r.and_then(|h| unsafe { write_out(mig, h) }))
+}
+
+/// `nvmlDeviceGetProcessUtilization`: one sample per process, newer than `last_seen`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
+    device: nvmlDevice_t,
+    samples: *mut sys::nvmlProcessUtilizationSample_t,
+    count: *mut c_uint,
+    last_seen: std::ffi::c_ulonglong,
+) -> nvmlReturn_t {
+    if count.is_null() {
+        return sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT;
+    }
+    let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+    let list = match with_gpu(device, "nvmlDeviceGetProcessUtilization", "process_utilization", |t, s| {
+        let util = t.gpu.utilization_at(elapsed_ms(s));
+        processes_of(&t, false)
+            .into_iter()
+            .chain(processes_of(&t, true))
+            .map(|p| (p.pid, p.sm_util_pct.unwrap_or(util), t.gpu.utilization_memory_pct))
+            .collect::<Vec<_>>()
+    }) {
+        Ok(l) if now_us > last_seen => l,
+        Ok(_) => Vec::new(),
+        Err(e) => return e,
+    };
+    // SAFETY: checked non-null; valid for reads and writes per NVML's contract.
+    let capacity = unsafe { *count } as usize;
+    // SAFETY: as above.
+    unsafe { *count = list.len() as c_uint };
+    if samples.is_null() || list.len() > capacity {
+        return if list.is_empty() {
+            sys::nvmlReturn_enum_NVML_ERROR_NOT_FOUND
+        } else {
+            sys::nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE
+        };
+    }
+    for (i, (pid, sm, mem)) in list.iter().enumerate() {
+        let sample = sys::nvmlProcessUtilizationSample_t {
+            pid: *pid,
+            timeStamp: now_us,
+            smUtil: *sm,
+            memUtil: *mem,
+            encUtil: 0,
+            decUtil: 0,
+        };
+        // SAFETY: `samples` holds `capacity` entries and `i < list.len() <= capacity`.
+        unsafe { samples.add(i).write(sample) };
+    }
+    SUCCESS
+}
+
+/// `nvmlDeviceGetAccountingStats`: for processes on this GPU while accounting mode is on.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetAccountingStats(
+    device: nvmlDevice_t,
+    pid: c_uint,
+    stats: *mut sys::nvmlAccountingStats_t,
+) -> nvmlReturn_t {
+    let r = with_gpu(device, "nvmlDeviceGetAccountingStats", "accounting", |t, s| {
+        if !t.gpu.accounting {
+            return Err(sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED);
+        }
+        let p = processes_of(&t, false)
+            .into_iter()
+            .chain(processes_of(&t, true))
+            .find(|p| p.pid == pid)
+            .ok_or(sys::nvmlReturn_enum_NVML_ERROR_NOT_FOUND)?;
+        Ok(sys::nvmlAccountingStats_t {
+            gpuUtilization: p.sm_util_pct.unwrap_or(t.gpu.utilization_gpu_pct),
+            memoryUtilization: t.gpu.utilization_memory_pct,
+            maxMemoryUsage: p.used_memory_bytes,
+            time: elapsed_ms(s),
+            startTime: 0,
+            isRunning: 1,
+            reserved: [0; 5],
+        })
+    })
+    .and_then(|r| r);
+    // SAFETY: NVML's contract: `stats` is valid for a write.
+    done(r.and_then(|v| unsafe { write_out(stats, v) }))
 }
 
 #[cfg(test)]

@@ -69,8 +69,45 @@ pub struct GpuSpec {
     /// The GPU has fallen off the bus: every call on it returns `NVML_ERROR_GPU_IS_LOST`.
     pub lost: bool,
     /// Fields whose calls return `NVML_ERROR_NOT_SUPPORTED` (`serial`, `power`, `energy`,
-    /// `utilization`, `board_part_number`, `processes`, `memory`, `pci`, `name`, `uuid`).
+    /// `utilization`, `board_part_number`, `processes`, `memory`, `pci`, `name`, `uuid`, `brand`,
+    /// `architecture`, `vbios`, `compute_capability`, `temperature`, `clocks`, `mig`, `mps`,
+    /// `process_utilization`, `accounting`).
     pub unsupported: Vec<String>,
+    /// NVML functions this "driver" lacks: they return `NVML_ERROR_FUNCTION_NOT_FOUND`, as an older
+    /// driver does for calls it does not implement (e.g. `nvmlDeviceGetTotalEnergyConsumption`).
+    pub missing: Vec<String>,
+    /// Every call on this GPU sleeps this long first (a slow or hung driver).
+    pub slow_ms: u64,
+    /// `steady` (default) or `bursty` (on 2 s of every 10 s, like request-driven inference).
+    pub utilization_pattern: Option<String>,
+    /// `nvmlDeviceGetBrand` value (14 = NVIDIA).
+    pub brand: Option<u32>,
+    /// `nvmlDeviceGetArchitecture` value (9 = Hopper, 10 = Blackwell).
+    pub architecture: Option<u32>,
+    /// VBIOS version.
+    pub vbios_version: Option<String>,
+    /// CUDA compute capability `[major, minor]`.
+    pub compute_capability: Option<[i32; 2]>,
+    /// GPU temperature, °C.
+    pub temperature_c: Option<u32>,
+    /// Graphics, SM and memory clocks, MHz.
+    pub clocks_mhz: Option<[u32; 3]>,
+    /// Accounting mode on: per-process accounting statistics are available.
+    pub accounting: bool,
+    /// MIG mode on, with these instances.
+    pub mig: Option<Vec<MigSpec>>,
+}
+
+/// A MIG instance.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MigSpec {
+    /// `MIG-...` UUID; defaults from the seed.
+    pub uuid: Option<String>,
+    /// Memory of the instance (default 9856 MiB, an H100 1g.10gb).
+    pub memory_total_bytes: Option<u64>,
+    /// Processes in the instance.
+    pub processes: Vec<ProcessSpec>,
 }
 
 /// A process on a GPU.
@@ -81,6 +118,10 @@ pub struct ProcessSpec {
     pub pid: u32,
     /// GPU memory the process holds, bytes.
     pub used_memory_bytes: u64,
+    /// The process's SM utilisation in per-process samples, percent (default: the GPU's).
+    pub sm_util_pct: Option<u32>,
+    /// Listed by the MPS call instead of the compute call.
+    pub mps: bool,
 }
 
 /// A GPU with every default filled in.
@@ -118,6 +159,39 @@ pub struct Gpu {
     pub lost: bool,
     /// Fields that are not supported.
     pub unsupported: Vec<String>,
+    /// Functions that are "not found".
+    pub missing: Vec<String>,
+    /// Delay per call.
+    pub slow_ms: u64,
+    /// `steady` or `bursty`.
+    pub utilization_pattern: String,
+    /// Brand code.
+    pub brand: u32,
+    /// Architecture code.
+    pub architecture: u32,
+    /// VBIOS.
+    pub vbios_version: String,
+    /// Compute capability.
+    pub compute_capability: [i32; 2],
+    /// °C.
+    pub temperature_c: u32,
+    /// MHz.
+    pub clocks_mhz: [u32; 3],
+    /// Accounting mode.
+    pub accounting: bool,
+    /// MIG instances, when MIG mode is on.
+    pub mig: Option<Vec<Mig>>,
+}
+
+/// A MIG instance with defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mig {
+    /// `MIG-...`.
+    pub uuid: String,
+    /// Bytes.
+    pub memory_total_bytes: u64,
+    /// Processes.
+    pub processes: Vec<ProcessSpec>,
 }
 
 /// The PCI buses of the eight SXM5 GPUs on an HGX H100 baseboard, in NVML index order.
@@ -167,8 +241,9 @@ impl Scenario {
                 );
                 let serial = format!("165{:010}", fnv(&self.seed, index, 3) % 10_000_000_000);
                 let bus = HGX_BUSES.get(i).copied().unwrap_or(0x18u8.wrapping_add(i as u8));
-                let used_default = s.processes.iter().map(|p| p.used_memory_bytes).sum::<u64>();
-                let busy = !s.processes.is_empty();
+                let mig_procs = s.mig.iter().flatten().flat_map(|m| m.processes.iter());
+                let used_default = s.processes.iter().chain(mig_procs).map(|p| p.used_memory_bytes).sum::<u64>();
+                let busy = !s.processes.is_empty() || s.mig.iter().flatten().any(|m| !m.processes.is_empty());
                 Gpu {
                     index,
                     name: s.name.unwrap_or_else(|| "NVIDIA H100 80GB HBM3".into()),
@@ -187,9 +262,78 @@ impl Scenario {
                     processes: s.processes,
                     lost: s.lost,
                     unsupported: s.unsupported,
+                    missing: s.missing,
+                    slow_ms: s.slow_ms,
+                    utilization_pattern: s.utilization_pattern.unwrap_or_else(|| "steady".into()),
+                    brand: s.brand.unwrap_or(14),
+                    architecture: s.architecture.unwrap_or(9),
+                    vbios_version: s.vbios_version.unwrap_or_else(|| "96.00.99.00.01".into()),
+                    compute_capability: s.compute_capability.unwrap_or([9, 0]),
+                    temperature_c: s.temperature_c.unwrap_or(if busy { 64 } else { 33 }),
+                    clocks_mhz: s.clocks_mhz.unwrap_or(if busy { [1980, 1980, 2619] } else { [345, 345, 2619] }),
+                    accounting: s.accounting,
+                    mig: s.mig.map(|m| {
+                        m.into_iter()
+                            .enumerate()
+                            .map(|(j, spec)| {
+                                let h = fnv(&self.seed, index * 1000 + j as u32, 4);
+                                Mig {
+                                    uuid: spec.uuid.unwrap_or_else(|| {
+                                        format!(
+                                            "MIG-{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+                                            (h >> 32) as u32,
+                                            (h >> 16) as u16,
+                                            h as u16,
+                                            (h >> 48) as u16,
+                                            fnv(&self.seed, j as u32, 5) & 0xffff_ffff_ffff
+                                        )
+                                    }),
+                                    memory_total_bytes: spec.memory_total_bytes.unwrap_or(9856 * 1024 * 1024),
+                                    processes: spec.processes,
+                                }
+                            })
+                            .collect()
+                    }),
                 }
             })
             .collect()
+    }
+}
+
+impl Gpu {
+    /// GPU utilisation at `elapsed_ms` after load, following the pattern.
+    pub fn utilization_at(&self, elapsed_ms: u64) -> u32 {
+        match self.utilization_pattern.as_str() {
+            "bursty" if elapsed_ms % 10_000 >= 2_000 => 3,
+            _ => self.utilization_gpu_pct,
+        }
+    }
+
+    /// Power at `elapsed_ms`: idle draw plus the share of (busy - idle) that utilisation takes.
+    pub fn power_at(&self, elapsed_ms: u64) -> u32 {
+        match self.utilization_pattern.as_str() {
+            "bursty" => {
+                let idle = 71_000u32.min(self.power_mw);
+                idle + (self.power_mw - idle) / 100 * self.utilization_at(elapsed_ms)
+            }
+            _ => self.power_mw,
+        }
+    }
+
+    /// The energy counter at `elapsed_ms`: the start value plus power integrated over time (exactly,
+    /// for both patterns), millijoules.
+    pub fn energy_at(&self, elapsed_ms: u64) -> u64 {
+        let added = match self.utilization_pattern.as_str() {
+            "bursty" => {
+                let (on, off) = (u64::from(self.power_at(0)), u64::from(self.power_at(5_000)));
+                let full = elapsed_ms / 10_000;
+                let rest = elapsed_ms % 10_000;
+                let per_period = on * 2_000 + off * 8_000;
+                full * per_period + on * rest.min(2_000) + off * rest.saturating_sub(2_000)
+            }
+            _ => u64::from(self.power_mw) * elapsed_ms,
+        };
+        self.energy_mj + added / 1000
     }
 }
 
@@ -233,6 +377,34 @@ mod tests {
         assert_eq!(gpus.len(), 2);
         assert_eq!(gpus[0].processes[0].pid, 4242);
         assert!(gpus[1].processes.is_empty());
+    }
+
+    #[test]
+    fn energy_advances_by_power_times_time() {
+        let g = &Scenario::parse(r#"{"gpus":[{"power_mw": 500000, "energy_mj": 1000}]}"#)
+            .expect("parse")
+            .resolved_gpus()[0];
+        assert_eq!(g.energy_at(0), 1000);
+        assert_eq!(g.energy_at(2_000), 1000 + 1_000_000);
+        let b = &Scenario::parse(r#"{"gpus":[{"power_mw": 671000, "energy_mj": 0, "utilization_gpu_pct": 100, "utilization_pattern": "bursty"}]}"#)
+            .expect("parse")
+            .resolved_gpus()[0];
+        assert_eq!((b.utilization_at(1_000), b.utilization_at(5_000)), (100, 3));
+        // One full period: 2 s at 671 W and 8 s at 71 W + 3% of the rest.
+        let expected = (671_000 * 2_000 + u64::from(b.power_at(5_000)) * 8_000) / 1000;
+        assert_eq!(b.energy_at(10_000), expected);
+        assert!(b.energy_at(10_000) > b.energy_at(9_000));
+    }
+
+    #[test]
+    fn mig_instances_get_distinct_uuids() {
+        let s = Scenario::parse(r#"{"gpus":[{"mig":[{"processes":[{"pid":1,"used_memory_bytes":5}]},{}]}]}"#)
+            .expect("parse");
+        let g = &s.resolved_gpus()[0];
+        let m = g.mig.as_ref().expect("mig");
+        assert_eq!(m.len(), 2);
+        assert!(m[0].uuid.starts_with("MIG-") && m[0].uuid != m[1].uuid);
+        assert_eq!(g.utilization_gpu_pct, 97, "a busy MIG instance makes the GPU busy");
     }
 
     #[test]

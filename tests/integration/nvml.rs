@@ -1,0 +1,149 @@
+//! The agent's NVML backend against the simulated library, scenario by scenario, with exact expected
+//! output: the same nvml-wrapper code path that runs against the driver's libnvidia-ml.so.1.
+
+use std::process::Command;
+
+use gpuattest_tests::{bin, run, sim_lib};
+use serde_json::{Value, json};
+
+fn inspect(scenario: &str) -> Value {
+    let t = tempfile::tempdir().expect("tmp");
+    let path = t.path().join("scenario.json");
+    std::fs::write(&path, scenario).expect("write");
+    let (code, out, err) = run(Command::new(bin("gpuattest-agent"))
+        .args(["inspect", "--json", "--nvml-lib"])
+        .arg(sim_lib())
+        .arg("--sys-root")
+        .arg(t.path())
+        .env("GPUATTEST_NVML_SIM", &path));
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).expect("json")
+}
+
+fn pick(g: &Value, keys: &[&str]) -> Value {
+    Value::Object(keys.iter().map(|k| (k.to_string(), g[*k].clone())).collect())
+}
+
+#[test]
+fn mig_split_gpu_reports_processes_per_instance() {
+    let obs = inspect(
+        r#"{"seed": "mig", "gpus": [{"mig": [
+            {"uuid": "MIG-11111111-2222-3333-4444-555555555555", "processes": [{"pid": 101, "used_memory_bytes": 5000000000}]},
+            {"uuid": "MIG-66666666-7777-8888-9999-000000000000", "processes": [{"pid": 202, "used_memory_bytes": 7000000000}]},
+            {"uuid": "MIG-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"}
+        ]}]}"#,
+    );
+    let g = &obs["gpus"][0];
+    assert_eq!(g["mig_enabled"], true);
+    assert_eq!(
+        g["mig_devices"],
+        json!([
+            {"index": 0, "uuid": "MIG-11111111-2222-3333-4444-555555555555", "memory_total_bytes": 10_334_765_056u64,
+             "processes": [{"pid": 101, "used_memory_bytes": 5_000_000_000u64, "mps": false}]},
+            {"index": 1, "uuid": "MIG-66666666-7777-8888-9999-000000000000", "memory_total_bytes": 10_334_765_056u64,
+             "processes": [{"pid": 202, "used_memory_bytes": 7_000_000_000u64, "mps": false}]},
+            {"index": 2, "uuid": "MIG-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", "memory_total_bytes": 10_334_765_056u64, "processes": []}
+        ])
+    );
+    // The parent GPU lists every instance's processes, as the driver does.
+    let pids: Vec<u64> = g["processes"].as_array().expect("list").iter().filter_map(|p| p["pid"].as_u64()).collect();
+    assert_eq!(pids, vec![101, 202]);
+}
+
+#[test]
+fn mixed_host_with_mps_accounting_and_samples() {
+    let obs = inspect(
+        r#"{"seed": "mixed", "gpus": [
+            {},
+            {"name": "NVIDIA A100-SXM4-80GB", "architecture": 7, "compute_capability": [8, 0], "pci_bus_id": "00000000:07:00.0",
+             "memory_total_bytes": 85899345920, "accounting": true,
+             "processes": [{"pid": 300, "used_memory_bytes": 1000, "sm_util_pct": 88}, {"pid": 301, "used_memory_bytes": 2000, "mps": true}]},
+            {"name": "NVIDIA L40S", "architecture": 8, "compute_capability": [8, 9], "unsupported": ["serial", "mig"], "power_mw": 300000,
+             "processes": [{"pid": 400, "used_memory_bytes": 3000}]}
+        ]}"#,
+    );
+    let gpus = obs["gpus"].as_array().expect("gpus");
+    assert_eq!(
+        gpus.iter().map(|g| pick(g, &["name", "architecture", "compute_capability"])).collect::<Vec<_>>(),
+        vec![
+            json!({"name": "NVIDIA H100 80GB HBM3", "architecture": "Hopper", "compute_capability": "9.0"}),
+            json!({"name": "NVIDIA A100-SXM4-80GB", "architecture": "Ampere", "compute_capability": "8.0"}),
+            json!({"name": "NVIDIA L40S", "architecture": "Ada", "compute_capability": "8.9"}),
+        ]
+    );
+    let a100 = &gpus[1];
+    assert_eq!(
+        a100["processes"],
+        json!([{"pid": 300, "used_memory_bytes": 1000, "mps": false}, {"pid": 301, "used_memory_bytes": 2000, "mps": true}])
+    );
+    assert_eq!(
+        a100["accounting"][0],
+        json!({"pid": 300, "gpu_util_pct": 88, "memory_util_pct": 41, "max_memory_bytes": 1000, "time_ms": a100["accounting"][0]["time_ms"]})
+    );
+    let samples: Vec<(u64, u64)> = a100["process_utilization"]
+        .as_array()
+        .expect("samples")
+        .iter()
+        .map(|s| (s["pid"].as_u64().unwrap_or(0), s["sm_pct"].as_u64().unwrap_or(0)))
+        .collect();
+    assert_eq!(samples, vec![(300, 88), (301, 97)]);
+    let l40s = &gpus[2];
+    assert_eq!(l40s["serial"], "");
+    assert_eq!(l40s["mig_enabled"], Value::Null);
+    assert_eq!(l40s["power_mw"], 300_000);
+    let missing: Vec<&str> =
+        l40s["unavailable"].as_array().expect("list").iter().filter_map(|u| u["field"].as_str()).collect();
+    assert_eq!(missing, vec!["serial", "mig_mode"]);
+    let procs: Vec<u64> = obs["processes"].as_array().expect("p").iter().filter_map(|p| p["pid"].as_u64()).collect();
+    assert!(procs.contains(&300) && procs.contains(&301) && procs.contains(&400));
+}
+
+#[test]
+fn host_with_no_gpus() {
+    let obs = inspect(r#"{"gpus": []}"#);
+    assert_eq!(obs["gpus"], json!([]));
+    assert_eq!(obs["processes"], json!([]));
+    assert_eq!(obs["driver_version"], "550.90.07");
+}
+
+#[test]
+fn a_driver_lacking_newer_calls_degrades_those_fields_only() {
+    let obs = inspect(
+        r#"{"gpus": [{"missing": ["nvmlDeviceGetTotalEnergyConsumption", "nvmlDeviceGetMPSComputeRunningProcesses_v3", "nvmlDeviceGetArchitecture"],
+                      "processes": [{"pid": 77, "used_memory_bytes": 1}]}]}"#,
+    );
+    let g = &obs["gpus"][0];
+    assert_eq!((g["energy_mj"].clone(), g["architecture"].clone()), (Value::Null, Value::Null));
+    let reasons: Vec<(String, String)> = g["unavailable"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|u| (u["field"].as_str().unwrap_or("").to_string(), u["reason"].as_str().unwrap_or("").to_string()))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            ("energy".into(), "driver lacks this call".into()),
+            ("architecture".into(), "driver lacks this call".into()),
+            ("mps_processes".into(), "driver lacks this call".into())
+        ]
+    );
+    // Everything else is still read.
+    assert_eq!((g["power_mw"].as_u64(), g["processes"][0]["pid"].as_u64()), (Some(645_000), Some(77)));
+    assert!(g["uuid"].as_str().is_some_and(|u| u.starts_with("GPU-")));
+}
+
+#[test]
+fn a_lost_gpu_keeps_the_rest_of_the_host_observable() {
+    let obs = inspect(r#"{"gpus": [{}, {"lost": true}, {}]}"#);
+    let lost: Vec<bool> = obs["gpus"].as_array().expect("gpus").iter().map(|g| g["lost"] == true).collect();
+    assert_eq!(lost, vec![false, true, false]);
+    assert_eq!(obs["gpus"][1]["unavailable"], json!([{"field": "device", "reason": "GPU is lost"}]));
+    assert!(obs["gpus"][2]["serial"].as_str().is_some_and(|s| s.len() == 13));
+}
+
+#[test]
+fn energy_counter_advances_with_power() {
+    let first = inspect(r#"{"gpus": [{"power_mw": 700000, "energy_mj": 5000}]}"#);
+    assert!(first["gpus"][0]["energy_mj"].as_u64().is_some_and(|e| (5000..5000 + 700 * 5_000).contains(&e)), "{first}");
+}
