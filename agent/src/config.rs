@@ -30,8 +30,8 @@ pub struct FileConfig {
     pub sys_root: Option<PathBuf>,
     /// Hostname override.
     pub hostname: Option<String>,
-    /// Spool bound in MiB.
-    pub spool_max_mib: Option<u64>,
+    /// Spool bound, e.g. `256MiB`.
+    pub spool_max: Option<String>,
 }
 
 /// A configuration file that cannot be used.
@@ -89,8 +89,8 @@ pub struct Flags {
     pub sys_root: Option<PathBuf>,
     /// `--hostname`.
     pub hostname: Option<String>,
-    /// `--spool-max-mib`.
-    pub spool_max_mib: Option<u64>,
+    /// `--spool-max`.
+    pub spool_max: Option<String>,
 }
 
 /// Everything `run` needs, after merging flags over the file.
@@ -141,16 +141,14 @@ impl Settings {
             ),
             (None, None) => None,
         };
-        let mib = flags.spool_max_mib.or(file.spool_max_mib).unwrap_or(256);
+        let spool_text = flags.spool_max.or(file.spool_max).unwrap_or_else(|| "256MiB".into());
+        let spool_max_bytes =
+            gpuattest_proto::units::parse_size(&spool_text).map_err(|e| err(format!("spool_max: {e}")))?;
+        if spool_max_bytes < 64 * 1024 {
+            return Err(err(format!("spool_max {spool_text} is below the 64KiB minimum")));
+        }
         Ok(Settings {
-            run: crate::run::RunConfig {
-                collectors,
-                enroll_token,
-                state_dir,
-                interval,
-                spool_max_bytes: mib.saturating_mul(1024 * 1024).max(1024 * 1024),
-                window: 256,
-            },
+            run: crate::run::RunConfig { collectors, enroll_token, state_dir, interval, spool_max_bytes, window: 256 },
             nvml_lib: flags.nvml_lib.or(file.nvml_lib).unwrap_or_else(crate::gpu::NvmlSource::default_lib),
             paths: crate::observe::HostPaths {
                 proc_root: flags.proc_root.or(file.proc_root).unwrap_or_else(|| "/proc".into()),

@@ -91,8 +91,10 @@ struct RunArgs {
     /// Observation interval, e.g. 10s.
     #[arg(long)]
     interval: Option<String>,
+    /// Spool bound, e.g. 256MiB (at least 64KiB); the oldest reports are dropped, with a signed gap
+    /// record, beyond it.
     #[arg(long)]
-    spool_max_mib: Option<u64>,
+    spool_max: Option<String>,
     /// A TOML file with the same settings; flags win.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -133,7 +135,7 @@ fn main() -> ExitCode {
                 proc_root: a.host.proc_root,
                 sys_root: a.host.sys_root,
                 hostname: a.host.hostname,
-                spool_max_mib: a.spool_max_mib,
+                spool_max: a.spool_max,
             };
             cli::run(flags, a.config.as_deref(), a.check_config)
         }

@@ -74,10 +74,15 @@ struct Shared {
 impl Shared {
     /// Signs and spools one report, then advances the chain. A dropped range (spool overflow) is
     /// followed at once by a signed gap record.
-    fn produce(&self, obs: &crate::observe::Observation, window_start: i64) -> Result<u64, StateError> {
+    fn produce(
+        &self,
+        obs: &crate::observe::Observation,
+        window_start: i64,
+        gap: Option<pb::Gap>,
+    ) -> Result<u64, StateError> {
         let mut chain = lock(&self.chain);
         let mut spool = lock(&self.spool);
-        let mut gap = None;
+        let mut gap = gap;
         let mut seq = 0;
         for _ in 0..2 {
             seq = chain.last_seq + 1;
@@ -96,7 +101,11 @@ impl Shared {
             chain.last_hash = gpuattest_proto::hex(&hash);
             chain.save(&self.state_dir)?;
             match dropped {
-                Some((first, last)) => {
+                Some((_, last)) => {
+                    // Drops always take the oldest reports, so everything unacknowledged up to `last` is
+                    // gone, earlier gap records included: one record covers it all.
+                    let first = chain.acked_seq + 1;
+                    chain.recorded_gaps.push((first, last));
                     gap = Some(pb::Gap {
                         first_seq: first,
                         last_seq: last,
@@ -120,12 +129,37 @@ impl Shared {
         let seq = seq.min(chain.last_seq);
         lock(&self.spool).ack(seq)?;
         chain.acked_seq = seq;
+        chain.recorded_gaps.retain(|(_, last)| *last > seq);
         chain.save(&self.state_dir)
     }
 }
 
 fn hex_decode(s: &str) -> Vec<u8> {
     (0..s.len() / 2).filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()).collect()
+}
+
+/// Made but unacknowledged reports that are neither in the spool nor already covered by a gap record:
+/// holes from damaged records, and a tail cut off by broken framing.
+fn unaccounted(chain: &ChainState, spool: &Spool) -> Vec<(u64, u64)> {
+    let mut lost = spool.holes(chain.acked_seq);
+    let tail_from = spool.last_seq().unwrap_or(chain.acked_seq).max(chain.acked_seq) + 1;
+    if tail_from <= chain.last_seq {
+        lost.push((tail_from, chain.last_seq));
+    }
+    let covered = |seq: u64| chain.recorded_gaps.iter().any(|(a, b)| (*a..=*b).contains(&seq));
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (a, b) in lost {
+        for seq in a..=b {
+            if covered(seq) {
+                continue;
+            }
+            match out.last_mut() {
+                Some((_, end)) if *end + 1 == seq => *end = seq,
+                _ => out.push((seq, seq)),
+            }
+        }
+    }
+    out
 }
 
 /// Brings the chain state up to the spool after a crash between spooling and saving state.
@@ -165,6 +199,7 @@ pub async fn run(cfg: RunConfig, mut observer: Observer, mut shutdown: watch::Re
     }
     chain.save(&cfg.state_dir)?;
     let host_id = chain.host_id.clone().unwrap_or_default();
+    let holes = unaccounted(&chain, &spool);
     let shared = Arc::new(Shared {
         state_dir: cfg.state_dir.clone(),
         identity,
@@ -177,6 +212,22 @@ pub async fn run(cfg: RunConfig, mut observer: Observer, mut shutdown: watch::Re
     // The sender has its own stop signal: on shutdown it first gets a moment to drain the spool.
     let (sender_stop_tx, sender_stop) = watch::channel(false);
     let sender = tokio::spawn(send_loop(shared.clone(), cfg.clone(), host_id, sender_stop));
+    // Reports lost to a damaged spool are accounted for with signed gap records: loss is never silent.
+    for (first, last) in holes {
+        let obs = crate::observe::Observation {
+            observed_at_unix_ms: now_ms(),
+            host: observer.host_facts(),
+            gpu_source: "gap-record".into(),
+            ..Default::default()
+        };
+        let gap = pb::Gap {
+            first_seq: first,
+            last_seq: last,
+            reason: "spool damage found at start-up: these reports could not be read back".into(),
+        };
+        warn!(first, last, "spool damage: reports lost; signing a gap record");
+        shared.produce(&obs, obs.observed_at_unix_ms, Some(gap))?;
+    }
     let observer = Arc::new(Mutex::new(observer));
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -201,7 +252,7 @@ pub async fn run(cfg: RunConfig, mut observer: Observer, mut shutdown: watch::Re
         };
         let s = shared.clone();
         let end = obs.observed_at_unix_ms;
-        match tokio::task::spawn_blocking(move || s.produce(&obs, window_start)).await {
+        match tokio::task::spawn_blocking(move || s.produce(&obs, window_start, None)).await {
             Ok(Ok(seq)) => debug!(seq, "report spooled"),
             Ok(Err(e)) => {
                 error!(error = %e, "cannot spool a report; it is not made and the chain does not advance")
@@ -291,7 +342,7 @@ async fn send_loop(shared: Arc<Shared>, cfg: RunConfig, host_id: String, mut shu
     let mut idx = 0usize;
     loop {
         let addr = cfg.collectors[idx % cfg.collectors.len()].clone();
-        match session(&shared, &addr, &host_id, cfg.window, &mut shutdown, &mut backoff).await {
+        match session(&shared, &addr, &host_id, cfg.interval, cfg.window, &mut shutdown, &mut backoff).await {
             Ok(()) => return,
             Err(e) => {
                 warn!(collector = %addr, error = %e, "stream ended; reconnecting");
@@ -310,6 +361,7 @@ async fn session(
     shared: &Shared,
     addr: &str,
     host_id: &str,
+    interval: Duration,
     window: usize,
     shutdown: &mut watch::Receiver<bool>,
     backoff: &mut Backoff,
@@ -322,6 +374,7 @@ async fn session(
             host_id: host_id.to_string(),
             key_id: shared.identity.key_id().to_vec(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            interval_ms: interval.as_millis() as u64,
         })),
     };
     let _ = tx.send(hello).await;

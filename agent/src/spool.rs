@@ -18,7 +18,8 @@ use tracing::{info, warn};
 use crate::identity::{Result, ensure_dir, io_err};
 
 const HEADER: usize = 16;
-/// Segments are rotated at this size.
+/// Segments are rotated at this size, or at a quarter of the spool bound if that is smaller (so a small
+/// bound still drops old reports a segment at a time rather than never).
 pub const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 
 /// A report waiting for acknowledgement.
@@ -55,6 +56,7 @@ pub struct Spool {
     segments: Vec<Segment>,
     pending: VecDeque<Pending>,
     max_bytes: u64,
+    segment_bytes: u64,
     current: Option<File>,
 }
 
@@ -137,7 +139,9 @@ impl Spool {
             })
             .collect();
         names.sort();
-        let mut spool = Spool { dir, segments: Vec::new(), pending: VecDeque::new(), max_bytes, current: None };
+        let segment_bytes = (max_bytes / 4).clamp(16 * 1024, SEGMENT_BYTES);
+        let mut spool =
+            Spool { dir, segments: Vec::new(), pending: VecDeque::new(), max_bytes, segment_bytes, current: None };
         let mut recovery = Recovery::default();
         let count = names.len();
         for (i, (first, path)) in names.into_iter().enumerate() {
@@ -231,7 +235,8 @@ impl Spool {
     /// [`crate::identity::StateError::Io`] when the write or fsync fails; the report is then not spooled.
     pub fn append(&mut self, seq: u64, bytes: Vec<u8>) -> Result<Option<(u64, u64)>> {
         let rec = record(seq, &bytes);
-        let rotate = self.segments.last().is_none_or(|s| s.bytes + rec.len() as u64 > SEGMENT_BYTES);
+        let rotate =
+            self.segments.last().is_none_or(|s| s.bytes > 0 && s.bytes + rec.len() as u64 > self.segment_bytes);
         if rotate || self.current.is_none() {
             if rotate {
                 let path = self.dir.join(format!("seg-{seq:020}.log"));
@@ -287,6 +292,19 @@ impl Spool {
         Ok(())
     }
 
+    /// Sequence numbers in `(after, last spooled]` that are not in the spool: reports lost to damage.
+    pub fn holes(&self, after: u64) -> Vec<(u64, u64)> {
+        let mut holes = Vec::new();
+        let mut expect = after + 1;
+        for p in &self.pending {
+            if p.seq > expect {
+                holes.push((expect, p.seq - 1));
+            }
+            expect = expect.max(p.seq + 1);
+        }
+        holes
+    }
+
     /// Removes one report (the collector rejected it; resending the same bytes cannot succeed).
     pub fn discard(&mut self, seq: u64) {
         self.pending.retain(|p| p.seq != seq);
@@ -310,6 +328,17 @@ mod tests {
         assert_eq!(rec, Recovery::default());
         assert_eq!(s.pending().iter().map(|p| p.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert_eq!(s.pending()[0].bytes, vec![3u8; 100]);
+    }
+
+    #[test]
+    fn holes_are_found() {
+        let t = tempfile::tempdir().expect("tmp");
+        let (mut s, _) = Spool::open(t.path(), 0, 1 << 30).expect("open");
+        for seq in [3, 4, 7, 9] {
+            s.append(seq, vec![1]).expect("append");
+        }
+        assert_eq!(s.holes(0), vec![(1, 2), (5, 6), (8, 8)]);
+        assert_eq!(s.holes(4), vec![(5, 6), (8, 8)]);
     }
 
     #[test]

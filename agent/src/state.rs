@@ -21,6 +21,10 @@ pub struct ChainState {
     pub last_hash: String,
     /// Last sequence number a collector acknowledged.
     pub acked_seq: u64,
+    /// Unacknowledged ranges already covered by a signed gap record (dropped or damaged), so a restart
+    /// does not record them twice. Pruned as acknowledgements pass them.
+    #[serde(default)]
+    pub recorded_gaps: Vec<(u64, u64)>,
 }
 
 impl ChainState {
@@ -76,6 +80,7 @@ mod tests {
             last_seq: 5,
             last_hash: "ab".into(),
             acked_seq: 3,
+            recorded_gaps: vec![(4, 4)],
         };
         s.save(t.path()).expect("save");
         assert_eq!(ChainState::load(t.path()).expect("load"), s);

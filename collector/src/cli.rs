@@ -99,6 +99,21 @@ pub fn hosts_list(data: &Path, json: bool) -> Result {
     out(&render::hosts(&h))
 }
 
+/// `hosts revoke HOST_ID --reason TEXT`: refuse the host's reports and streams from now on.
+///
+/// # Errors
+/// When there is no such (unrevoked) host.
+pub fn hosts_revoke(data: &Path, host_id: &str, reason: &str) -> Result {
+    if reason.trim().is_empty() {
+        return Err(usage("--reason is required: say why the host is revoked"));
+    }
+    if open(data)?.revoke_host(host_id, "cli", reason, crate::now_ms()).map_err(runtime)? {
+        out(&format!("host {host_id} revoked\n"))
+    } else {
+        Err(usage(format!("no enrolled, unrevoked host {host_id}; see `hosts list`")))
+    }
+}
+
 /// `flags list`.
 ///
 /// # Errors

@@ -112,7 +112,11 @@ impl Ingest {
         let ctx = HostContext { host_id: &host.host_id, hostname: &host.hostname };
         let outcome = self
             .store
-            .commit_report(&host.host_id, &incoming, |pos| policy.evaluate(&ctx, &report, pos))
+            .commit_report(&host.host_id, &incoming, |pos| {
+                let receipt =
+                    crate::policy::Receipt { received_at: incoming.received_at, nonce_fresh: incoming.nonce_fresh };
+                policy.evaluate(&ctx, &report, pos, receipt)
+            })
             .map_err(|e| internal(&e))?;
         match outcome {
             Commit::Stored { flags } => {
@@ -225,6 +229,10 @@ impl Collector for Ingest {
         if hello.key_id != host.key_id {
             warn!(host_id = %host.host_id, "stream with a key other than the enrolled one refused");
             return Err(Status::unauthenticated(format!("key is not the one enrolled for host {}", host.host_id)));
+        }
+        if hello.interval_ms > 0 {
+            let (store, id, ms) = (self.store.clone(), host.host_id.clone(), hello.interval_ms);
+            let _ = tokio::task::spawn_blocking(move || store.set_interval(&id, ms)).await;
         }
         let (tx, rx) = mpsc::channel::<Result<pb::CollectorMessage, Status>>(64);
         let nonce = Self::new_nonce();

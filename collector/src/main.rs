@@ -48,10 +48,10 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
-    /// Enrolled hosts: `hosts list`.
+    /// Enrolled hosts: `hosts list`, `hosts revoke HOST_ID --reason TEXT`.
     Hosts {
         #[command(subcommand)]
-        cmd: ListCmd,
+        cmd: HostsCmd,
     },
     /// Flags raised by policy: `flags list`.
     Flags {
@@ -91,6 +91,21 @@ enum ListCmd {
 }
 
 #[derive(Subcommand)]
+enum HostsCmd {
+    /// List them.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a host: its reports and streams are refused from now on.
+    Revoke {
+        host_id: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum VerifyCmd {
     /// Re-verify every stored report; exit 1 if any fails.
     Verify {
@@ -121,7 +136,8 @@ fn main() -> ExitCode {
         Cmd::Token { cmd: TokenCmd::Create { role, tenant, ttl, json } } => {
             cli::token_create(data, role, tenant.as_deref(), ttl.as_deref(), json)
         }
-        Cmd::Hosts { cmd: ListCmd::List { json } } => cli::hosts_list(data, json),
+        Cmd::Hosts { cmd: HostsCmd::List { json } } => cli::hosts_list(data, json),
+        Cmd::Hosts { cmd: HostsCmd::Revoke { host_id, reason } } => cli::hosts_revoke(data, &host_id, &reason),
         Cmd::Flags { cmd: ListCmd::List { json } } => cli::flags_list(data, json),
         Cmd::Reports { cmd: VerifyCmd::Verify { json } } => cli::reports_verify(data, json),
     });

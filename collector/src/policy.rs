@@ -88,6 +88,33 @@ struct PolicyFile {
     model_patterns: Vec<ModelPattern>,
     #[serde(default)]
     accelerator_vendors: Vec<AcceleratorVendor>,
+    #[serde(default)]
+    integrity: IntegrityFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntegrityFile {
+    max_clock_skew: Option<String>,
+    silence_intervals: Option<u32>,
+}
+
+/// Host-integrity settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Integrity {
+    /// Largest tolerated difference between agent and collector clocks, ms.
+    pub max_clock_skew_ms: i64,
+    /// A host silent for this many of its intervals is flagged.
+    pub silence_intervals: u32,
+}
+
+/// When and how a report arrived, for freshness and clock rules.
+#[derive(Debug, Clone, Copy)]
+pub struct Receipt {
+    /// Collector clock at receipt, Unix ms.
+    pub received_at: i64,
+    /// The report carries this stream's nonce: it was made just now, so its clock can be compared.
+    pub nonce_fresh: bool,
 }
 
 /// A policy that cannot be used; the running policy stays as it was.
@@ -105,6 +132,7 @@ pub struct PolicyError {
 pub struct Policy {
     patterns: Vec<ModelPattern>,
     accelerator_vendors: Vec<(u32, AcceleratorVendor)>,
+    integrity: Integrity,
     digest: String,
 }
 
@@ -143,9 +171,17 @@ impl Policy {
                 .map_err(|_| err(format!("accelerator vendor_id `{}` is not hex like 0x19e5", v.vendor_id)))?;
             vendors.push((id, v));
         }
+        let skew = file.integrity.max_clock_skew.as_deref().unwrap_or("2m");
+        let max_skew =
+            gpuattest_proto::units::parse_duration(skew).map_err(|e| err(format!("integrity.max_clock_skew: {e}")))?;
+        let silence_intervals = file.integrity.silence_intervals.unwrap_or(6);
+        if silence_intervals < 2 {
+            return Err(err("integrity.silence_intervals must be at least 2".into()));
+        }
         Ok(Policy {
             patterns: file.model_patterns,
             accelerator_vendors: vendors,
+            integrity: Integrity { max_clock_skew_ms: max_skew.as_millis() as i64, silence_intervals },
             digest: format!("sha256:{}", gpuattest_proto::hex(&gpuattest_proto::sha256(text.as_bytes()))),
         })
     }
@@ -172,6 +208,29 @@ impl Policy {
         Policy::parse(&text, &name)
     }
 
+    /// Host-integrity settings.
+    pub fn integrity(&self) -> Integrity {
+        self.integrity
+    }
+
+    /// The flag for a host that has gone silent.
+    pub fn silence_flag(&self, hostname: &str, last_seen: i64, now: i64) -> NewFlag {
+        NewFlag {
+            rule: "host-silent".into(),
+            severity: Severity::Medium.as_str().into(),
+            job_key: format!("silent-since:{last_seen}"),
+            summary: format!(
+                "{hostname} has sent no report since {} ({} s): agent stopped, host down, or evidence suppressed",
+                crate::timefmt::rfc3339(last_seen),
+                (now - last_seen) / 1000
+            ),
+            pid: None,
+            gpu_uuids: Vec::new(),
+            evidence: json!({"last_seen": crate::timefmt::rfc3339(last_seen), "checked_at": crate::timefmt::rfc3339(now)}),
+            policy_digest: self.digest.clone(),
+        }
+    }
+
     /// The policy's digest, `sha256:<hex>`.
     pub fn digest(&self) -> &str {
         &self.digest
@@ -191,7 +250,13 @@ impl Policy {
     }
 
     /// The flags one report raises, given where the host's chain stood.
-    pub fn evaluate(&self, host: &HostContext<'_>, report: &pb::UsageReport, pos: &ChainPosition) -> Vec<NewFlag> {
+    pub fn evaluate(
+        &self,
+        host: &HostContext<'_>,
+        report: &pb::UsageReport,
+        pos: &ChainPosition,
+        receipt: Receipt,
+    ) -> Vec<NewFlag> {
         let mut flags = Vec::new();
         for p in &report.processes {
             // What the command line names, and what the weight files it has open say they are.
@@ -270,6 +335,25 @@ impl Policy {
             }
         }
         flags.extend(self.chain_flags(host, report, pos));
+        let skew = report.agent_time_unix_ms - receipt.received_at;
+        if receipt.nonce_fresh && skew.abs() > self.integrity.max_clock_skew_ms {
+            flags.push(NewFlag {
+                rule: "clock-skew".into(),
+                severity: Severity::Medium.as_str().into(),
+                job_key: "clock".into(),
+                summary: format!(
+                    "{}: the agent's clock is {} s {} the collector's (limit {} s); report times from this host are unreliable",
+                    host.hostname,
+                    skew.abs() / 1000,
+                    if skew > 0 { "ahead of" } else { "behind" },
+                    self.integrity.max_clock_skew_ms / 1000
+                ),
+                pid: None,
+                gpu_uuids: Vec::new(),
+                evidence: json!({"agent_time_unix_ms": report.agent_time_unix_ms, "received_at_unix_ms": receipt.received_at, "report_seq": report.seq}),
+                policy_digest: self.digest.clone(),
+            });
+        }
         flags
     }
 
@@ -436,18 +520,38 @@ mod tests {
         assert!(p.match_cmdline("python train.py --notes deepseek-ai").is_empty());
     }
 
+    fn fresh(received_at: i64) -> Receipt {
+        Receipt { received_at, nonce_fresh: true }
+    }
+
+    #[test]
+    fn clock_skew_is_flagged_only_on_fresh_reports() {
+        let p = Policy::builtin();
+        let host = HostContext { host_id: "h", hostname: "n" };
+        let r = pb::UsageReport { seq: 1, agent_time_unix_ms: 1_000_000, ..Default::default() };
+        let pos = ChainPosition { last_seq: 0, last_hash: None };
+        assert!(p.evaluate(&host, &r, &pos, fresh(1_000_000 + 60_000)).is_empty());
+        let f = p.evaluate(&host, &r, &pos, fresh(1_000_000 + 600_000));
+        assert_eq!((f.len(), f[0].rule.as_str()), (1, "clock-skew"));
+        assert!(f[0].summary.contains("600 s behind"), "{}", f[0].summary);
+        // A spooled report delivered late is not skew.
+        assert!(p.evaluate(&host, &r, &pos, Receipt { received_at: 9_000_000, nonce_fresh: false }).is_empty());
+    }
+
     #[test]
     fn chain_rules() {
         let p = Policy::builtin();
         let host = HostContext { host_id: "h", hostname: "n" };
         let mut r = pb::UsageReport { seq: 5, prev_report_sha256: vec![1; 32], ..Default::default() };
-        let gap = p.evaluate(&host, &r, &ChainPosition { last_seq: 2, last_hash: Some(vec![1; 32]) });
+        let gap = p.evaluate(&host, &r, &ChainPosition { last_seq: 2, last_hash: Some(vec![1; 32]) }, fresh(0));
         assert_eq!(gap.len(), 1);
         assert_eq!((gap[0].rule.as_str(), gap[0].job_key.as_str()), ("sequence-gap", "seq:3-4"));
         r.seq = 3;
-        let brk = p.evaluate(&host, &r, &ChainPosition { last_seq: 2, last_hash: Some(vec![2; 32]) });
+        let brk = p.evaluate(&host, &r, &ChainPosition { last_seq: 2, last_hash: Some(vec![2; 32]) }, fresh(0));
         assert_eq!(brk[0].rule, "chain-break");
-        assert!(p.evaluate(&host, &r, &ChainPosition { last_seq: 2, last_hash: Some(vec![1; 32]) }).is_empty());
+        assert!(
+            p.evaluate(&host, &r, &ChainPosition { last_seq: 2, last_hash: Some(vec![1; 32]) }, fresh(0)).is_empty()
+        );
     }
 
     #[test]

@@ -49,14 +49,16 @@ pub fn hosts(rows: &[HostSummary]) -> String {
     for h in rows {
         let _ = writeln!(
             s,
-            "{:<24} {:<16} {:<14} {:>8} {:>8} {:>5}  {}",
+            "{:<24} {:<16} {:<14} {:>8} {:>8} {:>5} {:>8}  {}{}",
             clip(&h.host_id, 24),
             clip(&h.hostname, 16),
             clip(h.tenant.as_deref().unwrap_or("-"), 14),
             h.last_seq,
             h.reports,
             h.gaps,
-            h.last_seen.as_deref().unwrap_or("never")
+            h.recorded_gaps,
+            h.last_seen.as_deref().unwrap_or("never"),
+            if h.revoked { "  (revoked)" } else { "" }
         );
     }
     s

@@ -48,6 +48,32 @@ pub enum ServeError {
 }
 
 impl Collector {
+    /// Every 5 s, flags hosts silent for more than the policy's number of their intervals.
+    async fn watch_silence(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                _ = shutdown.wait_for(|v| *v) => return,
+            }
+            let policy = self.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            let store = self.store.clone();
+            let result = tokio::task::spawn_blocking(move || -> Result<usize, crate::store::StoreError> {
+                let now = crate::now_ms();
+                let silent = store.silent_hosts(now, policy.integrity().silence_intervals)?;
+                for (host_id, hostname, last_seen, last_seq) in &silent {
+                    store.raise_flag(host_id, *last_seq, now, &policy.silence_flag(hostname, *last_seen, now))?;
+                }
+                Ok(silent.len())
+            })
+            .await;
+            match result {
+                Ok(Ok(n)) if n > 0 => tracing::warn!(hosts = n, "silent hosts flagged"),
+                Ok(Err(e)) => tracing::error!(error = %e, "silence check failed"),
+                _ => {}
+            }
+        }
+    }
+
     /// A collector over a store and policy.
     pub fn new(store: Arc<Store>, policy: Policy) -> Self {
         Collector { store, policy: Arc::new(RwLock::new(policy)), metrics: Arc::new(Metrics::default()) }
@@ -71,6 +97,7 @@ impl Collector {
             .max_decoding_message_size(gpuattest_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(gpuattest_proto::MAX_MESSAGE_BYTES);
         let mut s1 = shutdown.clone();
+        let shutdown_for_monitor = shutdown.clone();
         let grpc_task = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .add_service(svc)
@@ -81,7 +108,8 @@ impl Collector {
         let http_task = axum::serve(http, app).with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|v| *v).await;
         });
-        let (g, h) = tokio::join!(grpc_task, http_task);
+        let monitor = self.clone().watch_silence(shutdown_for_monitor);
+        let (g, h, ()) = tokio::join!(grpc_task, http_task, monitor);
         g.map_err(|e| ServeError::Grpc { addr: grpc_addr, reason: e.to_string() })?;
         h.map_err(|e| ServeError::Http { addr: http_addr, reason: e.to_string() })
     }

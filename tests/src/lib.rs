@@ -129,10 +129,17 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// Starts a collector on `data`.
+    /// Starts a collector on `data`, gRPC and HTTP on ports the kernel picks.
     pub fn start(data: &Path) -> Collector {
+        Self::start_with(data, "127.0.0.1:0", &[])
+    }
+
+    /// Starts a collector with gRPC on `grpc` (to restart one where its agents expect it) and extra
+    /// `serve` arguments.
+    pub fn start_with(data: &Path, grpc: &str, extra: &[&str]) -> Collector {
         let mut child = collector_cmd(data)
-            .args(["serve", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args(["serve", "--grpc-listen", grpc, "--http-listen", "127.0.0.1:0"])
+            .args(extra)
             .env("GPUATTEST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -170,6 +177,12 @@ impl Drop for Collector {
     }
 }
 
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
 /// A running `gpuattest-agent run` on the simulated NVML library.
 pub struct Agent {
     /// The process.
@@ -194,6 +207,8 @@ pub struct AgentSpec<'a> {
     pub sys_root: &'a Path,
     /// Observation interval.
     pub interval: &'a str,
+    /// Extra `run` arguments.
+    pub extra: &'a [&'a str],
 }
 
 impl Agent {
@@ -212,6 +227,7 @@ impl Agent {
             .arg(sim_lib())
             .arg("--sys-root")
             .arg(spec.sys_root)
+            .args(spec.extra)
             .env("GPUATTEST_NVML_SIM", spec.scenario)
             .env("GPUATTEST_LOG", "warn")
             .env_remove("GPUATTEST_NVML_LIB")

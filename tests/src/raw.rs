@@ -88,6 +88,7 @@ impl RawStream {
                 host_id: host_id.to_string(),
                 key_id: key_id.to_vec(),
                 agent_version: "raw-test".into(),
+                interval_ms: 1000,
             })),
         })
         .await

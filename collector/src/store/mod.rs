@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::timefmt::rfc3339;
 
 /// The migrations, in order. Never edit a shipped one; append.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("migration2.sql")];
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -128,8 +128,12 @@ pub struct HostSummary {
     pub last_seq: u64,
     /// Distinct reports stored.
     pub reports: u64,
-    /// Sequence numbers between 1 and `last_seq` with no stored report.
+    /// Sequence numbers between 1 and `last_seq` with no stored report that no signed gap record
+    /// accounts for: unexplained loss.
     pub gaps: u64,
+    /// Missing sequence numbers the agent accounted for with signed gap records (spool overflow or
+    /// damage).
+    pub recorded_gaps: u64,
     /// Last report received (RFC 3339).
     pub last_seen: Option<String>,
     /// Enrolled at (RFC 3339).
@@ -481,20 +485,28 @@ impl Store {
             .query_map(params![tenant], |r| {
                 let last_seq = r.get::<_, i64>(3)? as u64;
                 let reports = r.get::<_, i64>(4)? as u64;
+                let missing = last_seq.saturating_sub(reports);
                 Ok(HostSummary {
                     host_id: r.get(0)?,
                     hostname: r.get(1)?,
                     tenant: r.get(2)?,
                     last_seq,
                     reports,
-                    gaps: last_seq.saturating_sub(reports),
+                    gaps: missing,
+                    recorded_gaps: 0,
                     last_seen: r.get::<_, Option<i64>>(5)?.map(rfc3339),
                     enrolled_at: rfc3339(r.get(6)?),
                     revoked: r.get::<_, Option<i64>>(7)?.is_some(),
                 })
             })
             .map_err(sql("list hosts"))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("list hosts"))
+        let mut hosts = rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("list hosts"))?;
+        for h in hosts.iter_mut().filter(|h| h.gaps > 0) {
+            let recorded = recorded_missing(&conn, &h.host_id)?;
+            h.recorded_gaps = recorded.min(h.gaps);
+            h.gaps -= h.recorded_gaps;
+        }
+        Ok(hosts)
     }
 
     /// Commits a verified report with the flags `flags_for` computes from the host's chain position,
@@ -617,12 +629,90 @@ impl Store {
             params![seq, hash.as_slice(), incoming.received_at, host_id],
         )
         .map_err(sql("advance host"))?;
+        if let Some(g) = &r.gap
+            && g.first_seq <= g.last_seq
+            && g.last_seq < r.seq
+        {
+            tx.execute(
+                "INSERT INTO gap_records (host_id, record_seq, first_seq, last_seq, reason) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                params![host_id, seq, g.first_seq as i64, g.last_seq as i64, g.reason.chars().take(512).collect::<String>()],
+            )
+            .map_err(sql("record gap"))?;
+        }
         let flags = flags_for(&position);
         for f in &flags {
             upsert_flag(&tx, host_id, tenant.as_deref(), r.seq, incoming.received_at, f)?;
         }
         tx.commit().map_err(sql("commit report"))?;
         Ok(Commit::Stored { flags: flags.len() })
+    }
+
+    /// Records the observation interval a host's agent announced.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn set_interval(&self, host_id: &str, interval_ms: u64) -> Result<()> {
+        self.conn()
+            .execute("UPDATE hosts SET interval_ms = ?1 WHERE host_id = ?2", params![interval_ms as i64, host_id])
+            .map_err(sql("set interval"))?;
+        Ok(())
+    }
+
+    /// Revokes a host: its streams and reports are refused from now on. Returns `false` when there is no
+    /// such host.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn revoke_host(&self, host_id: &str, actor: &str, reason: &str, now: i64) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(sql("begin"))?;
+        let n = tx
+            .execute(
+                "UPDATE hosts SET revoked_at = ?1, revoked_reason = ?2 WHERE host_id = ?3 AND revoked_at IS NULL",
+                params![now, reason, host_id],
+            )
+            .map_err(sql("revoke host"))?;
+        if n == 1 {
+            audit_tx(&tx, now, actor, "host.revoke", host_id, reason)?;
+        }
+        tx.commit().map_err(sql("commit revocation"))?;
+        Ok(n == 1)
+    }
+
+    /// Hosts (not revoked, with a known interval) whose last report is older than `intervals` times
+    /// their interval: (host id, hostname, last seen, last seq).
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn silent_hosts(&self, now: i64, intervals: u32) -> Result<Vec<(String, String, i64, u64)>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT host_id, hostname, last_seen, last_seq FROM hosts \
+                 WHERE revoked_at IS NULL AND interval_ms IS NOT NULL AND last_seen IS NOT NULL \
+                   AND last_seen < ?1 - interval_ms * ?2",
+            )
+            .map_err(sql("find silent hosts"))?;
+        let rows = stmt
+            .query_map(params![now, intervals], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u64)))
+            .map_err(sql("find silent hosts"))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("find silent hosts"))
+    }
+
+    /// Raises (or updates) a flag outside a report, e.g. for silence.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn raise_flag(&self, host_id: &str, seq: u64, now: i64, f: &NewFlag) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(sql("begin"))?;
+        let tenant: Option<String> = tx
+            .query_row("SELECT tenant FROM hosts WHERE host_id = ?1", params![host_id], |r| r.get(0))
+            .optional()
+            .map_err(sql("read tenant"))?
+            .flatten();
+        upsert_flag(&tx, host_id, tenant.as_deref(), seq, now, f)?;
+        tx.commit().map_err(sql("commit flag"))
     }
 
     /// The stored signed report of (host, seq).
@@ -790,6 +880,38 @@ impl Store {
             .map_err(sql("read audit"))?;
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("read audit"))
     }
+}
+
+/// Missing sequence numbers of a host that its signed gap records account for: the union of the
+/// recorded ranges, less the reports in them that did arrive.
+fn recorded_missing(conn: &Connection, host_id: &str) -> Result<u64> {
+    let mut stmt = conn
+        .prepare_cached("SELECT first_seq, last_seq FROM gap_records WHERE host_id = ?1 ORDER BY first_seq")
+        .map_err(sql("read gap records"))?;
+    let ranges = stmt
+        .query_map(params![host_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(sql("read gap records"))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(sql("read gap records"))?;
+    let mut merged: Vec<(i64, i64)> = Vec::new();
+    for (a, b) in ranges {
+        match merged.last_mut() {
+            Some((_, end)) if a <= *end + 1 => *end = (*end).max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    let mut total = 0u64;
+    for (a, b) in merged {
+        let stored: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM reports WHERE host_id = ?1 AND seq BETWEEN ?2 AND ?3",
+                params![host_id, a, b],
+                |r| r.get(0),
+            )
+            .map_err(sql("count recorded range"))?;
+        total += (b - a + 1 - stored).max(0) as u64;
+    }
+    Ok(total)
 }
 
 /// A host's chain position and standing, read inside the report transaction.

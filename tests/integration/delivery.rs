@@ -1,0 +1,153 @@
+//! Delivery that loses nothing: crashes and outages on both sides, spool overflow and damage. Every
+//! test ends with exact accounting from `hosts list` and the agent's `status`.
+
+use std::time::{Duration, Instant};
+
+use gpuattest_tests::{Collector, flags, free_addr, host, token, wait_for};
+
+use crate::streaming::{assert_exact, node, reports, start_agent};
+
+fn url(addr: &str) -> String {
+    format!("http://{addr}")
+}
+
+#[test]
+fn collector_killed_five_times_during_a_stream() {
+    let t = tempfile::tempdir().expect("tmp");
+    let data = t.path().join("data");
+    let addr = free_addr();
+    let mut c = Collector::start_with(&data, &addr, &[]);
+    let n = node(t.path(), "node-c", &[]);
+    let mut agent = start_agent(&url(&addr), &n, &token(&data, "enroll", None), "100ms", &[]);
+    for round in 1..=5u64 {
+        wait_for("reports before the kill", Duration::from_secs(30), || {
+            (reports(&data, "node-c") >= 5 * round).then_some(())
+        });
+        c.kill9();
+        std::thread::sleep(Duration::from_millis(300));
+        c = Collector::start_with(&data, &addr, &[]);
+    }
+    wait_for("reports after the last restart", Duration::from_secs(30), || {
+        (reports(&data, "node-c") >= 30).then_some(())
+    });
+    agent.stop();
+    assert_exact(&data, &agent, "node-c");
+    assert!(flags(&data).iter().all(|f| f["rule"] != "sequence-gap" && f["rule"] != "chain-break"));
+}
+
+#[test]
+fn collector_down_for_two_minutes_then_the_spool_drains() {
+    let outage = Duration::from_secs(120);
+    let t = tempfile::tempdir().expect("tmp");
+    let data = t.path().join("data");
+    let addr = free_addr();
+    let mut c = Collector::start_with(&data, &addr, &[]);
+    let n = node(t.path(), "node-o", &[]);
+    let mut agent = start_agent(&url(&addr), &n, &token(&data, "enroll", None), "200ms", &[]);
+    wait_for("first reports", Duration::from_secs(30), || (reports(&data, "node-o") >= 3).then_some(()));
+    c.kill9();
+    std::thread::sleep(outage);
+    let spooled = agent.status()["spooled"].as_u64().unwrap_or(0);
+    assert!(spooled >= 400, "the agent kept observing during the outage: {spooled} spooled");
+    let restarted = Instant::now();
+    let _c = Collector::start_with(&data, &addr, &[]);
+    wait_for("the spool to drain", Duration::from_secs(120), || {
+        (agent.status()["spooled"].as_u64() == Some(0)).then_some(())
+    });
+    eprintln!("FIGURE: {spooled} spooled reports drained {:?} after the collector restarted", restarted.elapsed());
+    agent.stop();
+    assert_exact(&data, &agent, "node-o");
+}
+
+#[test]
+fn spool_overflow_is_recorded_as_a_signed_gap_and_flagged() {
+    let t = tempfile::tempdir().expect("tmp");
+    let data = t.path().join("data");
+    let addr = free_addr();
+    let mut c = Collector::start_with(&data, &addr, &[]);
+    let n = node(t.path(), "node-s", &[]);
+    let mut agent = start_agent(&url(&addr), &n, &token(&data, "enroll", None), "20ms", &["--spool-max", "64KiB"]);
+    wait_for("first reports", Duration::from_secs(30), || (reports(&data, "node-s") >= 2).then_some(()));
+    c.kill9();
+    // 64 KiB holds a few dozen reports; observe long enough to overflow it several times.
+    std::thread::sleep(Duration::from_secs(6));
+    let _c = Collector::start_with(&data, &addr, &[]);
+    wait_for("the spool to drain", Duration::from_secs(60), || {
+        (agent.status()["spooled"].as_u64() == Some(0)).then_some(())
+    });
+    agent.stop();
+    let st = agent.status();
+    let h = host(&data, "node-s").expect("host");
+    assert_eq!(h["gaps"], 0, "every dropped report is covered by a gap record: {h}");
+    let recorded = h["recorded_gaps"].as_u64().unwrap_or(0);
+    assert!(recorded > 0, "{h}");
+    assert_eq!(h["reports"].as_u64().map(|r| r + recorded), st["last_seq"].as_u64(), "{h} {st}");
+    assert_eq!(h["last_seq"], st["last_seq"]);
+    let gap_flags: Vec<_> = flags(&data).into_iter().filter(|f| f["rule"] == "sequence-gap").collect();
+    assert!(gap_flags.iter().any(|f| f["summary"].as_str().is_some_and(|s| s.contains("dropped"))), "{gap_flags:?}");
+}
+
+#[test]
+fn a_damaged_spool_segment_is_detected_and_the_rest_delivered() {
+    let t = tempfile::tempdir().expect("tmp");
+    let data = t.path().join("data");
+    let addr = free_addr();
+    let mut c = Collector::start_with(&data, &addr, &[]);
+    let n = node(t.path(), "node-d", &[]);
+    let tok = token(&data, "enroll", None);
+    let mut agent = start_agent(&url(&addr), &n, &tok, "100ms", &[]);
+    wait_for("first reports", Duration::from_secs(30), || (reports(&data, "node-d") >= 2).then_some(()));
+    c.kill9();
+    wait_for("reports to spool", Duration::from_secs(30), || {
+        (agent.status()["spooled"].as_u64() >= Some(20)).then_some(())
+    });
+    agent.kill9();
+    // Flip one byte inside a record in the middle of the spool.
+    let seg = std::fs::read_dir(n.state.join("spool"))
+        .expect("spool dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "log"))
+        .expect("a segment");
+    let mut bytes = std::fs::read(&seg).expect("read segment");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(&seg, bytes).expect("write segment");
+    let _c = Collector::start_with(&data, &addr, &[]);
+    let mut agent = start_agent(&url(&addr), &n, &tok, "100ms", &[]);
+    wait_for("the spool to drain", Duration::from_secs(60), || {
+        (agent.status()["spooled"].as_u64() == Some(0)).then_some(())
+    });
+    agent.stop();
+    let st = agent.status();
+    let h = host(&data, "node-d").expect("host");
+    assert_eq!(h["gaps"], 0, "the damage is accounted for by a signed gap record: {h}");
+    let recorded = h["recorded_gaps"].as_u64().unwrap_or(0);
+    assert!(recorded >= 1, "{h}");
+    assert_eq!(h["reports"].as_u64().map(|r| r + recorded), st["last_seq"].as_u64(), "{h} {st}");
+}
+
+#[test]
+fn a_revoked_host_is_cut_off_at_once() {
+    let t = tempfile::tempdir().expect("tmp");
+    let data = t.path().join("data");
+    let c = Collector::start(&data);
+    let n = node(t.path(), "node-v", &[]);
+    let mut agent = start_agent(&c.url(), &n, &token(&data, "enroll", None), "100ms", &[]);
+    wait_for("first reports", Duration::from_secs(30), || (reports(&data, "node-v") >= 3).then_some(()));
+    let host_id = host(&data, "node-v").expect("host")["host_id"].as_str().expect("id").to_string();
+    let (code, _, err) = gpuattest_tests::run(gpuattest_tests::collector_cmd(&data).args([
+        "hosts",
+        "revoke",
+        &host_id,
+        "--reason",
+        "chip diverted",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    std::thread::sleep(Duration::from_secs(2));
+    let before = reports(&data, "node-v");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(reports(&data, "node-v"), before, "no report is stored after revocation");
+    assert_eq!(host(&data, "node-v").expect("host")["revoked"], true);
+    agent.kill9();
+}
