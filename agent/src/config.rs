@@ -32,6 +32,12 @@ pub struct FileConfig {
     pub hostname: Option<String>,
     /// Spool bound, e.g. `256MiB`.
     pub spool_max: Option<String>,
+    /// CA certificate (PEM) that signed the collector's certificate, for https:// collectors.
+    pub tls_ca: Option<PathBuf>,
+    /// This agent's client certificate (PEM), for collectors that require mTLS.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub tls_key: Option<PathBuf>,
 }
 
 /// A configuration file that cannot be used.
@@ -91,6 +97,12 @@ pub struct Flags {
     pub hostname: Option<String>,
     /// `--spool-max`.
     pub spool_max: Option<String>,
+    /// `--tls-ca`.
+    pub tls_ca: Option<PathBuf>,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Everything `run` needs, after merging flags over the file.
@@ -147,8 +159,22 @@ impl Settings {
         if spool_max_bytes < 64 * 1024 {
             return Err(err(format!("spool_max {spool_text} is below the 64KiB minimum")));
         }
+        let tls = crate::transport::Tls::load(
+            flags.tls_ca.or(file.tls_ca).as_deref(),
+            flags.tls_cert.or(file.tls_cert).as_deref(),
+            flags.tls_key.or(file.tls_key).as_deref(),
+        )
+        .map_err(err)?;
         Ok(Settings {
-            run: crate::run::RunConfig { collectors, enroll_token, state_dir, interval, spool_max_bytes, window: 256 },
+            run: crate::run::RunConfig {
+                tls,
+                collectors,
+                enroll_token,
+                state_dir,
+                interval,
+                spool_max_bytes,
+                window: 256,
+            },
             nvml_lib: flags.nvml_lib.or(file.nvml_lib).unwrap_or_else(crate::gpu::NvmlSource::default_lib),
             paths: crate::observe::HostPaths {
                 proc_root: flags.proc_root.or(file.proc_root).unwrap_or_else(|| "/proc".into()),

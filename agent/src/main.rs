@@ -95,6 +95,15 @@ struct RunArgs {
     /// record, beyond it.
     #[arg(long)]
     spool_max: Option<String>,
+    /// CA certificate (PEM) of https:// collectors.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for collectors that require mTLS.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
     /// A TOML file with the same settings; flags win.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -136,6 +145,9 @@ fn main() -> ExitCode {
                 sys_root: a.host.sys_root,
                 hostname: a.host.hostname,
                 spool_max: a.spool_max,
+                tls_ca: a.tls_ca,
+                tls_cert: a.tls_cert,
+                tls_key: a.tls_key,
             };
             cli::run(flags, a.config.as_deref(), a.check_config)
         }

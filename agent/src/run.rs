@@ -37,6 +37,8 @@ pub struct RunConfig {
     pub spool_max_bytes: u64,
     /// Most reports in flight before an acknowledgement (backpressure).
     pub window: usize,
+    /// TLS material for https:// collectors.
+    pub tls: crate::transport::Tls,
 }
 
 /// Why the daemon stopped.
@@ -298,7 +300,7 @@ async fn enroll(
     let mut backoff = Backoff::new();
     loop {
         for addr in &cfg.collectors {
-            match transport::enroll(addr, req.clone()).await {
+            match transport::enroll(addr, &cfg.tls, req.clone()).await {
                 Ok(resp) => {
                     info!(host_id = %resp.host_id, collector = %addr, "enrolled");
                     return Ok(resp.host_id);
@@ -342,7 +344,7 @@ async fn send_loop(shared: Arc<Shared>, cfg: RunConfig, host_id: String, mut shu
     let mut idx = 0usize;
     loop {
         let addr = cfg.collectors[idx % cfg.collectors.len()].clone();
-        match session(&shared, &addr, &host_id, cfg.interval, cfg.window, &mut shutdown, &mut backoff).await {
+        match session(&shared, &addr, &cfg.tls, &host_id, cfg.interval, cfg.window, &mut shutdown, &mut backoff).await {
             Ok(()) => return,
             Err(e) => {
                 warn!(collector = %addr, error = %e, "stream ended; reconnecting");
@@ -357,9 +359,11 @@ async fn send_loop(shared: Arc<Shared>, cfg: RunConfig, host_id: String, mut shu
 }
 
 /// One stream to one collector. Returns `Ok` only on shutdown.
+#[allow(clippy::too_many_arguments)]
 async fn session(
     shared: &Shared,
     addr: &str,
+    tls: &crate::transport::Tls,
     host_id: &str,
     interval: Duration,
     window: usize,
@@ -367,7 +371,7 @@ async fn session(
     backoff: &mut Backoff,
 ) -> Result<(), TransportError> {
     let proto_err = |reason: String| TransportError::Protocol { addr: addr.to_string(), reason };
-    let mut client = transport::connect(addr).await?;
+    let mut client = transport::connect(addr, tls).await?;
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(window.max(1));
     let hello = pb::AgentMessage {
         msg: Some(pb::agent_message::Msg::Hello(pb::Hello {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use gpuattest_proto::pb::{self, collector_client::CollectorClient};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
 /// Why talking to a collector failed.
 #[derive(Debug, thiserror::Error)]
@@ -78,20 +78,81 @@ pub fn check_address(addr: &str) -> Result<Uri, TransportError> {
             }
             Ok(uri)
         }
-        Some("https") => Err(bad(
-            "TLS transport is not in this build yet; run the collector on loopback or behind a local TLS-terminating proxy",
-        )),
+        Some("https") => Ok(uri),
         _ => Err(bad("the scheme must be http:// (loopback only) or https://")),
     }
 }
 
-/// Connects a gRPC client to `addr`.
+/// TLS material for `https://` collectors, read once at start-up.
+#[derive(Clone, Default)]
+pub struct Tls {
+    /// PEM of the CA that signed the collector's certificate.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM of this agent's client certificate (for collectors that require mTLS).
+    pub cert_pem: Option<Vec<u8>>,
+    /// PEM of its private key.
+    pub key_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("Tls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_cert", &self.cert_pem.is_some())
+            .finish()
+    }
+}
+
+impl Tls {
+    /// Reads the PEM files (bounded to 1 MiB each).
+    ///
+    /// # Errors
+    /// A sentence naming the file that cannot be read, or a certificate without its key.
+    pub fn load(
+        ca: Option<&std::path::Path>,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> Result<Tls, String> {
+        let read = |p: Option<&std::path::Path>| -> Result<Option<Vec<u8>>, String> {
+            p.map(|p| crate::jobs::read_bounded(p, 1 << 20).ok_or_else(|| format!("cannot read {}", p.display())))
+                .transpose()
+        };
+        let tls = Tls { ca_pem: read(ca)?, cert_pem: read(cert)?, key_pem: read(key)? };
+        if tls.cert_pem.is_some() != tls.key_pem.is_some() {
+            return Err("--tls-cert and --tls-key go together".into());
+        }
+        Ok(tls)
+    }
+}
+
+/// Connects a gRPC client to `addr`; `https://` uses `tls` (the collector's CA, and a client
+/// certificate where the collector requires one).
 ///
 /// # Errors
 /// [`TransportError`] when the address is refused by policy or the connection fails.
-pub async fn connect(addr: &str) -> Result<CollectorClient<Channel>, TransportError> {
+pub async fn connect(addr: &str, tls: &Tls) -> Result<CollectorClient<Channel>, TransportError> {
     let uri = check_address(addr)?;
-    let channel = Endpoint::from(uri)
+    let mut endpoint = Endpoint::from(uri.clone());
+    if uri.scheme_str() == Some("https") {
+        let mut cfg = ClientTlsConfig::new().domain_name(uri.host().unwrap_or("localhost").trim_matches(['[', ']']));
+        match &tls.ca_pem {
+            Some(ca) => cfg = cfg.ca_certificate(Certificate::from_pem(ca)),
+            None => {
+                return Err(TransportError::Address {
+                    addr: addr.to_string(),
+                    reason: "https:// needs the collector's CA certificate: pass --tls-ca FILE".into(),
+                });
+            }
+        }
+        if let (Some(c), Some(k)) = (&tls.cert_pem, &tls.key_pem) {
+            cfg = cfg.identity(Identity::from_pem(c, k));
+        }
+        endpoint = endpoint
+            .tls_config(cfg)
+            .map_err(|e| TransportError::Connect { addr: addr.to_string(), reason: format!("TLS set-up: {e}") })?;
+    }
+    let channel = endpoint
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
@@ -115,8 +176,8 @@ pub fn refused(addr: &str, s: &tonic::Status) -> TransportError {
 ///
 /// # Errors
 /// [`TransportError::Refused`] when the token is unknown, used or expired.
-pub async fn enroll(addr: &str, req: pb::EnrollRequest) -> Result<pb::EnrollResponse, TransportError> {
-    let mut client = connect(addr).await?;
+pub async fn enroll(addr: &str, tls: &Tls, req: pb::EnrollRequest) -> Result<pb::EnrollResponse, TransportError> {
+    let mut client = connect(addr, tls).await?;
     client.enroll(req).await.map(tonic::Response::into_inner).map_err(|s| refused(addr, &s))
 }
 
@@ -130,6 +191,7 @@ mod tests {
         assert!(check_address("http://127.5.6.7:1").is_ok());
         assert!(check_address("http://localhost:7443").is_ok());
         assert!(check_address("http://[::1]:7443").is_ok());
+        assert!(check_address("https://collector.example.com:7443").is_ok());
         for bad in ["http://10.0.0.5:7443", "http://collector.example.com", "ftp://127.0.0.1", "not a url", "http://"] {
             let e = check_address(bad).expect_err(bad);
             assert!(e.to_string().contains(bad.split('/').next().unwrap_or(bad)), "{e}");

@@ -154,13 +154,59 @@ pub fn reports_verify(data: &Path, json: bool) -> Result {
     }
 }
 
+/// TLS options of `serve`.
+#[derive(Debug, Default, Clone)]
+pub struct TlsArgs {
+    /// Server certificate (PEM).
+    pub cert: Option<std::path::PathBuf>,
+    /// Server key (PEM).
+    pub key: Option<std::path::PathBuf>,
+    /// Client CA (PEM) for mTLS.
+    pub client_ca: Option<std::path::PathBuf>,
+    /// Refuse agents without a client certificate.
+    pub require_client_cert: bool,
+}
+
+fn read_pem(p: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(p).map_err(|e| config(format!("{}: {e}", p.display())))?;
+    if bytes.len() > 1 << 20 || !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(config(format!("{} is not a PEM file of at most 1 MiB", p.display())));
+    }
+    Ok(bytes)
+}
+
+fn is_loopback(addr: &str) -> bool {
+    addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback()) || addr.starts_with("localhost:")
+}
+
+fn grpc_tls(grpc_listen: &str, t: &TlsArgs) -> Result<Option<crate::server::GrpcTls>> {
+    match (&t.cert, &t.key) {
+        (Some(c), Some(k)) => Ok(Some(crate::server::GrpcTls {
+            cert_pem: read_pem(c)?,
+            key_pem: read_pem(k)?,
+            client_ca_pem: t.client_ca.as_deref().map(read_pem).transpose()?,
+            require_client_cert: t.require_client_cert,
+        })),
+        (None, None) if t.client_ca.is_some() || t.require_client_cert => {
+            Err(config("--client-ca and --require-client-cert need --tls-cert and --tls-key"))
+        }
+        (None, None) if !is_loopback(grpc_listen) => Err(config(format!(
+            "refusing plaintext gRPC on {grpc_listen}: agents off this host need TLS; pass --tls-cert and --tls-key, or listen on 127.0.0.1"
+        ))),
+        (None, None) => Ok(None),
+        _ => Err(config("--tls-cert and --tls-key go together")),
+    }
+}
+
 /// `serve`: prints `listening grpc=ADDR http=ADDR` on stdout once both listeners are bound.
 ///
 /// # Errors
-/// Configuration errors for the store or policy; runtime errors for listeners and servers.
-pub fn serve(data: &Path, grpc_listen: &str, http_listen: &str, check_config: bool) -> Result {
+/// Configuration errors for the store, policy or TLS material; runtime errors for listeners and
+/// servers.
+pub fn serve(data: &Path, grpc_listen: &str, http_listen: &str, tls: &TlsArgs, check_config: bool) -> Result {
     let store = open(data)?;
     let policy = Policy::load_from_data(data).map_err(config)?;
+    let tls = grpc_tls(grpc_listen, tls)?;
     if check_config {
         println!("configuration is valid (store {}, policy {})", store.path().display(), policy.digest());
         return Ok(());
@@ -179,7 +225,7 @@ pub fn serve(data: &Path, grpc_listen: &str, http_listen: &str, check_config: bo
             crate::logging::shutdown_signal().await;
             let _ = tx.send(true);
         });
-        Collector::new(store, policy).serve(grpc, http, rx).await.map_err(runtime)
+        Collector::new(store, policy).serve(grpc, http, tls.as_ref(), rx).await.map_err(runtime)
     })
 }
 

@@ -265,7 +265,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = {
         let c = collector.clone();
-        tokio::spawn(async move { c.serve(grpc, http, stop_rx).await })
+        tokio::spawn(async move { c.serve(grpc, http, None, stop_rx).await })
     };
 
     let reviewer =

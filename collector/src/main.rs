@@ -28,9 +28,21 @@ enum Cmd {
         grpc_listen: String,
         #[arg(long, default_value = "127.0.0.1:7080")]
         http_listen: String,
-        /// Validate the store and policy, then exit.
+        /// Validate the store, policy and TLS material, then exit.
         #[arg(long)]
         check_config: bool,
+        /// gRPC server certificate (PEM); needed for any non-loopback listener.
+        #[arg(long)]
+        tls_cert: Option<PathBuf>,
+        /// gRPC server private key (PEM).
+        #[arg(long)]
+        tls_key: Option<PathBuf>,
+        /// CA (PEM) whose client certificates agents may present (mTLS).
+        #[arg(long)]
+        client_ca: Option<PathBuf>,
+        /// Refuse agents without a client certificate signed by --client-ca.
+        #[arg(long)]
+        require_client_cert: bool,
     },
     /// The whole system on one machine with simulated GPUs.
     Demo {
@@ -129,8 +141,9 @@ fn main() -> ExitCode {
     gpuattest_collector::logging::init(if matches!(args.cmd, Cmd::Serve { .. }) { "info" } else { "warn" });
     let data = args.data.as_path();
     let result = cli::check_database(args.database.as_deref()).and_then(|()| match args.cmd {
-        Cmd::Serve { grpc_listen, http_listen, check_config } => {
-            cli::serve(data, &grpc_listen, &http_listen, check_config)
+        Cmd::Serve { grpc_listen, http_listen, check_config, tls_cert, tls_key, client_ca, require_client_cert } => {
+            let tls = cli::TlsArgs { cert: tls_cert, key: tls_key, client_ca, require_client_cert };
+            cli::serve(data, &grpc_listen, &http_listen, &tls, check_config)
         }
         Cmd::Demo { seconds, http_listen, interval } => cli::demo(data, seconds, http_listen, &interval),
         Cmd::Token { cmd: TokenCmd::Create { role, tenant, ttl, json } } => {

@@ -26,6 +26,19 @@ pub struct Collector {
     pub metrics: Arc<Metrics>,
 }
 
+/// TLS for the gRPC listener.
+#[derive(Clone)]
+pub struct GrpcTls {
+    /// Server certificate chain, PEM.
+    pub cert_pem: Vec<u8>,
+    /// Server private key, PEM.
+    pub key_pem: Vec<u8>,
+    /// CA whose client certificates are accepted (mTLS), PEM.
+    pub client_ca_pem: Option<Vec<u8>>,
+    /// Refuse clients without a certificate.
+    pub require_client_cert: bool,
+}
+
 /// Why serving stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -79,14 +92,16 @@ impl Collector {
         Collector { store, policy: Arc::new(RwLock::new(policy)), metrics: Arc::new(Metrics::default()) }
     }
 
-    /// Serves gRPC on `grpc` and HTTP on `http` until `shutdown` turns true.
+    /// Serves gRPC on `grpc` and HTTP on `http` until `shutdown` turns true. With `tls`, gRPC is TLS
+    /// (and mTLS where it names a client CA).
     ///
     /// # Errors
-    /// [`ServeError`] when either server fails.
+    /// [`ServeError`] when either server fails, or the TLS material is unusable.
     pub async fn serve(
         &self,
         grpc: TcpListener,
         http: TcpListener,
+        tls: Option<&GrpcTls>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), ServeError> {
         let grpc_addr = grpc.local_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -98,7 +113,20 @@ impl Collector {
             .max_encoding_message_size(gpuattest_proto::MAX_MESSAGE_BYTES);
         let mut s1 = shutdown.clone();
         let shutdown_for_monitor = shutdown.clone();
-        let grpc_task = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(t) = tls {
+            let mut cfg = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(&t.cert_pem, &t.key_pem));
+            if let Some(ca) = &t.client_ca_pem {
+                cfg = cfg
+                    .client_ca_root(tonic::transport::Certificate::from_pem(ca))
+                    .client_auth_optional(!t.require_client_cert);
+            }
+            builder = builder
+                .tls_config(cfg)
+                .map_err(|e| ServeError::Grpc { addr: grpc_addr.clone(), reason: format!("TLS set-up: {e}") })?;
+        }
+        let grpc_task = builder
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .add_service(svc)
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {

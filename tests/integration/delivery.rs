@@ -151,3 +151,64 @@ fn a_revoked_host_is_cut_off_at_once() {
     assert_eq!(host(&data, "node-v").expect("host")["revoked"], true);
     agent.kill9();
 }
+
+#[test]
+fn mtls_required_refuses_agents_without_a_client_certificate() {
+    let t = tempfile::tempdir().expect("tmp");
+    let pki_dir = t.path().join("pki");
+    std::fs::create_dir_all(&pki_dir).expect("mkdir");
+    let pki = gpuattest_tests::make_pki(&pki_dir);
+    let data = t.path().join("data");
+    let s = |p: &std::path::Path| p.display().to_string();
+    let (cert, key, ca) = (s(&pki.server.0), s(&pki.server.1), s(&pki.ca));
+    let c = Collector::start_with(
+        &data,
+        "127.0.0.1:0",
+        &["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &ca, "--require-client-cert"],
+    );
+    let port = c.grpc.rsplit(':').next().expect("port").to_string();
+    let https = format!("https://localhost:{port}");
+
+    let bare = node(t.path(), "node-bare", &[]);
+    let mut refused = start_agent(&https, &bare, &token(&data, "enroll", None), "100ms", &["--tls-ca", &ca]);
+    let withcert = node(t.path(), "node-mtls", &[]);
+    let (ccert, ckey) = (s(&pki.client.0), s(&pki.client.1));
+    let mut agent = start_agent(
+        &https,
+        &withcert,
+        &token(&data, "enroll", None),
+        "100ms",
+        &["--tls-ca", &ca, "--tls-cert", &ccert, "--tls-key", &ckey],
+    );
+    wait_for("reports over mTLS", Duration::from_secs(30), || (reports(&data, "node-mtls") >= 5).then_some(()));
+    agent.stop();
+    assert_exact(&data, &agent, "node-mtls");
+    assert!(host(&data, "node-bare").is_none(), "an agent without a client certificate never enrolls");
+    assert_eq!(gpuattest_tests::agent_status(&bare.state)["host_id"], serde_json::Value::Null);
+    refused.kill9();
+}
+
+#[test]
+fn plaintext_off_loopback_is_refused_by_both_sides() {
+    let t = tempfile::tempdir().expect("tmp");
+    let (code, _, err) = gpuattest_tests::run(gpuattest_tests::collector_cmd(t.path()).args([
+        "serve",
+        "--grpc-listen",
+        "0.0.0.0:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ]));
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("refusing plaintext gRPC on 0.0.0.0:0") && err.lines().count() == 1, "{err}");
+    let (code, _, err) =
+        gpuattest_tests::run(std::process::Command::new(gpuattest_tests::bin("gpuattest-agent")).args([
+            "run",
+            "--collector",
+            "http://192.0.2.10:7443",
+            "--state-dir",
+            "/nonexistent",
+            "--check-config",
+        ]));
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("loopback") && err.contains("192.0.2.10"), "{err}");
+}

@@ -376,3 +376,64 @@ pub fn http_request(addr: &str, method: &str, path: &str, token: Option<&str>, b
     let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }
+
+/// A throwaway PKI made with the `openssl` command: a CA, a server certificate for `localhost` and
+/// `127.0.0.1`, and a client certificate.
+pub struct Pki {
+    /// CA certificate.
+    pub ca: PathBuf,
+    /// Server certificate and key.
+    pub server: (PathBuf, PathBuf),
+    /// Client certificate and key.
+    pub client: (PathBuf, PathBuf),
+}
+
+/// Makes a [`Pki`] in `dir` (P-256 keys, valid two days).
+pub fn make_pki(dir: &Path) -> Pki {
+    let ossl = |args: &[&str]| {
+        let (code, _, err) = run(Command::new("openssl").args(args).current_dir(dir));
+        assert_eq!(code, 0, "openssl {args:?}: {err}");
+    };
+    let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(key);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=gpuattest-test-ca"]);
+    ossl(&ca);
+    for (name, usage, san) in
+        [("server", "serverAuth", "DNS:localhost,IP:127.0.0.1"), ("client", "clientAuth", "DNS:gpu-node-01")]
+    {
+        let (k, csr, pem, ext) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
+        let mut req = vec!["req"];
+        req.extend(key);
+        req.extend(["-keyout", &k, "-out", &csr, "-subj", "/CN=gpuattest-test"]);
+        ossl(&req);
+        std::fs::write(
+            dir.join(&ext),
+            format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n"),
+        )
+        .expect("ext");
+        ossl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+    }
+    Pki {
+        ca: dir.join("ca.pem"),
+        server: (dir.join("server.pem"), dir.join("server.key")),
+        client: (dir.join("client.pem"), dir.join("client.key")),
+    }
+}
