@@ -138,3 +138,37 @@ pub fn bench(nvml_lib: &Path, paths: HostPaths, iterations: u32, scratch: &Path)
     let figures = crate::bench::run(Box::new(gpus), paths, iterations, scratch).map_err(|e| fail(1, e))?;
     print_json(&figures)
 }
+
+/// `rotate-key`: the current key vouches for a new one at the collector, then the new key becomes
+/// current. Stop the daemon first; restart it afterwards.
+///
+/// # Errors
+/// When the host is not enrolled, the collector refuses, or the state directory is unusable.
+pub fn rotate_key(state_dir: &Path, collector: &str, tls: &crate::transport::Tls) -> Result {
+    use crate::identity::Identity;
+    let chain = crate::state::ChainState::load(state_dir).map_err(|e| fail(1, e))?;
+    let host_id = chain.host_id.clone().ok_or_else(|| fail(1, "this host is not enrolled yet; nothing to rotate"))?;
+    let current = Identity::load_or_create(state_dir).map_err(|e| fail(1, e))?;
+    let next = Identity::next_key(state_dir).map_err(|e| fail(1, e))?;
+    let new_pk = next.public_key();
+    let signature = current.sign(&gpuattest_proto::rotation_message(&host_id, &new_pk, chain.last_seq));
+    let req = gpuattest_proto::pb::RotateKeyRequest {
+        host_id: host_id.clone(),
+        new_public_key: new_pk,
+        last_seq_old_key: chain.last_seq,
+        signature,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| fail(1, e))?;
+    let resp = rt
+        .block_on(async {
+            let mut client = crate::transport::connect(collector, tls).await?;
+            client.rotate_key(req).await.map_err(|s| crate::transport::refused(collector, &s))
+        })
+        .map_err(|e| fail(1, e))?;
+    Identity::commit_next(state_dir, crate::run::now_ms()).map_err(|e| fail(1, e))?;
+    out(&format!(
+        "host {host_id}: key rotated to {}; reports up to {} stay valid under the old key\n",
+        gpuattest_proto::hex(&resp.into_inner().new_key_id),
+        chain.last_seq
+    ))
+}

@@ -137,6 +137,44 @@ impl Identity {
         Ed25519KeyPair::from_pkcs8(&bytes).ok().map(|key| Identity { key })
     }
 
+    /// Prepares the next key for a rotation in `<state_dir>/agent.key.next` (mode 0600), reusing one
+    /// left by an interrupted rotation.
+    ///
+    /// # Errors
+    /// [`StateError`] when it cannot be written or read back.
+    pub fn next_key(state_dir: &Path) -> Result<Identity> {
+        let path = state_dir.join("agent.key.next");
+        if !path.exists() {
+            let rng = ring::rand::SystemRandom::new();
+            let doc = Ed25519KeyPair::generate_pkcs8(&rng)
+                .map_err(|e| StateError::BadKey { path: path.clone(), reason: e.to_string() })?;
+            write_atomic(&path, doc.as_ref(), 0o600)?;
+        }
+        let bytes = crate::jobs::read_bounded(&path, 4096)
+            .ok_or_else(|| StateError::Io { path: path.clone(), source: std::io::Error::other("cannot read") })?;
+        let key = Ed25519KeyPair::from_pkcs8(&bytes).map_err(|e| StateError::BadKey { path, reason: e.to_string() })?;
+        Ok(Identity { key })
+    }
+
+    /// Makes the next key current once the collector accepted it; the old key is kept, renamed, for
+    /// the record.
+    ///
+    /// # Errors
+    /// [`StateError::Io`].
+    pub fn commit_next(state_dir: &Path, now_unix_ms: i64) -> Result<()> {
+        let current = state_dir.join("agent.key");
+        let retired = state_dir.join(format!("agent.key.retired-{now_unix_ms}"));
+        fs::rename(&current, &retired).map_err(io_err(&current))?;
+        let next = state_dir.join("agent.key.next");
+        fs::rename(&next, &current).map_err(io_err(&next))?;
+        fs::File::open(state_dir).and_then(|d| d.sync_all()).map_err(io_err(state_dir))
+    }
+
+    /// Signs arbitrary bytes (rotation requests).
+    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        self.key.sign(msg).as_ref().to_vec()
+    }
+
     /// The key pair, for signing.
     pub fn key(&self) -> &Ed25519KeyPair {
         &self.key

@@ -35,6 +35,19 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Replace this host's signing key: the current key vouches for the new one. Stop the daemon first.
+    RotateKey {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        collector: String,
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+        #[arg(long)]
+        tls_cert: Option<PathBuf>,
+        #[arg(long)]
+        tls_key: Option<PathBuf>,
+    },
     /// Benchmark observation cost and sparse-file fingerprinting; prints JSON figures.
     Bench {
         #[command(flatten)]
@@ -126,6 +139,12 @@ fn main() -> ExitCode {
     let result = match args.cmd {
         Cmd::Status { state_dir, json } => cli::status(&state_dir, json),
         Cmd::Fingerprint { path, json } => cli::fingerprint(&path, json),
+        Cmd::RotateKey { state_dir, collector, tls_ca, tls_cert, tls_key } => {
+            match gpuattest_agent::transport::Tls::load(tls_ca.as_deref(), tls_cert.as_deref(), tls_key.as_deref()) {
+                Ok(tls) => cli::rotate_key(&state_dir, &collector, &tls),
+                Err(e) => Err(cli::CliError { code: 78, message: e }),
+            }
+        }
         Cmd::Inspect { host, json } => {
             let (lib, paths) = host.split();
             cli::inspect(&lib, paths, json)

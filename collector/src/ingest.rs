@@ -71,7 +71,17 @@ impl Ingest {
         let started = Instant::now();
         let refuse =
             |seq: u64, code: Code, kind: Reject, message: String| Ok(Err(Refusal { seq, code, message, kind }));
-        match verify_report(&host.public_key, signed) {
+        // A report may be signed by a key retired since (it waited in the spool); it must then fall
+        // within that key's validity.
+        let (public_key, valid_through) = if signed.key_id == host.key_id {
+            (host.public_key.clone(), u64::MAX)
+        } else {
+            match self.store.retired_key(&host.host_id, &signed.key_id).map_err(|e| internal(&e))? {
+                Some(k) => k,
+                None => (host.public_key.clone(), u64::MAX),
+            }
+        };
+        match verify_report(&public_key, signed) {
             Ok(()) => {}
             Err(e @ SignError::UnknownKey { .. }) => {
                 return refuse(0, Code::Unauthenticated, Reject::UnknownKey, e.to_string());
@@ -101,6 +111,14 @@ impl Ingest {
         }
         if report.seq == 0 {
             return refuse(0, Code::InvalidArgument, Reject::Malformed, "sequence numbers start at 1".into());
+        }
+        if report.seq > valid_through {
+            return refuse(
+                report.seq,
+                Code::Unauthenticated,
+                Reject::UnknownKey,
+                format!("report {} is signed by a key retired after report {valid_through}", report.seq),
+            );
         }
         let incoming = IncomingReport {
             signed,
@@ -195,6 +213,49 @@ impl Collector for Ingest {
                 warn!(hostname = %hostname, reason = %why, "enrollment refused");
                 Err(Status::permission_denied(why))
             }
+            Err(e) => Err(internal(&e)),
+        }
+    }
+
+    #[instrument(skip_all)]
+    async fn rotate_key(&self, req: Request<pb::RotateKeyRequest>) -> Result<Response<pb::RotateKeyResponse>, Status> {
+        let req = req.into_inner();
+        if req.new_public_key.len() != 32 {
+            return Err(Status::invalid_argument("new_public_key must be a raw 32-byte Ed25519 key"));
+        }
+        let store = self.store.clone();
+        let id = req.host_id.clone();
+        let host = tokio::task::spawn_blocking(move || store.host(&id))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| internal(&e))?
+            .ok_or_else(|| Status::unauthenticated(format!("host {:?} is not enrolled", req.host_id)))?;
+        let new_key_id = gpuattest_proto::key_id(&req.new_public_key);
+        let vouched_by_current = gpuattest_proto::verify_rotation(
+            &host.public_key,
+            &req.host_id,
+            &req.new_public_key,
+            req.last_seq_old_key,
+            &req.signature,
+        )
+        .is_ok();
+        // A retried rotation that already took effect: the vouching key is now the retired one.
+        let already_done = host.key_id == new_key_id;
+        if !vouched_by_current && !already_done {
+            warn!(host_id = %host.host_id, "key rotation with a bad signature refused");
+            return Err(Status::unauthenticated("the rotation is not signed by the host's current key"));
+        }
+        let (store, id, pk, seq) =
+            (self.store.clone(), host.host_id.clone(), req.new_public_key.clone(), req.last_seq_old_key);
+        let result = tokio::task::spawn_blocking(move || store.rotate_key(&id, &pk, seq, crate::now_ms()))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        match result {
+            Ok(key_id) => {
+                info!(host_id = %host.host_id, "host key rotated");
+                Ok(Response::new(pb::RotateKeyResponse { new_key_id: key_id }))
+            }
+            Err(StoreError::Refused(why)) => Err(Status::permission_denied(why)),
             Err(e) => Err(internal(&e)),
         }
     }

@@ -20,7 +20,10 @@ pub mod pb {
     tonic::include_proto!("gpuattest.v1");
 }
 
-pub use signing::{SIGNING_CONTEXT, SignError, hex, key_id, sha256, sign_report, verify_report};
+pub use signing::{
+    ROTATION_CONTEXT, SIGNING_CONTEXT, SignError, hex, key_id, rotation_message, sha256, sign_report, verify_report,
+    verify_rotation,
+};
 
 /// Largest encoded message either side accepts on the wire, in bytes. A report for a host with many
 /// GPUs, processes and model fingerprints is tens of kilobytes; anything near this bound is hostile.

@@ -11,6 +11,36 @@ use crate::pb::SignedReport;
 /// Domain-separation prefix for report signatures (ends with a NUL so no report prefix can collide).
 pub const SIGNING_CONTEXT: &[u8] = b"gpuattest.v1.UsageReport\0";
 
+/// Domain-separation prefix for key-rotation requests.
+pub const ROTATION_CONTEXT: &[u8] = b"gpuattest.v1.RotateKey\0";
+
+/// The bytes a rotation request signs.
+pub fn rotation_message(host_id: &str, new_public_key: &[u8], last_seq_old_key: u64) -> Vec<u8> {
+    let mut m = Vec::with_capacity(ROTATION_CONTEXT.len() + host_id.len() + 1 + new_public_key.len() + 8);
+    m.extend_from_slice(ROTATION_CONTEXT);
+    m.extend_from_slice(host_id.as_bytes());
+    m.push(0);
+    m.extend_from_slice(new_public_key);
+    m.extend_from_slice(&last_seq_old_key.to_be_bytes());
+    m
+}
+
+/// Verifies a rotation request's signature by the current key.
+///
+/// # Errors
+/// [`SignError::BadSignature`] when it does not verify.
+pub fn verify_rotation(
+    current_public_key: &[u8],
+    host_id: &str,
+    new_public_key: &[u8],
+    last_seq_old_key: u64,
+    signature: &[u8],
+) -> Result<(), SignError> {
+    UnparsedPublicKey::new(&signature::ED25519, current_public_key)
+        .verify(&rotation_message(host_id, new_public_key, last_seq_old_key), signature)
+        .map_err(|_| SignError::BadSignature)
+}
+
 /// Why a signed report did not verify.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SignError {
@@ -133,6 +163,21 @@ mod tests {
         let forged =
             SignedReport { report, signature: sig.as_ref().to_vec(), key_id: key_id(k.public_key().as_ref()).to_vec() };
         assert_eq!(verify_report(k.public_key().as_ref(), &forged), Err(SignError::BadSignature));
+    }
+
+    #[test]
+    fn rotation_signatures_bind_host_key_and_sequence() {
+        let (old, new) = (key(), key());
+        let sig = old.sign(&rotation_message("h1", new.public_key().as_ref(), 9));
+        let pk = old.public_key().as_ref();
+        assert_eq!(verify_rotation(pk, "h1", new.public_key().as_ref(), 9, sig.as_ref()), Ok(()));
+        assert!(verify_rotation(pk, "h2", new.public_key().as_ref(), 9, sig.as_ref()).is_err());
+        assert!(verify_rotation(pk, "h1", new.public_key().as_ref(), 10, sig.as_ref()).is_err());
+        assert!(verify_rotation(new.public_key().as_ref(), "h1", new.public_key().as_ref(), 9, sig.as_ref()).is_err());
+        // A report signature can never pass as a rotation.
+        let report_sig =
+            sign_report(&old, rotation_message("h1", new.public_key().as_ref(), 9)[ROTATION_CONTEXT.len()..].to_vec());
+        assert!(verify_rotation(pk, "h1", new.public_key().as_ref(), 9, &report_sig.signature).is_err());
     }
 
     #[test]

@@ -212,3 +212,76 @@ fn plaintext_off_loopback_is_refused_by_both_sides() {
     assert_eq!(code, 78, "{err}");
     assert!(err.contains("loopback") && err.contains("192.0.2.10"), "{err}");
 }
+
+#[test]
+fn key_rotation_keeps_spooled_reports_valid_and_history_verifiable() {
+    let t = tempfile::tempdir().expect("tmp");
+    let data = t.path().join("data");
+    let addr = free_addr();
+    let mut c = Collector::start_with(&data, &addr, &[]);
+    let n = node(t.path(), "node-k", &[]);
+    let tok = token(&data, "enroll", None);
+    let mut agent = start_agent(&url(&addr), &n, &tok, "100ms", &[]);
+    wait_for("first reports", Duration::from_secs(30), || (reports(&data, "node-k") >= 3).then_some(()));
+    // Leave reports signed by the old key in the spool.
+    c.kill9();
+    wait_for("reports to spool", Duration::from_secs(30), || {
+        (agent.status()["spooled"].as_u64() >= Some(5)).then_some(())
+    });
+    agent.kill9();
+    let old_key = agent.status()["key_id"].clone();
+    let _c = Collector::start_with(&data, &addr, &[]);
+    let (code, out, err) = gpuattest_tests::run(
+        std::process::Command::new(gpuattest_tests::bin("gpuattest-agent"))
+            .args(["rotate-key", "--collector", &url(&addr), "--state-dir"])
+            .arg(&n.state),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("key rotated"), "{out}");
+    let mut agent = start_agent(&url(&addr), &n, &tok, "100ms", &[]);
+    assert_ne!(agent.status()["key_id"], old_key);
+    wait_for("new-key reports", Duration::from_secs(30), || {
+        (agent.status()["spooled"].as_u64() == Some(0)).then_some(())
+    });
+    let before = reports(&data, "node-k");
+    wait_for("more reports", Duration::from_secs(30), || (reports(&data, "node-k") >= before + 3).then_some(()));
+    agent.stop();
+    assert_exact(&data, &agent, "node-k");
+    let v = gpuattest_tests::collector_json(&data, &["reports", "verify", "--json"]);
+    assert_eq!(v["checked"], v["valid"], "history signed by both keys re-verifies: {v}");
+    assert_eq!(v["chain_breaks"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_not_signed_by_the_current_key_is_refused() {
+    use gpuattest_tests::raw::{client, enroll, new_key};
+    use ring::signature::KeyPair;
+    let t = tempfile::tempdir().expect("tmp");
+    let c = Collector::start(t.path());
+    let key = new_key();
+    let host_id = enroll(&c.url(), &token(t.path(), "enroll", None), &key, "rot").await.expect("enroll");
+    let (thief, next) = (new_key(), new_key());
+    let msg = gpuattest_proto::rotation_message(&host_id, next.public_key().as_ref(), 0);
+    let e = client(&c.url())
+        .await
+        .rotate_key(gpuattest_proto::pb::RotateKeyRequest {
+            host_id: host_id.clone(),
+            new_public_key: next.public_key().as_ref().to_vec(),
+            last_seq_old_key: 0,
+            signature: thief.sign(&msg).as_ref().to_vec(),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let ok = client(&c.url())
+        .await
+        .rotate_key(gpuattest_proto::pb::RotateKeyRequest {
+            host_id,
+            new_public_key: next.public_key().as_ref().to_vec(),
+            last_seq_old_key: 0,
+            signature: key.sign(&msg).as_ref().to_vec(),
+        })
+        .await
+        .expect("the current key may vouch");
+    assert_eq!(ok.into_inner().new_key_id, gpuattest_proto::key_id(next.public_key().as_ref()).to_vec());
+}

@@ -104,7 +104,10 @@ pub fn flags(data: &Path) -> Vec<Value> {
 
 /// Sends SIGTERM (graceful stop) to a child and waits up to `timeout` for it.
 pub fn terminate(child: &mut Child, timeout: Duration) {
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).stderr(Stdio::null()).status();
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {

@@ -11,3 +11,13 @@ CREATE TABLE gap_records (
 
 ALTER TABLE hosts ADD COLUMN interval_ms INTEGER;
 ALTER TABLE hosts ADD COLUMN revoked_reason TEXT;
+
+-- Retired keys: reports up to valid_through_seq still verify against them.
+CREATE TABLE host_keys (
+    host_id            TEXT NOT NULL,
+    key_id             BLOB NOT NULL,
+    public_key         BLOB NOT NULL,
+    valid_through_seq  INTEGER NOT NULL,
+    retired_at         INTEGER NOT NULL,
+    PRIMARY KEY (host_id, key_id)
+);

@@ -647,6 +647,86 @@ impl Store {
         Ok(Commit::Stored { flags: flags.len() })
     }
 
+    /// Replaces a host's key with `new_public_key`, retiring the current one: reports up to
+    /// `valid_through_seq` still verify against it. Idempotent when the new key is already current.
+    ///
+    /// # Errors
+    /// [`StoreError::Refused`] when the host is unknown or revoked, or the new key belongs to another
+    /// host.
+    pub fn rotate_key(
+        &self,
+        host_id: &str,
+        new_public_key: &[u8],
+        valid_through_seq: u64,
+        now: i64,
+    ) -> Result<Vec<u8>> {
+        let new_key_id = gpuattest_proto::key_id(new_public_key).to_vec();
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("begin"))?;
+        let current: Option<(Vec<u8>, Vec<u8>, Option<i64>)> = tx
+            .query_row("SELECT public_key, key_id, revoked_at FROM hosts WHERE host_id = ?1", params![host_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()
+            .map_err(sql("read host key"))?;
+        let Some((old_pk, old_id, revoked)) = current else {
+            return Err(StoreError::Refused(format!("host {host_id} is not enrolled")));
+        };
+        if revoked.is_some() {
+            return Err(StoreError::Refused(format!("host {host_id} is revoked")));
+        }
+        if old_id == new_key_id {
+            return Ok(new_key_id);
+        }
+        let taken: Option<String> = tx
+            .query_row("SELECT host_id FROM hosts WHERE key_id = ?1", params![new_key_id], |r| r.get(0))
+            .optional()
+            .map_err(sql("check new key"))?;
+        if let Some(other) = taken {
+            return Err(StoreError::Refused(format!("the new key is already enrolled as host {other}")));
+        }
+        tx.execute(
+            "INSERT INTO host_keys (host_id, key_id, public_key, valid_through_seq, retired_at) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT DO NOTHING",
+            params![host_id, old_id, old_pk, valid_through_seq as i64, now],
+        )
+        .map_err(sql("retire key"))?;
+        tx.execute(
+            "UPDATE hosts SET public_key = ?1, key_id = ?2 WHERE host_id = ?3",
+            params![new_public_key, new_key_id, host_id],
+        )
+        .map_err(sql("install key"))?;
+        audit_tx(
+            &tx,
+            now,
+            &format!("host:{host_id}"),
+            "host.rotate-key",
+            host_id,
+            &format!(
+                "{} -> {} (old key valid through seq {valid_through_seq})",
+                gpuattest_proto::hex(&old_id),
+                gpuattest_proto::hex(&new_key_id)
+            ),
+        )?;
+        tx.commit().map_err(sql("commit rotation"))?;
+        Ok(new_key_id)
+    }
+
+    /// A retired key of `host_id`: (public key, last sequence number it may sign).
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn retired_key(&self, host_id: &str, key_id: &[u8]) -> Result<Option<(Vec<u8>, u64)>> {
+        self.conn()
+            .query_row(
+                "SELECT public_key, valid_through_seq FROM host_keys WHERE host_id = ?1 AND key_id = ?2",
+                params![host_id, key_id],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+            )
+            .optional()
+            .map_err(sql("read retired key"))
+    }
+
     /// Records the observation interval a host's agent announced.
     ///
     /// # Errors
@@ -739,8 +819,9 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
-                "SELECT r.host_id, r.seq, r.report, r.signature, r.key_id, h.public_key FROM reports r \
-                 JOIN hosts h ON h.host_id = r.host_id ORDER BY r.host_id, r.seq",
+                "SELECT r.host_id, r.seq, r.report, r.signature, r.key_id, \
+                   COALESCE((SELECT k.public_key FROM host_keys k WHERE k.host_id = r.host_id AND k.key_id = r.key_id), h.public_key) \
+                 FROM reports r JOIN hosts h ON h.host_id = r.host_id ORDER BY r.host_id, r.seq",
             )
             .map_err(sql("read reports"))?;
         let mut rows = stmt.query([]).map_err(sql("read reports"))?;
