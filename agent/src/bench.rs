@@ -34,6 +34,8 @@ pub struct Figures {
     pub sparse_file_bytes: u64,
     /// Time per uncached fingerprint of that file, microseconds.
     pub fingerprint_us: f64,
+    /// Signed ~2 KiB reports appended to the spool (each fsynced) per second.
+    pub spool_reports_per_second: f64,
 }
 
 fn cpu_ticks() -> u64 {
@@ -90,6 +92,16 @@ pub fn run(gpus: Box<dyn GpuSource>, paths: HostPaths, iterations: u32, scratch:
     }
     let fp_wall = t1.elapsed();
     let _ = std::fs::remove_file(&sparse);
+    let spool_dir = scratch.join("bench-spool");
+    let (mut spool, _) = crate::spool::Spool::open(&spool_dir, 0, 1 << 30).map_err(|e| e.to_string())?;
+    let payload = vec![0x5au8; 2048];
+    let appends = 2000u64;
+    let t2 = Instant::now();
+    for seq in 1..=appends {
+        spool.append(seq, payload.clone()).map_err(|e| e.to_string())?;
+    }
+    let spool_wall = t2.elapsed();
+    let _ = std::fs::remove_dir_all(&spool_dir);
     let n = f64::from(iterations.max(1));
     Ok(Figures {
         observations: iterations,
@@ -101,5 +113,6 @@ pub fn run(gpus: Box<dyn GpuSource>, paths: HostPaths, iterations: u32, scratch:
         peak_rss_bytes: peak_rss(),
         sparse_file_bytes: size,
         fingerprint_us: fp_wall.as_secs_f64() * 1e6 / f64::from(rounds),
+        spool_reports_per_second: appends as f64 / spool_wall.as_secs_f64(),
     })
 }

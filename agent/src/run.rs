@@ -71,6 +71,7 @@ struct Shared {
     chain: Mutex<ChainState>,
     nonce: Mutex<Vec<u8>>,
     appended: Notify,
+    ack_saved_at: Mutex<std::time::Instant>,
 }
 
 impl Shared {
@@ -123,6 +124,9 @@ impl Shared {
         Ok(seq)
     }
 
+    /// Records a cumulative acknowledgement. The state file is rewritten at most once a second for
+    /// acknowledgements (and at shutdown): a stale `acked_seq` after a crash only means resending what
+    /// the collector's challenge then tells us it already has.
     fn ack(&self, seq: u64) -> Result<(), StateError> {
         let mut chain = lock(&self.chain);
         if seq <= chain.acked_seq {
@@ -132,7 +136,12 @@ impl Shared {
         lock(&self.spool).ack(seq)?;
         chain.acked_seq = seq;
         chain.recorded_gaps.retain(|(_, last)| *last > seq);
-        chain.save(&self.state_dir)
+        let mut saved = lock(&self.ack_saved_at);
+        if saved.elapsed() >= Duration::from_secs(1) {
+            *saved = std::time::Instant::now();
+            chain.save(&self.state_dir)?;
+        }
+        Ok(())
     }
 }
 
@@ -209,6 +218,7 @@ pub async fn run(cfg: RunConfig, mut observer: Observer, mut shutdown: watch::Re
         chain: Mutex::new(chain),
         nonce: Mutex::new(Vec::new()),
         appended: Notify::new(),
+        ack_saved_at: Mutex::new(std::time::Instant::now()),
     });
 
     // The sender has its own stop signal: on shutdown it first gets a moment to drain the spool.
@@ -267,10 +277,11 @@ pub async fn run(cfg: RunConfig, mut observer: Observer, mut shutdown: watch::Re
     while !lock(&shared.spool).pending().is_empty() && tokio::time::Instant::now() < drain_until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let chain = lock(&shared.chain).clone();
-    info!(last_seq = chain.last_seq, acked_seq = chain.acked_seq, "agent stopping");
     let _ = sender_stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), sender).await;
+    let chain = lock(&shared.chain).clone();
+    chain.save(&cfg.state_dir)?;
+    info!(last_seq = chain.last_seq, acked_seq = chain.acked_seq, "agent stopped");
     Ok(())
 }
 

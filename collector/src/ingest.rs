@@ -30,6 +30,38 @@ pub struct Ingest {
     metrics: Arc<Metrics>,
 }
 
+/// Sustained reports per second one host may send (a spool drains at this rate after an outage).
+pub const REPORTS_PER_SECOND: f64 = 500.0;
+/// Reports a host may send in a burst above the sustained rate.
+pub const REPORT_BURST: f64 = 2000.0;
+
+/// A token bucket.
+struct RateLimit {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl RateLimit {
+    fn new(rate: f64, burst: f64) -> Self {
+        RateLimit { rate, burst, tokens: burst, at: tokio::time::Instant::now() }
+    }
+
+    async fn take(&mut self) {
+        let now = tokio::time::Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens < 1.0 {
+            let wait = (1.0 - self.tokens) / self.rate;
+            tokio::time::sleep(std::time::Duration::from_secs_f64(wait)).await;
+            self.tokens = 1.0;
+            self.at = tokio::time::Instant::now();
+        }
+        self.tokens -= 1.0;
+    }
+}
+
 /// A refused report, as sent back in-band.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -311,7 +343,11 @@ impl Collector for Ingest {
         tokio::spawn(async move {
             let host = Arc::new(host);
             let nonce = Arc::new(nonce);
+            let mut bucket = RateLimit::new(REPORTS_PER_SECOND, REPORT_BURST);
             loop {
+                // Per-host rate limit: a host over its rate is simply read more slowly, so HTTP/2 flow
+                // control pushes back on the agent; nothing is refused or lost.
+                bucket.take().await;
                 let msg = match inbound.message().await {
                     Ok(Some(m)) => m,
                     Ok(None) => break,

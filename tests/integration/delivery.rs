@@ -285,3 +285,38 @@ async fn a_rotation_not_signed_by_the_current_key_is_refused() {
         .expect("the current key may vouch");
     assert_eq!(ok.into_inner().new_key_id, gpuattest_proto::key_id(next.public_key().as_ref()).to_vec());
 }
+
+#[test]
+fn re_enrolling_a_known_machine_needs_an_operator() {
+    let t = tempfile::tempdir().expect("tmp");
+    let data = t.path().join("data");
+    let c = Collector::start(&data);
+    let first = node(t.path(), "node-re", &[]);
+    let mut a = start_agent(&c.url(), &first, &token(&data, "enroll", None), "100ms", &[]);
+    wait_for("first reports", Duration::from_secs(30), || (reports(&data, "node-re") >= 2).then_some(()));
+    a.stop();
+    // The same machine, its state wiped, tries again with a new token.
+    std::fs::remove_dir_all(&first.state).expect("wipe state");
+    let tok = token(&data, "enroll", None);
+    let mut again = start_agent(&c.url(), &first, &tok, "100ms", &[]);
+    let status = wait_for("the refusal", Duration::from_secs(20), || again.child.try_wait().ok().flatten());
+    assert!(!status.success(), "the agent gives up on a refused enrollment");
+    let old = host(&data, "node-re").expect("host")["host_id"].as_str().expect("id").to_string();
+    let (code, _, err) = gpuattest_tests::run(gpuattest_tests::collector_cmd(&data).args([
+        "hosts",
+        "revoke",
+        &old,
+        "--reason",
+        "reinstalled",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let mut third = start_agent(&c.url(), &first, &tok, "100ms", &[]);
+    wait_for("the new identity's reports", Duration::from_secs(30), || {
+        gpuattest_tests::hosts(&data)
+            .iter()
+            .any(|h| h["hostname"] == "node-re" && h["revoked"] == false && h["reports"].as_u64() >= Some(2))
+            .then_some(())
+    });
+    third.stop();
+    again.kill9();
+}

@@ -421,6 +421,32 @@ impl Store {
                 "this key is already enrolled as host {h}; re-enrolling a known host needs an operator's action"
             )));
         }
+        // The same machine (machine id and hostname) enrolling again with a new key is a re-enrollment:
+        // it needs an operator's action, so a stolen token cannot quietly take over a host's identity.
+        if !machine_id.is_empty() {
+            let known: Option<String> = tx
+                .query_row(
+                    "SELECT host_id FROM hosts WHERE machine_id = ?1 AND hostname = ?2 AND revoked_at IS NULL",
+                    params![machine_id, hostname],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(sql("look up machine"))?;
+            if let Some(h) = known {
+                audit_tx(
+                    &tx,
+                    now,
+                    "agent",
+                    "enroll.refused",
+                    &token_id,
+                    &format!("re-enrollment of {h} without operator action"),
+                )?;
+                tx.commit().map_err(sql("commit refusal"))?;
+                return Err(StoreError::Refused(format!(
+                    "machine {machine_id} ({hostname}) is already enrolled as host {h}; an operator must revoke it first (`gpuattest-collector hosts revoke {h} --reason ...`)"
+                )));
+            }
+        }
         let host_id = new_host_id(hostname, key_id);
         tx.execute(
             "INSERT INTO hosts (host_id, hostname, machine_id, tenant, public_key, key_id, enrolled_at, enroll_token_id, facts) \
