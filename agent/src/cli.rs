@@ -83,19 +83,22 @@ pub fn run(flags: Flags, config: Option<&Path>, check_config: bool) -> Result {
         println!("configuration is valid");
         return Ok(());
     }
-    let gpus = NvmlSource::open(&settings.nvml_lib).map_err(|e| fail(1, e))?;
-    let observer = Observer::new(Box::new(gpus), settings.paths.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| fail(1, format!("cannot start the runtime: {e}")))?;
     rt.block_on(async move {
+        // Signals first, so a SIGTERM during start-up still ends in an orderly stop.
         let (tx, rx) = tokio::sync::watch::channel(false);
+        let signals =
+            crate::logging::shutdown_signals().map_err(|e| fail(1, format!("cannot install signal handlers: {e}")))?;
         tokio::spawn(async move {
-            crate::logging::shutdown_signal().await;
+            signals.await;
             let _ = tx.send(true);
         });
+        let gpus = NvmlSource::open(&settings.nvml_lib).map_err(|e| fail(1, e))?;
+        let observer = Observer::new(Box::new(gpus), settings.paths.clone());
         crate::run::run(settings.run, observer, rx).await.map_err(|e| fail(1, e))
     })
 }
@@ -148,14 +151,17 @@ pub fn rotate_key(state_dir: &Path, collector: &str, tls: &crate::transport::Tls
     use crate::identity::Identity;
     let chain = crate::state::ChainState::load(state_dir).map_err(|e| fail(1, e))?;
     let host_id = chain.host_id.clone().ok_or_else(|| fail(1, "this host is not enrolled yet; nothing to rotate"))?;
+    // The spool may hold a report newer than the state file (a crash between the two writes): the old
+    // key must stay valid for everything it signed.
+    let last_seq = crate::run::status(state_dir).map_err(|e| fail(1, e))?.last_seq;
     let current = Identity::load_or_create(state_dir).map_err(|e| fail(1, e))?;
     let next = Identity::next_key(state_dir).map_err(|e| fail(1, e))?;
     let new_pk = next.public_key();
-    let signature = current.sign(&gpuattest_proto::rotation_message(&host_id, &new_pk, chain.last_seq));
+    let signature = current.sign(&gpuattest_proto::rotation_message(&host_id, &new_pk, last_seq));
     let req = gpuattest_proto::pb::RotateKeyRequest {
         host_id: host_id.clone(),
         new_public_key: new_pk,
-        last_seq_old_key: chain.last_seq,
+        last_seq_old_key: last_seq,
         signature,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| fail(1, e))?;
@@ -169,6 +175,6 @@ pub fn rotate_key(state_dir: &Path, collector: &str, tls: &crate::transport::Tls
     out(&format!(
         "host {host_id}: key rotated to {}; reports up to {} stay valid under the old key\n",
         gpuattest_proto::hex(&resp.into_inner().new_key_id),
-        chain.last_seq
+        last_seq
     ))
 }

@@ -38,6 +38,8 @@ pub struct FileConfig {
     pub tls_cert: Option<PathBuf>,
     /// Its private key (PEM).
     pub tls_key: Option<PathBuf>,
+    /// On shutdown, how long to keep delivering the spool, e.g. `5s`.
+    pub drain_timeout: Option<String>,
 }
 
 /// A configuration file that cannot be used.
@@ -103,6 +105,8 @@ pub struct Flags {
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key`.
     pub tls_key: Option<PathBuf>,
+    /// `--drain-timeout`.
+    pub drain_timeout: Option<String>,
 }
 
 /// Everything `run` needs, after merging flags over the file.
@@ -165,9 +169,13 @@ impl Settings {
             flags.tls_key.or(file.tls_key).as_deref(),
         )
         .map_err(err)?;
+        let drain_text = flags.drain_timeout.or(file.drain_timeout).unwrap_or_else(|| "5s".into());
+        let drain_timeout =
+            gpuattest_proto::units::parse_duration(&drain_text).map_err(|e| err(format!("drain_timeout: {e}")))?;
         Ok(Settings {
             run: crate::run::RunConfig {
                 tls,
+                drain_timeout,
                 collectors,
                 enroll_token,
                 state_dir,

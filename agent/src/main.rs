@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// The daemon: observe, sign, spool, stream to the collector.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// The agent's own view: host id, last and acknowledged sequence numbers, spooled reports.
     Status {
         #[arg(long)]
@@ -117,6 +117,9 @@ struct RunArgs {
     /// Client private key (PEM).
     #[arg(long)]
     tls_key: Option<PathBuf>,
+    /// On SIGTERM, how long to keep delivering spooled reports before exiting [default: 5s].
+    #[arg(long)]
+    drain_timeout: Option<String>,
     /// A TOML file with the same settings; flags win.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -167,6 +170,7 @@ fn main() -> ExitCode {
                 tls_ca: a.tls_ca,
                 tls_cert: a.tls_cert,
                 tls_key: a.tls_key,
+                drain_timeout: a.drain_timeout,
             };
             cli::run(flags, a.config.as_deref(), a.check_config)
         }

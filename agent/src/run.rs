@@ -39,6 +39,8 @@ pub struct RunConfig {
     pub window: usize,
     /// TLS material for https:// collectors.
     pub tls: crate::transport::Tls,
+    /// On shutdown, how long to keep sending the spool before stopping.
+    pub drain_timeout: Duration,
 }
 
 /// Why the daemon stopped.
@@ -273,7 +275,7 @@ pub async fn run(cfg: RunConfig, mut observer: Observer, mut shutdown: watch::Re
         }
         window_start = end;
     }
-    let drain_until = tokio::time::Instant::now() + Duration::from_secs(3);
+    let drain_until = tokio::time::Instant::now() + cfg.drain_timeout;
     while !lock(&shared.spool).pending().is_empty() && tokio::time::Instant::now() < drain_until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use crate::identity::{Result, ensure_dir, io_err};
+use crate::identity::{Result, StateError, ensure_dir, io_err};
 
 const HEADER: usize = 16;
 /// Segments are rotated at this size, or at a quarter of the spool bound if that is smaller (so a small
@@ -201,7 +201,12 @@ impl Spool {
             if !(name.starts_with("seg-") && name.ends_with(".log")) {
                 continue;
             }
-            let scan = read_segment(&e.path())?;
+            // The running daemon may delete an acknowledged segment between listing and reading.
+            let scan = match read_segment(&e.path()) {
+                Ok(s) => s,
+                Err(StateError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
             bytes += scan.len;
             for r in scan.records {
                 last = last.max(r.seq);

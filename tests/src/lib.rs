@@ -230,6 +230,7 @@ impl Agent {
             .arg(sim_lib())
             .arg("--sys-root")
             .arg(spec.sys_root)
+            .args(["--drain-timeout", "30s"])
             .args(spec.extra)
             .env("GPUATTEST_NVML_SIM", spec.scenario)
             .env("GPUATTEST_LOG", "warn")
@@ -247,9 +248,9 @@ impl Agent {
         agent_status(&self.state_dir)
     }
 
-    /// Graceful stop.
+    /// Graceful stop: the agent delivers its spool first (up to 30 s under load).
     pub fn stop(&mut self) {
-        terminate(&mut self.child, Duration::from_secs(8));
+        terminate(&mut self.child, Duration::from_secs(40));
     }
 
     /// SIGKILL.
