@@ -127,8 +127,37 @@ impl Default for HostPaths {
     }
 }
 
+/// A process's open and mapped files (models, checkpoints being written) are re-scanned when its number
+/// of open descriptors changes, and at least every this many observations (mapped files can change
+/// without it).
+pub const RESCAN_EVERY: u64 = 30;
+/// Its command line, cgroups, owner and environment (fixed at exec, or rarely changed) are re-read
+/// every this many observations.
+pub const REREAD_FACTS_EVERY: u64 = 90;
+/// Most processes kept in the cache (each holds two descriptors into /proc).
+pub const MAX_CACHED_PROCESSES: usize = 4096;
+
+struct CachedProcess {
+    facts: jobs::ProcessFacts,
+    models: Vec<ModelFingerprint>,
+    model_errors: Vec<ModelError>,
+    facts_at: u64,
+    models_at: u64,
+    /// `/proc/<pid>/stat`, held open: reads fail once this process is gone.
+    stat: std::fs::File,
+    /// `/proc/<pid>/fd`, held open: its size is the number of open descriptors.
+    fd_dir: Option<std::fs::File>,
+    fd_count: Option<u64>,
+}
+
 /// Takes observations and remembers the previous GPU set for change detection.
 pub struct Observer {
+    /// Observations taken so far.
+    observations: u64,
+    /// Processes read recently, by pid.
+    processes: std::collections::HashMap<u32, CachedProcess>,
+    /// Host facts and non-NVML accelerators, when read, and for which NVML bus ids.
+    host_cache: Option<(HostFacts, Vec<Accelerator>, u64, Vec<String>)>,
     gpus: Box<dyn GpuSource>,
     paths: HostPaths,
     /// Fingerprints by file identity.
@@ -144,7 +173,15 @@ fn read_trimmed(path: &std::path::Path) -> String {
 impl Observer {
     /// An observer over a GPU source and host paths.
     pub fn new(gpus: Box<dyn GpuSource>, paths: HostPaths) -> Self {
-        Observer { gpus, paths, models: crate::models::Cache::default(), previous: None }
+        Observer {
+            observations: 0,
+            processes: std::collections::HashMap::new(),
+            host_cache: None,
+            gpus,
+            paths,
+            models: crate::models::Cache::default(),
+            previous: None,
+        }
     }
 
     /// Facts about the host.
@@ -175,45 +212,48 @@ impl Observer {
                 by_pid.entry(p.pid).or_default().push(g.uuid.clone());
             }
         }
-        let processes = by_pid
-            .into_iter()
-            .map(|(pid, gpu_uuids)| {
-                let mut f = jobs::read_process(&self.paths.proc_root, pid);
-                let (models, model_errors) = self.models_of(pid);
-                // PID-reuse guard: if the pid now names another process, nothing read about it stands.
-                let again = jobs::read_process_start(&self.paths.proc_root, pid);
-                let (models, model_errors) = if again == f.start_time_ticks {
-                    (models, model_errors)
-                } else {
-                    f = jobs::ProcessFacts { pid, ..Default::default() };
-                    (Vec::new(), Vec::new())
-                };
-                ProcessObservation {
-                    pid,
-                    gpu_uuids,
-                    cmdline: f.cmdline,
-                    container_id: f.attribution.container_id.clone(),
-                    pod_uid: f.attribution.pod_uid.clone(),
-                    slurm_job_id: f.attribution.slurm_job_id.clone(),
-                    models,
-                    model_errors,
-                    uid: f.uid,
-                    exe: f.exe,
-                    start_time_ticks: f.start_time_ticks,
-                    attribution: f.attribution,
-                    cgroups: f.cgroups,
-                    env: f.env,
-                    launch: f.launch,
-                    writing: f.writing,
-                    user: f.user,
-                }
-            })
-            .collect();
+        self.observations += 1;
+        let mut seen = Vec::with_capacity(by_pid.len());
+        let mut processes = Vec::with_capacity(by_pid.len());
+        for (pid, gpu_uuids) in by_pid {
+            let (facts, models, model_errors) = self.process(pid);
+            seen.push(pid);
+            let f = facts;
+            processes.push(ProcessObservation {
+                pid,
+                gpu_uuids,
+                cmdline: f.cmdline,
+                container_id: f.attribution.container_id.clone(),
+                pod_uid: f.attribution.pod_uid.clone(),
+                slurm_job_id: f.attribution.slurm_job_id.clone(),
+                models,
+                model_errors,
+                uid: f.uid,
+                exe: f.exe,
+                start_time_ticks: f.start_time_ticks,
+                attribution: f.attribution,
+                cgroups: f.cgroups,
+                env: f.env,
+                launch: f.launch,
+                writing: f.writing,
+                user: f.user,
+            });
+        }
+        self.processes.retain(|pid, _| seen.contains(pid));
+        // The PCI bus and the host's names change rarely; a sysfs walk reads hundreds of files.
         let managed: Vec<String> = snapshot.gpus.iter().map(|g| g.pci_bus_id.clone()).collect();
-        let accelerators = accelerators::scan(&self.paths.sys_root, &managed);
+        if self.host_cache.as_ref().is_none_or(|(_, _, at, m)| self.observations - at >= RESCAN_EVERY || *m != managed)
+        {
+            let acc = accelerators::scan(&self.paths.sys_root, &managed);
+            self.host_cache = Some((self.host_facts(), acc, self.observations, managed));
+        }
+        let (host, accelerators) = match &self.host_cache {
+            Some((h, a, _, _)) => (h.clone(), a.clone()),
+            None => (self.host_facts(), Vec::new()),
+        };
         Ok(Observation {
             observed_at_unix_ms: now_unix_ms,
-            host: self.host_facts(),
+            host,
             gpu_source: snapshot.source,
             driver_version: snapshot.driver_version,
             cuda_driver_version: snapshot.cuda_driver_version,
@@ -222,6 +262,77 @@ impl Observer {
             accelerators,
             events,
         })
+    }
+
+    /// What `/proc` says about `pid`, from the cache when the same process (pid and start time) was read
+    /// within the last [`RESCAN_EVERY`] observations: one small read per process per observation
+    /// instead of a dozen files and a descriptor walk.
+    fn process(&mut self, pid: u32) -> (jobs::ProcessFacts, Vec<ModelFingerprint>, Vec<ModelError>) {
+        use std::os::unix::fs::FileExt;
+        let now = self.observations;
+        let dir = self.paths.proc_root.join(pid.to_string());
+        // A held /proc/<pid>/stat refers to one task for good: once that process is gone, reads fail,
+        // even if the pid has been reused. That is the PID-reuse guard, at one pread per observation.
+        let cached = self.processes.remove(&pid).filter(|c| c.stat.read_at(&mut [0u8; 1], 0).is_ok());
+        if let Some(mut c) = cached {
+            let fd_count = c.fd_dir.as_ref().and_then(|d| d.metadata().ok()).map(|m| m.len());
+            let models_fresh = now - c.models_at < RESCAN_EVERY && fd_count == c.fd_count;
+            if now - c.facts_at >= REREAD_FACTS_EVERY {
+                let fresh = jobs::read_process(&self.paths.proc_root, pid);
+                if fresh.start_time_ticks == c.facts.start_time_ticks {
+                    c.facts = fresh;
+                    c.facts_at = now;
+                }
+            }
+            if !models_fresh {
+                let (m, e) = self.models_of(pid);
+                c.models = m;
+                c.model_errors = e;
+                c.models_at = now;
+                c.fd_count = fd_count;
+                c.facts.writing = jobs::open_for_writing(&dir);
+            }
+            // Still the same process after the reads?
+            if c.stat.read_at(&mut [0u8; 1], 0).is_ok() {
+                let out = (c.facts.clone(), c.models.clone(), c.model_errors.clone());
+                self.processes.insert(pid, c);
+                return out;
+            }
+            return (jobs::ProcessFacts { pid, ..Default::default() }, Vec::new(), Vec::new());
+        }
+        let stat = std::fs::File::open(dir.join("stat"));
+        let facts = jobs::read_process(&self.paths.proc_root, pid);
+        let (models, model_errors) = self.models_of(pid);
+        // The held stat file must name the process just read (same start time), or nothing stands.
+        let held_start = stat.as_ref().ok().and_then(|f| {
+            let mut buf = vec![0u8; 4096];
+            let n = f.read_at(&mut buf, 0).ok()?;
+            jobs::parse_stat_start_time(&String::from_utf8_lossy(&buf[..n]))
+        });
+        let (Ok(stat), Some(start)) = (stat, held_start) else {
+            return (jobs::ProcessFacts { pid, ..Default::default() }, Vec::new(), Vec::new());
+        };
+        if facts.start_time_ticks != Some(start) {
+            return (jobs::ProcessFacts { pid, ..Default::default() }, Vec::new(), Vec::new());
+        }
+        let fd_dir = std::fs::File::open(dir.join("fd")).ok();
+        let fd_count = fd_dir.as_ref().and_then(|d| d.metadata().ok()).map(|m| m.len());
+        if self.processes.len() < MAX_CACHED_PROCESSES {
+            self.processes.insert(
+                pid,
+                CachedProcess {
+                    facts: facts.clone(),
+                    models: models.clone(),
+                    model_errors: model_errors.clone(),
+                    facts_at: now,
+                    models_at: now,
+                    stat,
+                    fd_dir,
+                    fd_count,
+                },
+            );
+        }
+        (facts, models, model_errors)
     }
 
     /// Fingerprints of the model files `pid` has open or mapped.
@@ -378,6 +489,21 @@ mod tests {
         assert_eq!(mine.gpu_uuids, vec!["GPU-a".to_string(), "GPU-b".to_string()]);
         assert!(!mine.cmdline.is_empty());
         assert!(obs.events.is_empty());
+    }
+
+    #[test]
+    fn cached_processes_are_dropped_when_they_exit() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("spawn sleep");
+        let pid = child.id();
+        let src = Fixed(vec![snap(vec![gpu(0, "GPU-a", "1", &[pid])])]);
+        let mut o = Observer::new(Box::new(src), HostPaths::default());
+        assert_eq!(o.observe(1).expect("first").processes[0].cmdline, "sleep 30");
+        assert_eq!(o.observe(2).expect("cached").processes[0].cmdline, "sleep 30");
+        let _ = child.kill();
+        let _ = child.wait();
+        // The pid is gone (and could be reused): nothing cached about it may be reported.
+        let p = &o.observe(3).expect("after exit").processes[0];
+        assert_eq!((p.cmdline.as_str(), p.start_time_ticks), ("", None));
     }
 
     #[test]
