@@ -277,7 +277,8 @@ impl Observer {
         if let Some(mut c) = cached {
             let fd_count = c.fd_dir.as_ref().and_then(|d| d.metadata().ok()).map(|m| m.len());
             let models_fresh = now - c.models_at < RESCAN_EVERY && fd_count == c.fd_count;
-            if now - c.facts_at >= REREAD_FACTS_EVERY {
+            // An empty command line is a process caught mid-exec: read it again rather than keep it.
+            if now - c.facts_at >= REREAD_FACTS_EVERY || c.facts.cmdline.is_empty() {
                 let fresh = jobs::read_process(&self.paths.proc_root, pid);
                 if fresh.start_time_ticks == c.facts.start_time_ticks {
                     c.facts = fresh;
@@ -497,6 +498,13 @@ mod tests {
         let pid = child.id();
         let src = Fixed(vec![snap(vec![gpu(0, "GPU-a", "1", &[pid])])]);
         let mut o = Observer::new(Box::new(src), HostPaths::default());
+        // Right after exec the kernel may not show the new command line yet.
+        for _ in 0..200 {
+            if std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         assert_eq!(o.observe(1).expect("first").processes[0].cmdline, "sleep 30");
         assert_eq!(o.observe(2).expect("cached").processes[0].cmdline, "sleep 30");
         let _ = child.kill();
