@@ -247,3 +247,165 @@ pub fn demo(data: &Path, seconds: Option<u64>, http_listen: String, interval: &s
     };
     runtime_rt()?.block_on(demo::run(opts)).map_err(runtime)
 }
+
+/// `export-key`: the public key that signs exports, as SPKI PEM.
+///
+/// # Errors
+/// When the key cannot be created or read.
+pub fn export_key(data: &Path) -> Result {
+    let key = crate::export::ExportKey::load_or_create(data).map_err(config)?;
+    out(&key.spki_pem())
+}
+
+/// Options of `export`.
+#[derive(Debug, Clone)]
+pub struct ExportArgs {
+    /// Tenant.
+    pub tenant: String,
+    /// Output file.
+    pub out: std::path::PathBuf,
+    /// Period start.
+    pub since: Option<String>,
+    /// Period end.
+    pub until: Option<String>,
+    /// Drop command lines and paths.
+    pub redact: bool,
+}
+
+/// `export`: write a signed attestation for one tenant.
+///
+/// # Errors
+/// Usage errors for bad times; runtime errors when the tenant has nothing in the period or the file
+/// cannot be written.
+pub fn export(data: &Path, a: &ExportArgs) -> Result {
+    let now = crate::now_ms();
+    let since = a
+        .since
+        .as_deref()
+        .map(|s| crate::export::statement::parse_time(s, now))
+        .transpose()
+        .map_err(usage)?
+        .unwrap_or(0);
+    let until = a
+        .until
+        .as_deref()
+        .map(|s| crate::export::statement::parse_time(s, now))
+        .transpose()
+        .map_err(usage)?
+        .unwrap_or(now + 1);
+    if since >= until {
+        return Err(usage("--since must be before --until"));
+    }
+    let store = open(data)?;
+    let policy = Policy::load_from_data(data).map_err(config)?;
+    let key = crate::export::ExportKey::load_or_create(data).map_err(config)?;
+    let req = crate::export::statement::ExportRequest { tenant: a.tenant.clone(), since, until, redact: a.redact };
+    let mut last_shown = std::time::Instant::now();
+    let statement = crate::export::statement::build(&store, &key, &req, policy.digest(), |done, total| {
+        if total > 5000 && (last_shown.elapsed() > std::time::Duration::from_secs(1) || done == total) {
+            eprintln!("exporting: {done}/{total} reports");
+            last_shown = std::time::Instant::now();
+        }
+    })
+    .map_err(runtime)?;
+    let subjects = statement["subject"].as_array().map_or(0, Vec::len);
+    let envelope = crate::export::seal(&statement, &key);
+    let text = serde_json::to_vec_pretty(&envelope).map_err(runtime)?;
+    let tmp = a.out.with_extension("tmp");
+    std::fs::write(&tmp, &text)
+        .and_then(|()| std::fs::rename(&tmp, &a.out))
+        .map_err(|e| runtime(format!("{}: {e}", a.out.display())))?;
+    store
+        .audit(
+            now,
+            "cli",
+            "export",
+            &a.tenant,
+            &format!("{subjects} reports, redacted={}, to {}", a.redact, a.out.display()),
+        )
+        .map_err(runtime)?;
+    out(&format!(
+        "wrote {} ({subjects} reports of tenant {}, signed by key {})\n",
+        a.out.display(),
+        a.tenant,
+        key.key_id()
+    ))
+}
+
+fn read_bounded_text(p: &Path, what: &str) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(p).map_err(|e| usage(format!("{what} {}: {e}", p.display())))?;
+    if meta.len() > crate::export::MAX_EXPORT_BYTES {
+        return Err(usage(format!("{what} {} is larger than {} bytes", p.display(), crate::export::MAX_EXPORT_BYTES)));
+    }
+    std::fs::read(p).map_err(|e| usage(format!("{what} {}: {e}", p.display())))
+}
+
+/// `verify FILE --key PEM`: exit 0 only when the attestation is valid.
+///
+/// # Errors
+/// One line saying what does not hold.
+pub fn verify(file: &Path, key: &Path, json: bool) -> Result {
+    let envelope = read_bounded_text(file, "export")?;
+    let pem = String::from_utf8(read_bounded_text(key, "key")?)
+        .map_err(|_| usage(format!("key {} is not text", key.display())))?;
+    match crate::export::verify(&envelope, &pem) {
+        Ok(v) if json => print_json(
+            &serde_json::json!({"valid": true, "tenant": v.tenant, "subjects": v.subjects, "tree_size": v.tree_size, "root_hash": v.root_hash}),
+        ),
+        Ok(v) => out(&format!(
+            "valid: tenant {}, {} reports, each included in the log of size {} (root {})\n",
+            v.tenant, v.subjects, v.tree_size, v.root_hash
+        )),
+        Err(e) => Err(runtime(format!("{}: invalid: {e}", file.display()))),
+    }
+}
+
+/// `log head`: sign and print the current tree head.
+///
+/// # Errors
+/// When the store or key cannot be read.
+pub fn log_head(data: &Path) -> Result {
+    let store = open(data)?;
+    let key = crate::export::ExportKey::load_or_create(data).map_err(config)?;
+    let leaves = store.log_leaves(None).map_err(runtime)?;
+    let root = crate::export::merkle::root(&leaves);
+    let head = key.sign_head(leaves.len() as u64, &root);
+    store.record_head(head.tree_size, &root, head.signature.as_bytes(), crate::now_ms()).map_err(runtime)?;
+    print_json(&head)
+}
+
+/// `log consistency --from N [--to M]`: a proof that the log of size M extends the log of size N.
+///
+/// # Errors
+/// Usage errors for sizes the log does not have.
+pub fn log_consistency(data: &Path, from: u64, to: Option<u64>) -> Result {
+    let store = open(data)?;
+    let key = crate::export::ExportKey::load_or_create(data).map_err(config)?;
+    let leaves = store.log_leaves(None).map_err(runtime)?;
+    let to = to.unwrap_or(leaves.len() as u64);
+    if from == 0 || from > to || to > leaves.len() as u64 {
+        return Err(usage(format!("sizes must satisfy 1 <= --from <= --to <= {} (the log's size)", leaves.len())));
+    }
+    let upto = &leaves[..to as usize];
+    let proof = crate::export::ConsistencyProof {
+        from: key.sign_head(from, &crate::export::merkle::root(&upto[..from as usize])),
+        to: key.sign_head(to, &crate::export::merkle::root(upto)),
+        proof: crate::export::merkle::consistency_proof(from as usize, upto)
+            .iter()
+            .map(|h| gpuattest_proto::hex(h))
+            .collect(),
+    };
+    print_json(&proof)
+}
+
+/// `log verify-consistency FILE --key PEM`.
+///
+/// # Errors
+/// One line saying which check failed.
+pub fn log_verify_consistency(file: &Path, key: &Path) -> Result {
+    let proof = read_bounded_text(file, "proof")?;
+    let pem = String::from_utf8(read_bounded_text(key, "key")?).map_err(|_| usage("the key is not text"))?;
+    crate::export::verify_consistency(&proof, &pem)
+        .map_err(|e| runtime(format!("{}: invalid: {e}", file.display())))?;
+    out("consistent: the newer log extends the older one\n")
+}

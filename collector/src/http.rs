@@ -25,6 +25,10 @@ pub struct HttpState {
     pub store: Arc<Store>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The key that signs exports and tree heads.
+    pub export_key: Arc<crate::export::ExportKey>,
+    /// The policy in force (its digest goes into exports).
+    pub policy: Arc<std::sync::RwLock<crate::policy::Policy>>,
 }
 
 /// API actions.
@@ -38,6 +42,8 @@ pub enum Action {
     ListHosts,
     /// `GET /api/v1/audit`.
     ReadAudit,
+    /// `GET /api/v1/export`.
+    Export,
 }
 
 /// The contract's role table.
@@ -50,6 +56,7 @@ pub fn allowed(role: Role, action: Action) -> bool {
             | (Reviewer, Decide)
             | (Operator | Reviewer, ListHosts)
             | (Operator | Reviewer, ReadAudit)
+            | (Reviewer | Operator | Customer, Export)
     )
 }
 
@@ -151,6 +158,75 @@ async fn audit(State(s): State<HttpState>, headers: HeaderMap) -> Result<Respons
     Ok(Json(s.store.audit_log(1000).map_err(store_err)?).into_response())
 }
 
+#[derive(Deserialize)]
+struct ExportQuery {
+    tenant: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    redact: Option<bool>,
+}
+
+/// `GET /api/v1/export?tenant=&since=&until=&redact=true`: a signed attestation (DSSE JSON). A customer
+/// token exports its own tenant only. Every export is audited.
+async fn export(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<ExportQuery>,
+) -> Result<Response, ApiError> {
+    let p = authorize(&s, &headers, Action::Export)?;
+    let tenant = match (p.role, q.tenant, p.tenant.clone()) {
+        (Role::Customer, Some(t), Some(own)) if t != own => {
+            return Err(error(StatusCode::FORBIDDEN, "a customer token exports its own tenant only"));
+        }
+        (Role::Customer, _, Some(own)) => own,
+        (_, Some(t), _) => t,
+        _ => return Err(error(StatusCode::BAD_REQUEST, "tenant=ID is required")),
+    };
+    let now = crate::now_ms();
+    let parse = |v: Option<String>, default: i64| -> Result<i64, ApiError> {
+        v.map(|t| crate::export::statement::parse_time(&t, now))
+            .transpose()
+            .map(|t| t.unwrap_or(default))
+            .map_err(|e| error(StatusCode::BAD_REQUEST, e))
+    };
+    let req = crate::export::statement::ExportRequest {
+        tenant: tenant.clone(),
+        since: parse(q.since, 0)?,
+        until: parse(q.until, now + 1)?,
+        redact: q.redact.unwrap_or(p.role == Role::Customer),
+    };
+    let digest = s.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner).digest().to_string();
+    let (store, key, actor) = (s.store.clone(), s.export_key.clone(), format!("token:{}", p.token_id));
+    let envelope = tokio::task::spawn_blocking(move || {
+        let st = crate::export::statement::build(&store, &key, &req, &digest, |_, _| {})?;
+        let n = st["subject"].as_array().map_or(0, Vec::len);
+        store
+            .audit(now, &actor, "export", &req.tenant, &format!("{n} reports, redacted={}, via API", req.redact))
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(crate::export::seal(&st, &key))
+    })
+    .await
+    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| error(StatusCode::NOT_FOUND, e))?;
+    Ok(Json(envelope).into_response())
+}
+
+/// `GET /api/v1/log/head`: the current signed tree head (public, like a certificate-transparency log).
+async fn log_head(State(s): State<HttpState>) -> Result<Response, ApiError> {
+    let (store, key) = (s.store.clone(), s.export_key.clone());
+    let head = tokio::task::spawn_blocking(move || {
+        let leaves = store.log_leaves(None)?;
+        let root = crate::export::merkle::root(&leaves);
+        let head = key.sign_head(leaves.len() as u64, &root);
+        store.record_head(head.tree_size, &root, head.signature.as_bytes(), crate::now_ms())?;
+        Ok::<_, crate::store::StoreError>(head)
+    })
+    .await
+    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(store_err)?;
+    Ok(Json(head).into_response())
+}
+
 async fn metrics(State(s): State<HttpState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
 }
@@ -179,6 +255,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/flags/{id}/decision", post(decide))
         .route("/api/v1/hosts", get(list_hosts))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/export", get(export))
+        .route("/api/v1/log/head", get(log_head))
         .with_state(state)
 }
 
@@ -191,13 +269,13 @@ mod tests {
         use Action::*;
         use Role::*;
         let expect = [
-            (Reviewer, [true, true, true, true]),
-            (Operator, [true, false, true, true]),
-            (Customer, [true, false, false, false]),
-            (Enroll, [false, false, false, false]),
+            (Reviewer, [true, true, true, true, true]),
+            (Operator, [true, false, true, true, true]),
+            (Customer, [true, false, false, false, true]),
+            (Enroll, [false, false, false, false, false]),
         ];
         for (role, row) in expect {
-            for (action, ok) in [ListFlags, Decide, ListHosts, ReadAudit].into_iter().zip(row) {
+            for (action, ok) in [ListFlags, Decide, ListHosts, ReadAudit, Export].into_iter().zip(row) {
                 assert_eq!(allowed(role, action), ok, "{role} {action:?}");
             }
         }

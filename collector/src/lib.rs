@@ -12,11 +12,13 @@
 //! - [`server`]: runs gRPC and HTTP on listeners passed in, until shutdown.
 //! - [`demo`]: the whole system on one machine: collector, agents on the simulated NVML, workloads.
 //! - [`logging`]: tracing set-up and the shutdown signal for the binary.
+//! - [`export`]: signed customer attestations (DSSE, in-toto), the transparency log, offline verify.
 //! - [`render`]: human-readable tables for the CLI.
 //! - [`timefmt`]: RFC 3339 rendering.
 
 pub mod cli;
 pub mod demo;
+pub mod export;
 pub mod http;
 pub mod ingest;
 pub mod logging;

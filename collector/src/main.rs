@@ -70,6 +70,37 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ListCmd,
     },
+    /// Write a signed attestation (DSSE envelope, in-toto Statement v1) for one tenant.
+    Export {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Period start: 2026-11-01, 2026-11-01T00:00:00Z, or a duration before now (720h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Period end (default: now).
+        #[arg(long)]
+        until: Option<String>,
+        /// Leave command lines and file paths out; signatures and proofs still verify.
+        #[arg(long)]
+        redact: bool,
+    },
+    /// Print the public key that signs exports, as SPKI PEM.
+    ExportKey,
+    /// Verify an exported attestation offline; exit 0 only when valid.
+    Verify {
+        file: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The transparency log: `log head`, `log consistency --from N`, `log verify-consistency FILE --key PEM`.
+    Log {
+        #[command(subcommand)]
+        cmd: LogCmd,
+    },
     /// Stored reports: `reports verify` re-verifies signatures and hash chains.
     Reports {
         #[command(subcommand)]
@@ -118,6 +149,25 @@ enum HostsCmd {
 }
 
 #[derive(Subcommand)]
+enum LogCmd {
+    /// Sign and print the current tree head.
+    Head,
+    /// Prove that the log of size --to (default: now) extends the log of size --from.
+    Consistency {
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Verify a consistency proof offline.
+    VerifyConsistency {
+        file: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum VerifyCmd {
     /// Re-verify every stored report; exit 1 if any fails.
     Verify {
@@ -153,6 +203,14 @@ fn main() -> ExitCode {
         Cmd::Hosts { cmd: HostsCmd::Revoke { host_id, reason } } => cli::hosts_revoke(data, &host_id, &reason),
         Cmd::Flags { cmd: ListCmd::List { json } } => cli::flags_list(data, json),
         Cmd::Reports { cmd: VerifyCmd::Verify { json } } => cli::reports_verify(data, json),
+        Cmd::Export { tenant, out, since, until, redact } => {
+            cli::export(data, &cli::ExportArgs { tenant, out, since, until, redact })
+        }
+        Cmd::ExportKey => cli::export_key(data),
+        Cmd::Verify { file, key, json } => cli::verify(&file, &key, json),
+        Cmd::Log { cmd: LogCmd::Head } => cli::log_head(data),
+        Cmd::Log { cmd: LogCmd::Consistency { from, to } } => cli::log_consistency(data, from, to),
+        Cmd::Log { cmd: LogCmd::VerifyConsistency { file, key } } => cli::log_verify_consistency(&file, &key),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -132,7 +132,15 @@ impl Collector {
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
                 let _ = s1.wait_for(|v| *v).await;
             });
-        let app = router(HttpState { store: self.store.clone(), metrics: self.metrics.clone() });
+        let data_dir = self.store.path().parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+        let export_key = crate::export::ExportKey::load_or_create(&data_dir)
+            .map_err(|reason| ServeError::Http { addr: http_addr.clone(), reason })?;
+        let app = router(HttpState {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            export_key: Arc::new(export_key),
+            policy: self.policy.clone(),
+        });
         let http_task = axum::serve(http, app).with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|v| *v).await;
         });

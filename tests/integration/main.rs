@@ -5,6 +5,7 @@
 
 mod delivery;
 mod demo;
+mod export;
 mod hostile;
 mod inspect;
 mod models;

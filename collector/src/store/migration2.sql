@@ -21,3 +21,20 @@ CREATE TABLE host_keys (
     retired_at         INTEGER NOT NULL,
     PRIMARY KEY (host_id, key_id)
 );
+
+-- The transparency log: every accepted report's digest, in acceptance order (idx = rowid - 1).
+CREATE TABLE log_leaves (
+    idx        INTEGER PRIMARY KEY AUTOINCREMENT,
+    host_id    TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    leaf_hash  BLOB NOT NULL,
+    UNIQUE (host_id, seq)
+);
+
+-- Signed tree heads the collector has published.
+CREATE TABLE log_heads (
+    tree_size  INTEGER PRIMARY KEY,
+    root_hash  BLOB NOT NULL,
+    signature  BLOB NOT NULL,
+    signed_at  INTEGER NOT NULL
+);

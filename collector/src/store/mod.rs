@@ -267,6 +267,21 @@ pub struct InvalidReport {
     pub reason: String,
 }
 
+/// A stored report selected for an export.
+#[derive(Debug, Clone)]
+pub struct ExportRow {
+    /// Host.
+    pub host_id: String,
+    /// Hostname.
+    pub hostname: String,
+    /// Sequence number.
+    pub seq: u64,
+    /// The signed report as stored.
+    pub signed: pb::SignedReport,
+    /// Its index in the transparency log.
+    pub log_index: u64,
+}
+
 /// An audit entry.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditRow {
@@ -655,6 +670,11 @@ impl Store {
             params![seq, hash.as_slice(), incoming.received_at, host_id],
         )
         .map_err(sql("advance host"))?;
+        tx.execute(
+            "INSERT INTO log_leaves (host_id, seq, leaf_hash) VALUES (?1, ?2, ?3)",
+            params![host_id, seq, crate::export::merkle::leaf_hash(&log_leaf_data(host_id, r.seq, &hash)).as_slice()],
+        )
+        .map_err(sql("append to the transparency log"))?;
         if let Some(g) = &r.gap
             && g.first_seq <= g.last_seq
             && g.last_seq < r.seq
@@ -751,6 +771,70 @@ impl Store {
             )
             .optional()
             .map_err(sql("read retired key"))
+    }
+
+    /// The first `size` leaf hashes of the transparency log (all of them for `None`).
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn log_leaves(&self, size: Option<u64>) -> Result<Vec<[u8; 32]>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT leaf_hash FROM log_leaves ORDER BY idx LIMIT ?1").map_err(sql("read log"))?;
+        let rows = stmt
+            .query_map(params![size.map_or(i64::MAX, |s| s as i64)], |r| {
+                let v: Vec<u8> = r.get(0)?;
+                let mut h = [0u8; 32];
+                if v.len() == 32 {
+                    h.copy_from_slice(&v);
+                }
+                Ok(h)
+            })
+            .map_err(sql("read log"))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("read log"))
+    }
+
+    /// Records a signed tree head.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn record_head(&self, size: u64, root: &[u8], signature: &[u8], now: i64) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO log_heads (tree_size, root_hash, signature, signed_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                params![size as i64, root, signature, now],
+            )
+            .map_err(sql("record tree head"))?;
+        Ok(())
+    }
+
+    /// A tenant's stored reports in a period, oldest first, with each one's log index:
+    /// (host id, hostname, seq, signed report, log index).
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn reports_for_export(&self, tenant: &str, since: i64, until: i64) -> Result<Vec<ExportRow>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT r.host_id, h.hostname, r.seq, r.report, r.signature, r.key_id, l.idx - 1 \
+                 FROM reports r JOIN hosts h ON h.host_id = r.host_id \
+                 JOIN log_leaves l ON l.host_id = r.host_id AND l.seq = r.seq \
+                 WHERE h.tenant = ?1 AND r.window_end >= ?2 AND r.window_end < ?3 ORDER BY r.host_id, r.seq",
+            )
+            .map_err(sql("read reports for export"))?;
+        let rows = stmt
+            .query_map(params![tenant, since, until], |r| {
+                Ok(ExportRow {
+                    host_id: r.get(0)?,
+                    hostname: r.get(1)?,
+                    seq: r.get::<_, i64>(2)? as u64,
+                    signed: pb::SignedReport { report: r.get(3)?, signature: r.get(4)?, key_id: r.get(5)? },
+                    log_index: r.get::<_, i64>(6)? as u64,
+                })
+            })
+            .map_err(sql("read reports for export"))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("read reports for export"))
     }
 
     /// Records the observation interval a host's agent announced.
@@ -987,6 +1071,17 @@ impl Store {
             .map_err(sql("read audit"))?;
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("read audit"))
     }
+}
+
+/// What a transparency-log leaf commits to: host id, NUL, sequence number (big-endian), and the SHA-256
+/// of the report's signed bytes. Verifiers rebuild it from an export's subject.
+pub fn log_leaf_data(host_id: &str, seq: u64, report_sha256: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(host_id.len() + 41);
+    v.extend_from_slice(host_id.as_bytes());
+    v.push(0);
+    v.extend_from_slice(&seq.to_be_bytes());
+    v.extend_from_slice(report_sha256);
+    v
 }
 
 /// Missing sequence numbers of a host that its signed gap records account for: the union of the

@@ -1,0 +1,218 @@
+//! The transparency log's Merkle tree, RFC 6962 (section 2.1) hashing: leaves `SHA-256(0x00 || data)`,
+//! nodes `SHA-256(0x01 || left || right)`, with audit (inclusion) and consistency proofs, and their
+//! verification as RFC 9162 section 2.1.3 and 2.1.4 describe it.
+
+/// A 32-byte hash.
+pub type Hash = [u8; 32];
+
+fn sha(parts: &[&[u8]]) -> Hash {
+    let mut c = ring::digest::Context::new(&ring::digest::SHA256);
+    for p in parts {
+        c.update(p);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(c.finish().as_ref());
+    out
+}
+
+/// The leaf hash of `data`.
+pub fn leaf_hash(data: &[u8]) -> Hash {
+    sha(&[&[0], data])
+}
+
+/// The hash of an interior node.
+pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
+    sha(&[&[1], left, right])
+}
+
+/// Largest power of two strictly less than `n` (n >= 2).
+fn split(n: usize) -> usize {
+    let mut k = 1;
+    while k << 1 < n {
+        k <<= 1;
+    }
+    k
+}
+
+/// The root of the tree over `leaves` (leaf hashes). The empty tree's root is SHA-256 of nothing.
+pub fn root(leaves: &[Hash]) -> Hash {
+    match leaves.len() {
+        0 => sha(&[]),
+        1 => leaves[0],
+        n => {
+            let k = split(n);
+            node_hash(&root(&leaves[..k]), &root(&leaves[k..]))
+        }
+    }
+}
+
+/// The audit path for leaf `index` in the tree over `leaves`.
+pub fn inclusion_proof(index: usize, leaves: &[Hash]) -> Vec<Hash> {
+    let n = leaves.len();
+    if n <= 1 || index >= n {
+        return Vec::new();
+    }
+    let k = split(n);
+    if index < k {
+        let mut p = inclusion_proof(index, &leaves[..k]);
+        p.push(root(&leaves[k..]));
+        p
+    } else {
+        let mut p = inclusion_proof(index - k, &leaves[k..]);
+        p.push(root(&leaves[..k]));
+        p
+    }
+}
+
+/// Verifies that `leaf` is at `index` in a tree of `size` leaves with `root`.
+pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], root: &Hash) -> bool {
+    if index >= size {
+        return false;
+    }
+    let (mut fnode, mut snode) = (index, size - 1);
+    let mut r = *leaf;
+    for p in proof {
+        if snode == 0 {
+            return false;
+        }
+        if fnode & 1 == 1 || fnode == snode {
+            r = node_hash(p, &r);
+            if fnode & 1 == 0 {
+                while fnode & 1 == 0 && fnode != 0 {
+                    fnode >>= 1;
+                    snode >>= 1;
+                }
+            }
+        } else {
+            r = node_hash(&r, p);
+        }
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    snode == 0 && r == *root
+}
+
+/// The consistency proof between the first `m` leaves and all of `leaves` (RFC 6962 SUBPROOF).
+pub fn consistency_proof(m: usize, leaves: &[Hash]) -> Vec<Hash> {
+    fn subproof(m: usize, leaves: &[Hash], complete: bool) -> Vec<Hash> {
+        let n = leaves.len();
+        if m == n {
+            return if complete { Vec::new() } else { vec![root(leaves)] };
+        }
+        let k = split(n);
+        if m <= k {
+            let mut p = subproof(m, &leaves[..k], complete);
+            p.push(root(&leaves[k..]));
+            p
+        } else {
+            let mut p = subproof(m - k, &leaves[k..], false);
+            p.push(root(&leaves[..k]));
+            p
+        }
+    }
+    if m == 0 || m >= leaves.len() {
+        return Vec::new();
+    }
+    subproof(m, leaves, true)
+}
+
+/// Verifies that a tree of `size2` leaves with `root2` extends one of `size1` leaves with `root1`.
+pub fn verify_consistency(size1: u64, size2: u64, proof: &[Hash], root1: &Hash, root2: &Hash) -> bool {
+    if size1 == size2 {
+        return proof.is_empty() && root1 == root2;
+    }
+    if size1 == 0 || size1 > size2 {
+        return false;
+    }
+    let mut path: Vec<Hash> = proof.to_vec();
+    if size1.is_power_of_two() {
+        path.insert(0, *root1);
+    }
+    let Some((first, rest)) = path.split_first() else { return false };
+    let (mut fnode, mut snode) = (size1 - 1, size2 - 1);
+    while fnode & 1 == 1 {
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    let (mut fr, mut sr) = (*first, *first);
+    for c in rest {
+        if snode == 0 {
+            return false;
+        }
+        if fnode & 1 == 1 || fnode == snode {
+            fr = node_hash(c, &fr);
+            sr = node_hash(c, &sr);
+            if fnode & 1 == 0 {
+                while fnode & 1 == 0 && fnode != 0 {
+                    fnode >>= 1;
+                    snode >>= 1;
+                }
+            }
+        } else {
+            sr = node_hash(&sr, c);
+        }
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    snode == 0 && fr == *root1 && sr == *root2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaves(n: usize) -> Vec<Hash> {
+        (0..n).map(|i| leaf_hash(&(i as u64).to_be_bytes())).collect()
+    }
+
+    #[test]
+    fn rfc6962_empty_and_single() {
+        // SHA-256 of the empty string, as RFC 6962 defines the empty tree's hash.
+        assert_eq!(
+            gpuattest_proto::hex(&root(&[])),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        // RFC 6962's leaf hash of the empty leaf.
+        assert_eq!(
+            gpuattest_proto::hex(&leaf_hash(&[])),
+            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
+        );
+    }
+
+    #[test]
+    fn every_inclusion_proof_verifies_and_wrong_ones_do_not() {
+        for n in 1..=40 {
+            let l = leaves(n);
+            let r = root(&l);
+            for i in 0..n {
+                let p = inclusion_proof(i, &l);
+                assert!(verify_inclusion(&l[i], i as u64, n as u64, &p, &r), "n={n} i={i}");
+                let other = (i + 1) % n;
+                if other != i {
+                    assert!(!verify_inclusion(&l[other], i as u64, n as u64, &p, &r), "n={n} i={i}");
+                }
+                assert!(!verify_inclusion(&l[i], i as u64, n as u64 + 1, &p, &r));
+            }
+        }
+    }
+
+    #[test]
+    fn every_consistency_proof_verifies_and_rewrites_do_not() {
+        for n in 1..=33 {
+            let l = leaves(n);
+            let r2 = root(&l);
+            for m in 1..=n {
+                let r1 = root(&l[..m]);
+                let p = consistency_proof(m, &l);
+                assert!(verify_consistency(m as u64, n as u64, &p, &r1, &r2), "m={m} n={n}");
+                if m < n {
+                    // History rewritten: the old head's leaves differ.
+                    let mut forged = l.clone();
+                    forged[0] = leaf_hash(b"rewritten");
+                    let fr1 = root(&forged[..m]);
+                    assert!(!verify_consistency(m as u64, n as u64, &p, &fr1, &r2), "m={m} n={n}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Building the in-toto statement for one tenant and period from stored, signed evidence.
+//!
+//! Subjects are the reports summarised (`gpuattest:report:<host>:<seq>` with the SHA-256 of the signed
+//! report bytes). The predicate holds the period, hosts and GPUs, GPU-hours and energy, jobs with their
+//! launch evidence and models, flags and their decisions, the policy digest, and the transparency-log
+//! tree head with an inclusion proof per subject. Redaction drops command lines and paths; the
+//! signatures and proofs, which cover report digests, still verify.
+
+use std::collections::BTreeMap;
+
+use gpuattest_proto::pb;
+use prost::Message;
+use serde_json::{Value, json};
+
+use super::{ExportKey, PREDICATE_TYPE, STATEMENT_TYPE, merkle};
+use crate::store::Store;
+use crate::timefmt::rfc3339;
+
+/// Subject name of a report.
+pub fn subject_name(host_id: &str, seq: u64) -> String {
+    format!("gpuattest:report:{host_id}:{seq}")
+}
+
+/// Parses a subject name back into (host id, seq).
+pub fn parse_subject(name: &str) -> Option<(String, u64)> {
+    let rest = name.strip_prefix("gpuattest:report:")?;
+    let (host, seq) = rest.rsplit_once(':')?;
+    Some((host.to_string(), seq.parse().ok()?))
+}
+
+/// What to export.
+#[derive(Debug, Clone)]
+pub struct ExportRequest {
+    /// Tenant.
+    pub tenant: String,
+    /// Period start, Unix ms (inclusive).
+    pub since: i64,
+    /// Period end, Unix ms (exclusive).
+    pub until: i64,
+    /// Drop command lines and paths.
+    pub redact: bool,
+}
+
+#[derive(Default)]
+struct HostAcc {
+    hostname: String,
+    reports: u64,
+    first_seq: u64,
+    last_seq: u64,
+    gpus: BTreeMap<String, (String, String)>,
+    gpu_ms: u128,
+    energy: BTreeMap<String, (u64, u64)>,
+}
+
+/// Builds the statement. `progress` is called with (done, total) as reports are processed.
+///
+/// # Errors
+/// A sentence when the store cannot be read or the period holds no report of the tenant.
+pub fn build(
+    store: &Store,
+    key: &ExportKey,
+    req: &ExportRequest,
+    policy_digest: &str,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Value, String> {
+    let rows = store.reports_for_export(&req.tenant, req.since, req.until).map_err(|e| e.to_string())?;
+    if rows.is_empty() {
+        return Err(format!(
+            "tenant {:?} has no stored reports between {} and {}",
+            req.tenant,
+            rfc3339(req.since),
+            rfc3339(req.until)
+        ));
+    }
+    let leaves = store.log_leaves(None).map_err(|e| e.to_string())?;
+    let size = leaves.len() as u64;
+    let root = merkle::root(&leaves);
+    let head = key.sign_head(size, &root);
+    let _ = store.record_head(size, &root, head.signature.as_bytes(), crate::now_ms());
+
+    let mut subjects = Vec::with_capacity(rows.len());
+    let mut inclusion = Vec::with_capacity(rows.len());
+    let mut hosts: BTreeMap<String, HostAcc> = BTreeMap::new();
+    let mut jobs: BTreeMap<String, Value> = BTreeMap::new();
+    let total = rows.len();
+    for (i, row) in rows.iter().enumerate() {
+        if i % 1000 == 0 {
+            progress(i, total);
+        }
+        let digest = gpuattest_proto::sha256(&row.signed.report);
+        subjects.push(
+            json!({"name": subject_name(&row.host_id, row.seq), "digest": {"sha256": gpuattest_proto::hex(&digest)}}),
+        );
+        let path: Vec<String> =
+            merkle::inclusion_proof(row.log_index as usize, &leaves).iter().map(|h| gpuattest_proto::hex(h)).collect();
+        inclusion.push(json!({"index": row.log_index, "path": path}));
+        let Ok(r) = pb::UsageReport::decode(row.signed.report.as_slice()) else { continue };
+        let h = hosts.entry(row.host_id.clone()).or_default();
+        h.hostname.clone_from(&row.hostname);
+        h.reports += 1;
+        h.first_seq = if h.first_seq == 0 { row.seq } else { h.first_seq.min(row.seq) };
+        h.last_seq = h.last_seq.max(row.seq);
+        let window = (r.window_end_unix_ms - r.window_start_unix_ms).max(0) as u128;
+        for g in &r.gpus {
+            h.gpus.entry(g.uuid.clone()).or_insert_with(|| (g.serial.clone(), g.name.clone()));
+            if !g.processes.is_empty() {
+                h.gpu_ms += window;
+            }
+            if let Some(e) = g.energy_mj {
+                let slot = h.energy.entry(g.uuid.clone()).or_insert((e, e));
+                slot.0 = slot.0.min(e);
+                slot.1 = slot.1.max(e);
+            }
+        }
+        for p in &r.processes {
+            let key = format!("{}|{}", row.host_id, crate::policy::job_key(p));
+            let entry = jobs.entry(key).or_insert_with(|| {
+                let launch = p.launch.clone().unwrap_or_default();
+                json!({
+                    "job": crate::policy::job_key(p),
+                    "host_id": row.host_id,
+                    "pid": p.pid,
+                    "cmdline": if req.redact { Value::Null } else { json!(p.cmdline) },
+                    "container_id": p.container_id,
+                    "pod_uid": p.pod_uid,
+                    "slurm_job_id": p.slurm_job_id,
+                    "launch": {"kind": launch.kind, "framework": launch.framework, "world_size": launch.world_size},
+                    "verdict": if launch.kind.is_empty() { "unknown".to_string() } else { launch.kind.clone() },
+                    "models": p.models.iter().map(|m| json!({
+                        "path": if req.redact { Value::Null } else { json!(m.path) },
+                        "format": m.format, "header_sha256": m.header_sha256, "name": m.name,
+                        "architecture": m.architecture, "model_type": m.model_type, "parameter_count": m.parameter_count,
+                    })).collect::<Vec<_>>(),
+                    "gpu_uuids": p.gpu_uuids,
+                    "first_seen": rfc3339(r.window_end_unix_ms),
+                    "reports": 0,
+                })
+            });
+            entry["last_seen"] = json!(rfc3339(r.window_end_unix_ms));
+            entry["reports"] = json!(entry["reports"].as_u64().unwrap_or(0) + 1);
+        }
+    }
+    progress(total, total);
+    let mut total_gpu_hours = 0.0;
+    let mut total_kwh = 0.0;
+    let hosts_json: Vec<Value> = hosts
+        .iter()
+        .map(|(id, h)| {
+            let gpu_hours = h.gpu_ms as f64 / 3_600_000.0;
+            let kwh = h.energy.values().map(|(a, b)| (b - a) as f64).sum::<f64>() / 3.6e9;
+            total_gpu_hours += gpu_hours;
+            total_kwh += kwh;
+            json!({
+                "host_id": id, "hostname": h.hostname, "reports": h.reports, "first_seq": h.first_seq, "last_seq": h.last_seq,
+                "gpus": h.gpus.iter().map(|(u, (s, n))| json!({"uuid": u, "serial": s, "name": n})).collect::<Vec<_>>(),
+                "gpu_hours": gpu_hours, "energy_kwh": kwh,
+            })
+        })
+        .collect();
+    let flags: Vec<Value> = store
+        .flags(Some(&req.tenant))
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|f| hosts.contains_key(&f.host_id))
+        .map(|f| json!({"id": f.id, "rule": f.rule, "severity": f.severity, "status": f.status, "host_id": f.host_id, "summary": f.summary, "updated_at": f.updated_at}))
+        .collect();
+    Ok(json!({
+        "_type": STATEMENT_TYPE,
+        "subject": subjects,
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "tenant": req.tenant,
+            "period": {"since": rfc3339(req.since), "until": rfc3339(req.until)},
+            "generated_at": rfc3339(crate::now_ms()),
+            "export_key_id": key.key_id(),
+            "redacted": req.redact,
+            "hosts": hosts_json,
+            "totals": {"reports": total, "gpu_hours": total_gpu_hours, "energy_kwh": total_kwh},
+            "jobs": jobs.into_values().collect::<Vec<_>>(),
+            "flags": flags,
+            "policy_digest": policy_digest,
+            "screening_lists": [],
+            "transparency": {
+                "log": "RFC 6962 Merkle tree of every accepted report's leaf (host id, NUL, seq big-endian, report sha256)",
+                "tree_size": size,
+                "root_hash": head.root_hash,
+                "tree_head_signature": head.signature,
+                "inclusion": inclusion,
+            },
+        },
+    }))
+}
+
+/// Parses a period bound: RFC 3339 (`2026-11-28T10:00:00Z`), a date (`2026-11-28`), or a duration
+/// before now (`24h`, `7d` is written `168h`).
+///
+/// # Errors
+/// A sentence with the accepted forms.
+pub fn parse_time(s: &str, now: i64) -> Result<i64, String> {
+    if let Ok(d) = gpuattest_proto::units::parse_duration(s) {
+        return Ok(now - d.as_millis() as i64);
+    }
+    let bad =
+        || format!("`{s}` is not a time; write 2026-11-28, 2026-11-28T10:00:00Z or a duration before now like 24h");
+    let (date, time) = s.split_once('T').unwrap_or((s, "00:00:00Z"));
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (Some(Some(y)), Some(Some(m)), Some(Some(day))) = (d.next(), d.next(), d.next()) else { return Err(bad()) };
+    let time = time.strip_suffix('Z').ok_or_else(bad)?;
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|p| p.parse::<i64>().ok());
+    let (Some(Some(hh)), Some(Some(mm)), Some(Some(ss))) = (t.next(), t.next(), t.next()) else { return Err(bad()) };
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return Err(bad());
+    }
+    let ms: i64 = format!("{frac:0<3}")[..3].parse().map_err(|_| bad())?;
+    // Days from civil (Howard Hinnant).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Ok(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time("1970-01-01", 0), Ok(0));
+        assert_eq!(parse_time("2026-11-28T22:33:54.123Z", 0), Ok(1_795_905_234_123));
+        assert_eq!(parse_time("2000-02-29T00:00:00Z", 0), Ok(951_782_400_000));
+        assert_eq!(parse_time("24h", 100_000_000), Ok(100_000_000 - 86_400_000));
+        for bad in ["", "2026-13-01", "yesterday", "2026-11-28T25:00:00Z", "2026-11-28T10:00:00"] {
+            assert!(parse_time(bad, 0).is_err(), "{bad}");
+        }
+        assert_eq!(rfc3339(parse_time("2026-11-28T22:33:54.123Z", 0).expect("t")), "2026-11-28T22:33:54.123Z");
+    }
+
+    #[test]
+    fn subjects_round_trip() {
+        assert_eq!(parse_subject(&subject_name("gpu-node-01-abc", 42)), Some(("gpu-node-01-abc".into(), 42)));
+        assert_eq!(parse_subject("report:x:1"), None);
+    }
+}
