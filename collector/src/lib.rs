@@ -13,6 +13,8 @@
 //! - [`demo`]: the whole system on one machine: collector, agents on the simulated NVML, workloads.
 //! - [`logging`]: tracing set-up and the shutdown signal for the binary.
 //! - [`export`]: signed customer attestations (DSSE, in-toto), the transparency log, offline verify.
+//! - [`registry`]: model families, developers and listings; `policy evaluate-model`.
+//! - [`screening`]: restricted-party lists (OFAC SDN, trade.gov CSL, operator lists) and name matching.
 //! - [`render`]: human-readable tables for the CLI.
 //! - [`timefmt`]: RFC 3339 rendering.
 
@@ -24,7 +26,9 @@ pub mod ingest;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
+pub mod registry;
 pub mod render;
+pub mod screening;
 pub mod server;
 pub mod store;
 pub mod timefmt;

@@ -70,6 +70,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ListCmd,
     },
+    /// The policy: `policy evaluate-model FILE|-`.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// Restricted-party screening: `screen check NAME --list FILE`.
+    Screen {
+        #[command(subcommand)]
+        cmd: ScreenCmd,
+    },
     /// Write a signed attestation (DSSE envelope, in-toto Statement v1) for one tenant.
     Export {
         #[arg(long)]
@@ -149,6 +159,31 @@ enum HostsCmd {
 }
 
 #[derive(Subcommand)]
+enum PolicyCmd {
+    /// The verdict on a model fingerprint (a JSON file from `gpuattest-agent fingerprint --json`, or - for stdin).
+    EvaluateModel {
+        file: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScreenCmd {
+    /// Screen one party name against list files (format detected from each file).
+    Check {
+        name: String,
+        #[arg(long, required = true)]
+        list: Vec<PathBuf>,
+        /// Lowest score reported.
+        #[arg(long, default_value_t = 0.8)]
+        threshold: f64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum LogCmd {
     /// Sign and print the current tree head.
     Head,
@@ -207,6 +242,10 @@ fn main() -> ExitCode {
             cli::export(data, &cli::ExportArgs { tenant, out, since, until, redact })
         }
         Cmd::ExportKey => cli::export_key(data),
+        Cmd::Policy { cmd: PolicyCmd::EvaluateModel { file, json } } => cli::evaluate_model(&file, json),
+        Cmd::Screen { cmd: ScreenCmd::Check { name, list, threshold, json } } => {
+            cli::screen_check(&name, &list, threshold, json)
+        }
         Cmd::Verify { file, key, json } => cli::verify(&file, &key, json),
         Cmd::Log { cmd: LogCmd::Head } => cli::log_head(data),
         Cmd::Log { cmd: LogCmd::Consistency { from, to } } => cli::log_consistency(data, from, to),

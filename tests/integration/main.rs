@@ -10,4 +10,5 @@ mod hostile;
 mod inspect;
 mod models;
 mod nvml;
+mod policy;
 mod streaming;
