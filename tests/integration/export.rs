@@ -75,6 +75,12 @@ fn exports_verify_and_every_alteration_is_caught() {
     assert!(p["totals"]["gpu_hours"].as_f64().is_some_and(|h| h > 0.0));
     assert!(p["flags"].as_array().is_some_and(|f| f.iter().any(|f| f["rule"] == "model-developer")));
     assert!(p["jobs"].as_array().is_some_and(|j| j.iter().all(|j| j["verdict"] == "training")));
+    let model = &p["jobs"][0]["models"][0];
+    assert_eq!(
+        (model["verdict"]["family"].as_str(), model["verdict"]["restricted"].as_bool()),
+        (Some("DeepSeek"), Some(true)),
+        "{model}"
+    );
 
     let check = |name: &str, env: &Value, key: &Path, expect: &str| {
         let f = t.path().join(format!("{name}.json"));

@@ -126,11 +126,21 @@ pub fn build(
                     "slurm_job_id": p.slurm_job_id,
                     "launch": {"kind": launch.kind, "framework": launch.framework, "world_size": launch.world_size},
                     "verdict": if launch.kind.is_empty() { "unknown".to_string() } else { launch.kind.clone() },
-                    "models": p.models.iter().map(|m| json!({
-                        "path": if req.redact { Value::Null } else { json!(m.path) },
-                        "format": m.format, "header_sha256": m.header_sha256, "name": m.name,
-                        "architecture": m.architecture, "model_type": m.model_type, "parameter_count": m.parameter_count,
-                    })).collect::<Vec<_>>(),
+                    "models": p.models.iter().map(|m| {
+                        let fp = json!({
+                            "format": m.format, "header_sha256": m.header_sha256, "name": m.name, "organization": m.organization,
+                            "architecture": m.architecture, "model_type": m.model_type, "parameter_count": m.parameter_count,
+                            "base_models": m.base_models, "metadata": m.metadata,
+                        });
+                        let v = crate::registry::evaluate(&fp);
+                        json!({
+                            "path": if req.redact { Value::Null } else { json!(m.path) },
+                            "format": m.format, "header_sha256": m.header_sha256, "name": m.name,
+                            "architecture": m.architecture, "model_type": m.model_type, "parameter_count": m.parameter_count,
+                            "verdict": {"family": v.family, "developer": v.developer, "developer_country": v.developer_country,
+                                        "restricted": v.restricted, "severity": v.severity, "confidence": v.confidence},
+                        })
+                    }).collect::<Vec<_>>(),
                     "gpu_uuids": p.gpu_uuids,
                     "first_seen": rfc3339(r.window_end_unix_ms),
                     "reports": 0,
