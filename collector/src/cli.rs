@@ -488,3 +488,65 @@ pub fn screen_check(name: &str, lists: &[std::path::PathBuf], threshold: f64, js
     }
     out(&text)
 }
+
+/// `flags show ID`: one flag with its evidence and the audit trail of decisions on it.
+///
+/// # Errors
+/// Usage error when there is no such flag.
+pub fn flags_show(data: &Path, id: i64, json: bool) -> Result {
+    let store = open(data)?;
+    let flag = store
+        .flags(None)
+        .map_err(runtime)?
+        .into_iter()
+        .find(|f| f.id == id)
+        .ok_or_else(|| usage(format!("no flag {id}; see `flags list`")))?;
+    let target = format!("flag:{id}");
+    let decisions: Vec<crate::store::AuditRow> =
+        store.audit_log(100_000).map_err(runtime)?.into_iter().filter(|a| a.target == target).collect();
+    if json {
+        return print_json(&serde_json::json!({"flag": flag, "decisions": decisions}));
+    }
+    let mut text = format!(
+        "flag {}  {}  {}  {}\nhost    {}\ntenant  {}\njob     {}\nseen    {} .. {} ({} reports, seq {}..{})\npolicy  {}\n\n{}\n\nevidence:\n{}\n",
+        flag.id,
+        flag.severity.to_uppercase(),
+        flag.rule,
+        flag.status,
+        flag.host_id,
+        flag.tenant.as_deref().unwrap_or("-"),
+        flag.job,
+        flag.created_at,
+        flag.updated_at,
+        flag.occurrences,
+        flag.first_seq,
+        flag.last_seq,
+        flag.policy_digest,
+        flag.summary,
+        serde_json::to_string_pretty(&flag.evidence).unwrap_or_default()
+    );
+    for d in decisions.iter().rev() {
+        text.push_str(&format!("decision {}  {}  by {}: {}\n", d.at, d.action, d.actor, d.detail));
+    }
+    out(&text)
+}
+
+/// `flags decide ID --decision confirm|dismiss|escalate --reason TEXT`, audited as the CLI.
+///
+/// # Errors
+/// Usage errors for an unknown decision, an empty reason, or no such flag.
+pub fn flags_decide(data: &Path, id: i64, decision: &str, reason: &str) -> Result {
+    let status = match decision {
+        "confirm" => "confirmed",
+        "dismiss" => "dismissed",
+        "escalate" => "escalated",
+        other => return Err(usage(format!("--decision {other:?}: use confirm, dismiss or escalate"))),
+    };
+    if reason.trim().is_empty() || reason.len() > 4096 {
+        return Err(usage("--reason is required (1 to 4096 characters)"));
+    }
+    match open(data)?.decide_flag(id, status, "cli", reason.trim(), crate::now_ms()).map_err(runtime)? {
+        Some(()) => out(&format!("flag {id} {status}\n")),
+        None => Err(usage(format!("no flag {id}; see `flags list`"))),
+    }
+}

@@ -65,10 +65,10 @@ enum Cmd {
         #[command(subcommand)]
         cmd: HostsCmd,
     },
-    /// Flags raised by policy: `flags list`.
+    /// Flags raised by policy: `flags list`, `flags show ID`, `flags decide ID --decision D --reason R`.
     Flags {
         #[command(subcommand)]
-        cmd: ListCmd,
+        cmd: FlagsCmd,
     },
     /// The policy: `policy evaluate-model FILE|-`.
     Policy {
@@ -159,6 +159,30 @@ enum HostsCmd {
 }
 
 #[derive(Subcommand)]
+enum FlagsCmd {
+    /// List them.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One flag with its evidence and decisions.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record a decision (audited).
+    Decide {
+        id: i64,
+        /// confirm, dismiss or escalate.
+        #[arg(long)]
+        decision: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum PolicyCmd {
     /// The verdict on a model fingerprint (a JSON file from `gpuattest-agent fingerprint --json`, or - for stdin).
     EvaluateModel {
@@ -236,7 +260,11 @@ fn main() -> ExitCode {
         }
         Cmd::Hosts { cmd: HostsCmd::List { json } } => cli::hosts_list(data, json),
         Cmd::Hosts { cmd: HostsCmd::Revoke { host_id, reason } } => cli::hosts_revoke(data, &host_id, &reason),
-        Cmd::Flags { cmd: ListCmd::List { json } } => cli::flags_list(data, json),
+        Cmd::Flags { cmd: FlagsCmd::List { json } } => cli::flags_list(data, json),
+        Cmd::Flags { cmd: FlagsCmd::Show { id, json } } => cli::flags_show(data, id, json),
+        Cmd::Flags { cmd: FlagsCmd::Decide { id, decision, reason } } => {
+            cli::flags_decide(data, id, &decision, &reason)
+        }
         Cmd::Reports { cmd: VerifyCmd::Verify { json } } => cli::reports_verify(data, json),
         Cmd::Export { tenant, out, since, until, redact } => {
             cli::export(data, &cli::ExportArgs { tenant, out, since, until, redact })

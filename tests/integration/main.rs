@@ -11,4 +11,5 @@ mod inspect;
 mod models;
 mod nvml;
 mod policy;
+mod review;
 mod streaming;

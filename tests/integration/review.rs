@@ -1,0 +1,140 @@
+//! The review API: every role against every endpoint of the contract's table, tenant isolation for
+//! customers, decisions in the audit log, and the CLI's flags show / decide.
+
+use std::path::Path;
+use std::process::Command;
+
+use gpuattest_tests::{Collector, bin, collector_cmd, http_get, http_request, run, token};
+use serde_json::Value;
+
+fn demo_data(dir: &Path) -> std::path::PathBuf {
+    let data = dir.join("data");
+    let (code, _, err) = run(Command::new(bin("gpuattest-collector"))
+        .args(["demo", "--seconds", "4", "--interval", "500ms", "--data"])
+        .arg(&data)
+        .env_remove("GPUATTEST_DATA"));
+    assert_eq!(code, 0, "demo: {err}");
+    data
+}
+
+#[test]
+fn every_role_against_every_endpoint() {
+    let t = tempfile::tempdir().expect("tmp");
+    let data = demo_data(t.path());
+    let c = Collector::start(&data);
+    let tokens = [
+        ("none", None),
+        ("bogus", Some("gpa_0000".to_string())),
+        ("enroll", Some(token(&data, "enroll", None))),
+        ("reviewer", Some(token(&data, "reviewer", None))),
+        ("operator", Some(token(&data, "operator", None))),
+        ("customer", Some(token(&data, "customer", Some("acme-ai")))),
+    ];
+    let (_, flags) = http_get(&c.http, "/api/v1/flags", tokens[3].1.as_deref());
+    let flags: Value = serde_json::from_str(&flags).expect("flags");
+    let id = flags[0]["id"].as_i64().expect("a flag");
+    let decision = r#"{"decision": "escalate", "reason": "role matrix test"}"#;
+    // (method, path, body, expected status per token in the order above)
+    let table: [(&str, String, Option<&str>, [u16; 6]); 7] = [
+        ("GET", "/api/v1/flags".into(), None, [401, 401, 401, 200, 200, 200]),
+        ("POST", format!("/api/v1/flags/{id}/decision"), Some(decision), [401, 401, 401, 200, 403, 403]),
+        ("GET", "/api/v1/hosts".into(), None, [401, 401, 401, 200, 200, 403]),
+        ("GET", "/api/v1/audit".into(), None, [401, 401, 401, 200, 200, 403]),
+        ("GET", "/healthz".into(), None, [200; 6]),
+        ("GET", "/metrics".into(), None, [200; 6]),
+        ("GET", "/".into(), None, [200; 6]),
+    ];
+    for (method, path, body, expected) in &table {
+        for ((who, tok), want) in tokens.iter().zip(expected) {
+            let (got, text) = http_request(&c.http, method, path, tok.as_deref(), *body);
+            assert_eq!(got, *want, "{method} {path} as {who}: {text}");
+        }
+    }
+    // A customer sees only its own tenant's flags.
+    let (_, own) = http_get(&c.http, "/api/v1/flags", tokens[5].1.as_deref());
+    let own: Value = serde_json::from_str(&own).expect("json");
+    assert!(!own.as_array().expect("list").is_empty());
+    assert!(own.as_array().expect("list").iter().all(|f| f["tenant"] == "acme-ai"), "{own}");
+    let other = token(&data, "customer", Some("borealis-labs"));
+    let (_, theirs) = http_get(&c.http, "/api/v1/flags", Some(&other));
+    let theirs: Value = serde_json::from_str(&theirs).expect("json");
+    assert!(theirs.as_array().expect("list").iter().all(|f| f["tenant"] == "borealis-labs"), "{theirs}");
+    // A decision needs a reason and a known decision.
+    let rev = tokens[3].1.as_deref();
+    assert_eq!(
+        http_request(
+            &c.http,
+            "POST",
+            &format!("/api/v1/flags/{id}/decision"),
+            rev,
+            Some(r#"{"decision":"dismiss","reason":"  "}"#)
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        http_request(
+            &c.http,
+            "POST",
+            &format!("/api/v1/flags/{id}/decision"),
+            rev,
+            Some(r#"{"decision":"ignore","reason":"x"}"#)
+        )
+        .0,
+        400
+    );
+    assert_eq!(http_request(&c.http, "POST", "/api/v1/flags/999999/decision", rev, Some(decision)).0, 404);
+    // The decision is in the audit log and on the flag.
+    let (_, audit) = http_get(&c.http, "/api/v1/audit", rev);
+    assert!(audit.contains("flag.escalated") && audit.contains("role matrix test"), "{audit}");
+    let (code, shown, err) = run(collector_cmd(&data).args(["flags", "show", &id.to_string(), "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let shown: Value = serde_json::from_str(&shown).expect("json");
+    assert_eq!(shown["flag"]["status"], "escalated");
+    assert_eq!(shown["decisions"][0]["detail"], "role matrix test");
+}
+
+#[test]
+fn cli_decisions_are_audited_and_bad_ones_refused() {
+    let t = tempfile::tempdir().expect("tmp");
+    let data = demo_data(t.path());
+    let (_, list, _) = run(collector_cmd(&data).args(["flags", "list", "--json"]));
+    let id = serde_json::from_str::<Value>(&list).expect("json")[0]["id"].as_i64().expect("flag").to_string();
+    let (code, out, err) = run(collector_cmd(&data).args([
+        "flags",
+        "decide",
+        &id,
+        "--decision",
+        "dismiss",
+        "--reason",
+        "licensed research use",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("dismissed"));
+    let (code, _, err) =
+        run(collector_cmd(&data).args(["flags", "decide", &id, "--decision", "shrug", "--reason", "x"]));
+    assert_eq!(code, 64);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let (code, _, err) = run(collector_cmd(&data).args(["flags", "show", "999999"]));
+    assert_eq!((code, err.lines().count()), (64, 1), "{err}");
+    let (_, text, _) = run(collector_cmd(&data).args(["flags", "show", &id]));
+    assert!(text.contains("flag.dismissed") && text.contains("licensed research use"), "{text}");
+}
+
+#[test]
+fn the_ui_never_turns_data_into_markup() {
+    // Tenant-controlled strings (command lines, model names) reach the page only through textContent,
+    // under a CSP that forbids inline script.
+    let js = include_str!("../../collector/src/ui/ui.js");
+    assert!(
+        !js.contains("innerHTML")
+            && !js.contains("outerHTML")
+            && !js.contains("insertAdjacentHTML")
+            && !js.contains("eval(")
+    );
+    let t = tempfile::tempdir().expect("tmp");
+    let c = Collector::start(t.path());
+    let (status, page) = http_get(&c.http, "/", None);
+    assert_eq!(status, 200);
+    assert!(!page.contains("<script>") && page.contains("<script src=\"/ui.js\">"), "no inline script");
+}
