@@ -80,10 +80,23 @@ pub fn token_create(data: &Path, role: tokens::Role, tenant: Option<&str>, ttl: 
     let ttl = ttl.map(gpuattest_proto::units::parse_duration).transpose().map_err(|e| usage(format!("--ttl: {e}")))?;
     let store = open(data)?;
     let t = tokens::mint(&store, role, tenant, ttl, "cli", crate::now_ms()).map_err(usage)?;
+    let id = gpuattest_proto::hex(&tokens::hash(&t)[..6]);
     if json {
-        print_json(&serde_json::json!({"token": t, "role": role.as_str(), "tenant": tenant}))
+        print_json(&serde_json::json!({"token": t, "id": id, "role": role.as_str(), "tenant": tenant}))
     } else {
         out(&format!("{t}\n"))
+    }
+}
+
+/// `token revoke ID`: the token (by the id `token create --json` printed) stops working at once.
+///
+/// # Errors
+/// Usage error when there is no such live token.
+pub fn token_revoke(data: &Path, id: &str) -> Result {
+    if open(data)?.revoke_token(id, "cli", crate::now_ms()).map_err(runtime)? {
+        out(&format!("token {id} revoked\n"))
+    } else {
+        Err(usage(format!("no live token with id {id}")))
     }
 }
 

@@ -132,6 +132,8 @@ enum TokenCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Revoke a token by its id (printed by `token create --json`); audited.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -258,6 +260,7 @@ fn main() -> ExitCode {
         Cmd::Token { cmd: TokenCmd::Create { role, tenant, ttl, json } } => {
             cli::token_create(data, role, tenant.as_deref(), ttl.as_deref(), json)
         }
+        Cmd::Token { cmd: TokenCmd::Revoke { id } } => cli::token_revoke(data, &id),
         Cmd::Hosts { cmd: HostsCmd::List { json } } => cli::hosts_list(data, json),
         Cmd::Hosts { cmd: HostsCmd::Revoke { host_id, reason } } => cli::hosts_revoke(data, &host_id, &reason),
         Cmd::Flags { cmd: FlagsCmd::List { json } } => cli::flags_list(data, json),

@@ -138,3 +138,20 @@ fn the_ui_never_turns_data_into_markup() {
     assert_eq!(status, 200);
     assert!(!page.contains("<script>") && page.contains("<script src=\"/ui.js\">"), "no inline script");
 }
+
+#[test]
+fn a_revoked_token_stops_working_at_once() {
+    let t = tempfile::tempdir().expect("tmp");
+    let c = Collector::start(t.path());
+    let (code, out, err) = run(collector_cmd(t.path()).args(["token", "create", "--role", "reviewer", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    let (tok, id) = (v["token"].as_str().expect("token"), v["id"].as_str().expect("id"));
+    assert_eq!(http_get(&c.http, "/api/v1/flags", Some(tok)).0, 200);
+    let (code, _, err) = run(collector_cmd(t.path()).args(["token", "revoke", id]));
+    assert_eq!(code, 0, "{err}");
+    let (status, body) = http_get(&c.http, "/api/v1/flags", Some(tok));
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("revoked"), "{body}");
+    assert_eq!(run(collector_cmd(t.path()).args(["token", "revoke", id])).0, 64);
+}

@@ -367,6 +367,23 @@ impl Store {
         tx.commit().map_err(sql("commit token"))
     }
 
+    /// Revokes a token by its public id; returns `false` when there is no such live token.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn revoke_token(&self, id: &str, actor: &str, now: i64) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(sql("begin"))?;
+        let n = tx
+            .execute("UPDATE tokens SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL", params![now, id])
+            .map_err(sql("revoke token"))?;
+        if n == 1 {
+            audit_tx(&tx, now, actor, "token.revoke", id, "")?;
+        }
+        tx.commit().map_err(sql("commit token revocation"))?;
+        Ok(n == 1)
+    }
+
     /// Looks a token up by its hash.
     ///
     /// # Errors

@@ -33,20 +33,48 @@ async function loadFlags() {
     cell(tr, f.id); cell(tr, f.severity, "sev-" + f.severity); cell(tr, f.rule); cell(tr, f.status);
     cell(tr, f.host_id); cell(tr, f.tenant); cell(tr, f.summary).className = "summary";
     const td = document.createElement("td");
-    const sel = document.createElement("select");
-    for (const d of ["confirm", "dismiss", "escalate"]) { const o = document.createElement("option"); o.textContent = d; sel.appendChild(o); }
-    const reason = document.createElement("input"); reason.placeholder = "reason (required)";
-    const btn = document.createElement("button"); btn.textContent = "Record";
-    btn.onclick = async () => {
-      if (!reason.value.trim()) { reason.focus(); return; }
-      try { await api("/api/v1/flags/" + f.id + "/decision", { method: "POST", body: JSON.stringify({ decision: sel.value, reason: reason.value }) }); refresh(); }
-      catch (e) { $("error").textContent = e.message; }
-    };
-    td.append(sel, reason, btn);
+    const open = document.createElement("a");
+    open.textContent = "open";
+    open.className = "open";
+    open.href = "#flag-" + f.id;
+    open.onclick = (ev) => { ev.preventDefault(); showFlag(f); };
+    td.appendChild(open);
     tr.appendChild(td);
     body.appendChild(tr);
   }
 }
+
+let current = null;
+
+function showFlag(f) {
+  current = f;
+  $("d-id").textContent = String(f.id);
+  $("d-severity").textContent = f.severity;
+  $("d-severity").className = "sev-" + f.severity;
+  $("d-rule").textContent = f.rule;
+  $("d-status").textContent = f.status;
+  $("d-host").textContent = f.host_id;
+  $("d-tenant").textContent = f.tenant == null ? "-" : f.tenant;
+  $("d-summary").textContent = f.summary;
+  $("d-evidence").textContent = JSON.stringify(f.evidence, null, 2);
+  $("d-reason").value = "";
+  $("detail").hidden = false;
+  $("detail").scrollIntoView();
+}
+
+$("d-form").onsubmit = async (ev) => {
+  ev.preventDefault();
+  if (!current) return;
+  const reason = $("d-reason").value.trim();
+  if (!reason) { $("d-reason").focus(); return; }
+  try {
+    await api("/api/v1/flags/" + current.id + "/decision", { method: "POST", body: JSON.stringify({ decision: $("d-decision").value, reason }) });
+    $("detail").hidden = true;
+    current = null;
+    refresh();
+  } catch (e) { $("error").textContent = e.message; }
+};
+$("d-back").onclick = (ev) => { ev.preventDefault(); $("detail").hidden = true; };
 
 async function loadTable(path, id, fields) {
   let rows;
