@@ -43,8 +43,8 @@ pub fn hosts(rows: &[HostSummary]) -> String {
     }
     let _ = writeln!(
         s,
-        "{:<24} {:<16} {:<14} {:>8} {:>8} {:>5}  LAST SEEN",
-        "HOST", "HOSTNAME", "TENANT", "LAST_SEQ", "REPORTS", "GAPS"
+        "{:<24} {:<16} {:<14} {:>8} {:>8} {:>5} {:>8}  LAST SEEN",
+        "HOST", "HOSTNAME", "TENANT", "LAST_SEQ", "REPORTS", "GAPS", "RECORDED"
     );
     for h in rows {
         let _ = writeln!(
