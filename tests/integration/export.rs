@@ -1,24 +1,13 @@
 //! Customer attestations: export, offline verification (ours and a third party's), redaction, the
 //! customer API, and transparency-log consistency.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use gpuattest_tests::{Collector, bin, collector_cmd, http_get, run, token};
+use gpuattest_tests::{Collector, bin, collector_cmd, demo_data, http_get, run, token};
 use serde_json::Value;
-
-/// A store with real evidence: the demo, briefly.
-fn demo_data(dir: &Path) -> PathBuf {
-    let data = dir.join("data");
-    let (code, _, err) = run(Command::new(bin("gpuattest-collector"))
-        .args(["demo", "--seconds", "4", "--interval", "500ms", "--data"])
-        .arg(&data)
-        .env_remove("GPUATTEST_DATA"));
-    assert_eq!(code, 0, "demo: {err}");
-    data
-}
 
 fn export(data: &Path, out: &Path, extra: &[&str]) {
     let (code, stdout, err) =

@@ -1,21 +1,8 @@
 //! The review API: every role against every endpoint of the contract's table, tenant isolation for
 //! customers, decisions in the audit log, and the CLI's flags show / decide.
 
-use std::path::Path;
-use std::process::Command;
-
-use gpuattest_tests::{Collector, bin, collector_cmd, http_get, http_request, run, token};
+use gpuattest_tests::{Collector, collector_cmd, demo_data, http_get, http_request, run, token};
 use serde_json::Value;
-
-fn demo_data(dir: &Path) -> std::path::PathBuf {
-    let data = dir.join("data");
-    let (code, _, err) = run(Command::new(bin("gpuattest-collector"))
-        .args(["demo", "--seconds", "4", "--interval", "500ms", "--data"])
-        .arg(&data)
-        .env_remove("GPUATTEST_DATA"));
-    assert_eq!(code, 0, "demo: {err}");
-    data
-}
 
 #[test]
 fn every_role_against_every_endpoint() {

@@ -78,6 +78,18 @@ pub fn collector_json(data: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("gpuattest-collector {args:?} printed non-JSON ({e}): {out}"))
 }
 
+/// Runs the demo briefly into `<dir>/data` and returns that data directory: a store with real evidence
+/// (two tenants, flags, models).
+pub fn demo_data(dir: &Path) -> PathBuf {
+    let data = dir.join("data");
+    let (code, _, err) = run(Command::new(bin("gpuattest-collector"))
+        .args(["demo", "--seconds", "4", "--interval", "500ms", "--data"])
+        .arg(&data)
+        .env_remove("GPUATTEST_DATA"));
+    assert_eq!(code, 0, "demo: {err}");
+    data
+}
+
 /// Mints a token.
 pub fn token(data: &Path, role: &str, tenant: Option<&str>) -> String {
     let mut args = vec!["token", "create", "--role", role, "--json"];
@@ -306,19 +318,8 @@ impl Workload {
 
     /// Starts one that keeps `files` open (read-only) while it runs.
     pub fn start_holding(argv0: &str, args: &[&str], files: &[&Path]) -> Workload {
-        use std::os::unix::process::CommandExt;
         let hold = std::env::join_paths(files).expect("paths without ':'");
-        let child = Command::new(bin("gpuattest-collector"))
-            .arg0(argv0)
-            .args(args)
-            .env("GPUATTEST_DEMO_WORKLOAD", "1")
-            .env("GPUATTEST_DEMO_HOLD", hold)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start workload");
-        Workload { child }
+        Self::start_with_env(argv0, args, &[("GPUATTEST_DEMO_HOLD", hold.to_str().expect("UTF-8 paths"))])
     }
 
     /// Its pid.
