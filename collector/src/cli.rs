@@ -563,3 +563,30 @@ pub fn flags_decide(data: &Path, id: i64, decision: &str, reason: &str) -> Resul
         None => Err(usage(format!("no flag {id}; see `flags list`"))),
     }
 }
+
+/// `bench`: end-to-end ingest against the verification ceiling, on the embedded store.
+///
+/// # Errors
+/// When the benchmark cannot set up its store, listeners or agents.
+pub fn bench(agents: usize, seconds: u64, json: bool) -> Result {
+    if agents == 0 || seconds == 0 {
+        return Err(usage("--agents and --seconds must be at least 1"));
+    }
+    let f = runtime_rt()?.block_on(crate::bench::run(agents, seconds)).map_err(runtime)?;
+    if json {
+        return print_json(&f);
+    }
+    out(&format!(
+        "{} agents, {} reports of {} bytes in {seconds} s: {:.0} reports/s; verification ceiling {:.0}/s (ratio {:.2}); ack p50 {:.1} ms, p99 {:.1} ms; RSS {} MiB ({})\n",
+        f.agents,
+        f.reports,
+        f.report_bytes,
+        f.reports_per_second,
+        f.verify_ceiling_per_second,
+        f.ratio,
+        f.p50_ack_ms,
+        f.p99_ack_ms,
+        f.collector_rss_bytes >> 20,
+        f.store
+    ))
+}

@@ -2,6 +2,7 @@
 //! beside their decoded fields, evaluates policy, raises flags, and serves the review UI and API.
 //!
 //! # Layout
+//! - [`bench`]: the end-to-end ingest benchmark beside the signature-verification ceiling.
 //! - [`cli`]: the commands behind the binary, with their exit codes.
 //! - [`store`]: the embedded SQLite store, its migrations, and every query.
 //! - [`ingest`]: gRPC enrollment and the report stream (verify, check, commit, acknowledge).
@@ -18,6 +19,7 @@
 //! - [`render`]: human-readable tables for the CLI.
 //! - [`timefmt`]: RFC 3339 rendering.
 
+pub mod bench;
 pub mod cli;
 pub mod demo;
 pub mod export;

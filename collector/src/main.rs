@@ -111,6 +111,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LogCmd,
     },
+    /// End-to-end ingest benchmark on this machine, beside the Ed25519 verification ceiling.
+    Bench {
+        /// Simulated agents (concurrent streams).
+        #[arg(long, default_value_t = 64)]
+        agents: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Stored reports: `reports verify` re-verifies signatures and hash chains.
     Reports {
         #[command(subcommand)]
@@ -273,6 +283,7 @@ fn main() -> ExitCode {
             cli::export(data, &cli::ExportArgs { tenant, out, since, until, redact })
         }
         Cmd::ExportKey => cli::export_key(data),
+        Cmd::Bench { agents, seconds, json } => cli::bench(agents, seconds, json),
         Cmd::Policy { cmd: PolicyCmd::EvaluateModel { file, json } } => cli::evaluate_model(&file, json),
         Cmd::Screen { cmd: ScreenCmd::Check { name, list, threshold, json } } => {
             cli::screen_check(&name, &list, threshold, json)

@@ -142,3 +142,29 @@ fn a_revoked_token_stops_working_at_once() {
     assert!(body.contains("revoked"), "{body}");
     assert_eq!(run(collector_cmd(t.path()).args(["token", "revoke", id])).0, 64);
 }
+
+#[test]
+fn the_ingest_benchmark_prints_the_contract_fields() {
+    let (code, out, err) = run(std::process::Command::new(gpuattest_tests::bin("gpuattest-collector")).args([
+        "bench",
+        "--agents",
+        "2",
+        "--seconds",
+        "1",
+        "--json",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    for k in [
+        "reports_per_second",
+        "verify_ceiling_per_second",
+        "ratio",
+        "p50_ack_ms",
+        "p99_ack_ms",
+        "collector_rss_bytes",
+        "agents",
+    ] {
+        assert!(v[k].is_number(), "{k} missing in {v}");
+    }
+    assert!(v["reports"].as_u64().is_some_and(|r| r > 0), "{v}");
+}
