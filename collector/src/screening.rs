@@ -351,8 +351,8 @@ mod tests {
     use super::*;
 
     fn sdn() -> Vec<Entry> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/lists/ofac_sdn_2024-05-03.csv");
-        let bytes = std::fs::read(&path).expect("shared/lists/ofac_sdn_2024-05-03.csv beside the repository");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("test-data/lists/ofac_sdn_2024-05-03.csv");
+        let bytes = std::fs::read(&path).expect("collector/test-data/lists/ofac_sdn_2024-05-03.csv");
         parse("ofac_sdn_2024-05-03.csv", &bytes).expect("parse SDN")
     }
 

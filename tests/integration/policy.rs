@@ -129,7 +129,7 @@ fn evaluate_model_names_family_and_developer_and_spares_controls() {
 
 #[test]
 fn screen_check_finds_sdn_variants_and_csl_entries_and_nothing_for_clean_names() {
-    let sdn = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/lists/ofac_sdn_2024-05-03.csv");
+    let sdn = Path::new(env!("CARGO_MANIFEST_DIR")).join("../collector/test-data/lists/ofac_sdn_2024-05-03.csv");
     let check = |name: &str, list: &Path| -> Value {
         let (code, out, err) =
             run(Command::new(bin("gpuattest-collector")).args(["screen", "check", name, "--json", "--list"]).arg(list));
