@@ -80,8 +80,14 @@ pub fn run(flags: Flags, config: Option<&Path>, check_config: bool) -> Result {
     };
     let settings = Settings::merge(flags, file).map_err(|e| fail(78, e))?;
     if check_config {
+        for w in &settings.warnings {
+            eprintln!("gpuattest-agent: warning: {w}");
+        }
         println!("configuration is valid");
         return Ok(());
+    }
+    for w in &settings.warnings {
+        tracing::warn!("{w}");
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

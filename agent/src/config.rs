@@ -1,5 +1,5 @@
 //! The agent's configuration file (TOML). Every key mirrors a `run` flag; flags win over the file.
-//! See `deploy/agent.toml` (minimal) and `deploy/agent-full.toml` (every key, commented).
+//! See `deploy/config/agent.toml` (minimal) and `deploy/config/agent-full.toml` (every key, commented).
 
 use std::path::{Path, PathBuf};
 
@@ -118,6 +118,8 @@ pub struct Settings {
     pub nvml_lib: PathBuf,
     /// Host paths.
     pub paths: crate::observe::HostPaths,
+    /// Things worth telling the operator that do not stop the agent.
+    pub warnings: Vec<String>,
 }
 
 impl Settings {
@@ -148,13 +150,20 @@ impl Settings {
         if interval.is_zero() {
             return Err(err("interval must be more than 0".into()));
         }
+        let mut warnings = Vec::new();
+        // The token file is needed only until the host is enrolled; operators delete it afterwards.
         let enroll_token = match (flags.enroll_token.or(file.enroll_token), file.enroll_token_file) {
             (Some(t), _) => Some(t),
-            (None, Some(f)) => Some(
-                crate::jobs::read_bounded(&f, 4096)
-                    .map(|b| String::from_utf8_lossy(&b).trim().to_string())
-                    .ok_or_else(|| err(format!("cannot read enroll_token_file {}", f.display())))?,
-            ),
+            (None, Some(f)) => match crate::jobs::read_bounded(&f, 4096) {
+                Some(b) => Some(String::from_utf8_lossy(&b).trim().to_string()).filter(|t| !t.is_empty()),
+                None => {
+                    warnings.push(format!(
+                        "enroll_token_file {} is not readable; that is fine once this host is enrolled, otherwise write the token from `gpuattest-collector token create --role enroll` there",
+                        f.display()
+                    ));
+                    None
+                }
+            },
             (None, None) => None,
         };
         let spool_text = flags.spool_max.or(file.spool_max).unwrap_or_else(|| "256MiB".into());
@@ -189,6 +198,7 @@ impl Settings {
                 sys_root: flags.sys_root.or(file.sys_root).unwrap_or_else(|| "/sys".into()),
                 hostname: flags.hostname.or(file.hostname),
             },
+            warnings,
         })
     }
 }

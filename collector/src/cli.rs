@@ -167,19 +167,6 @@ pub fn reports_verify(data: &Path, json: bool) -> Result {
     }
 }
 
-/// TLS options of `serve`.
-#[derive(Debug, Default, Clone)]
-pub struct TlsArgs {
-    /// Server certificate (PEM).
-    pub cert: Option<std::path::PathBuf>,
-    /// Server key (PEM).
-    pub key: Option<std::path::PathBuf>,
-    /// Client CA (PEM) for mTLS.
-    pub client_ca: Option<std::path::PathBuf>,
-    /// Refuse agents without a client certificate.
-    pub require_client_cert: bool,
-}
-
 fn read_pem(p: &Path) -> Result<Vec<u8>> {
     let bytes = std::fs::read(p).map_err(|e| config(format!("{}: {e}", p.display())))?;
     if bytes.len() > 1 << 20 || !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
@@ -192,7 +179,7 @@ fn is_loopback(addr: &str) -> bool {
     addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback()) || addr.starts_with("localhost:")
 }
 
-fn grpc_tls(grpc_listen: &str, t: &TlsArgs) -> Result<Option<crate::server::GrpcTls>> {
+fn grpc_tls(grpc_listen: &str, t: &crate::config::TlsConfig) -> Result<Option<crate::server::GrpcTls>> {
     match (&t.cert, &t.key) {
         (Some(c), Some(k)) => Ok(Some(crate::server::GrpcTls {
             cert_pem: read_pem(c)?,
@@ -211,24 +198,32 @@ fn grpc_tls(grpc_listen: &str, t: &TlsArgs) -> Result<Option<crate::server::Grpc
     }
 }
 
-/// `serve`: prints `listening grpc=ADDR http=ADDR` on stdout once both listeners are bound.
+/// `serve`: prints `listening grpc=ADDR http=ADDR` on stdout once both listeners are bound. With
+/// `check_config`, validates the file, store, policy and TLS material and exits.
 ///
 /// # Errors
-/// Configuration errors for the store, policy or TLS material; runtime errors for listeners and
-/// servers.
-pub fn serve(data: &Path, grpc_listen: &str, http_listen: &str, tls: &TlsArgs, check_config: bool) -> Result {
-    let store = open(data)?;
-    let policy = Policy::load_from_data(data).map_err(config)?;
-    let tls = grpc_tls(grpc_listen, tls)?;
+/// Configuration errors for the file, store, policy or TLS material; runtime errors for listeners
+/// and servers.
+pub fn serve(flags: crate::config::ServeFlags, config_file: Option<&Path>, check_config: bool) -> Result {
+    let file = config_file.map(crate::config::FileConfig::load).transpose().map_err(config)?;
+    let s = crate::config::ServeSettings::merge(flags, file).map_err(config)?;
+    let policy = match &s.policy {
+        Some(p) => Policy::load_file(p),
+        None => Policy::load_from_data(&s.data),
+    }
+    .map_err(config)?;
+    let tls = grpc_tls(&s.grpc_listen, &s.tls)?;
+    let store = open(&s.data)?;
     if check_config {
         println!("configuration is valid (store {}, policy {})", store.path().display(), policy.digest());
         return Ok(());
     }
+    let (grpc_listen, http_listen) = (s.grpc_listen, s.http_listen);
     runtime_rt()?.block_on(async move {
-        let grpc = tokio::net::TcpListener::bind(grpc_listen)
+        let grpc = tokio::net::TcpListener::bind(&grpc_listen)
             .await
             .map_err(|e| runtime(format!("cannot listen on {grpc_listen} (gRPC): {e}")))?;
-        let http = tokio::net::TcpListener::bind(http_listen)
+        let http = tokio::net::TcpListener::bind(&http_listen)
             .await
             .map_err(|e| runtime(format!("cannot listen on {http_listen} (HTTP): {e}")))?;
         let addr = |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();

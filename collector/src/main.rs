@@ -10,9 +10,9 @@ use gpuattest_collector::{cli, demo, tokens};
 #[derive(Parser)]
 #[command(name = "gpuattest-collector", version, about = "Verify and store signed GPU usage reports; flag and review")]
 struct Cli {
-    /// Where the embedded store, keys and policy live.
-    #[arg(long, global = true, env = "GPUATTEST_DATA", default_value = "./gpuattest-data")]
-    data: PathBuf,
+    /// Where the embedded store, keys and policy live [default: ./gpuattest-data].
+    #[arg(long, global = true, env = "GPUATTEST_DATA")]
+    data: Option<PathBuf>,
     /// A shared PostgreSQL store instead of the embedded one.
     #[arg(long, global = true, env = "GPUATTEST_DATABASE", hide_env_values = true)]
     database: Option<String>,
@@ -24,11 +24,19 @@ struct Cli {
 enum Cmd {
     /// The collector: gRPC ingest, review UI and HTTP API, /metrics.
     Serve {
-        #[arg(long, default_value = "127.0.0.1:7443")]
-        grpc_listen: String,
-        #[arg(long, default_value = "127.0.0.1:7080")]
-        http_listen: String,
-        /// Validate the store, policy and TLS material, then exit.
+        /// Listener for agents (gRPC) [default: 127.0.0.1:7443].
+        #[arg(long)]
+        grpc_listen: Option<String>,
+        /// Listener for the review UI, the API and /metrics [default: 127.0.0.1:7080].
+        #[arg(long)]
+        http_listen: Option<String>,
+        /// A TOML file with the same settings (deploy/config/collector-full.toml); flags win.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// A policy file instead of <data>/policy.toml.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Validate the configuration, store, policy and TLS material, then exit.
         #[arg(long)]
         check_config: bool,
         /// gRPC server certificate (PEM); needed for any non-loopback listener.
@@ -260,11 +268,32 @@ fn main() -> ExitCode {
         }
     };
     gpuattest_collector::logging::init(if matches!(args.cmd, Cmd::Serve { .. }) { "info" } else { "warn" });
-    let data = args.data.as_path();
+    let data_flag = args.data.clone();
+    let default_data = args.data.unwrap_or_else(|| gpuattest_collector::config::DEFAULT_DATA.into());
+    let data = default_data.as_path();
     let result = cli::check_database(args.database.as_deref()).and_then(|()| match args.cmd {
-        Cmd::Serve { grpc_listen, http_listen, check_config, tls_cert, tls_key, client_ca, require_client_cert } => {
-            let tls = cli::TlsArgs { cert: tls_cert, key: tls_key, client_ca, require_client_cert };
-            cli::serve(data, &grpc_listen, &http_listen, &tls, check_config)
+        Cmd::Serve {
+            grpc_listen,
+            http_listen,
+            config,
+            policy,
+            check_config,
+            tls_cert,
+            tls_key,
+            client_ca,
+            require_client_cert,
+        } => {
+            let flags = gpuattest_collector::config::ServeFlags {
+                data: data_flag,
+                grpc_listen,
+                http_listen,
+                policy,
+                tls_cert,
+                tls_key,
+                client_ca,
+                require_client_cert,
+            };
+            cli::serve(flags, config.as_deref(), check_config)
         }
         Cmd::Demo { seconds, http_listen, interval } => cli::demo(data, seconds, http_listen, &interval),
         Cmd::Token { cmd: TokenCmd::Create { role, tenant, ttl, json } } => {

@@ -84,6 +84,9 @@ pub struct AcceleratorVendor {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
+    /// Add the built-in model patterns and accelerator vendors after this file's own.
+    #[serde(default)]
+    extend_builtin: bool,
     #[serde(default)]
     model_patterns: Vec<ModelPattern>,
     #[serde(default)]
@@ -178,8 +181,14 @@ impl Policy {
         if silence_intervals < 2 {
             return Err(err("integrity.silence_intervals must be at least 2".into()));
         }
+        let mut patterns = file.model_patterns;
+        if file.extend_builtin {
+            let builtin = Policy::builtin();
+            patterns.extend(builtin.patterns);
+            vendors.extend(builtin.accelerator_vendors);
+        }
         Ok(Policy {
-            patterns: file.model_patterns,
+            patterns,
             accelerator_vendors: vendors,
             integrity: Integrity { max_clock_skew_ms: max_skew.as_millis() as i64, silence_intervals },
             digest: format!("sha256:{}", gpuattest_proto::hex(&gpuattest_proto::sha256(text.as_bytes()))),
@@ -195,14 +204,22 @@ impl Policy {
         if !path.exists() {
             return Ok(Policy::builtin());
         }
+        Policy::load_file(&path)
+    }
+
+    /// Reads and validates a policy file.
+    ///
+    /// # Errors
+    /// [`PolicyError`] naming the file, and the line and key where the TOML is wrong.
+    pub fn load_file(path: &Path) -> Result<Policy, PolicyError> {
         let name = path.display().to_string();
         let meta =
-            std::fs::metadata(&path).map_err(|e| PolicyError { source_name: name.clone(), reason: e.to_string() })?;
+            std::fs::metadata(path).map_err(|e| PolicyError { source_name: name.clone(), reason: e.to_string() })?;
         if meta.len() > MAX_POLICY_BYTES as u64 {
             return Err(PolicyError { source_name: name, reason: format!("larger than {MAX_POLICY_BYTES} bytes") });
         }
         let bytes =
-            std::fs::read(&path).map_err(|e| PolicyError { source_name: name.clone(), reason: e.to_string() })?;
+            std::fs::read(path).map_err(|e| PolicyError { source_name: name.clone(), reason: e.to_string() })?;
         let text = String::from_utf8(bytes)
             .map_err(|e| PolicyError { source_name: name.clone(), reason: format!("not UTF-8 ({e})") })?;
         Policy::parse(&text, &name)
@@ -491,6 +508,18 @@ mod tests {
         let p = Policy::builtin();
         assert!(p.digest().starts_with("sha256:"));
         assert!(p.patterns.len() >= 10);
+    }
+
+    #[test]
+    fn operator_file_extends_or_replaces_the_builtin_patterns() {
+        let own = "[[model_patterns]]\npattern = \"acme-rival/*\"\nfamily = \"Rival\"\ndeveloper = \"Rival Labs\"\ncountry = \"XX\"\nseverity = \"medium\"\n";
+        let replaced = Policy::parse(own, "t").expect("parse");
+        assert_eq!(replaced.patterns.len(), 1);
+        assert!(replaced.accelerator_vendors.is_empty());
+        let extended = Policy::parse(&format!("extend_builtin = true\n{own}"), "t").expect("parse");
+        assert_eq!(extended.patterns.len(), 1 + Policy::builtin().patterns.len());
+        assert_eq!(extended.patterns[0].family, "Rival", "the operator's own patterns come first");
+        assert_eq!(extended.accelerator_vendors.len(), Policy::builtin().accelerator_vendors.len());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod browser;
 mod delivery;
 mod demo;
+mod deploy;
 mod export;
 mod hostile;
 mod inspect;

@@ -1,0 +1,96 @@
+//! The shipped reference configurations pass `--check-config` on both binaries, and broken ones are
+//! refused with one line naming the file, the line or key, and exit code 78 (configuration).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use gpuattest_tests::{bin, collector_cmd, run};
+
+fn deploy(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(rel)
+}
+
+fn agent_check(config: &Path) -> (i32, String, String) {
+    run(Command::new(bin("gpuattest-agent"))
+        .args(["run", "--check-config", "--config"])
+        .arg(config)
+        .env_remove("GPUATTEST_ENROLL_TOKEN")
+        .env_remove("GPUATTEST_NVML_LIB"))
+}
+
+fn collector_check(data: &Path, args: &[&str]) -> (i32, String, String) {
+    run(collector_cmd(data).arg("serve").args(args).arg("--check-config"))
+}
+
+#[test]
+fn reference_configs_pass_check_config() {
+    for f in ["config/agent.toml", "config/agent-full.toml"] {
+        let (code, out, err) = agent_check(&deploy(f));
+        assert_eq!(code, 0, "{f}: {err}");
+        assert_eq!(out.trim(), "configuration is valid", "{f}");
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    for f in ["config/collector.toml", "config/collector-full.toml"] {
+        let path = deploy(f);
+        let (code, out, err) = collector_check(tmp.path(), &["--config", path.to_str().expect("utf-8")]);
+        assert_eq!(code, 0, "{f}: {err}");
+        assert!(out.starts_with("configuration is valid"), "{f}: {out}");
+    }
+    let policy = deploy("config/policy.toml");
+    let (code, out, err) = collector_check(tmp.path(), &["--policy", policy.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{err}");
+    // The example extends the built-in policy, so its digest differs from the built-in one.
+    let (_, builtin, _) = collector_check(tmp.path(), &[]);
+    assert_ne!(out, builtin, "the example policy is in force");
+}
+
+fn one_line(err: &str) -> &str {
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr, got: {err}");
+    lines[0]
+}
+
+#[test]
+fn broken_configs_are_refused_with_one_clear_line() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let write = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    };
+    let agent_cases = [
+        ("typo.toml", "collector = [\"http://127.0.0.1:7443\"]\nstate_dir = \"/x\"\nintervall = \"10s\"\n", "intervall"),
+        ("type.toml", "collector = \"http://127.0.0.1:7443\"\n", "collector"),
+        ("plain.toml", "collector = [\"http://10.0.0.5:7443\"]\nstate_dir = \"/x\"\n", "https"),
+        ("nostate.toml", "collector = [\"http://127.0.0.1:7443\"]\n", "--state-dir"),
+        ("spool.toml", "collector = [\"http://127.0.0.1:7443\"]\nstate_dir = \"/x\"\nspool_max = \"1KiB\"\n", "spool_max"),
+    ];
+    for (name, text, needle) in agent_cases {
+        let p = write(name, text);
+        let (code, _, err) = agent_check(&p);
+        assert_eq!(code, 78, "{name}: {err}");
+        let line = one_line(&err);
+        assert!(line.contains(name) && line.contains(needle), "{name}: {line}");
+    }
+
+    let data = tmp.path().join("data");
+    let collector_cases: [(&str, &str, &str); 4] = [
+        ("c-typo.toml", "data = \"/x\"\ngrpc_listn = \"0.0.0.0:7443\"\n", "grpc_listn"),
+        ("c-addr.toml", "http_listen = \"everywhere\"\n", "http_listen"),
+        ("c-plain.toml", "grpc_listen = \"0.0.0.0:7443\"\n", "plaintext"),
+        ("c-tls.toml", "[tls]\ncert = \"/nonexistent/collector.pem\"\nkey = \"/nonexistent/collector.key\"\n", "/nonexistent/collector.pem"),
+    ];
+    for (name, text, needle) in collector_cases {
+        let p = write(name, text);
+        let (code, _, err) = collector_check(&data, &["--config", p.to_str().expect("utf-8")]);
+        assert_eq!(code, 78, "{name}: {err}");
+        let line = one_line(&err);
+        assert!(line.contains(needle), "{name}: {line}");
+    }
+    let bad_policy = write("bad-policy.toml", "[[model_patterns]]\npattern = \"x/*\"\nseverity = \"apocalyptic\"\n");
+    let (code, _, err) = collector_check(&data, &["--policy", bad_policy.to_str().expect("utf-8")]);
+    assert_eq!(code, 78, "{err}");
+    let line = one_line(&err);
+    assert!(line.contains("bad-policy.toml") && line.contains("line"), "{line}");
+    assert!(!data.exists(), "a refused configuration creates no store");
+}
