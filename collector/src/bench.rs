@@ -160,7 +160,7 @@ pub async fn run(agents: usize, seconds: u64) -> Result<Figures, String> {
     let mut tasks = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     for a in 0..agents {
-        let tok = crate::tokens::mint(&store, crate::tokens::Role::Enroll, None, None, "bench", crate::now_ms())
+        let tok = crate::tokens::mint(&store, crate::tokens::Role::Enroll, None, None, 1, "bench", crate::now_ms())
             .map_err(|e| e.to_string())?;
         let url = url.clone();
         tasks.push(tokio::spawn(async move { agent(&url, &tok, a, deadline).await }));

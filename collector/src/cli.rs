@@ -76,13 +76,20 @@ pub fn check_database(database: Option<&str>) -> Result {
 ///
 /// # Errors
 /// Usage errors for a bad `--ttl` or a customer token without a tenant.
-pub fn token_create(data: &Path, role: tokens::Role, tenant: Option<&str>, ttl: Option<&str>, json: bool) -> Result {
+pub fn token_create(
+    data: &Path,
+    role: tokens::Role,
+    tenant: Option<&str>,
+    ttl: Option<&str>,
+    uses: u32,
+    json: bool,
+) -> Result {
     let ttl = ttl.map(gpuattest_proto::units::parse_duration).transpose().map_err(|e| usage(format!("--ttl: {e}")))?;
     let store = open(data)?;
-    let t = tokens::mint(&store, role, tenant, ttl, "cli", crate::now_ms()).map_err(usage)?;
+    let t = tokens::mint(&store, role, tenant, ttl, uses, "cli", crate::now_ms()).map_err(usage)?;
     let id = gpuattest_proto::hex(&tokens::hash(&t)[..6]);
     if json {
-        print_json(&serde_json::json!({"token": t, "id": id, "role": role.as_str(), "tenant": tenant}))
+        print_json(&serde_json::json!({"token": t, "id": id, "role": role.as_str(), "tenant": tenant, "max_uses": uses}))
     } else {
         out(&format!("{t}\n"))
     }

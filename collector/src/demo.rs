@@ -269,7 +269,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     };
 
     let reviewer =
-        tokens::mint(&store, Role::Reviewer, None, Some(Duration::from_secs(7 * 86_400)), "demo", crate::now_ms())
+        tokens::mint(&store, Role::Reviewer, None, Some(Duration::from_secs(7 * 86_400)), 1, "demo", crate::now_ms())
             .map_err(|e| DemoError::Setup(e.to_string()))?;
     println!("gpuattest demo: collector on grpc {grpc_addr}, store {}", store.path().display());
     println!("review UI: http://{http_addr}/  (sign in with the reviewer token {reviewer})");
@@ -314,7 +314,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         let sys = dir.join("sys");
         let _ = fs::remove_dir_all(&sys);
         write_sysfs(&sys, h.ascend)?;
-        let token = tokens::mint(&store, Role::Enroll, Some(h.tenant), None, "demo", now)
+        let token = tokens::mint(&store, Role::Enroll, Some(h.tenant), None, 1, "demo", now)
             .map_err(|e| DemoError::Setup(e.to_string()))?;
         let log = fs::File::create(dir.join("agent.log")).map_err(setup_err("creating an agent log"))?;
         let log2 = log.try_clone().map_err(setup_err("agent log"))?;

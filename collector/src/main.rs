@@ -147,6 +147,9 @@ enum TokenCmd {
         /// Lifetime, e.g. 24h (default 24h for enroll, 90 days otherwise).
         #[arg(long)]
         ttl: Option<String>,
+        /// How many hosts an enroll token may enroll (a fleet token for a DaemonSet).
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
         #[arg(long)]
         json: bool,
     },
@@ -296,8 +299,8 @@ fn main() -> ExitCode {
             cli::serve(flags, config.as_deref(), check_config)
         }
         Cmd::Demo { seconds, http_listen, interval } => cli::demo(data, seconds, http_listen, &interval),
-        Cmd::Token { cmd: TokenCmd::Create { role, tenant, ttl, json } } => {
-            cli::token_create(data, role, tenant.as_deref(), ttl.as_deref(), json)
+        Cmd::Token { cmd: TokenCmd::Create { role, tenant, ttl, uses, json } } => {
+            cli::token_create(data, role, tenant.as_deref(), ttl.as_deref(), uses, json)
         }
         Cmd::Token { cmd: TokenCmd::Revoke { id } } => cli::token_revoke(data, &id),
         Cmd::Hosts { cmd: HostsCmd::List { json } } => cli::hosts_list(data, json),

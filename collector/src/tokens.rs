@@ -66,7 +66,11 @@ pub fn hash(token: &str) -> [u8; 32] {
     gpuattest_proto::sha256(token.trim().as_bytes())
 }
 
-/// Mints a token, stores its hash and returns the token (shown once).
+/// Most hosts one fleet enrollment token may enroll.
+pub const MAX_ENROLL_USES: u32 = 100_000;
+
+/// Mints a token, stores its hash and returns the token (shown once). An enroll token may enroll up
+/// to `uses` hosts (a fleet token for a DaemonSet); every other token has `uses` 1.
 ///
 /// # Errors
 /// [`StoreError::Refused`] for a customer token without a tenant; [`StoreError::Sql`].
@@ -75,9 +79,16 @@ pub fn mint(
     role: Role,
     tenant: Option<&str>,
     ttl: Option<Duration>,
+    uses: u32,
     actor: &str,
     now: i64,
 ) -> Result<String, StoreError> {
+    if uses != 1 && role != Role::Enroll {
+        return Err(StoreError::Refused("--uses applies to enroll tokens only".into()));
+    }
+    if !(1..=MAX_ENROLL_USES).contains(&uses) {
+        return Err(StoreError::Refused(format!("--uses must be 1 to {MAX_ENROLL_USES}")));
+    }
     if role == Role::Customer && tenant.is_none() {
         return Err(StoreError::Refused("a customer token is bound to one tenant: pass --tenant ID".into()));
     }
@@ -99,6 +110,7 @@ pub fn mint(
         created_at: now,
         expires_at: now.saturating_add(ttl.as_millis() as i64),
         created_by: actor.to_string(),
+        max_uses: uses,
     })?;
     Ok(token)
 }

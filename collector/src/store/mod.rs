@@ -15,7 +15,8 @@ use serde::Serialize;
 use crate::timefmt::rfc3339;
 
 /// The migrations, in order. Never edit a shipped one; append.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("migration2.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("schema.sql"), include_str!("migration2.sql"), include_str!("migration3.sql")];
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +78,8 @@ pub struct NewToken {
     pub expires_at: i64,
     /// Who minted it.
     pub created_by: String,
+    /// How many hosts an enroll token may enroll (1 for every other role).
+    pub max_uses: u32,
 }
 
 /// A stored token.
@@ -90,8 +93,12 @@ pub struct TokenRow {
     pub tenant: Option<String>,
     /// Unix ms.
     pub expires_at: i64,
-    /// Unix ms, for used enrollment tokens.
+    /// Unix ms of the last enrollment made with it.
     pub used_at: Option<i64>,
+    /// Enrollments made with it.
+    pub uses: i64,
+    /// Enrollments it allows.
+    pub max_uses: i64,
     /// Unix ms, for revoked tokens.
     pub revoked_at: Option<i64>,
 }
@@ -352,8 +359,9 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(sql("begin"))?;
         tx.execute(
-            "INSERT INTO tokens (id, hash, role, tenant, created_at, expires_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![t.id, t.hash.as_slice(), t.role, t.tenant, t.created_at, t.expires_at, t.created_by],
+            "INSERT INTO tokens (id, hash, role, tenant, created_at, expires_at, created_by, max_uses) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![t.id, t.hash.as_slice(), t.role, t.tenant, t.created_at, t.expires_at, t.created_by, t.max_uses],
         )
         .map_err(sql("insert token"))?;
         audit_tx(
@@ -362,7 +370,7 @@ impl Store {
             &t.created_by,
             "token.create",
             &t.id,
-            &format!("role={} tenant={}", t.role, t.tenant.as_deref().unwrap_or("-")),
+            &format!("role={} tenant={} max_uses={}", t.role, t.tenant.as_deref().unwrap_or("-"), t.max_uses),
         )?;
         tx.commit().map_err(sql("commit token"))
     }
@@ -410,7 +418,7 @@ impl Store {
     ) -> Result<HostRow> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("begin"))?;
-        let Some(TokenRow { id: token_id, role, tenant, expires_at, used_at, revoked_at }) =
+        let Some(TokenRow { id: token_id, role, tenant, expires_at, used_at, uses, max_uses, revoked_at }) =
             token_row(&tx, token_hash)?
         else {
             return Err(StoreError::Refused(
@@ -420,20 +428,21 @@ impl Store {
         if role != "enroll" {
             return Err(StoreError::Refused(format!("token {token_id} has role {role}, not enroll")));
         }
-        if let Some(at) = used_at {
+        if let Some(at) = used_at.filter(|_| uses >= max_uses) {
             audit_tx(
                 &tx,
                 now,
                 "agent",
                 "enroll.refused",
                 &token_id,
-                &format!("token already used at {}; host {hostname}", rfc3339(at)),
+                &format!("token used up ({uses} of {max_uses}, last at {}); host {hostname}", rfc3339(at)),
             )?;
             tx.commit().map_err(sql("commit refusal"))?;
-            return Err(StoreError::Refused(format!(
-                "enroll token {token_id} was already used at {}; mint a new one",
-                rfc3339(at)
-            )));
+            return Err(StoreError::Refused(if max_uses == 1 {
+                format!("enroll token {token_id} was already used at {}; mint a new one", rfc3339(at))
+            } else {
+                format!("enroll token {token_id} has enrolled all {max_uses} hosts it allows; mint a new one")
+            }));
         }
         if revoked_at.is_some() {
             return Err(StoreError::Refused(format!("enroll token {token_id} is revoked; mint a new one")));
@@ -486,7 +495,7 @@ impl Store {
             params![host_id, hostname, machine_id, tenant, public_key, key_id, now, token_id, facts_json],
         )
         .map_err(sql("insert host"))?;
-        tx.execute("UPDATE tokens SET used_at = ?1 WHERE id = ?2", params![now, token_id])
+        tx.execute("UPDATE tokens SET used_at = ?1, uses = uses + 1 WHERE id = ?2", params![now, token_id])
             .map_err(sql("mark token used"))?;
         audit_tx(&tx, now, &format!("token:{token_id}"), "host.enroll", &host_id, &format!("hostname={hostname}"))?;
         tx.commit().map_err(sql("commit enrollment"))?;
@@ -1143,7 +1152,7 @@ struct HostPosition {
 
 fn token_row(conn: &Connection, hash: &[u8]) -> Result<Option<TokenRow>> {
     conn.query_row(
-        "SELECT id, role, tenant, expires_at, used_at, revoked_at FROM tokens WHERE hash = ?1",
+        "SELECT id, role, tenant, expires_at, used_at, revoked_at, uses, max_uses FROM tokens WHERE hash = ?1",
         params![hash],
         |r| {
             Ok(TokenRow {
@@ -1153,6 +1162,8 @@ fn token_row(conn: &Connection, hash: &[u8]) -> Result<Option<TokenRow>> {
                 expires_at: r.get(3)?,
                 used_at: r.get(4)?,
                 revoked_at: r.get(5)?,
+                uses: r.get(6)?,
+                max_uses: r.get(7)?,
             })
         },
     )

@@ -11,6 +11,10 @@ fn key() -> Ed25519KeyPair {
 }
 
 fn token(store: &Store, id: &str, role: &str, expires_at: i64) -> [u8; 32] {
+    token_uses(store, id, role, expires_at, 1)
+}
+
+fn token_uses(store: &Store, id: &str, role: &str, expires_at: i64, max_uses: u32) -> [u8; 32] {
     let hash = gpuattest_proto::sha256(id.as_bytes());
     store
         .insert_token(&NewToken {
@@ -21,6 +25,7 @@ fn token(store: &Store, id: &str, role: &str, expires_at: i64) -> [u8; 32] {
             created_at: 0,
             expires_at,
             created_by: "test".into(),
+            max_uses,
         })
         .expect("insert token");
     hash
@@ -91,6 +96,26 @@ fn enrollment_refusals_say_what_to_do() {
     assert!(e.to_string().contains("operator"), "{e}");
     // The refused reuse is in the audit log.
     assert!(s.audit_log(10).expect("audit").iter().any(|a| a.action == "enroll.refused"));
+}
+
+#[test]
+fn a_fleet_enroll_token_enrolls_as_many_hosts_as_it_allows() {
+    let t = tempfile::tempdir().expect("tmp");
+    let s = Store::open(t.path()).expect("open");
+    let fleet = token_uses(&s, "fleet", "enroll", i64::MAX, 3);
+    let mut ids = std::collections::BTreeSet::new();
+    for n in 0..3 {
+        let k = key();
+        let pk = k.public_key().as_ref().to_vec();
+        let h = s.enroll(&fleet, &pk, &gpuattest_proto::key_id(&pk), &format!("node-{n}"), "", "{}", 5).expect("enroll");
+        ids.insert(h.host_id);
+    }
+    assert_eq!(ids.len(), 3, "three distinct hosts");
+    let k = key();
+    let pk = k.public_key().as_ref().to_vec();
+    let e = s.enroll(&fleet, &pk, &gpuattest_proto::key_id(&pk), "node-3", "", "{}", 6).expect_err("used up");
+    assert!(e.to_string().contains("all 3 hosts"), "{e}");
+    assert_eq!(s.hosts(None).expect("hosts").len(), 3, "the refused fourth host is not stored");
 }
 
 #[test]
