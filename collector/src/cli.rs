@@ -89,7 +89,9 @@ pub fn token_create(
     let t = tokens::mint(&store, role, tenant, ttl, uses, "cli", crate::now_ms()).map_err(usage)?;
     let id = gpuattest_proto::hex(&tokens::hash(&t)[..6]);
     if json {
-        print_json(&serde_json::json!({"token": t, "id": id, "role": role.as_str(), "tenant": tenant, "max_uses": uses}))
+        print_json(
+            &serde_json::json!({"token": t, "id": id, "role": role.as_str(), "tenant": tenant, "max_uses": uses}),
+        )
     } else {
         out(&format!("{t}\n"))
     }
@@ -261,6 +263,51 @@ pub fn demo(data: &Path, seconds: Option<u64>, http_listen: String, interval: &s
         interval,
     };
     runtime_rt()?.block_on(demo::run(opts)).map_err(runtime)
+}
+
+/// `backup --out DIR`: a consistent copy of the store, the export signing key and the policy file,
+/// taken while the collector runs. Restore by copying DIR's contents into an empty `--data`.
+///
+/// # Errors
+/// Usage error when DIR exists and is not empty; runtime errors for the copy.
+pub fn backup(data: &Path, out_dir: &Path) -> Result {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if std::fs::read_dir(out_dir).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(usage(format!("{}: not empty; back up into a new directory", out_dir.display())));
+    }
+    if !data.join("gpuattest.db").exists() {
+        return Err(usage(format!("{}: no store here; pass the collector's --data", data.display())));
+    }
+    let store = open(data)?;
+    let mkdir = |d: &Path| {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)
+            .map_err(|e| runtime(format!("{}: {e}", d.display())))
+    };
+    mkdir(out_dir)?;
+    store.backup_into(&out_dir.join("gpuattest.db")).map_err(runtime)?;
+    let mut copied = vec!["gpuattest.db".to_string()];
+    for rel in ["keys/export.pk8", "policy.toml"] {
+        let from = data.join(rel);
+        if !from.exists() {
+            continue;
+        }
+        let to = out_dir.join(rel);
+        if let Some(parent) = to.parent() {
+            mkdir(parent)?;
+        }
+        std::fs::copy(&from, &to).map_err(|e| runtime(format!("copying {}: {e}", from.display())))?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| runtime(format!("{}: {e}", to.display())))?;
+        copied.push(rel.to_string());
+    }
+    out(&format!(
+        "backup written to {} ({}); to restore, stop the collector, copy these into an empty --data directory, then run `gpuattest-collector reports verify`\n",
+        out_dir.display(),
+        copied.join(", ")
+    ))
 }
 
 /// `export-key`: the public key that signs exports, as SPKI PEM.

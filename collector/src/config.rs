@@ -172,8 +172,9 @@ mod tests {
 
     #[test]
     fn good_file_and_flags_win() {
-        let c = load(b"data = \"/srv/c\"\ngrpc_listen = \"0.0.0.0:7443\"\n[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n")
-            .expect("load");
+        let c =
+            load(b"data = \"/srv/c\"\ngrpc_listen = \"0.0.0.0:7443\"\n[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n")
+                .expect("load");
         let s = ServeSettings::merge(
             ServeFlags { grpc_listen: Some("127.0.0.1:9".into()), ..ServeFlags::default() },
             Some(c),

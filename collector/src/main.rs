@@ -63,6 +63,12 @@ enum Cmd {
         #[arg(long, default_value = "2s")]
         interval: String,
     },
+    /// A consistent copy of the store, export key and policy, taken while the collector runs.
+    Backup {
+        /// A new (or empty) directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Credentials: `token create --role enroll|reviewer|operator|customer [--tenant ID] [--ttl 24h]`.
     Token {
         #[command(subcommand)]
@@ -315,6 +321,7 @@ fn main() -> ExitCode {
             cli::export(data, &cli::ExportArgs { tenant, out, since, until, redact })
         }
         Cmd::ExportKey => cli::export_key(data),
+        Cmd::Backup { out } => cli::backup(data, &out),
         Cmd::Bench { agents, seconds, json } => cli::bench(agents, seconds, json),
         Cmd::Policy { cmd: PolicyCmd::EvaluateModel { file, json } } => cli::evaluate_model(&file, json),
         Cmd::Screen { cmd: ScreenCmd::Check { name, list, threshold, json } } => {

@@ -351,6 +351,17 @@ impl Store {
         &self.path
     }
 
+    /// Writes a consistent copy of the whole store to `dest` (a new file) while the collector runs:
+    /// one read transaction, so reports committed meanwhile are either wholly in it or not at all.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`] when `dest` exists or cannot be written.
+    pub fn backup_into(&self, dest: &Path) -> Result<()> {
+        let dest = dest.to_str().ok_or_else(|| StoreError::Refused("the backup path must be UTF-8".into()))?;
+        self.conn().execute("VACUUM INTO ?1", params![dest]).map_err(sql("back up the store"))?;
+        Ok(())
+    }
+
     /// Inserts a token (by hash) and audits it.
     ///
     /// # Errors

@@ -107,7 +107,8 @@ fn a_fleet_enroll_token_enrolls_as_many_hosts_as_it_allows() {
     for n in 0..3 {
         let k = key();
         let pk = k.public_key().as_ref().to_vec();
-        let h = s.enroll(&fleet, &pk, &gpuattest_proto::key_id(&pk), &format!("node-{n}"), "", "{}", 5).expect("enroll");
+        let h =
+            s.enroll(&fleet, &pk, &gpuattest_proto::key_id(&pk), &format!("node-{n}"), "", "{}", 5).expect("enroll");
         ids.insert(h.host_id);
     }
     assert_eq!(ids.len(), 3, "three distinct hosts");
