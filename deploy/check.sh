@@ -67,10 +67,14 @@ collector:
 agent:
   nvmlHostPath: /usr/lib/x86_64-linux-gnu
   clientCertSecret: gpuattest-agent-client
+  kubelet:
+    enabled: true
+    insecureSkipTLSVerify: true
 VALUES
 "${render[@]}" -f "$tmp/scale.yaml" --validate "${k8s_versions[-1]}" >"$tmp/scale.out" 2>"$tmp/render.log" \
   || fail "$(cat "$tmp/render.log")"
 grep -q "GPUATTEST_DATABASE" "$tmp/scale.out" || fail "database values did not reach the Deployment"
+grep -q -- "--kubelet-insecure-skip-tls-verify" "$tmp/scale.out" || fail "kubelet values did not reach the DaemonSet"
 printf 'collector:\n  replicas: 2\n' >"$tmp/bad.yaml"
 if "${render[@]}" -f "$tmp/bad.yaml" >/dev/null 2>"$tmp/bad.log"; then
   fail "two replicas on the embedded store rendered; the chart must refuse them"

@@ -59,9 +59,14 @@ pub fn status(state_dir: &Path, json: bool) -> Result {
 ///
 /// # Errors
 /// When NVML cannot be loaded (one line naming the library) or cannot list GPUs.
-pub fn inspect(nvml_lib: &Path, paths: HostPaths, json: bool) -> Result {
+pub fn inspect(nvml_lib: &Path, paths: HostPaths, kubelet: crate::config::KubeletFlags, json: bool) -> Result {
+    let kubelet = kubelet.resolve(&FileConfig::default()).map_err(|e| fail(78, e))?;
     let gpus = NvmlSource::open(nvml_lib).map_err(|e| fail(1, e))?;
-    let obs = Observer::new(Box::new(gpus), paths).observe(crate::run::now_ms()).map_err(|e| fail(1, e))?;
+    let mut observer = Observer::new(Box::new(gpus), paths);
+    if let Some(k) = kubelet {
+        observer = observer.with_pods(Box::new(crate::kubelet::Kubelet::new(k).map_err(|e| fail(78, e))?));
+    }
+    let obs = observer.observe(crate::run::now_ms()).map_err(|e| fail(1, e))?;
     if json {
         return print_json(&obs);
     }
@@ -104,7 +109,10 @@ pub fn run(flags: Flags, config: Option<&Path>, check_config: bool) -> Result {
             let _ = tx.send(true);
         });
         let gpus = NvmlSource::open(&settings.nvml_lib).map_err(|e| fail(1, e))?;
-        let observer = Observer::new(Box::new(gpus), settings.paths.clone());
+        let mut observer = Observer::new(Box::new(gpus), settings.paths.clone());
+        if let Some(k) = settings.kubelet.clone() {
+            observer = observer.with_pods(Box::new(crate::kubelet::Kubelet::new(k).map_err(|e| fail(78, e))?));
+        }
         crate::run::run(settings.run, observer, rx).await.map_err(|e| fail(1, e))
     })
 }

@@ -40,6 +40,16 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     /// On shutdown, how long to keep delivering the spool, e.g. `5s`.
     pub drain_timeout: Option<String>,
+    /// The kubelet's pod list for Kubernetes enrichment, e.g. `https://127.0.0.1:10250/pods`. Off when absent.
+    pub kubelet_url: Option<String>,
+    /// Bearer token file for the kubelet (the agent's service-account token).
+    pub kubelet_token_file: Option<PathBuf>,
+    /// CA (PEM) of the kubelet's serving certificate.
+    pub kubelet_ca: Option<PathBuf>,
+    /// Accept any kubelet serving certificate (self-signed ones).
+    pub kubelet_insecure_skip_tls_verify: Option<bool>,
+    /// How long a fetched pod list is used, e.g. `30s`.
+    pub kubelet_refresh: Option<String>,
 }
 
 /// A configuration file that cannot be used.
@@ -107,6 +117,50 @@ pub struct Flags {
     pub tls_key: Option<PathBuf>,
     /// `--drain-timeout`.
     pub drain_timeout: Option<String>,
+    /// `--kubelet-*`.
+    pub kubelet: KubeletFlags,
+}
+
+/// `--kubelet-url`, `--kubelet-token-file`, `--kubelet-ca`, `--kubelet-insecure-skip-tls-verify`,
+/// `--kubelet-refresh` (on `run` and `inspect`).
+#[derive(Debug, Clone, Default)]
+pub struct KubeletFlags {
+    /// URL of the pod list.
+    pub url: Option<String>,
+    /// Bearer token file.
+    pub token_file: Option<PathBuf>,
+    /// CA (PEM).
+    pub ca: Option<PathBuf>,
+    /// Accept any serving certificate.
+    pub insecure_skip_tls_verify: bool,
+    /// Refresh interval.
+    pub refresh: Option<String>,
+}
+
+impl KubeletFlags {
+    /// Merges these flags over the file's `kubelet_*` keys; `None` when enrichment is off.
+    ///
+    /// # Errors
+    /// A line naming the setting that is wrong.
+    pub fn resolve(self, file: &FileConfig) -> Result<Option<crate::kubelet::KubeletConfig>, String> {
+        let Some(url) = self.url.or_else(|| file.kubelet_url.clone()) else {
+            return Ok(None);
+        };
+        let refresh_text = self.refresh.or_else(|| file.kubelet_refresh.clone()).unwrap_or_else(|| "30s".into());
+        let refresh =
+            gpuattest_proto::units::parse_duration(&refresh_text).map_err(|e| format!("kubelet_refresh: {e}"))?;
+        let cfg = crate::kubelet::KubeletConfig {
+            url,
+            token_file: self.token_file.or_else(|| file.kubelet_token_file.clone()),
+            ca: self.ca.or_else(|| file.kubelet_ca.clone()),
+            insecure_skip_tls_verify: self.insecure_skip_tls_verify
+                || file.kubelet_insecure_skip_tls_verify.unwrap_or(false),
+            refresh,
+        };
+        // Validate now (URL policy, CA file) so a bad setting stops start-up, not the first observation.
+        crate::kubelet::Kubelet::new(cfg.clone())?;
+        Ok(Some(cfg))
+    }
 }
 
 /// Everything `run` needs, after merging flags over the file.
@@ -118,6 +172,8 @@ pub struct Settings {
     pub nvml_lib: PathBuf,
     /// Host paths.
     pub paths: crate::observe::HostPaths,
+    /// Kubernetes enrichment, when configured.
+    pub kubelet: Option<crate::kubelet::KubeletConfig>,
     /// Things worth telling the operator that do not stop the agent.
     pub warnings: Vec<String>,
 }
@@ -133,6 +189,7 @@ impl Settings {
             None => ("command line".to_string(), FileConfig::default()),
         };
         let err = |reason: String| ConfigError { path: path.clone(), reason };
+        let kubelet = flags.kubelet.resolve(&file).map_err(err)?;
         let collectors = if flags.collector.is_empty() { file.collector.unwrap_or_default() } else { flags.collector };
         if collectors.is_empty() {
             return Err(err("no collector address; pass --collector URL (repeat it for failover)".into()));
@@ -198,6 +255,7 @@ impl Settings {
                 sys_root: flags.sys_root.or(file.sys_root).unwrap_or_else(|| "/sys".into()),
                 hostname: flags.hostname.or(file.hostname),
             },
+            kubelet,
             warnings,
         })
     }

@@ -10,6 +10,7 @@
 //! - [`cli`]: the commands behind the binary, with their exit codes.
 //! - [`gpu`]: the [`gpu::GpuSource`] trait and the NVML backend.
 //! - [`jobs`]: process facts from `/proc`, cgroup job attribution, command-line redaction.
+//! - [`kubelet`]: optional pod namespace, name, labels and owner from the kubelet's pod list.
 //! - [`models`]: model files a process has open, identified from their headers.
 //! - [`accelerators`]: non-NVML accelerators (Huawei Ascend, AMD, Gaudi, ...) from sysfs.
 //! - [`observe`]: one observation of the host, and change detection between observations.
@@ -29,6 +30,7 @@ pub mod config;
 pub mod gpu;
 pub mod identity;
 pub mod jobs;
+pub mod kubelet;
 pub mod logging;
 pub mod models;
 pub mod observe;

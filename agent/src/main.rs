@@ -5,7 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use gpuattest_agent::{cli, config::Flags, gpu::NvmlSource, observe::HostPaths};
+use gpuattest_agent::{
+    cli,
+    config::{Flags, KubeletFlags},
+    gpu::NvmlSource,
+    observe::HostPaths,
+};
 
 #[derive(Parser)]
 #[command(
@@ -79,9 +84,34 @@ struct HostArgs {
     /// Report this hostname instead of the kernel's (several simulated hosts on one machine).
     #[arg(long)]
     hostname: Option<String>,
+    /// Kubernetes enrichment: the kubelet's pod list, e.g. https://127.0.0.1:10250/pods (off by default).
+    #[arg(long)]
+    kubelet_url: Option<String>,
+    /// Bearer token file for the kubelet.
+    #[arg(long)]
+    kubelet_token_file: Option<PathBuf>,
+    /// CA (PEM) of the kubelet's serving certificate.
+    #[arg(long)]
+    kubelet_ca: Option<PathBuf>,
+    /// Accept any kubelet serving certificate (self-signed).
+    #[arg(long)]
+    kubelet_insecure_skip_tls_verify: bool,
+    /// How long a fetched pod list is used [default: 30s].
+    #[arg(long)]
+    kubelet_refresh: Option<String>,
 }
 
 impl HostArgs {
+    fn kubelet(&self) -> KubeletFlags {
+        KubeletFlags {
+            url: self.kubelet_url.clone(),
+            token_file: self.kubelet_token_file.clone(),
+            ca: self.kubelet_ca.clone(),
+            insecure_skip_tls_verify: self.kubelet_insecure_skip_tls_verify,
+            refresh: self.kubelet_refresh.clone(),
+        }
+    }
+
     fn split(self) -> (PathBuf, HostPaths) {
         let paths = HostPaths {
             proc_root: self.proc_root.unwrap_or_else(|| "/proc".into()),
@@ -149,8 +179,9 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Inspect { host, json } => {
+            let kubelet = host.kubelet();
             let (lib, paths) = host.split();
-            cli::inspect(&lib, paths, json)
+            cli::inspect(&lib, paths, kubelet, json)
         }
         Cmd::Bench { host, iterations, scratch } => {
             let (lib, paths) = host.split();
@@ -158,6 +189,7 @@ fn main() -> ExitCode {
         }
         Cmd::Run(a) => {
             let flags = Flags {
+                kubelet: a.host.kubelet(),
                 collector: a.collector,
                 enroll_token: a.enroll_token,
                 state_dir: a.state_dir,

@@ -74,6 +74,8 @@ pub struct ProcessObservation {
     pub writing: Vec<String>,
     /// User name.
     pub user: Option<String>,
+    /// The pod, from the kubelet, when enrichment is on and the pod is known.
+    pub pod: Option<crate::kubelet::PodInfo>,
 }
 
 /// Something that changed since the previous observation.
@@ -164,6 +166,8 @@ pub struct Observer {
     models: crate::models::Cache,
     /// uuid -> (index, serial) of the previous observation; `None` before the first.
     previous: Option<BTreeMap<String, (u32, String)>>,
+    /// Kubernetes enrichment (the kubelet's pod list), when configured.
+    pods: Option<Box<dyn crate::kubelet::PodDirectory>>,
 }
 
 fn read_trimmed(path: &std::path::Path) -> String {
@@ -181,7 +185,16 @@ impl Observer {
             paths,
             models: crate::models::Cache::default(),
             previous: None,
+            pods: None,
         }
+    }
+
+    /// Adds Kubernetes enrichment: processes with a pod UID get the pod's namespace, name, labels,
+    /// service account and owner.
+    #[must_use]
+    pub fn with_pods(mut self, pods: Box<dyn crate::kubelet::PodDirectory>) -> Self {
+        self.pods = Some(pods);
+        self
     }
 
     /// Facts about the host.
@@ -219,7 +232,12 @@ impl Observer {
             let (facts, models, model_errors) = self.process(pid);
             seen.push(pid);
             let f = facts;
+            let pod = match (&mut self.pods, &f.attribution.pod_uid) {
+                (Some(dir), Some(uid)) => dir.pod(uid),
+                _ => None,
+            };
             processes.push(ProcessObservation {
+                pod,
                 pid,
                 gpu_uuids,
                 cmdline: f.cmdline,
@@ -441,6 +459,7 @@ pub fn render_text(obs: &Observation) -> String {
             .slurm_job_id
             .as_ref()
             .map(|j| format!("slurm job {j}"))
+            .or_else(|| p.pod.as_ref().map(|k| format!("pod {}/{}", k.namespace, k.name)))
             .or_else(|| p.pod_uid.as_ref().map(|u| format!("pod {u}")))
             .or_else(|| p.container_id.as_ref().map(|c| format!("container {}", &c[..c.len().min(12)])))
             .unwrap_or_else(|| "no job".into());

@@ -146,6 +146,13 @@ pub fn build(obs: &Observation, ctx: &ReportContext) -> pb::UsageReport {
                 }),
                 writing: p.writing.clone(),
                 user: p.user.clone().unwrap_or_default(),
+                pod: p.pod.as_ref().map(|k| pb::KubernetesPod {
+                    namespace: k.namespace.clone(),
+                    name: k.name.clone(),
+                    labels: k.labels.iter().map(|(a, b)| (a.clone(), b.clone())).collect(),
+                    service_account: k.service_account.clone().unwrap_or_default(),
+                    owner: k.owner.clone().unwrap_or_default(),
+                }),
                 model_errors: p
                     .model_errors
                     .iter()
@@ -209,5 +216,28 @@ mod tests {
         assert_eq!(gpuattest_proto::sha256(&signed.report), hash);
         let r = pb::UsageReport::decode(signed.report.as_slice()).expect("decode report");
         assert_eq!((r.seq, r.window_start_unix_ms, r.window_end_unix_ms), (7, 1000, 2000));
+    }
+
+    #[test]
+    fn the_kubernetes_pod_travels_in_the_report() {
+        let pod = crate::kubelet::PodInfo {
+            namespace: "team-a".into(),
+            name: "train-0".into(),
+            labels: [("app".to_string(), "llm".to_string())].into(),
+            service_account: Some("trainer".into()),
+            owner: Some("PyTorchJob/ft".into()),
+        };
+        let obs = Observation {
+            processes: vec![
+                crate::observe::ProcessObservation { pid: 1, pod: Some(pod), ..Default::default() },
+                crate::observe::ProcessObservation { pid: 2, ..Default::default() },
+            ],
+            ..Default::default()
+        };
+        let r = build(&obs, &ReportContext::default());
+        let p = r.processes[0].pod.as_ref().expect("pod");
+        assert_eq!((p.namespace.as_str(), p.name.as_str(), p.owner.as_str()), ("team-a", "train-0", "PyTorchJob/ft"));
+        assert_eq!(p.labels["app"], "llm");
+        assert!(r.processes[1].pod.is_none(), "no pod without enrichment");
     }
 }

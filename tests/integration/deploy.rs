@@ -72,6 +72,11 @@ fn broken_configs_are_refused_with_one_clear_line() {
             "collector = [\"http://127.0.0.1:7443\"]\nstate_dir = \"/x\"\nspool_max = \"1KiB\"\n",
             "spool_max",
         ),
+        (
+            "kubelet.toml",
+            "collector = [\"http://127.0.0.1:7443\"]\nstate_dir = \"/x\"\nkubelet_url = \"http://10.1.1.1:10255/pods\"\n",
+            "kubelet_url",
+        ),
     ];
     for (name, text, needle) in agent_cases {
         let p = write(name, text);

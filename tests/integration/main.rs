@@ -10,6 +10,7 @@ mod deploy;
 mod export;
 mod hostile;
 mod inspect;
+mod kubelet;
 mod models;
 mod nvml;
 mod policy;
