@@ -148,6 +148,37 @@ pub fn flags_list(data: &Path, json: bool) -> Result {
     out(&render::flags(&f))
 }
 
+/// `jobs list`: jobs across hosts with their verdict and compute, operation estimates at the policy's
+/// assumed efficiency.
+///
+/// # Errors
+/// When the store or policy cannot be read.
+pub fn jobs_list(data: &Path, tenant: Option<&str>, limit: usize, json: bool) -> Result {
+    let policy = Policy::load_from_data(data).map_err(config)?;
+    let jobs: Vec<_> =
+        open(data)?.jobs(tenant, limit).map_err(runtime)?.into_iter().map(|j| policy.estimate(j)).collect();
+    if json {
+        return print_json(&jobs);
+    }
+    out(&render::jobs(&jobs))
+}
+
+/// `jobs show KEY`.
+///
+/// # Errors
+/// Usage error for an unknown job.
+pub fn jobs_show(data: &Path, key: &str, json: bool) -> Result {
+    let policy = Policy::load_from_data(data).map_err(config)?;
+    let Some(j) = open(data)?.job(key).map_err(runtime)? else {
+        return Err(usage(format!("no job {key}; `gpuattest-collector jobs list` shows the jobs")));
+    };
+    let j = policy.estimate(j);
+    if json {
+        return print_json(&j);
+    }
+    out(&render::job(&j))
+}
+
 /// `reports verify`: exit 1 when any stored report fails.
 ///
 /// # Errors

@@ -280,9 +280,22 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     for (i, (argv0, args)) in workloads().into_iter().enumerate() {
         use std::os::unix::process::CommandExt;
         let hold = if i < 2 { &deepseek } else { &llama };
+        // torchrun exports its rendezvous to every worker: the two hosts' processes are one job.
+        let rendezvous: &[(&str, String)] = if i < 2 {
+            &[
+                ("TORCHELASTIC_RUN_ID", "deepseek-ft-7".into()),
+                ("MASTER_ADDR", "gpu-node-01".into()),
+                ("MASTER_PORT", "29500".into()),
+                ("WORLD_SIZE", "16".into()),
+                ("RANK", (i * 8).to_string()),
+            ]
+        } else {
+            &[]
+        };
         let child = Command::new(&self_exe)
             .arg0(argv0)
             .args(&args)
+            .envs(rendezvous.iter().map(|(k, v)| (*k, v.as_str())))
             .env(WORKLOAD_ENV, "1")
             .env(HOLD_ENV, hold)
             .stdin(Stdio::null())
@@ -305,7 +318,13 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
                     .filter(|(gi, _)| *gi == g)
                     .map(|(_, w)| json!({"pid": pids[*w], "used_memory_bytes": 71_000_000_000u64 - (*w as u64) * 20_000_000_000}))
                     .collect();
-                json!({"processes": procs})
+                // The inference server answers requests: its GPUs are busy in bursts.
+                let bursty = h.placements.iter().any(|(gi, w)| *gi == g && *w == 2);
+                if bursty {
+                    json!({"processes": procs, "utilization_pattern": "bursty"})
+                } else {
+                    json!({"processes": procs})
+                }
             })
             .collect();
         let scenario = dir.join("scenario.json");

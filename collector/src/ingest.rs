@@ -162,10 +162,10 @@ impl Ingest {
         let ctx = HostContext { host_id: &host.host_id, hostname: &host.hostname };
         let outcome = self
             .store
-            .commit_report(&host.host_id, &incoming, |pos| {
+            .commit_report(&host.host_id, &incoming, |pos, commit| {
                 let receipt =
                     crate::policy::Receipt { received_at: incoming.received_at, nonce_fresh: incoming.nonce_fresh };
-                policy.evaluate(&ctx, &report, pos, receipt)
+                policy.evaluate(&ctx, &report, pos, commit, receipt)
             })
             .map_err(|e| internal(&e))?;
         match outcome {

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`bench`]: the end-to-end ingest benchmark beside the signature-verification ceiling.
 //! - [`cli`]: the commands behind the binary, with their exit codes.
+//! - [`compute`]: jobs across hosts: identity, GPU peak table, operations, training or inference.
 //! - [`config`]: `serve --config FILE`, merged under the flags.
 //! - [`store`]: the embedded SQLite store, its migrations, and every query.
 //! - [`ingest`]: gRPC enrollment and the report stream (verify, check, commit, acknowledge).
@@ -22,6 +23,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod compute;
 pub mod config;
 pub mod demo;
 pub mod export;

@@ -84,6 +84,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: FlagsCmd,
     },
+    /// Jobs across hosts: `jobs list`, `jobs show KEY`.
+    Jobs {
+        #[command(subcommand)]
+        cmd: JobsCmd,
+    },
     /// The policy: `policy evaluate-model FILE|-`.
     Policy {
         #[command(subcommand)]
@@ -184,6 +189,26 @@ enum HostsCmd {
         host_id: String,
         #[arg(long)]
         reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsCmd {
+    /// Jobs across hosts: training or inference, GPU-hours, estimated operations.
+    List {
+        /// Only this tenant's jobs.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, default_value_t = 200)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job with the evidence behind its verdict.
+    Show {
+        job: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -312,6 +337,10 @@ fn main() -> ExitCode {
         Cmd::Hosts { cmd: HostsCmd::List { json } } => cli::hosts_list(data, json),
         Cmd::Hosts { cmd: HostsCmd::Revoke { host_id, reason } } => cli::hosts_revoke(data, &host_id, &reason),
         Cmd::Flags { cmd: FlagsCmd::List { json } } => cli::flags_list(data, json),
+        Cmd::Jobs { cmd: JobsCmd::List { tenant, limit, json } } => {
+            cli::jobs_list(data, tenant.as_deref(), limit, json)
+        }
+        Cmd::Jobs { cmd: JobsCmd::Show { job, json } } => cli::jobs_show(data, &job, json),
         Cmd::Flags { cmd: FlagsCmd::Show { id, json } } => cli::flags_show(data, id, json),
         Cmd::Flags { cmd: FlagsCmd::Decide { id, decision, reason } } => {
             cli::flags_decide(data, id, &decision, &reason)

@@ -12,7 +12,8 @@ use gpuattest_proto::pb;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::store::{ChainPosition, NewFlag};
+use crate::compute::JobSummary;
+use crate::store::{ChainPosition, CommitContext, NewFlag};
 
 /// The built-in policy.
 pub const DEFAULT_POLICY: &str = include_str!("default-policy.toml");
@@ -93,6 +94,53 @@ struct PolicyFile {
     accelerator_vendors: Vec<AcceleratorVendor>,
     #[serde(default)]
     integrity: IntegrityFile,
+    #[serde(default)]
+    compute: ComputeFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ComputeFile {
+    /// Model FLOPs utilisation assumed while a GPU is busy (0 to 1).
+    assumed_efficiency: Option<f64>,
+    /// `upper_bound` (default) or `estimate`: which figure the thresholds compare.
+    compare: Option<String>,
+    thresholds: Option<Vec<Threshold>>,
+}
+
+/// A compute threshold: a job whose operations reach `operations` is flagged at `severity`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Threshold {
+    /// Operations (e.g. 1e26).
+    pub operations: f64,
+    /// Severity of the flag.
+    pub severity: Severity,
+}
+
+/// Compute-accounting settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compute {
+    /// Assumed efficiency while busy.
+    pub assumed_efficiency: f64,
+    /// Compare the estimate instead of the upper bound.
+    pub compare_estimate: bool,
+    /// Thresholds, ascending.
+    pub thresholds: Vec<Threshold>,
+}
+
+impl Default for Compute {
+    fn default() -> Self {
+        Compute {
+            assumed_efficiency: 0.4,
+            compare_estimate: false,
+            thresholds: vec![
+                Threshold { operations: 1e24, severity: Severity::Low },
+                Threshold { operations: 1e25, severity: Severity::Medium },
+                Threshold { operations: 1e26, severity: Severity::High },
+            ],
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +184,7 @@ pub struct Policy {
     patterns: Vec<ModelPattern>,
     accelerator_vendors: Vec<(u32, AcceleratorVendor)>,
     integrity: Integrity,
+    compute: Compute,
     digest: String,
 }
 
@@ -181,6 +230,22 @@ impl Policy {
         if silence_intervals < 2 {
             return Err(err("integrity.silence_intervals must be at least 2".into()));
         }
+        let defaults = Compute::default();
+        let efficiency = file.compute.assumed_efficiency.unwrap_or(defaults.assumed_efficiency);
+        if !(efficiency > 0.0 && efficiency <= 1.0) {
+            return Err(err(format!("compute.assumed_efficiency must be above 0 and at most 1, not {efficiency}")));
+        }
+        let compare_estimate = match file.compute.compare.as_deref() {
+            None | Some("upper_bound") => false,
+            Some("estimate") => true,
+            Some(other) => return Err(err(format!("compute.compare must be upper_bound or estimate, not `{other}`"))),
+        };
+        let mut thresholds = file.compute.thresholds.unwrap_or(defaults.thresholds);
+        if thresholds.iter().any(|t| !(t.operations.is_finite() && t.operations > 0.0)) {
+            return Err(err("compute.thresholds: operations must be positive numbers like 1e26".into()));
+        }
+        thresholds.sort_by(|a, b| a.operations.total_cmp(&b.operations));
+        let compute = Compute { assumed_efficiency: efficiency, compare_estimate, thresholds };
         let mut patterns = file.model_patterns;
         if file.extend_builtin {
             let builtin = Policy::builtin();
@@ -191,6 +256,7 @@ impl Policy {
             patterns,
             accelerator_vendors: vendors,
             integrity: Integrity { max_clock_skew_ms: max_skew.as_millis() as i64, silence_intervals },
+            compute,
             digest: format!("sha256:{}", gpuattest_proto::hex(&gpuattest_proto::sha256(text.as_bytes()))),
         })
     }
@@ -245,6 +311,7 @@ impl Policy {
             gpu_uuids: Vec::new(),
             evidence: json!({"last_seen": crate::timefmt::rfc3339(last_seen), "checked_at": crate::timefmt::rfc3339(now)}),
             policy_digest: self.digest.clone(),
+            job_host: None,
         }
     }
 
@@ -272,9 +339,12 @@ impl Policy {
         host: &HostContext<'_>,
         report: &pb::UsageReport,
         pos: &ChainPosition,
+        ctx: &CommitContext,
         receipt: Receipt,
     ) -> Vec<NewFlag> {
         let mut flags = Vec::new();
+        // A job that spans hosts has one flag per rule: it lives on the host that first reported it.
+        let job_host = |key: &str| ctx.jobs.iter().find(|j| j.job_key == key).and_then(|j| j.hosts.first().cloned());
         for p in &report.processes {
             // What the command line names, and what the weight files it has open say they are.
             let mut hits: Vec<(&ModelPattern, String, String)> = self
@@ -296,8 +366,10 @@ impl Policy {
                 }
             }
             for (pattern, model, source) in hits {
-                let job_key = job_key(p);
+                let job_key = crate::compute::job_identity(host.host_id, p);
+                let job = ctx.jobs.iter().find(|j| j.job_key == job_key);
                 flags.push(NewFlag {
+                    job_host: job_host(&job_key),
                     rule: "model-developer".into(),
                     severity: pattern.severity.as_str().into(),
                     job_key,
@@ -331,6 +403,8 @@ impl Policy {
                         "container_id": p.container_id,
                         "pod_uid": p.pod_uid,
                         "slurm_job_id": p.slurm_job_id,
+                        "pod": p.pod.as_ref().map(|k| json!({"namespace": k.namespace, "name": k.name, "owner": k.owner})),
+                        "job": job.map(|j| json!({"verdict": j.verdict, "gpu_hours": j.gpu_hours, "hosts": j.hosts})),
                         "report_seq": report.seq,
                     }),
                     policy_digest: self.digest.clone(),
@@ -348,10 +422,34 @@ impl Policy {
                     gpu_uuids: Vec::new(),
                     evidence: json!({"pci_address": a.pci_address, "vendor_id": a.vendor_id, "device_id": a.device_id, "product": a.product, "report_seq": report.seq}),
                     policy_digest: self.digest.clone(),
+                    job_host: None,
                 });
             }
         }
         flags.extend(self.chain_flags(host, report, pos));
+        flags.extend(self.compute_flags(&ctx.jobs));
+        for m in &ctx.moved_gpus {
+            flags.push(NewFlag {
+                rule: "gpu-moved".into(),
+                severity: Severity::High.as_str().into(),
+                job_key: format!("gpu:{}", m.uuid),
+                summary: format!(
+                    "GPU {} (serial {}) was reported by host {} until {} and is now on {}: a chip that moves between hosts is a diversion signal; confirm the move was authorised",
+                    m.uuid,
+                    m.serial,
+                    m.from_host,
+                    crate::timefmt::rfc3339(m.from_last_seen),
+                    host.hostname
+                ),
+                pid: None,
+                gpu_uuids: vec![m.uuid.clone()],
+                evidence: json!({"gpu_uuid": m.uuid, "serial": m.serial, "previous_serial": m.previous_serial,
+                    "from_host": m.from_host, "from_last_seen": crate::timefmt::rfc3339(m.from_last_seen),
+                    "to_host": host.host_id, "report_seq": report.seq}),
+                policy_digest: self.digest.clone(),
+                job_host: None,
+            });
+        }
         let skew = report.agent_time_unix_ms - receipt.received_at;
         if receipt.nonce_fresh && skew.abs() > self.integrity.max_clock_skew_ms {
             flags.push(NewFlag {
@@ -369,6 +467,65 @@ impl Policy {
                 gpu_uuids: Vec::new(),
                 evidence: json!({"agent_time_unix_ms": report.agent_time_unix_ms, "received_at_unix_ms": receipt.received_at, "report_seq": report.seq}),
                 policy_digest: self.digest.clone(),
+                job_host: None,
+            });
+        }
+        flags
+    }
+
+    /// Compute-accounting settings.
+    pub fn compute(&self) -> &Compute {
+        &self.compute
+    }
+
+    /// Fills in a job's operation estimate at the assumed efficiency.
+    pub fn estimate(&self, mut j: JobSummary) -> JobSummary {
+        j.ops_estimate = j.ops_upper_bound * self.compute.assumed_efficiency;
+        j
+    }
+
+    /// A job whose operations reached a threshold: one flag per job, at the highest threshold reached.
+    fn compute_flags(&self, jobs: &[JobSummary]) -> Vec<NewFlag> {
+        let mut flags = Vec::new();
+        for j in jobs {
+            let j = self.estimate(j.clone());
+            let (figure, what) = if self.compute.compare_estimate {
+                (j.ops_estimate, "estimated")
+            } else {
+                (j.ops_upper_bound, "at most")
+            };
+            let Some(t) = self.compute.thresholds.iter().rev().find(|t| figure >= t.operations) else {
+                continue;
+            };
+            flags.push(NewFlag {
+                rule: "compute-threshold".into(),
+                severity: t.severity.as_str().into(),
+                job_key: j.job_key.clone(),
+                summary: format!(
+                    "job {} ({}, {:.0}% confidence) has used {what} {:.2e} operations (threshold {:.0e}) over {:.1} GPU-hours on {} GPUs across {} hosts",
+                    j.job_key,
+                    j.verdict.kind,
+                    j.verdict.confidence * 100.0,
+                    figure,
+                    t.operations,
+                    j.gpu_hours,
+                    j.gpus,
+                    j.hosts.len()
+                ),
+                pid: None,
+                gpu_uuids: Vec::new(),
+                evidence: json!({
+                    "threshold": t.operations,
+                    "ops_upper_bound": j.ops_upper_bound,
+                    "ops_estimate": j.ops_estimate,
+                    "assumed_efficiency": self.compute.assumed_efficiency,
+                    "gpu_hours": j.gpu_hours,
+                    "energy_joules": j.energy_joules,
+                    "hosts": j.hosts,
+                    "verdict": j.verdict,
+                }),
+                policy_digest: self.digest.clone(),
+                job_host: j.hosts.first().cloned(),
             });
         }
         flags
@@ -387,6 +544,7 @@ impl Policy {
                 gpu_uuids: Vec::new(),
                 evidence: json!({"missing_first": first, "missing_last": last, "report_seq": report.seq}),
                 policy_digest: self.digest.clone(),
+                job_host: None,
             });
         }
         if let Some(g) = &report.gap {
@@ -402,6 +560,7 @@ impl Policy {
                 gpu_uuids: Vec::new(),
                 evidence: json!({"missing_first": g.first_seq, "missing_last": g.last_seq, "agent_gap_record": report.seq, "reason": g.reason}),
                 policy_digest: self.digest.clone(),
+                job_host: None,
             });
         }
         let expected = pos.last_hash.as_deref().unwrap_or(&[]);
@@ -422,6 +581,7 @@ impl Policy {
                     "stored_hash": gpuattest_proto::hex(expected),
                 }),
                 policy_digest: self.digest.clone(),
+                job_host: None,
             });
         }
         flags
@@ -436,20 +596,6 @@ fn gpu_list(uuids: &[String]) -> String {
         [a, b] => format!("{a}, {b}"),
         [first, rest @ ..] => format!("{first} and {} more GPUs", rest.len()),
     }
-}
-
-/// The job a process belongs to: Slurm job, pod, container, or the process itself (pid + start time).
-pub fn job_key(p: &pb::GpuProcess) -> String {
-    if let Some(j) = &p.slurm_job_id {
-        return format!("slurm:{j}");
-    }
-    if let Some(u) = &p.pod_uid {
-        return format!("pod:{u}");
-    }
-    if let Some(c) = &p.container_id {
-        return format!("container:{c}");
-    }
-    format!("pid:{}:{}", p.pid, p.start_time_ticks.unwrap_or(0))
 }
 
 /// Model-id candidates in a command line: every `org/name` tail of each word, and Hugging Face cache
@@ -559,12 +705,21 @@ mod tests {
         let host = HostContext { host_id: "h", hostname: "n" };
         let r = pb::UsageReport { seq: 1, agent_time_unix_ms: 1_000_000, ..Default::default() };
         let pos = ChainPosition { last_seq: 0, last_hash: None };
-        assert!(p.evaluate(&host, &r, &pos, fresh(1_000_000 + 60_000)).is_empty());
-        let f = p.evaluate(&host, &r, &pos, fresh(1_000_000 + 600_000));
+        assert!(p.evaluate(&host, &r, &pos, &CommitContext::default(), fresh(1_000_000 + 60_000)).is_empty());
+        let f = p.evaluate(&host, &r, &pos, &CommitContext::default(), fresh(1_000_000 + 600_000));
         assert_eq!((f.len(), f[0].rule.as_str()), (1, "clock-skew"));
         assert!(f[0].summary.contains("600 s behind"), "{}", f[0].summary);
         // A spooled report delivered late is not skew.
-        assert!(p.evaluate(&host, &r, &pos, Receipt { received_at: 9_000_000, nonce_fresh: false }).is_empty());
+        assert!(
+            p.evaluate(
+                &host,
+                &r,
+                &pos,
+                &CommitContext::default(),
+                Receipt { received_at: 9_000_000, nonce_fresh: false }
+            )
+            .is_empty()
+        );
     }
 
     #[test]
@@ -572,14 +727,33 @@ mod tests {
         let p = Policy::builtin();
         let host = HostContext { host_id: "h", hostname: "n" };
         let mut r = pb::UsageReport { seq: 5, prev_report_sha256: vec![1; 32], ..Default::default() };
-        let gap = p.evaluate(&host, &r, &ChainPosition { last_seq: 2, last_hash: Some(vec![1; 32]) }, fresh(0));
+        let gap = p.evaluate(
+            &host,
+            &r,
+            &ChainPosition { last_seq: 2, last_hash: Some(vec![1; 32]) },
+            &CommitContext::default(),
+            fresh(0),
+        );
         assert_eq!(gap.len(), 1);
         assert_eq!((gap[0].rule.as_str(), gap[0].job_key.as_str()), ("sequence-gap", "seq:3-4"));
         r.seq = 3;
-        let brk = p.evaluate(&host, &r, &ChainPosition { last_seq: 2, last_hash: Some(vec![2; 32]) }, fresh(0));
+        let brk = p.evaluate(
+            &host,
+            &r,
+            &ChainPosition { last_seq: 2, last_hash: Some(vec![2; 32]) },
+            &CommitContext::default(),
+            fresh(0),
+        );
         assert_eq!(brk[0].rule, "chain-break");
         assert!(
-            p.evaluate(&host, &r, &ChainPosition { last_seq: 2, last_hash: Some(vec![1; 32]) }, fresh(0)).is_empty()
+            p.evaluate(
+                &host,
+                &r,
+                &ChainPosition { last_seq: 2, last_hash: Some(vec![1; 32]) },
+                &CommitContext::default(),
+                fresh(0)
+            )
+            .is_empty()
         );
     }
 

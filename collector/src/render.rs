@@ -63,3 +63,61 @@ pub fn hosts(rows: &[HostSummary]) -> String {
     }
     s
 }
+
+/// `jobs list`.
+pub fn jobs(rows: &[crate::compute::JobSummary]) -> String {
+    let mut s = String::new();
+    if rows.is_empty() {
+        return "no jobs yet\n".into();
+    }
+    let _ = writeln!(
+        s,
+        "{:<40} {:<16} {:<14} {:>5} {:>5} {:>10} {:>10} {:>10}",
+        "JOB", "KIND", "TENANT", "HOSTS", "GPUS", "GPU-HOURS", "OPS<=", "OPS~"
+    );
+    for j in rows {
+        let _ = writeln!(
+            s,
+            "{:<40} {:<16} {:<14} {:>5} {:>5} {:>10.3} {:>10.2e} {:>10.2e}",
+            clip(&j.job_key, 40),
+            format!("{} {:.0}%", j.verdict.kind, j.verdict.confidence * 100.0),
+            clip(j.tenant.as_deref().unwrap_or("-"), 14),
+            j.hosts.len(),
+            j.gpus,
+            j.gpu_hours,
+            j.ops_upper_bound,
+            j.ops_estimate
+        );
+    }
+    s
+}
+
+/// `jobs show`.
+pub fn job(j: &crate::compute::JobSummary) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "job {}", j.job_key);
+    let _ = writeln!(s, "  tenant       {}", j.tenant.as_deref().unwrap_or("-"));
+    let _ = writeln!(s, "  hosts        {}", j.hosts.join(", "));
+    let _ = writeln!(s, "  gpus         {}", j.gpus);
+    let _ = writeln!(s, "  gpu-hours    {:.3}", j.gpu_hours);
+    let _ = writeln!(s, "  energy       {:.1} kJ", j.energy_joules / 1000.0);
+    let _ = writeln!(s, "  operations   at most {:.3e}; estimated {:.3e}", j.ops_upper_bound, j.ops_estimate);
+    if j.unknown_peak_gpu_seconds > 0.0 {
+        let _ = writeln!(
+            s,
+            "               ({:.0} GPU-seconds on GPUs whose peak is unknown are not counted)",
+            j.unknown_peak_gpu_seconds
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  seen         {} to {}",
+        crate::timefmt::rfc3339(j.first_seen),
+        crate::timefmt::rfc3339(j.last_seen)
+    );
+    let _ = writeln!(s, "  verdict      {} ({:.0}% confidence)", j.verdict.kind, j.verdict.confidence * 100.0);
+    for r in &j.verdict.reasons {
+        let _ = writeln!(s, "    - {r}");
+    }
+    s
+}

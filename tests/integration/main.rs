@@ -10,6 +10,7 @@ mod deploy;
 mod export;
 mod hostile;
 mod inspect;
+mod jobs;
 mod kubelet;
 mod models;
 mod nvml;

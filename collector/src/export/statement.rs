@@ -113,11 +113,11 @@ pub fn build(
             }
         }
         for p in &r.processes {
-            let key = format!("{}|{}", row.host_id, crate::policy::job_key(p));
+            let key = format!("{}|{}", row.host_id, crate::compute::job_identity(&row.host_id, p));
             let entry = jobs.entry(key).or_insert_with(|| {
                 let launch = p.launch.clone().unwrap_or_default();
                 json!({
-                    "job": crate::policy::job_key(p),
+                    "job": crate::compute::job_identity(&row.host_id, p),
                     "host_id": row.host_id,
                     "pid": p.pid,
                     "cmdline": if req.redact { Value::Null } else { json!(p.cmdline) },

@@ -14,9 +14,16 @@ use serde::Serialize;
 
 use crate::timefmt::rfc3339;
 
+mod jobs;
+pub use jobs::{CommitContext, MovedGpu};
+
 /// The migrations, in order. Never edit a shipped one; append.
-const MIGRATIONS: &[&str] =
-    &[include_str!("schema.sql"), include_str!("migration2.sql"), include_str!("migration3.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema.sql"),
+    include_str!("migration2.sql"),
+    include_str!("migration3.sql"),
+    include_str!("migration4.sql"),
+];
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +216,9 @@ pub struct NewFlag {
     pub evidence: serde_json::Value,
     /// Digest of the policy that raised it.
     pub policy_digest: String,
+    /// For a job that spans hosts: the host the flag lives on (the job's first), so the job has one
+    /// flag per rule. `None`: the reporting host.
+    pub job_host: Option<String>,
 }
 
 /// A stored flag.
@@ -596,7 +606,7 @@ impl Store {
         &self,
         host_id: &str,
         incoming: &IncomingReport<'_>,
-        flags_for: impl FnOnce(&ChainPosition) -> Vec<NewFlag>,
+        flags_for: impl FnOnce(&ChainPosition, &CommitContext) -> Vec<NewFlag>,
     ) -> Result<Commit> {
         let r = incoming.decoded;
         let mut conn = self.conn();
@@ -722,7 +732,8 @@ impl Store {
             )
             .map_err(sql("record gap"))?;
         }
-        let flags = flags_for(&position);
+        let (jobs, moved) = jobs::account(&tx, host_id, tenant.as_deref(), r, incoming.received_at)?;
+        let flags = flags_for(&position, &CommitContext { jobs, moved_gpus: moved });
         for f in &flags {
             upsert_flag(&tx, host_id, tenant.as_deref(), r.seq, incoming.received_at, f)?;
         }
@@ -1211,11 +1222,15 @@ fn upsert_flag(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, 1, ?12, ?12) \
          ON CONFLICT (rule, host_id, job_key) DO UPDATE SET \
            last_seq = excluded.last_seq, occurrences = occurrences + 1, updated_at = excluded.updated_at, \
-           evidence = excluded.evidence, gpu_uuids = excluded.gpu_uuids, policy_digest = excluded.policy_digest",
+           evidence = excluded.evidence, gpu_uuids = excluded.gpu_uuids, policy_digest = excluded.policy_digest, \
+           summary = excluded.summary, \
+           severity = CASE WHEN (CASE excluded.severity WHEN 'critical' THEN 4 WHEN 'high' THEN 3 WHEN 'medium' THEN 2 WHEN 'low' THEN 1 ELSE 0 END) \
+                             > (CASE severity WHEN 'critical' THEN 4 WHEN 'high' THEN 3 WHEN 'medium' THEN 2 WHEN 'low' THEN 1 ELSE 0 END) \
+                           THEN excluded.severity ELSE severity END",
         params![
             f.rule,
             f.severity,
-            host_id,
+            f.job_host.as_deref().unwrap_or(host_id),
             tenant,
             f.job_key,
             f.summary,

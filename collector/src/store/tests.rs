@@ -44,7 +44,7 @@ fn signed(k: &Ed25519KeyPair, host: &str, seq: u64) -> (pb::SignedReport, pb::Us
 
 fn commit(store: &Store, host: &str, s: &pb::SignedReport, r: &pb::UsageReport, flags: Vec<NewFlag>) -> Commit {
     let inc = IncomingReport { signed: s, decoded: r, received_at: 100, nonce_fresh: true };
-    store.commit_report(host, &inc, |_| flags).expect("commit")
+    store.commit_report(host, &inc, |_, _| flags).expect("commit")
 }
 
 fn flag(job: &str) -> NewFlag {
@@ -57,6 +57,7 @@ fn flag(job: &str) -> NewFlag {
         gpu_uuids: vec!["GPU-1".into()],
         evidence: serde_json::json!({}),
         policy_digest: "sha256:x".into(),
+        job_host: None,
     }
 }
 

@@ -1,0 +1,254 @@
+//! Job accounting inside the report transaction: each report adds its window's GPU time, energy and
+//! estimated operations to the jobs its processes belong to (across hosts), updates their
+//! training/inference evidence, and records where each GPU was seen, so a GPU that appears on a second
+//! host is noticed in the same transaction that stores the evidence.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use gpuattest_proto::pb;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use super::{Result, Store, sql};
+use crate::compute::{JobEvidence, JobSummary, classify, job_identity, peak_for};
+
+/// Longest report window counted (a bogus window cannot add more than this much time).
+const MAX_WINDOW_SECONDS: f64 = 3600.0;
+
+/// What the commit learned beyond the chain position, for the policy.
+#[derive(Debug, Clone, Default)]
+pub struct CommitContext {
+    /// The jobs this report touched, with their totals after it.
+    pub jobs: Vec<JobSummary>,
+    /// GPUs in this report last seen on another host.
+    pub moved_gpus: Vec<MovedGpu>,
+}
+
+/// A GPU whose UUID was last reported by another host.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MovedGpu {
+    /// GPU UUID.
+    pub uuid: String,
+    /// Serial now.
+    pub serial: String,
+    /// Serial the other host reported.
+    pub previous_serial: String,
+    /// The host that reported it before.
+    pub from_host: String,
+    /// When that host last reported it, Unix ms.
+    pub from_last_seen: i64,
+}
+
+/// Which GPU (by its UUID or one of its MIG instances' UUIDs) each process UUID refers to.
+fn parent_gpu(r: &pb::UsageReport) -> BTreeMap<&str, usize> {
+    let mut m = BTreeMap::new();
+    for (i, g) in r.gpus.iter().enumerate() {
+        m.insert(g.uuid.as_str(), i);
+        for d in &g.mig_devices {
+            m.insert(d.uuid.as_str(), i);
+        }
+    }
+    m
+}
+
+pub(super) fn account(
+    tx: &Connection,
+    host_id: &str,
+    tenant: Option<&str>,
+    r: &pb::UsageReport,
+    received_at: i64,
+) -> Result<(Vec<JobSummary>, Vec<MovedGpu>)> {
+    let at = if r.window_end_unix_ms > 0 { r.window_end_unix_ms } else { received_at };
+    let dt = ((r.window_end_unix_ms - r.window_start_unix_ms) as f64 / 1000.0).clamp(0.0, MAX_WINDOW_SECONDS);
+    let parents = parent_gpu(r);
+
+    // Energy per GPU in this window: the counter's delta where the same host reported it last time,
+    // else power × time. Also where each GPU was last seen.
+    let mut moved = Vec::new();
+    let mut energy = vec![0.0f64; r.gpus.len()];
+    for (i, g) in r.gpus.iter().enumerate() {
+        if g.uuid.is_empty() || g.lost {
+            continue;
+        }
+        let prev: Option<(String, String, i64, Option<i64>)> = tx
+            .query_row(
+                "SELECT host_id, serial, last_seen, last_energy_mj FROM gpu_locations WHERE uuid = ?1",
+                params![g.uuid],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )
+            .optional()
+            .map_err(sql("read gpu location"))?;
+        let counter = g.energy_mj.map(|v| v as i64);
+        energy[i] = match (&prev, counter) {
+            (Some((h, _, _, Some(last))), Some(now)) if h == host_id && now >= *last => (now - last) as f64 / 1000.0,
+            _ => f64::from(g.power_mw.unwrap_or(0)) / 1000.0 * dt,
+        };
+        match prev {
+            Some((h, serial, last_seen, _)) if h != host_id => {
+                moved.push(MovedGpu {
+                    uuid: g.uuid.clone(),
+                    serial: g.serial.clone(),
+                    previous_serial: serial,
+                    from_host: h,
+                    from_last_seen: last_seen,
+                });
+                tx.execute(
+                    "UPDATE gpu_locations SET host_id = ?2, serial = ?3, first_seen = ?4, last_seen = ?4, last_seq = ?5, last_energy_mj = ?6 WHERE uuid = ?1",
+                    params![g.uuid, host_id, g.serial, at, r.seq as i64, counter],
+                )
+                .map_err(sql("move gpu location"))?;
+            }
+            _ => {
+                tx.execute(
+                    "INSERT INTO gpu_locations (uuid, host_id, serial, first_seen, last_seen, last_seq, last_energy_mj) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6) \
+                     ON CONFLICT (uuid) DO UPDATE SET serial = excluded.serial, last_seen = MAX(last_seen, excluded.last_seen), \
+                       last_seq = excluded.last_seq, last_energy_mj = excluded.last_energy_mj",
+                    params![g.uuid, host_id, g.serial, at, r.seq as i64, counter],
+                )
+                .map_err(sql("record gpu location"))?;
+            }
+        }
+    }
+
+    // Jobs per GPU, so a shared GPU's time and energy are split between the jobs on it.
+    let mut jobs_on_gpu: Vec<BTreeSet<String>> = vec![BTreeSet::new(); r.gpus.len()];
+    let mut job_processes: BTreeMap<String, Vec<&pb::GpuProcess>> = BTreeMap::new();
+    for p in &r.processes {
+        let key = job_identity(host_id, p);
+        for u in &p.gpu_uuids {
+            if let Some(&i) = parents.get(u.as_str()) {
+                jobs_on_gpu[i].insert(key.clone());
+            }
+        }
+        job_processes.entry(key).or_default().push(p);
+    }
+    for (i, g) in r.gpus.iter().enumerate() {
+        let n = jobs_on_gpu[i].len();
+        if n == 0 {
+            continue;
+        }
+        let share = 1.0 / n as f64;
+        // Unknown utilisation counts as fully busy: an upper bound must not under-count.
+        let util = f64::from(g.utilization_gpu_pct.unwrap_or(100).min(100)) / 100.0;
+        let (ops, unknown) = match peak_for(&g.name) {
+            Some(p) => (p.bf16_dense_tflops * 1e12 * util * dt * share, 0.0),
+            None => (0.0, dt * share),
+        };
+        for key in &jobs_on_gpu[i] {
+            tx.execute(
+                "INSERT INTO job_usage (job_key, host_id, gpu_uuid, gpu_name, first_seen, last_seen, gpu_seconds, energy_joules, ops_upper, unknown_peak_seconds) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9) \
+                 ON CONFLICT (job_key, host_id, gpu_uuid) DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen), \
+                   first_seen = MIN(first_seen, excluded.first_seen), gpu_seconds = gpu_seconds + excluded.gpu_seconds, \
+                   energy_joules = energy_joules + excluded.energy_joules, ops_upper = ops_upper + excluded.ops_upper, \
+                   unknown_peak_seconds = unknown_peak_seconds + excluded.unknown_peak_seconds",
+                params![key, host_id, g.uuid, g.name, at, dt * share, energy[i] * share, ops, unknown],
+            )
+            .map_err(sql("account job usage"))?;
+        }
+    }
+
+    let mut summaries = Vec::new();
+    for (key, procs) in job_processes {
+        let stored: Option<String> = tx
+            .query_row("SELECT evidence FROM jobs WHERE job_key = ?1", params![key], |row| row.get(0))
+            .optional()
+            .map_err(sql("read job"))?;
+        let mut ev: JobEvidence = stored.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+        for p in procs {
+            let utils: Vec<u32> = p
+                .gpu_uuids
+                .iter()
+                .filter_map(|u| parents.get(u.as_str()))
+                .filter_map(|&i| r.gpus[i].utilization_gpu_pct)
+                .collect();
+            ev.add_process(host_id, p, &utils);
+            for g in &r.gpus {
+                let all = g.processes.iter().chain(g.mig_devices.iter().flat_map(|d| d.processes.iter()));
+                for u in all.filter(|u| u.pid == p.pid) {
+                    ev.add_memory(u.used_memory_bytes);
+                }
+            }
+        }
+        let json = serde_json::to_string(&ev).unwrap_or_default();
+        tx.execute(
+            "INSERT INTO jobs (job_key, tenant, first_seen, last_seen, evidence) VALUES (?1, ?2, ?3, ?3, ?4) \
+             ON CONFLICT (job_key) DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen), evidence = excluded.evidence",
+            params![key, tenant, at, json],
+        )
+        .map_err(sql("record job"))?;
+        if let Some(s) = summary(tx, &key)? {
+            summaries.push(s);
+        }
+    }
+    Ok((summaries, moved))
+}
+
+/// A job's totals and verdict; the operation estimate is filled in by the policy's efficiency.
+pub(super) fn summary(conn: &Connection, key: &str) -> Result<Option<JobSummary>> {
+    let row: Option<(Option<String>, i64, i64, String)> = conn
+        .query_row("SELECT tenant, first_seen, last_seen, evidence FROM jobs WHERE job_key = ?1", params![key], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()
+        .map_err(sql("read job"))?;
+    let Some((tenant, first_seen, last_seen, evidence)) = row else {
+        return Ok(None);
+    };
+    let (gpus, gpu_seconds, energy, ops, unknown): (i64, f64, f64, f64, f64) = conn
+        .query_row(
+            "SELECT COUNT(DISTINCT gpu_uuid), COALESCE(SUM(gpu_seconds), 0), COALESCE(SUM(energy_joules), 0), \
+             COALESCE(SUM(ops_upper), 0), COALESCE(SUM(unknown_peak_seconds), 0) FROM job_usage WHERE job_key = ?1",
+            params![key],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .map_err(sql("sum job usage"))?;
+    let evidence: JobEvidence = serde_json::from_str(&evidence).unwrap_or_default();
+    Ok(Some(JobSummary {
+        job_key: key.to_string(),
+        tenant,
+        hosts: evidence.hosts.clone(),
+        gpus: gpus as u64,
+        gpu_hours: gpu_seconds / 3600.0,
+        energy_joules: energy,
+        ops_upper_bound: ops,
+        ops_estimate: 0.0,
+        unknown_peak_gpu_seconds: unknown,
+        first_seen,
+        last_seen,
+        verdict: classify(&evidence),
+        evidence,
+    }))
+}
+
+impl Store {
+    /// Jobs, most recent first, optionally of one tenant.
+    ///
+    /// # Errors
+    /// [`super::StoreError::Sql`].
+    pub fn jobs(&self, tenant: Option<&str>, limit: usize) -> Result<Vec<JobSummary>> {
+        let conn = self.conn();
+        let keys: Vec<String> = {
+            let mut st = conn
+                .prepare("SELECT job_key FROM jobs WHERE ?1 IS NULL OR tenant = ?1 ORDER BY last_seen DESC LIMIT ?2")
+                .map_err(sql("list jobs"))?;
+            st.query_map(params![tenant, limit as i64], |r| r.get(0))
+                .map_err(sql("list jobs"))?
+                .collect::<std::result::Result<_, _>>()
+                .map_err(sql("list jobs"))?
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            out.extend(summary(&conn, &k)?);
+        }
+        Ok(out)
+    }
+
+    /// One job.
+    ///
+    /// # Errors
+    /// [`super::StoreError::Sql`].
+    pub fn job(&self, key: &str) -> Result<Option<JobSummary>> {
+        summary(&self.conn(), key)
+    }
+}
