@@ -179,6 +179,56 @@ pub fn jobs_show(data: &Path, key: &str, json: bool) -> Result {
     out(&render::job(&j))
 }
 
+/// `audit`: the audit log, newest first.
+///
+/// # Errors
+/// When the store cannot be read.
+pub fn audit(data: &Path, limit: u32, json: bool) -> Result {
+    let rows = open(data)?.audit_log(limit).map_err(runtime)?;
+    if json {
+        return print_json(&rows);
+    }
+    let mut s = String::new();
+    for a in &rows {
+        s.push_str(&format!("{}  {:<14} {:<24} {:<20} {}\n", a.at, a.actor, a.action, a.target, a.detail));
+    }
+    out(if s.is_empty() { "the audit log is empty\n" } else { &s })
+}
+
+/// `policy reevaluate`.
+///
+/// # Errors
+/// Configuration errors for the policy; usage errors for `--since`; runtime errors for the store.
+pub fn policy_reevaluate(data: &Path, policy: Option<&Path>, since: Option<&str>, json: bool) -> Result {
+    let source = crate::policy::PolicySource {
+        path: policy.map_or_else(|| data.join("policy.toml"), Path::to_path_buf),
+        explicit: policy.is_some(),
+    };
+    let policy = source.load().map_err(config)?;
+    let now = crate::now_ms();
+    let since = since
+        .map(|s| crate::export::statement::parse_time(s, now))
+        .transpose()
+        .map_err(|e| usage(format!("--since: {e}")))?
+        .unwrap_or(0);
+    let o = crate::reevaluate::run(&*open(data)?, &policy, since, now).map_err(runtime)?;
+    if json {
+        return print_json(&o);
+    }
+    out(&format!(
+        "re-evaluated {} reports under policy {}: {} flags raised or updated, {} open flags no longer raised{}\n",
+        o.reports,
+        o.policy_digest,
+        o.raised_or_updated,
+        o.no_longer_raised.len(),
+        if o.no_longer_raised.is_empty() {
+            String::new()
+        } else {
+            format!(" (ids {:?}; marked, not closed: a reviewer decides)", o.no_longer_raised)
+        }
+    ))
+}
+
 /// `reports verify`: exit 1 when any stored report fails.
 ///
 /// # Errors
@@ -247,11 +297,11 @@ fn grpc_tls(grpc_listen: &str, t: &crate::config::TlsConfig) -> Result<Option<cr
 pub fn serve(flags: crate::config::ServeFlags, config_file: Option<&Path>, check_config: bool) -> Result {
     let file = config_file.map(crate::config::FileConfig::load).transpose().map_err(config)?;
     let s = crate::config::ServeSettings::merge(flags, file).map_err(config)?;
-    let policy = match &s.policy {
-        Some(p) => Policy::load_file(p),
-        None => Policy::load_from_data(&s.data),
-    }
-    .map_err(config)?;
+    let source = crate::policy::PolicySource {
+        path: s.policy.clone().unwrap_or_else(|| s.data.join("policy.toml")),
+        explicit: s.policy.is_some(),
+    };
+    let policy = source.load().map_err(config)?;
     let tls = grpc_tls(&s.grpc_listen, &s.tls)?;
     let store = open(&s.data)?;
     if check_config {
@@ -273,7 +323,11 @@ pub fn serve(flags: crate::config::ServeFlags, config_file: Option<&Path>, check
             crate::logging::shutdown_signal().await;
             let _ = tx.send(true);
         });
-        Collector::new(store, policy).serve(grpc, http, tls.as_ref(), rx).await.map_err(runtime)
+        Collector::new(store, policy)
+            .with_policy_source(source)
+            .serve(grpc, http, tls.as_ref(), rx)
+            .await
+            .map_err(runtime)
     })
 }
 
@@ -394,7 +448,7 @@ pub fn export(data: &Path, a: &ExportArgs) -> Result {
     let key = crate::export::ExportKey::load_or_create(data).map_err(config)?;
     let req = crate::export::statement::ExportRequest { tenant: a.tenant.clone(), since, until, redact: a.redact };
     let mut last_shown = std::time::Instant::now();
-    let statement = crate::export::statement::build(&store, &key, &req, policy.digest(), |done, total| {
+    let statement = crate::export::statement::build(&store, &key, &req, &policy, |done, total| {
         if total > 5000 && (last_shown.elapsed() > std::time::Duration::from_secs(1) || done == total) {
             eprintln!("exporting: {done}/{total} reports");
             last_shown = std::time::Instant::now();

@@ -195,10 +195,10 @@ async fn export(
         until: parse(q.until, now + 1)?,
         redact: q.redact.unwrap_or(p.role == Role::Customer),
     };
-    let digest = s.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner).digest().to_string();
+    let policy = s.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let (store, key, actor) = (s.store.clone(), s.export_key.clone(), format!("token:{}", p.token_id));
     let envelope = tokio::task::spawn_blocking(move || {
-        let st = crate::export::statement::build(&store, &key, &req, &digest, |_, _| {})?;
+        let st = crate::export::statement::build(&store, &key, &req, &policy, |_, _| {})?;
         let n = st["subject"].as_array().map_or(0, Vec::len);
         store
             .audit(now, &actor, "export", &req.tenant, &format!("{n} reports, redacted={}, via API", req.redact))

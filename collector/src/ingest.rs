@@ -157,9 +157,14 @@ impl Ingest {
             decoded: &report,
             received_at: now_ms(),
             nonce_fresh: !nonce.is_empty() && report.collector_nonce == nonce,
+            process_tenants: Vec::new(),
         };
         let policy = self.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        let ctx = HostContext { host_id: &host.host_id, hostname: &host.hostname };
+        let incoming = IncomingReport {
+            process_tenants: report.processes.iter().map(|p| policy.tenant_of(p, host.tenant.as_deref())).collect(),
+            ..incoming
+        };
+        let ctx = HostContext { host_id: &host.host_id, hostname: &host.hostname, tenant: host.tenant.as_deref() };
         let outcome = self
             .store
             .commit_report(&host.host_id, &incoming, |pos, commit| {

@@ -9,6 +9,7 @@
 //! - [`store`]: the embedded SQLite store, its migrations, and every query.
 //! - [`ingest`]: gRPC enrollment and the report stream (verify, check, commit, acknowledge).
 //! - [`policy`]: the rules that turn evidence into flags, from TOML.
+//! - [`tenants`]: the tenant file, job-to-tenant mapping, screening and parent-country findings.
 //! - [`tokens`]: enrollment and bearer tokens, stored only as hashes.
 //! - [`http`]: the review UI, the JSON API with roles, `/healthz`, `/metrics`.
 //! - [`metrics`]: Prometheus counters and histograms.
@@ -16,6 +17,7 @@
 //! - [`demo`]: the whole system on one machine: collector, agents on the simulated NVML, workloads.
 //! - [`logging`]: tracing set-up and the shutdown signal for the binary.
 //! - [`export`]: signed customer attestations (DSSE, in-toto), the transparency log, offline verify.
+//! - [`reevaluate`]: `policy reevaluate`, the policy in force over stored evidence.
 //! - [`registry`]: model families, developers and listings; `policy evaluate-model`.
 //! - [`screening`]: restricted-party lists (OFAC SDN, trade.gov CSL, operator lists) and name matching.
 //! - [`render`]: human-readable tables for the CLI.
@@ -32,11 +34,13 @@ pub mod ingest;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
+pub mod reevaluate;
 pub mod registry;
 pub mod render;
 pub mod screening;
 pub mod server;
 pub mod store;
+pub mod tenants;
 pub mod timefmt;
 pub mod tokens;
 

@@ -84,6 +84,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: FlagsCmd,
     },
+    /// The audit log, newest first: who did what, when.
+    Audit {
+        #[arg(long, default_value_t = 200)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Jobs across hosts: `jobs list`, `jobs show KEY`.
     Jobs {
         #[command(subcommand)]
@@ -238,6 +245,18 @@ enum FlagsCmd {
 
 #[derive(Subcommand)]
 enum PolicyCmd {
+    /// Run the policy in force (or --policy FILE) over stored reports; flags it raises, updates or no
+    /// longer raises say so.
+    Reevaluate {
+        /// A policy file instead of <data>/policy.toml.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Only reports received since this time (RFC 3339, or a duration ago like 7d).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// The verdict on a model fingerprint (a JSON file from `gpuattest-agent fingerprint --json`, or - for stdin).
     EvaluateModel {
         file: String,
@@ -337,6 +356,7 @@ fn main() -> ExitCode {
         Cmd::Hosts { cmd: HostsCmd::List { json } } => cli::hosts_list(data, json),
         Cmd::Hosts { cmd: HostsCmd::Revoke { host_id, reason } } => cli::hosts_revoke(data, &host_id, &reason),
         Cmd::Flags { cmd: FlagsCmd::List { json } } => cli::flags_list(data, json),
+        Cmd::Audit { limit, json } => cli::audit(data, limit, json),
         Cmd::Jobs { cmd: JobsCmd::List { tenant, limit, json } } => {
             cli::jobs_list(data, tenant.as_deref(), limit, json)
         }
@@ -353,6 +373,9 @@ fn main() -> ExitCode {
         Cmd::Backup { out } => cli::backup(data, &out),
         Cmd::Bench { agents, seconds, json } => cli::bench(agents, seconds, json),
         Cmd::Policy { cmd: PolicyCmd::EvaluateModel { file, json } } => cli::evaluate_model(&file, json),
+        Cmd::Policy { cmd: PolicyCmd::Reevaluate { policy, since, json } } => {
+            cli::policy_reevaluate(data, policy.as_deref(), since.as_deref(), json)
+        }
         Cmd::Screen { cmd: ScreenCmd::Check { name, list, threshold, json } } => {
             cli::screen_check(&name, &list, threshold, json)
         }

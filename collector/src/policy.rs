@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::compute::JobSummary;
 use crate::store::{ChainPosition, CommitContext, NewFlag};
+use crate::tenants::{Finding, TenantMapping};
 
 /// The built-in policy.
 pub const DEFAULT_POLICY: &str = include_str!("default-policy.toml");
@@ -88,6 +89,21 @@ struct PolicyFile {
     /// Add the built-in model patterns and accelerator vendors after this file's own.
     #[serde(default)]
     extend_builtin: bool,
+    /// The tenant file (relative paths are read beside the policy file).
+    #[serde(default)]
+    tenants: Option<std::path::PathBuf>,
+    /// Restricted-party list files tenants are screened against.
+    #[serde(default)]
+    screening_lists: Vec<std::path::PathBuf>,
+    /// Lowest match score that counts (0 to 1).
+    #[serde(default)]
+    screening_threshold: Option<f64>,
+    /// ISO 3166 codes; a tenant (or its parent) headquartered in one is flagged.
+    #[serde(default)]
+    countries_of_concern: Option<Vec<String>>,
+    /// How a job maps to a tenant, first match wins; the host's enrollment tenant otherwise.
+    #[serde(default)]
+    tenant_mapping: Vec<TenantMapping>,
     #[serde(default)]
     model_patterns: Vec<ModelPattern>,
     #[serde(default)]
@@ -185,7 +201,68 @@ pub struct Policy {
     accelerator_vendors: Vec<(u32, AcceleratorVendor)>,
     integrity: Integrity,
     compute: Compute,
+    tenant_mapping: Vec<TenantMapping>,
+    /// Findings per tenant id, computed when the policy loads.
+    findings: std::collections::BTreeMap<String, Vec<Finding>>,
+    /// The screening lists loaded, for exports and `policy show`.
+    lists: Vec<LoadedFile>,
+    /// Files the policy was read from (resolved), watched for hot reload.
+    sources: Vec<std::path::PathBuf>,
     digest: String,
+}
+
+/// Where the running policy comes from, for hot reload: `--policy FILE` (it must exist) or
+/// `<data>/policy.toml` (the built-in policy while it does not exist).
+#[derive(Debug, Clone)]
+pub struct PolicySource {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Named with `--policy` (or the config file): a missing file is an error, not the built-in.
+    pub explicit: bool,
+}
+
+impl PolicySource {
+    /// Loads the policy from this source.
+    ///
+    /// # Errors
+    /// [`PolicyError`] for an unreadable or invalid policy, tenant or list file.
+    pub fn load(&self) -> Result<Policy, PolicyError> {
+        if !self.explicit && !self.path.exists() {
+            return Ok(Policy::builtin());
+        }
+        Policy::load_file(&self.path)
+    }
+}
+
+/// Modification time and size of each file, to notice edits (`None`: missing).
+pub fn stamp(paths: &[std::path::PathBuf]) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    paths.iter().map(|p| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len())))).collect()
+}
+
+/// A file the policy loaded, with its digest (recorded in the policy digest and in exports).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LoadedFile {
+    /// The path as configured.
+    pub path: String,
+    /// `sha256:<hex>` of its bytes.
+    pub sha256: String,
+    /// Entries (list) or tenants (tenant file).
+    pub entries: usize,
+}
+
+/// Countries of concern when the policy names none: Macau and a subset of Country Group D:5 as the
+/// rescinded AI Diffusion Rule used them. Operators should set their counsel's list.
+pub const DEFAULT_COUNTRIES_OF_CONCERN: &[&str] = &["CN", "MO", "RU", "BY", "IR", "KP", "SY", "CU", "VE"];
+
+fn read_bounded_file(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{what} {}: not a regular file", path.display()));
+    }
+    if meta.len() > limit {
+        return Err(format!("{what} {}: larger than {limit} bytes", path.display()));
+    }
+    std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))
 }
 
 /// What the host is, for rules that need it.
@@ -195,6 +272,8 @@ pub struct HostContext<'a> {
     pub host_id: &'a str,
     /// Hostname.
     pub hostname: &'a str,
+    /// The tenant the host was enrolled for (its pool).
+    pub tenant: Option<&'a str>,
 }
 
 impl Policy {
@@ -210,6 +289,14 @@ impl Policy {
     /// [`PolicyError`] naming the line and key for syntax, type and unknown-key errors, and the
     /// pattern or vendor for invalid values.
     pub fn parse(text: &str, source_name: &str) -> Result<Policy, PolicyError> {
+        Policy::parse_with_base(text, source_name, None)
+    }
+
+    /// Parses policy TOML whose relative file paths (tenants, screening lists) are read from `base`.
+    ///
+    /// # Errors
+    /// As [`Policy::parse`], and for tenant and list files that cannot be read or parsed.
+    pub fn parse_with_base(text: &str, source_name: &str, base: Option<&Path>) -> Result<Policy, PolicyError> {
         let err = |reason: String| PolicyError { source_name: source_name.to_string(), reason };
         let file: PolicyFile = toml::from_str(text).map_err(|e| err(e.to_string().trim().replace('\n', " ")))?;
         for p in &file.model_patterns {
@@ -246,6 +333,56 @@ impl Policy {
         }
         thresholds.sort_by(|a, b| a.operations.total_cmp(&b.operations));
         let compute = Compute { assumed_efficiency: efficiency, compare_estimate, thresholds };
+        for (i, m) in file.tenant_mapping.iter().enumerate() {
+            m.validate(i + 1).map_err(&err)?;
+        }
+        let resolve = |p: &Path| match base {
+            Some(b) if p.is_relative() => b.join(p),
+            _ => p.to_path_buf(),
+        };
+        let mut digest_input = text.as_bytes().to_vec();
+        let mut lists = Vec::new();
+        let mut entries = Vec::new();
+        let mut sources = Vec::new();
+        for l in &file.screening_lists {
+            let path = resolve(l);
+            sources.push(path.clone());
+            let bytes = read_bounded_file(&path, crate::screening::MAX_LIST_BYTES, "screening list").map_err(&err)?;
+            let parsed =
+                crate::screening::parse(&path.display().to_string(), &bytes).map_err(|e| err(e.to_string()))?;
+            let sha = format!("sha256:{}", gpuattest_proto::hex(&gpuattest_proto::sha256(&bytes)));
+            digest_input.extend_from_slice(format!("\n{}\0{sha}", l.display()).as_bytes());
+            lists.push(LoadedFile { path: l.display().to_string(), sha256: sha, entries: parsed.len() });
+            entries.extend(parsed);
+        }
+        let threshold = file.screening_threshold.unwrap_or(0.9);
+        if !(0.5..=1.0).contains(&threshold) {
+            return Err(err(format!("screening_threshold must be between 0.5 and 1, not {threshold}")));
+        }
+        let concern: Vec<String> = file
+            .countries_of_concern
+            .unwrap_or_else(|| DEFAULT_COUNTRIES_OF_CONCERN.iter().map(|c| (*c).to_string()).collect());
+        if let Some(bad) = concern.iter().find(|c| !(c.len() == 2 && c.bytes().all(|b| b.is_ascii_uppercase()))) {
+            return Err(err(format!("countries_of_concern: `{bad}` is not an ISO 3166 code like CN")));
+        }
+        let mut findings = std::collections::BTreeMap::new();
+        if let Some(t) = &file.tenants {
+            let path = resolve(t);
+            sources.push(path.clone());
+            let bytes = read_bounded_file(&path, crate::tenants::MAX_TENANTS_BYTES, "tenant file").map_err(&err)?;
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|e| err(format!("tenant file {}: not UTF-8 ({e})", path.display())))?;
+            let tenants =
+                crate::tenants::parse(text).map_err(|e| err(format!("tenant file {}: {e}", path.display())))?;
+            let sha = format!("sha256:{}", gpuattest_proto::hex(&gpuattest_proto::sha256(&bytes)));
+            digest_input.extend_from_slice(format!("\n{}\0{sha}", t.display()).as_bytes());
+            for tenant in &tenants {
+                let f = crate::tenants::assess(tenant, &entries, threshold, &concern);
+                if !f.is_empty() {
+                    findings.insert(tenant.id.clone(), f);
+                }
+            }
+        }
         let mut patterns = file.model_patterns;
         if file.extend_builtin {
             let builtin = Policy::builtin();
@@ -257,7 +394,11 @@ impl Policy {
             accelerator_vendors: vendors,
             integrity: Integrity { max_clock_skew_ms: max_skew.as_millis() as i64, silence_intervals },
             compute,
-            digest: format!("sha256:{}", gpuattest_proto::hex(&gpuattest_proto::sha256(text.as_bytes()))),
+            tenant_mapping: file.tenant_mapping,
+            findings,
+            lists,
+            sources,
+            digest: format!("sha256:{}", gpuattest_proto::hex(&gpuattest_proto::sha256(&digest_input))),
         })
     }
 
@@ -288,7 +429,7 @@ impl Policy {
             std::fs::read(path).map_err(|e| PolicyError { source_name: name.clone(), reason: e.to_string() })?;
         let text = String::from_utf8(bytes)
             .map_err(|e| PolicyError { source_name: name.clone(), reason: format!("not UTF-8 ({e})") })?;
-        Policy::parse(&text, &name)
+        Policy::parse_with_base(&text, &name, path.parent())
     }
 
     /// Host-integrity settings.
@@ -312,6 +453,7 @@ impl Policy {
             evidence: json!({"last_seen": crate::timefmt::rfc3339(last_seen), "checked_at": crate::timefmt::rfc3339(now)}),
             policy_digest: self.digest.clone(),
             job_host: None,
+            tenant: None,
         }
     }
 
@@ -370,6 +512,7 @@ impl Policy {
                 let job = ctx.jobs.iter().find(|j| j.job_key == job_key);
                 flags.push(NewFlag {
                     job_host: job_host(&job_key),
+                    tenant: self.tenant_of(p, host.tenant),
                     rule: "model-developer".into(),
                     severity: pattern.severity.as_str().into(),
                     job_key,
@@ -423,6 +566,27 @@ impl Policy {
                     evidence: json!({"pci_address": a.pci_address, "vendor_id": a.vendor_id, "device_id": a.device_id, "product": a.product, "report_seq": report.seq}),
                     policy_digest: self.digest.clone(),
                     job_host: None,
+                tenant: None,
+                });
+            }
+        }
+        let mut tenants: std::collections::BTreeSet<String> =
+            report.processes.iter().filter_map(|p| self.tenant_of(p, host.tenant)).collect();
+        tenants.extend(host.tenant.map(str::to_string));
+        for t in &tenants {
+            for f in self.findings.get(t).into_iter().flatten() {
+                flags.push(NewFlag {
+                    rule: f.rule.clone(),
+                    severity: f.severity.as_str().into(),
+                    job_key: format!("tenant:{t}"),
+                    summary: f.summary.clone(),
+                    pid: None,
+                    gpu_uuids: Vec::new(),
+                    evidence: f.evidence.clone(),
+                    policy_digest: self.digest.clone(),
+                    // One flag per tenant and rule, whichever host its jobs run on.
+                    job_host: Some(format!("tenant:{t}")),
+                    tenant: Some(t.clone()),
                 });
             }
         }
@@ -448,6 +612,7 @@ impl Policy {
                     "to_host": host.host_id, "report_seq": report.seq}),
                 policy_digest: self.digest.clone(),
                 job_host: None,
+            tenant: None,
             });
         }
         let skew = report.agent_time_unix_ms - receipt.received_at;
@@ -468,9 +633,25 @@ impl Policy {
                 evidence: json!({"agent_time_unix_ms": report.agent_time_unix_ms, "received_at_unix_ms": receipt.received_at, "report_seq": report.seq}),
                 policy_digest: self.digest.clone(),
                 job_host: None,
+            tenant: None,
             });
         }
         flags
+    }
+
+    /// Tenant and list files this policy read (the policy file itself is the caller's).
+    pub fn sources(&self) -> &[std::path::PathBuf] {
+        &self.sources
+    }
+
+    /// The screening lists loaded.
+    pub fn screening_lists(&self) -> &[LoadedFile] {
+        &self.lists
+    }
+
+    /// The tenant of a process under this policy's mapping (the host's tenant otherwise).
+    pub fn tenant_of(&self, p: &pb::GpuProcess, host_tenant: Option<&str>) -> Option<String> {
+        crate::tenants::tenant_of(&self.tenant_mapping, p, host_tenant)
     }
 
     /// Compute-accounting settings.
@@ -526,6 +707,7 @@ impl Policy {
                 }),
                 policy_digest: self.digest.clone(),
                 job_host: j.hosts.first().cloned(),
+                tenant: j.tenant.clone(),
             });
         }
         flags
@@ -545,6 +727,7 @@ impl Policy {
                 evidence: json!({"missing_first": first, "missing_last": last, "report_seq": report.seq}),
                 policy_digest: self.digest.clone(),
                 job_host: None,
+                tenant: None,
             });
         }
         if let Some(g) = &report.gap {
@@ -561,6 +744,7 @@ impl Policy {
                 evidence: json!({"missing_first": g.first_seq, "missing_last": g.last_seq, "agent_gap_record": report.seq, "reason": g.reason}),
                 policy_digest: self.digest.clone(),
                 job_host: None,
+            tenant: None,
             });
         }
         let expected = pos.last_hash.as_deref().unwrap_or(&[]);
@@ -582,6 +766,7 @@ impl Policy {
                 }),
                 policy_digest: self.digest.clone(),
                 job_host: None,
+            tenant: None,
             });
         }
         flags
@@ -669,6 +854,40 @@ mod tests {
     }
 
     #[test]
+    fn referenced_tenant_and_list_files_are_validated_and_digested() {
+        let d = tempfile::tempdir().expect("tmp");
+        let w = |name: &str, text: &[u8]| std::fs::write(d.path().join(name), text).expect("write");
+        let parse = |text: &str| Policy::parse_with_base(text, "p.toml", Some(d.path()));
+        w("t.toml", b"[[tenant]]\nid = \"a\"\nlegal_name = \"A\"\nparent_country = \"CN\"\n");
+        w("l.csv", b"name,source\nEvil Corp,ops\n");
+        let ok = parse("tenants = \"t.toml\"\nscreening_lists = [\"l.csv\"]\n").expect("ok");
+        assert_eq!(ok.screening_lists()[0].entries, 1);
+        assert_eq!(ok.findings["a"][0].rule, "tenant-parent-country");
+        assert_eq!(ok.sources().len(), 2);
+        w("t.toml", b"[[tenant]]\nid = \"a\"\nlegal_name = \"A\"\nparent_country = \"RU\"\n");
+        let changed = parse("tenants = \"t.toml\"\nscreening_lists = [\"l.csv\"]\n").expect("ok");
+        assert_ne!(ok.digest(), changed.digest(), "the tenant file is part of the digest");
+
+        let e = parse("tenants = \"missing.toml\"\n").expect_err("missing").to_string();
+        assert!(e.contains("p.toml") && e.contains("missing.toml"), "{e}");
+        w("bad.toml", b"[[tenant]]\nid = \"a\"\nlegal_nam = \"A\"\n");
+        let e = parse("tenants = \"bad.toml\"\n").expect_err("key").to_string();
+        assert!(e.contains("bad.toml") && e.contains("legal_nam") && e.contains("line 3"), "{e}");
+        w("latin.toml", b"\xff\xfe");
+        assert!(parse("tenants = \"latin.toml\"\n").expect_err("enc").to_string().contains("UTF-8"));
+        w("empty.csv", b"");
+        assert!(parse("screening_lists = [\"empty.csv\"]\n").expect_err("empty").to_string().contains("empty"));
+        let e = parse("[[tenant_mapping]]\nkubernetes_label = \"x\"\ntenant = \"y\"\n").expect_err("map").to_string();
+        assert!(e.contains("tenant_mapping 1"), "{e}");
+        assert!(parse("countries_of_concern = [\"China\"]\n").expect_err("cc").to_string().contains("China"));
+        assert!(parse("screening_threshold = 0.1\n").expect_err("thr").to_string().contains("screening_threshold"));
+        assert!(
+            parse("[compute]\nassumed_efficiency = 2.0\n").expect_err("eff").to_string().contains("assumed_efficiency")
+        );
+        assert!(parse("[compute]\ncompare = \"max\"\n").expect_err("cmp").to_string().contains("compute.compare"));
+    }
+
+    #[test]
     fn glob_cases() {
         assert!(glob("deepseek-ai/*", "deepseek-ai/deepseek-v3"));
         assert!(!glob("deepseek-ai/*", "deepseek-ai"));
@@ -702,7 +921,7 @@ mod tests {
     #[test]
     fn clock_skew_is_flagged_only_on_fresh_reports() {
         let p = Policy::builtin();
-        let host = HostContext { host_id: "h", hostname: "n" };
+        let host = HostContext { host_id: "h", hostname: "n", tenant: None };
         let r = pb::UsageReport { seq: 1, agent_time_unix_ms: 1_000_000, ..Default::default() };
         let pos = ChainPosition { last_seq: 0, last_hash: None };
         assert!(p.evaluate(&host, &r, &pos, &CommitContext::default(), fresh(1_000_000 + 60_000)).is_empty());
@@ -725,7 +944,7 @@ mod tests {
     #[test]
     fn chain_rules() {
         let p = Policy::builtin();
-        let host = HostContext { host_id: "h", hostname: "n" };
+        let host = HostContext { host_id: "h", hostname: "n", tenant: None };
         let mut r = pb::UsageReport { seq: 5, prev_report_sha256: vec![1; 32], ..Default::default() };
         let gap = p.evaluate(
             &host,

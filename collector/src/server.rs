@@ -24,6 +24,8 @@ pub struct Collector {
     pub policy: Arc<RwLock<Policy>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Where the policy comes from, for hot reload; `None`: fixed for the process's life.
+    pub policy_source: Option<crate::policy::PolicySource>,
 }
 
 /// TLS for the gRPC listener.
@@ -89,7 +91,75 @@ impl Collector {
 
     /// A collector over a store and policy.
     pub fn new(store: Arc<Store>, policy: Policy) -> Self {
-        Collector { store, policy: Arc::new(RwLock::new(policy)), metrics: Arc::new(Metrics::default()) }
+        Collector {
+            store,
+            policy: Arc::new(RwLock::new(policy)),
+            metrics: Arc::new(Metrics::default()),
+            policy_source: None,
+        }
+    }
+
+    /// Reloads the policy when its file, tenant file or screening lists change (checked every 2 s, and
+    /// at once on SIGHUP). A file that does not load keeps the running policy; the refusal is logged and
+    /// audited with the reason, and so is every reload with the new digest.
+    #[must_use]
+    pub fn with_policy_source(mut self, source: crate::policy::PolicySource) -> Self {
+        self.policy_source = Some(source);
+        self
+    }
+
+    async fn watch_policy(self, mut shutdown: watch::Receiver<bool>) {
+        let Some(source) = self.policy_source.clone() else { return };
+        let watched = |p: &Policy| {
+            let mut v = vec![source.path.clone()];
+            v.extend(p.sources().iter().cloned());
+            v
+        };
+        let current = self.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let mut paths = watched(&current);
+        let mut last = crate::policy::stamp(&paths);
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            let forced = tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => false,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+                _ = shutdown.wait_for(|v| *v) => return,
+            };
+            let now_stamp = crate::policy::stamp(&paths);
+            if !forced && now_stamp == last {
+                continue;
+            }
+            last = now_stamp;
+            let src = source.clone();
+            let loaded = tokio::task::spawn_blocking(move || src.load()).await;
+            let store = self.store.clone();
+            let now = crate::now_ms();
+            match loaded {
+                Ok(Ok(p)) => {
+                    let old =
+                        self.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner).digest().to_string();
+                    paths = watched(&p);
+                    last = crate::policy::stamp(&paths);
+                    if p.digest() != old {
+                        info!(policy = %p.digest(), previous = %old, "policy reloaded");
+                        let detail = format!("{} (was {old})", source.path.display());
+                        let _ = store.audit(now, "collector", "policy.reload", p.digest(), &detail);
+                        *self.policy.write().unwrap_or_else(std::sync::PoisonError::into_inner) = p;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "policy not reloaded; the running policy stays in force");
+                    let _ = store.audit(
+                        now,
+                        "collector",
+                        "policy.reload-refused",
+                        &source.path.display().to_string(),
+                        &e.to_string(),
+                    );
+                }
+                Err(e) => tracing::error!(error = %e, "policy reload task failed"),
+            }
+        }
     }
 
     /// Serves gRPC on `grpc` and HTTP on `http` until `shutdown` turns true. With `tls`, gRPC is TLS
@@ -144,8 +214,9 @@ impl Collector {
         let http_task = axum::serve(http, app).with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|v| *v).await;
         });
-        let monitor = self.clone().watch_silence(shutdown_for_monitor);
-        let (g, h, ()) = tokio::join!(grpc_task, http_task, monitor);
+        let monitor = self.clone().watch_silence(shutdown_for_monitor.clone());
+        let reload = self.clone().watch_policy(shutdown_for_monitor);
+        let (g, h, (), ()) = tokio::join!(grpc_task, http_task, monitor, reload);
         g.map_err(|e| ServeError::Grpc { addr: grpc_addr, reason: e.to_string() })?;
         h.map_err(|e| ServeError::Http { addr: http_addr, reason: e.to_string() })
     }

@@ -17,3 +17,4 @@ mod nvml;
 mod policy;
 mod review;
 mod streaming;
+mod tenants;

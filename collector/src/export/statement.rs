@@ -60,7 +60,7 @@ pub fn build(
     store: &Store,
     key: &ExportKey,
     req: &ExportRequest,
-    policy_digest: &str,
+    policy: &crate::policy::Policy,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Value, String> {
     let rows = store.reports_for_export(&req.tenant, req.since, req.until).map_err(|e| e.to_string())?;
@@ -188,8 +188,8 @@ pub fn build(
             "totals": {"reports": total, "gpu_hours": total_gpu_hours, "energy_kwh": total_kwh},
             "jobs": jobs.into_values().collect::<Vec<_>>(),
             "flags": flags,
-            "policy_digest": policy_digest,
-            "screening_lists": [],
+            "policy_digest": policy.digest(),
+            "screening_lists": policy.screening_lists(),
             "transparency": {
                 "log": "RFC 6962 Merkle tree of every accepted report's leaf (host id, NUL, seq big-endian, report sha256)",
                 "tree_size": size,

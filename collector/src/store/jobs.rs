@@ -55,6 +55,7 @@ pub(super) fn account(
     tx: &Connection,
     host_id: &str,
     tenant: Option<&str>,
+    process_tenants: &[Option<String>],
     r: &pb::UsageReport,
     received_at: i64,
 ) -> Result<(Vec<JobSummary>, Vec<MovedGpu>)> {
@@ -113,8 +114,11 @@ pub(super) fn account(
     // Jobs per GPU, so a shared GPU's time and energy are split between the jobs on it.
     let mut jobs_on_gpu: Vec<BTreeSet<String>> = vec![BTreeSet::new(); r.gpus.len()];
     let mut job_processes: BTreeMap<String, Vec<&pb::GpuProcess>> = BTreeMap::new();
-    for p in &r.processes {
+    let mut job_tenant: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for (i, p) in r.processes.iter().enumerate() {
         let key = job_identity(host_id, p);
+        let t = process_tenants.get(i).cloned().flatten().or_else(|| tenant.map(str::to_string));
+        job_tenant.entry(key.clone()).or_insert(t);
         for u in &p.gpu_uuids {
             if let Some(&i) = parents.get(u.as_str()) {
                 jobs_on_gpu[i].insert(key.clone());
@@ -174,7 +178,7 @@ pub(super) fn account(
         tx.execute(
             "INSERT INTO jobs (job_key, tenant, first_seen, last_seen, evidence) VALUES (?1, ?2, ?3, ?3, ?4) \
              ON CONFLICT (job_key) DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen), evidence = excluded.evidence",
-            params![key, tenant, at, json],
+            params![key, job_tenant.get(&key).cloned().flatten(), at, json],
         )
         .map_err(sql("record job"))?;
         if let Some(s) = summary(tx, &key)? {

@@ -167,6 +167,9 @@ pub struct IncomingReport<'a> {
     pub received_at: i64,
     /// The report carries a nonce this collector issued on the live stream.
     pub nonce_fresh: bool,
+    /// The tenant of each process (index-aligned with `decoded.processes`) under the policy's mapping;
+    /// missing entries fall back to the host's tenant.
+    pub process_tenants: Vec<Option<String>>,
 }
 
 /// Where the host's chain stood when a report arrived, for integrity rules.
@@ -219,6 +222,8 @@ pub struct NewFlag {
     /// For a job that spans hosts: the host the flag lives on (the job's first), so the job has one
     /// flag per rule. `None`: the reporting host.
     pub job_host: Option<String>,
+    /// The job's tenant where the policy's mapping says so. `None`: the host's tenant.
+    pub tenant: Option<String>,
 }
 
 /// A stored flag.
@@ -732,7 +737,8 @@ impl Store {
             )
             .map_err(sql("record gap"))?;
         }
-        let (jobs, moved) = jobs::account(&tx, host_id, tenant.as_deref(), r, incoming.received_at)?;
+        let (jobs, moved) =
+            jobs::account(&tx, host_id, tenant.as_deref(), &incoming.process_tenants, r, incoming.received_at)?;
         let flags = flags_for(&position, &CommitContext { jobs, moved_gpus: moved });
         for f in &flags {
             upsert_flag(&tx, host_id, tenant.as_deref(), r.seq, incoming.received_at, f)?;
@@ -951,6 +957,35 @@ impl Store {
             .flatten();
         upsert_flag(&tx, host_id, tenant.as_deref(), seq, now, f)?;
         tx.commit().map_err(sql("commit flag"))
+    }
+
+    /// (host, seq) of every report received at or after `since` (Unix ms), in order.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn report_keys(&self, since: i64) -> Result<Vec<(String, u64)>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT host_id, seq FROM reports WHERE received_at >= ?1 ORDER BY host_id, seq")
+            .map_err(sql("read reports"))?;
+        let rows = stmt
+            .query_map(params![since], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+            .map_err(sql("read reports"))?;
+        rows.collect::<std::result::Result<_, _>>().map_err(sql("read reports"))
+    }
+
+    /// Adds `key: value` to a flag's evidence (a note such as a re-evaluation's), leaving the rest.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn annotate_flag(&self, id: i64, key: &str, value: &serde_json::Value) -> Result<()> {
+        self.conn()
+            .execute(
+                "UPDATE flags SET evidence = json_set(evidence, ?2, json(?3)) WHERE id = ?1",
+                params![id, format!("$.{key}"), value.to_string()],
+            )
+            .map_err(sql("annotate flag"))?;
+        Ok(())
     }
 
     /// The stored signed report of (host, seq).
@@ -1231,7 +1266,7 @@ fn upsert_flag(
             f.rule,
             f.severity,
             f.job_host.as_deref().unwrap_or(host_id),
-            tenant,
+            f.tenant.as_deref().or(tenant),
             f.job_key,
             f.summary,
             f.pid,

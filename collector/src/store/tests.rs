@@ -43,7 +43,8 @@ fn signed(k: &Ed25519KeyPair, host: &str, seq: u64) -> (pb::SignedReport, pb::Us
 }
 
 fn commit(store: &Store, host: &str, s: &pb::SignedReport, r: &pb::UsageReport, flags: Vec<NewFlag>) -> Commit {
-    let inc = IncomingReport { signed: s, decoded: r, received_at: 100, nonce_fresh: true };
+    let inc =
+        IncomingReport { signed: s, decoded: r, received_at: 100, nonce_fresh: true, process_tenants: Vec::new() };
     store.commit_report(host, &inc, |_, _| flags).expect("commit")
 }
 
@@ -58,6 +59,7 @@ fn flag(job: &str) -> NewFlag {
         evidence: serde_json::json!({}),
         policy_digest: "sha256:x".into(),
         job_host: None,
+        tenant: None,
     }
 }
 
