@@ -561,7 +561,8 @@ pub fn log_verify_consistency(file: &Path, key: &Path) -> Result {
 ///
 /// # Errors
 /// Usage errors for an unreadable or non-JSON fingerprint.
-pub fn evaluate_model(file: &str, json: bool) -> Result {
+pub fn evaluate_model(data: &Path, file: &str, json: bool) -> Result {
+    let policy = Policy::load_from_data(data).map_err(config)?;
     let text = if file == "-" {
         let mut buf = Vec::new();
         std::io::Read::read_to_end(&mut std::io::Read::take(std::io::stdin(), 16 << 20), &mut buf)
@@ -576,7 +577,7 @@ pub fn evaluate_model(file: &str, json: bool) -> Result {
     if !fp.is_object() {
         return Err(usage(format!("{file}: a fingerprint is a JSON object")));
     }
-    let v = crate::registry::evaluate(&fp);
+    let v = policy.evaluate_model(&fp);
     if json {
         return print_json(&v);
     }
@@ -593,6 +594,44 @@ pub fn evaluate_model(file: &str, json: bool) -> Result {
         text.push_str(&format!("  - {r}\n"));
     }
     out(&text)
+}
+
+/// `screen bench --list FILE`: list import and name-check times (medians), for the sizing notes.
+///
+/// # Errors
+/// Usage errors for an unreadable or malformed list.
+pub fn screen_bench(list: &Path, iterations: u32) -> Result {
+    let bytes = read_bounded_text(list, "list")?;
+    let iterations = iterations.max(1);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut import = Vec::new();
+    let mut entries = Vec::new();
+    for _ in 0..iterations {
+        let t = std::time::Instant::now();
+        entries = crate::screening::parse(&list.display().to_string(), &bytes).map_err(usage)?;
+        import.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let names = ["Boyle Chemical Company Limited", "Acme AI, Inc.", "HUAWEI TECHNOLOGIES CO LTD", "Zhang Lei"];
+    let mut check = Vec::new();
+    for _ in 0..iterations {
+        for n in names {
+            let t = std::time::Instant::now();
+            let _ = crate::screening::check(n, &entries, 0.8);
+            check.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    print_json(&serde_json::json!({
+        "list": list.display().to_string(),
+        "bytes": bytes.len(),
+        "entries": entries.len(),
+        "iterations": iterations,
+        "import_ms_median": median(import),
+        "check_ms_median": median(check),
+        "build": if cfg!(debug_assertions) { "debug" } else { "release" },
+    }))
 }
 
 /// `screen check NAME --list FILE...`: matches against restricted-party lists, best first.

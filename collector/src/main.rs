@@ -278,6 +278,13 @@ enum ScreenCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmark: import a list file and screen names against it; prints JSON figures.
+    Bench {
+        #[arg(long)]
+        list: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        iterations: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -372,10 +379,11 @@ fn main() -> ExitCode {
         Cmd::ExportKey => cli::export_key(data),
         Cmd::Backup { out } => cli::backup(data, &out),
         Cmd::Bench { agents, seconds, json } => cli::bench(agents, seconds, json),
-        Cmd::Policy { cmd: PolicyCmd::EvaluateModel { file, json } } => cli::evaluate_model(&file, json),
+        Cmd::Policy { cmd: PolicyCmd::EvaluateModel { file, json } } => cli::evaluate_model(data, &file, json),
         Cmd::Policy { cmd: PolicyCmd::Reevaluate { policy, since, json } } => {
             cli::policy_reevaluate(data, policy.as_deref(), since.as_deref(), json)
         }
+        Cmd::Screen { cmd: ScreenCmd::Bench { list, iterations } } => cli::screen_bench(&list, iterations),
         Cmd::Screen { cmd: ScreenCmd::Check { name, list, threshold, json } } => {
             cli::screen_check(&name, &list, threshold, json)
         }

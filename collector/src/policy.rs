@@ -104,6 +104,9 @@ struct PolicyFile {
     /// How a job maps to a tenant, first match wins; the host's enrollment tenant otherwise.
     #[serde(default)]
     tenant_mapping: Vec<TenantMapping>,
+    /// The operator's model families, tried before the shipped registry.
+    #[serde(default)]
+    model_families: Vec<crate::registry::Family>,
     #[serde(default)]
     model_patterns: Vec<ModelPattern>,
     #[serde(default)]
@@ -202,6 +205,8 @@ pub struct Policy {
     integrity: Integrity,
     compute: Compute,
     tenant_mapping: Vec<TenantMapping>,
+    /// The operator's model families, then the shipped registry.
+    families: Vec<crate::registry::Family>,
     /// Findings per tenant id, computed when the policy loads.
     findings: std::collections::BTreeMap<String, Vec<Finding>>,
     /// The screening lists loaded, for exports and `policy show`.
@@ -336,6 +341,11 @@ impl Policy {
         for (i, m) in file.tenant_mapping.iter().enumerate() {
             m.validate(i + 1).map_err(&err)?;
         }
+        for f in &file.model_families {
+            f.validate().map_err(&err)?;
+        }
+        let mut families = file.model_families;
+        families.extend(crate::registry::builtin().iter().cloned());
         let resolve = |p: &Path| match base {
             Some(b) if p.is_relative() => b.join(p),
             _ => p.to_path_buf(),
@@ -395,6 +405,7 @@ impl Policy {
             integrity: Integrity { max_clock_skew_ms: max_skew.as_millis() as i64, silence_intervals },
             compute,
             tenant_mapping: file.tenant_mapping,
+            families,
             findings,
             lists,
             sources,
@@ -554,6 +565,52 @@ impl Policy {
                 });
             }
         }
+        // What the weight files themselves are, by the registry (names, tokenizers, config
+        // signatures, header hashes): a renamed or re-packaged model is still recognised.
+        for p in &report.processes {
+            for m in &p.models {
+                let v = self.evaluate_model(&crate::registry::fingerprint_json(m));
+                if v.severity == Severity::None || v.family == "unknown" {
+                    continue;
+                }
+                // Weak identification (a path alone, a shared architecture) is worth a look, not an alarm.
+                let severity = if v.confidence < 0.5 { Severity::Low } else { v.severity };
+                let job_key = crate::compute::job_identity(host.host_id, p);
+                flags.push(NewFlag {
+                    rule: "model-developer".into(),
+                    severity: severity.as_str().into(),
+                    job_key: job_key.clone(),
+                    // The path stays in the evidence: summaries travel in redacted exports.
+                    summary: format!(
+                        "pid {} on {} ({}) has {} {} weights open: a {} model by {} ({}), {:.0}% confidence",
+                        p.pid,
+                        host.hostname,
+                        gpu_list(&p.gpu_uuids),
+                        if m.format.is_empty() { "model" } else { m.format.as_str() },
+                        display_name(m.name.as_deref()),
+                        v.family,
+                        v.developer.as_deref().unwrap_or("?"),
+                        v.developer_country.as_deref().unwrap_or("?"),
+                        v.confidence * 100.0
+                    ),
+                    pid: Some(p.pid),
+                    gpu_uuids: p.gpu_uuids.clone(),
+                    evidence: json!({
+                        "source": format!("model file {}", m.path),
+                        "family": v.family,
+                        "developer": v.developer,
+                        "developer_country": v.developer_country,
+                        "registry": v,
+                        "model": crate::registry::fingerprint_json(m),
+                        "cmdline": p.cmdline,
+                        "report_seq": report.seq,
+                    }),
+                    policy_digest: self.digest.clone(),
+                    job_host: job_host(&job_key),
+                    tenant: self.tenant_of(p, host.tenant),
+                });
+            }
+        }
         for a in &report.accelerators {
             if let Some((_, v)) = self.accelerator_vendors.iter().find(|(id, _)| *id == a.vendor_id) {
                 flags.push(NewFlag {
@@ -637,6 +694,11 @@ impl Policy {
             });
         }
         flags
+    }
+
+    /// The registry's verdict on a fingerprint, with the operator's families first.
+    pub fn evaluate_model(&self, fp: &serde_json::Value) -> crate::registry::Verdict {
+        crate::registry::evaluate_with(fp, &self.families)
     }
 
     /// Tenant and list files this policy read (the policy file itself is the caller's).
@@ -773,6 +835,18 @@ impl Policy {
     }
 }
 
+/// A model name fit for a summary: a Hugging Face id as it is, a local path cut to its last part (a
+/// file's `_name_or_path` may be a directory on the tenant's disk).
+fn display_name(name: Option<&str>) -> &str {
+    match name {
+        None | Some("") => "unnamed",
+        Some(n) if n.starts_with('/') || n.matches('/').count() > 1 => {
+            n.rsplit('/').find(|p| !p.is_empty()).unwrap_or("unnamed")
+        }
+        Some(n) => n,
+    }
+}
+
 /// `GPU-a` / `GPU-a, GPU-b` / `GPU-a and 7 more GPUs`: short enough for a table row.
 fn gpu_list(uuids: &[String]) -> String {
     match uuids {
@@ -885,6 +959,62 @@ mod tests {
             parse("[compute]\nassumed_efficiency = 2.0\n").expect_err("eff").to_string().contains("assumed_efficiency")
         );
         assert!(parse("[compute]\ncompare = \"max\"\n").expect_err("cmp").to_string().contains("compute.compare"));
+    }
+
+    #[test]
+    fn weight_files_are_identified_by_the_registry_and_operator_families() {
+        let host = HostContext { host_id: "h", hostname: "n", tenant: None };
+        let pos = ChainPosition { last_seq: 0, last_hash: None };
+        let model = |name: &str, meta: &[(&str, &str)], sha: &str| pb::ModelFingerprint {
+            path: "/data/ckpt/model.safetensors".into(),
+            format: "safetensors".into(),
+            header_sha256: sha.into(),
+            name: Some(name.into()),
+            metadata: meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        };
+        let report = |m: pb::ModelFingerprint| pb::UsageReport {
+            seq: 1,
+            processes: vec![pb::GpuProcess {
+                pid: 9,
+                cmdline: "python3 serve.py".into(),
+                models: vec![m],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let rules = |p: &Policy, r: &pb::UsageReport| -> Vec<(String, String)> {
+            p.evaluate(&host, r, &pos, &CommitContext::default(), Receipt { received_at: 0, nonce_fresh: false })
+                .into_iter()
+                .map(|f| (f.rule, f.severity))
+                .collect()
+        };
+        let p = Policy::builtin();
+        // Renamed, but the config signature is DeepSeek-V3's.
+        let sig =
+            model("our-internal-model", &[("config.vocab_size", "129280"), ("config.n_routed_experts", "256")], "");
+        assert_eq!(rules(&p, &report(sig)), [("model-developer".to_string(), "high".to_string())]);
+        // A Llama file is not flagged.
+        assert!(rules(&p, &report(model("meta-llama/Llama-3.1-8B", &[], ""))).is_empty());
+        // The operator knows this exact file.
+        let sha = "ab".repeat(32);
+        let own = format!(
+            "extend_builtin = true\n[[model_families]]\nname = \"Rival\"\ndeveloper = \"Rival Labs\"\ncountry = \"CN\"\nheader_sha256 = [\"{sha}\"]\n"
+        );
+        let p = Policy::parse(&own, "t").expect("parse");
+        let r = report(model("finetune-final", &[], &sha));
+        assert_eq!(rules(&p, &r), [("model-developer".to_string(), "high".to_string())]);
+        assert_eq!(p.evaluate_model(&crate::registry::fingerprint_json(&r.processes[0].models[0])).family, "Rival");
+        let bad = "[[model_families]]\nname = \"X\"\ndeveloper = \"Y\"\ncountry = \"CN\"\n";
+        assert!(Policy::parse(bad, "t").expect_err("no signal").to_string().contains("at least one"));
+    }
+
+    #[test]
+    fn summaries_do_not_carry_local_paths() {
+        assert_eq!(display_name(Some("deepseek-ai/DeepSeek-V3")), "deepseek-ai/DeepSeek-V3");
+        assert_eq!(display_name(Some("/home/alice/private/ckpt/")), "ckpt");
+        assert_eq!(display_name(Some("models/org/name")), "name");
+        assert_eq!(display_name(None), "unnamed");
     }
 
     #[test]

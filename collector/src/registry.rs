@@ -9,9 +9,9 @@ use serde_json::Value;
 
 use crate::policy::Severity;
 
-/// A model family.
+/// A shipped model family (static data; see [`Family`] for the form operators write).
 #[derive(Debug, Clone, Copy)]
-pub struct Family {
+struct BuiltinFamily {
     /// Family name.
     pub name: &'static str,
     /// Developer.
@@ -29,8 +29,8 @@ pub struct Family {
 }
 
 /// The shipped registry.
-pub const FAMILIES: &[Family] = &[
-    Family {
+const BUILTIN: &[BuiltinFamily] = &[
+    BuiltinFamily {
         name: "Kimi / Moonshot",
         developer: "Moonshot AI (Beijing Moonshot Technology Co., Ltd.)",
         country: "CN",
@@ -39,7 +39,7 @@ pub const FAMILIES: &[Family] = &[
         model_types: &["kimi_k2", "kimi_k25", "kimi_linear", "kimilinearforcausallm"],
         tokenizers: &["kimi-k2"],
     },
-    Family {
+    BuiltinFamily {
         name: "DeepSeek",
         developer: "DeepSeek (Hangzhou DeepSeek Artificial Intelligence Basic Technology Research Co., Ltd.)",
         country: "CN",
@@ -57,7 +57,7 @@ pub const FAMILIES: &[Family] = &[
         ],
         tokenizers: &["deepseek-llm", "deepseek-coder", "deepseek-v3", "deepseek-r1-qwen"],
     },
-    Family {
+    BuiltinFamily {
         name: "GLM / ChatGLM",
         developer: "Zhipu AI (Beijing Zhipu Huazhang Technology Co., Ltd.; Z.ai) with Tsinghua KEG",
         country: "CN",
@@ -79,7 +79,7 @@ pub const FAMILIES: &[Family] = &[
         ],
         tokenizers: &["chatglm-bpe", "glm4"],
     },
-    Family {
+    BuiltinFamily {
         name: "BAAI (BGE, Aquila, Emu)",
         developer: "Beijing Academy of Artificial Intelligence (BAAI)",
         country: "CN",
@@ -88,7 +88,7 @@ pub const FAMILIES: &[Family] = &[
         model_types: &[],
         tokenizers: &[],
     },
-    Family {
+    BuiltinFamily {
         name: "Qwen",
         developer: "Alibaba Cloud / Qwen team (Alibaba Group)",
         country: "CN",
@@ -112,7 +112,7 @@ pub const FAMILIES: &[Family] = &[
         ],
         tokenizers: &["qwen2"],
     },
-    Family {
+    BuiltinFamily {
         name: "Baichuan",
         developer: "Baichuan Intelligent Technology",
         country: "CN",
@@ -121,7 +121,7 @@ pub const FAMILIES: &[Family] = &[
         model_types: &["baichuan", "baichuanforcausallm"],
         tokenizers: &[],
     },
-    Family {
+    BuiltinFamily {
         name: "InternLM",
         developer: "Shanghai AI Laboratory (with SenseTime)",
         country: "CN",
@@ -130,7 +130,7 @@ pub const FAMILIES: &[Family] = &[
         model_types: &["internlm", "internlm2", "internlm3", "internlm2forcausallm"],
         tokenizers: &[],
     },
-    Family {
+    BuiltinFamily {
         name: "Yi",
         developer: "01.AI (Beijing Lingyi Wanwu)",
         country: "CN",
@@ -139,7 +139,7 @@ pub const FAMILIES: &[Family] = &[
         model_types: &[],
         tokenizers: &[],
     },
-    Family {
+    BuiltinFamily {
         name: "MiniMax",
         developer: "MiniMax (Shanghai)",
         country: "CN",
@@ -148,7 +148,7 @@ pub const FAMILIES: &[Family] = &[
         model_types: &["minimax", "minimax_text_01", "minimax_m2", "minimaxm2forcausallm"],
         tokenizers: &[],
     },
-    Family {
+    BuiltinFamily {
         name: "Hunyuan",
         developer: "Tencent",
         country: "CN",
@@ -157,7 +157,7 @@ pub const FAMILIES: &[Family] = &[
         model_types: &["hunyuan_v1_dense", "hunyuan_v1_moe", "hunyuan"],
         tokenizers: &[],
     },
-    Family {
+    BuiltinFamily {
         name: "ERNIE",
         developer: "Baidu",
         country: "CN",
@@ -166,7 +166,7 @@ pub const FAMILIES: &[Family] = &[
         model_types: &["ernie4_5", "ernie4_5_moe", "ernie4_5forcausallm"],
         tokenizers: &[],
     },
-    Family {
+    BuiltinFamily {
         name: "Llama",
         developer: "Meta Platforms",
         country: "US",
@@ -175,7 +175,7 @@ pub const FAMILIES: &[Family] = &[
         model_types: &["llama", "llama4", "llamaforcausallm"],
         tokenizers: &["llama-bpe", "llama"],
     },
-    Family {
+    BuiltinFamily {
         name: "Mistral",
         developer: "Mistral AI",
         country: "FR",
@@ -184,7 +184,7 @@ pub const FAMILIES: &[Family] = &[
         model_types: &["mistral", "mixtral", "mistral3", "mistralforcausallm"],
         tokenizers: &[],
     },
-    Family {
+    BuiltinFamily {
         name: "Gemma",
         developer: "Google (Google DeepMind)",
         country: "US",
@@ -193,7 +193,7 @@ pub const FAMILIES: &[Family] = &[
         model_types: &["gemma", "gemma2", "gemma3", "gemma3_text", "gemma3n", "gemma4"],
         tokenizers: &[],
     },
-    Family {
+    BuiltinFamily {
         name: "Phi",
         developer: "Microsoft",
         country: "US",
@@ -202,7 +202,7 @@ pub const FAMILIES: &[Family] = &[
         model_types: &["phi", "phi3", "phimoe"],
         tokenizers: &[],
     },
-    Family {
+    BuiltinFamily {
         name: "MiniLM / sentence-transformers",
         developer: "Microsoft (MiniLM) / sentence-transformers",
         country: "US",
@@ -212,6 +212,108 @@ pub const FAMILIES: &[Family] = &[
         tokenizers: &[],
     },
 ];
+
+/// A model family: how to recognise it, who develops it, and what that means. The shipped registry
+/// plus the operator's `[[model_families]]` (policy file), which come first.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Family {
+    /// Family name.
+    pub name: String,
+    /// Developer.
+    pub developer: String,
+    /// Developer's headquarters (ISO 3166 alpha-2).
+    pub country: String,
+    /// Listing status with its source, if listed (`BIS Entity List ...` makes it critical).
+    #[serde(default)]
+    pub listing: Option<String>,
+    /// Name or organisation fragments (matched case-insensitively) that identify it.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// `model_type` values and architecture class names that belong to it alone.
+    #[serde(default)]
+    pub model_types: Vec<String>,
+    /// GGUF `tokenizer.ggml.pre` values.
+    #[serde(default)]
+    pub tokenizers: Vec<String>,
+    /// Exact `header_sha256` values of known files (the strongest evidence).
+    #[serde(default)]
+    pub header_sha256: Vec<String>,
+    /// Config signatures: every key (a fingerprint metadata key such as `config.vocab_size`) must have
+    /// its value.
+    #[serde(default)]
+    pub signatures: Vec<std::collections::BTreeMap<String, String>>,
+    /// Severity when it matches; by default critical for an Entity List listing, high for a developer
+    /// in a country of concern, none otherwise.
+    #[serde(default)]
+    pub severity: Option<Severity>,
+}
+
+impl Family {
+    fn from_builtin(b: &BuiltinFamily) -> Family {
+        let v = |x: &[&str]| x.iter().map(|s| (*s).to_string()).collect();
+        let mut signatures = Vec::new();
+        if b.name == "DeepSeek" {
+            // DeepSeek-V3/R1: vocabulary and routed experts, whatever the file is called.
+            signatures.push(
+                [("config.vocab_size", "129280"), ("config.n_routed_experts", "256")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            );
+        }
+        Family {
+            name: b.name.into(),
+            developer: b.developer.into(),
+            country: b.country.into(),
+            listing: b.listing.map(str::to_string),
+            names: v(b.names),
+            model_types: v(b.model_types),
+            tokenizers: v(b.tokenizers),
+            header_sha256: Vec::new(),
+            signatures,
+            severity: None,
+        }
+    }
+
+    /// Checks an operator's family.
+    ///
+    /// # Errors
+    /// What is wrong with it.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() || self.developer.trim().is_empty() {
+            return Err("model_families: name and developer must not be empty".into());
+        }
+        if !(self.country.len() == 2 && self.country.bytes().all(|b| b.is_ascii_uppercase())) {
+            return Err(format!(
+                "model_families `{}`: country `{}` is not an ISO 3166 code like CN",
+                self.name, self.country
+            ));
+        }
+        if self.names.is_empty()
+            && self.model_types.is_empty()
+            && self.tokenizers.is_empty()
+            && self.header_sha256.is_empty()
+            && self.signatures.is_empty()
+        {
+            return Err(format!(
+                "model_families `{}`: give at least one of names, model_types, tokenizers, header_sha256, signatures",
+                self.name
+            ));
+        }
+        if let Some(h) = self.header_sha256.iter().find(|h| h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(format!("model_families `{}`: header_sha256 `{h}` is not 64 hex digits", self.name));
+        }
+        Ok(())
+    }
+}
+
+/// The shipped registry.
+pub fn builtin() -> &'static [Family] {
+    static ALL: std::sync::OnceLock<Vec<Family>> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| BUILTIN.iter().map(Family::from_builtin).collect())
+}
 
 /// Countries of concern for model developers (the BIS guidance names PRC models).
 const CONCERN: &[&str] = &["CN"];
@@ -237,13 +339,29 @@ pub struct Verdict {
     pub reasons: Vec<String>,
 }
 
-fn hits<'a>(text: &str, fams: &'a [Family], pick: impl Fn(&Family) -> &'static [&'static str]) -> Vec<&'a Family> {
+fn hits<'a>(text: &str, fams: &'a [Family], pick: impl Fn(&Family) -> &[String]) -> Vec<&'a Family> {
     let t = text.to_ascii_lowercase();
-    fams.iter().filter(|f| pick(f).iter().any(|n| t.contains(n))).collect()
+    fams.iter().filter(|f| pick(f).iter().any(|n| !n.is_empty() && t.contains(&n.to_ascii_lowercase()))).collect()
 }
 
-/// Evaluates a fingerprint (`fingerprint --json` output, or a model inside a report).
+/// Evaluates a fingerprint against the shipped registry.
 pub fn evaluate(fp: &Value) -> Verdict {
+    evaluate_with(fp, builtin())
+}
+
+/// A report's model fingerprint as the JSON `fingerprint --json` prints.
+pub fn fingerprint_json(m: &gpuattest_proto::pb::ModelFingerprint) -> Value {
+    serde_json::json!({
+        "path": m.path, "format": m.format, "header_sha256": m.header_sha256,
+        "tensor_count": m.tensor_count, "parameter_count": m.parameter_count,
+        "architecture": m.architecture, "model_type": m.model_type, "name": m.name,
+        "organization": m.organization, "base_models": m.base_models, "metadata": m.metadata,
+    })
+}
+
+/// Evaluates a fingerprint (`fingerprint --json` output, or a model inside a report) against
+/// `fams`, earlier families first.
+pub fn evaluate_with(fp: &Value, fams: &[Family]) -> Verdict {
     let s = |k: &str| fp[k].as_str().unwrap_or_default().to_string();
     let meta = |k: &str| fp["metadata"][k].as_str().unwrap_or_default().to_string();
     let (name, org, arch, mtype) = (s("name"), s("organization"), s("architecture"), s("model_type"));
@@ -254,37 +372,43 @@ pub fn evaluate(fp: &Value) -> Verdict {
         .unwrap_or_default();
     let mut reasons = Vec::new();
     // 1. Names and organisations (the file's own header, config.json's _name_or_path, GGUF general.*).
-    let mut by_name = hits(&format!("{org} {name} {}", meta("general.basename")), FAMILIES, |f| f.names);
+    let mut by_name = hits(&format!("{org} {name} {}", meta("general.basename")), fams, |f| &f.names);
     // Prefer the most specific: Kimi before DeepSeek for a Kimi name on DeepSeek architecture.
     by_name.dedup_by(|a, b| a.name == b.name);
     // 2. Tokenizer pre-tokenizer (GGUF).
     let tok = meta("tokenizer.ggml.pre");
-    let by_tok = if tok.is_empty() {
-        Vec::new()
-    } else {
-        FAMILIES.iter().filter(|f| f.tokenizers.contains(&tok.as_str())).collect()
-    };
+    let by_tok =
+        if tok.is_empty() { Vec::new() } else { fams.iter().filter(|f| f.tokenizers.contains(&tok)).collect() };
     // 3. Architecture / model_type.
-    let by_arch: Vec<&Family> = FAMILIES
+    let by_arch: Vec<&Family> = fams
         .iter()
-        .filter(|f| f.model_types.iter().any(|m| *m == mtype.to_ascii_lowercase() || *m == arch.to_ascii_lowercase()))
+        .filter(|f| {
+            f.model_types
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(&mtype) || (!arch.is_empty() && m.eq_ignore_ascii_case(&arch)))
+        })
         .collect();
     // 4. Config signatures that pin a family whatever the name says.
-    let vocab = meta("config.vocab_size");
-    let experts = meta("config.n_routed_experts");
-    let sig_family = match (vocab.as_str(), experts.as_str()) {
-        ("129280", "256") => FAMILIES.iter().find(|f| f.name == "DeepSeek"),
-        _ => None,
-    };
-    let (family, confidence) = if let Some(f) = by_name.first() {
+    let sig = fams.iter().find_map(|f| {
+        f.signatures.iter().find(|sig| !sig.is_empty() && sig.iter().all(|(k, v)| meta(k) == *v)).map(|sig| (f, sig))
+    });
+    // 0. An exact header hash: this very file is known.
+    let header = s("header_sha256");
+    let by_hash =
+        fams.iter().find(|f| !header.is_empty() && f.header_sha256.iter().any(|h| h.eq_ignore_ascii_case(&header)));
+    let (family, confidence) = if let Some(f) = by_hash {
+        reasons.push(format!("the header hash {header} is a known {} file", f.name));
+        (Some(f), 0.99)
+    } else if let Some(f) = by_name.first() {
         reasons.push(format!(
             "the model's own name or organisation ({}) names {}",
             [org.as_str(), name.as_str()].iter().filter(|x| !x.is_empty()).cloned().collect::<Vec<_>>().join(", "),
             f.name
         ));
         (Some(*f), 0.9)
-    } else if let Some(f) = sig_family {
-        reasons.push(format!("config signature vocab_size={vocab} with n_routed_experts={experts} is {}'s", f.name));
+    } else if let Some((f, sig)) = sig {
+        let text: Vec<String> = sig.iter().map(|(k, v)| format!("{}={v}", k.trim_start_matches("config."))).collect();
+        reasons.push(format!("config signature {} is {}'s", text.join(" with "), f.name));
         (Some(f), 0.85)
     } else if let Some(f) = by_tok.first() {
         reasons.push(format!("GGUF pre-tokenizer {tok:?} belongs to {}", f.name));
@@ -302,7 +426,7 @@ pub fn evaluate(fp: &Value) -> Verdict {
         }
         (Some(*f), if shared { 0.4 } else { 0.7 })
     } else {
-        let from_path = hits(&path_tail, FAMILIES, |f| f.names);
+        let from_path = hits(&path_tail, fams, |f| &f.names);
         match from_path.first() {
             Some(f) => {
                 reasons.push(format!("only the file path ({path_tail}) suggests {}", f.name));
@@ -322,12 +446,12 @@ pub fn evaluate(fp: &Value) -> Verdict {
         ));
     }
     let mut lineage: Vec<String> =
-        bases.iter().filter_map(|b| hits(b, FAMILIES, |f| f.names).first().map(|f| f.name.to_string())).collect();
+        bases.iter().filter_map(|b| hits(b, fams, |f| &f.names).first().map(|f| f.name.clone())).collect();
     if let (Some(f), Some(a)) = (family, by_arch.first())
         && a.name != f.name
-        && !lineage.iter().any(|l| l == a.name)
+        && !lineage.contains(&a.name)
     {
-        lineage.push(a.name.to_string());
+        lineage.push(a.name.clone());
     }
     if !lineage.is_empty() {
         reasons.push(format!("derived from: {}", lineage.join(", ")));
@@ -344,15 +468,16 @@ pub fn evaluate(fp: &Value) -> Verdict {
             reasons: vec!["no name, organisation, tokenizer, config signature or architecture in the registry matches; review by hand".into()],
         };
     };
-    let restricted = f.listing.is_some_and(|l| l.contains("Entity List")) || CONCERN.contains(&f.country);
-    let severity = if f.listing.is_some_and(|l| l.starts_with("BIS Entity List")) {
+    let restricted =
+        f.listing.as_deref().is_some_and(|l| l.contains("Entity List")) || CONCERN.contains(&f.country.as_str());
+    let severity = f.severity.unwrap_or(if f.listing.as_deref().is_some_and(|l| l.starts_with("BIS Entity List")) {
         Severity::Critical
     } else if restricted {
         Severity::High
     } else {
         Severity::None
-    };
-    match (f.listing, restricted) {
+    });
+    match (f.listing.as_deref(), restricted) {
         (Some(l), _) => reasons.push(format!("{}: {l}", f.developer)),
         (None, true) => reasons.push(format!(
             "{} is headquartered in {}, a country of concern under the 2025 BIS guidance; not known to be listed",
@@ -361,9 +486,9 @@ pub fn evaluate(fp: &Value) -> Verdict {
         (None, false) => reasons.push(format!("{} ({}) is not a restricted party", f.developer, f.country)),
     }
     Verdict {
-        family: f.name.into(),
-        developer: Some(f.developer.into()),
-        developer_country: Some(f.country.into()),
+        family: f.name.clone(),
+        developer: Some(f.developer.clone()),
+        developer_country: Some(f.country.clone()),
         restricted,
         severity,
         confidence,

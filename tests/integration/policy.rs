@@ -155,3 +155,15 @@ e1,Entity List (EL) - Bureau of Industry and Security,,Entity,,Beijing Academy o
     assert_eq!(code, 64);
     assert!(err.contains("/nonexistent.csv") && err.lines().count() == 1, "{err}");
 }
+
+#[test]
+fn screen_bench_reports_the_real_sdn_import() {
+    let list = Path::new(env!("CARGO_MANIFEST_DIR")).join("../collector/test-data/lists/ofac_sdn_2024-05-03.csv");
+    let (code, out, err) = run(Command::new(bin("gpuattest-collector"))
+        .args(["screen", "bench", "--iterations", "1", "--list"])
+        .arg(&list));
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["entries"], 14965, "{v}");
+    assert!(v["import_ms_median"].as_f64().is_some_and(|ms| ms > 0.0), "{v}");
+}

@@ -132,7 +132,7 @@ pub fn build(
                             "architecture": m.architecture, "model_type": m.model_type, "parameter_count": m.parameter_count,
                             "base_models": m.base_models, "metadata": m.metadata,
                         });
-                        let v = crate::registry::evaluate(&fp);
+                        let v = policy.evaluate_model(&fp);
                         json!({
                             "path": if req.redact { Value::Null } else { json!(m.path) },
                             "format": m.format, "header_sha256": m.header_sha256, "name": m.name,
