@@ -648,6 +648,7 @@ impl Policy {
             }
         }
         flags.extend(self.chain_flags(host, report, pos));
+        flags.extend(self.gpu_change_flags(host, report));
         flags.extend(self.compute_flags(&ctx.jobs));
         for m in &ctx.moved_gpus {
             flags.push(NewFlag {
@@ -773,6 +774,37 @@ impl Policy {
             });
         }
         flags
+    }
+
+    /// The agent's change events: a GPU removed, lost, swapped under the same UUID, or added.
+    fn gpu_change_flags(&self, host: &HostContext<'_>, report: &pb::UsageReport) -> Vec<NewFlag> {
+        report
+            .events
+            .iter()
+            .filter_map(|e| {
+                let (severity, what) = match e.kind.as_str() {
+                    "gpu_serial_changed" => {
+                        (Severity::High, "reports a different serial under the same UUID: a swapped board or a spoofed identity")
+                    }
+                    "gpu_disappeared" => (Severity::Medium, "is no longer on the host: removed, or hidden from the driver"),
+                    "gpu_lost" => (Severity::Medium, "fell off the bus (NVML: GPU is lost): failed hardware, or tampering"),
+                    "gpu_appeared" => (Severity::Low, "appeared on the host"),
+                    _ => return None,
+                };
+                Some(NewFlag {
+                    rule: "gpu-change".into(),
+                    severity: severity.as_str().into(),
+                    job_key: format!("{}:{}", e.kind, e.gpu_uuid),
+                    summary: format!("{}: GPU {} {what}{}", host.hostname, e.gpu_uuid, if e.detail.is_empty() { String::new() } else { format!(" ({})", e.detail) }),
+                    pid: None,
+                    gpu_uuids: vec![e.gpu_uuid.clone()],
+                    evidence: json!({"event": e.kind, "gpu_uuid": e.gpu_uuid, "detail": e.detail, "report_seq": report.seq}),
+                    policy_digest: self.digest.clone(),
+                    job_host: None,
+                    tenant: None,
+                })
+            })
+            .collect()
     }
 
     fn chain_flags(&self, host: &HostContext<'_>, report: &pb::UsageReport, pos: &ChainPosition) -> Vec<NewFlag> {

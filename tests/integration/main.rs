@@ -16,5 +16,6 @@ mod models;
 mod nvml;
 mod policy;
 mod review;
+mod rules;
 mod streaming;
 mod tenants;
