@@ -688,8 +688,14 @@ pub fn flags_show(data: &Path, id: i64, json: bool) -> Result {
         .find(|f| f.id == id)
         .ok_or_else(|| usage(format!("no flag {id}; see `flags list`")))?;
     let target = format!("flag:{id}");
-    let decisions: Vec<crate::store::AuditRow> =
-        store.audit_log(100_000).map_err(runtime)?.into_iter().filter(|a| a.target == target).collect();
+    let decisions: Vec<crate::store::AuditRow> = store
+        .audit_log(100_000)
+        .map_err(runtime)?
+        .into_iter()
+        .filter(|a| {
+            a.target == target && matches!(a.action.as_str(), "flag.confirmed" | "flag.dismissed" | "flag.escalated")
+        })
+        .collect();
     if json {
         return print_json(&serde_json::json!({"flag": flag, "decisions": decisions}));
     }

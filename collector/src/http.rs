@@ -44,6 +44,12 @@ pub enum Action {
     ReadAudit,
     /// `GET /api/v1/export`.
     Export,
+    /// `GET /api/v1/flags/{id}`: a flag with its reports, job, timeline and screening.
+    ShowFlag,
+    /// `POST /api/v1/flags/{id}/assign`.
+    Assign,
+    /// `GET /api/v1/reports/{host}/{seq}`: a stored signed report, re-verified now.
+    ReadReport,
 }
 
 /// The contract's role table.
@@ -57,6 +63,9 @@ pub fn allowed(role: Role, action: Action) -> bool {
             | (Operator | Reviewer, ListHosts)
             | (Operator | Reviewer, ReadAudit)
             | (Reviewer | Operator | Customer, Export)
+            | (Reviewer | Operator | Customer, ShowFlag)
+            | (Reviewer, Assign)
+            | (Reviewer | Operator | Customer, ReadReport)
     )
 }
 
@@ -148,9 +157,127 @@ async fn decide(
     }
 }
 
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(store_err)
+}
+
+/// `GET /api/v1/hosts`: the contract's fields, plus the GPUs and other accelerators of each host's
+/// latest report.
 async fn list_hosts(State(s): State<HttpState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&s, &headers, Action::ListHosts)?;
-    Ok(Json(s.store.hosts(None).map_err(store_err)?).into_response())
+    let store = s.store.clone();
+    let hosts = blocking(move || {
+        let mut out = Vec::new();
+        for h in store.hosts(None)? {
+            let latest = store
+                .signed_report(&h.host_id, h.last_seq)?
+                .and_then(|r| <gpuattest_proto::pb::UsageReport as prost::Message>::decode(r.report.as_slice()).ok());
+            let mut v = serde_json::to_value(&h).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                let (gpus, acc) = latest.map_or((vec![], vec![]), |r| {
+                    (
+                        r.gpus
+                            .iter()
+                            .map(|g| json!({"uuid": g.uuid, "name": g.name, "serial": g.serial, "lost": g.lost}))
+                            .collect(),
+                        r.accelerators
+                            .iter()
+                            .map(|a| json!({"pci_address": a.pci_address, "vendor": a.vendor, "product": a.product}))
+                            .collect(),
+                    )
+                });
+                o.insert("gpus".into(), json!(gpus));
+                o.insert("accelerators".into(), json!(acc));
+            }
+            out.push(v);
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(Json(hosts).into_response())
+}
+
+/// `GET /api/v1/flags/{id}`: the flag, its decision history, the reports behind it, its job's verdict
+/// and compute, the job's GPU timeline, and what is known against its tenant.
+async fn show_flag(State(s): State<HttpState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Response, ApiError> {
+    let p = authorize(&s, &headers, Action::ShowFlag)?;
+    let scope = tenant_scope(&p).map(str::to_string);
+    let policy = s.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let store = s.store.clone();
+    let detail = blocking(move || {
+        let Some(f) = store.flags(scope.as_deref())?.into_iter().find(|f| f.id == id) else { return Ok(None) };
+        let target = format!("flag:{id}");
+        let history: Vec<_> = store.audit_log(100_000)?.into_iter().filter(|a| a.target == target).collect();
+        let reports = store.report_refs(&f.host_id, f.first_seq, f.last_seq, 50)?;
+        let job = store.job(&f.job)?.map(|j| policy.estimate(j));
+        let timeline = store.timeline(&f.job, &f.host_id, &f.gpu_uuids, (f.first_seq, f.last_seq))?;
+        let screening = f.tenant.as_deref().map(|t| policy.tenant_findings(t)).unwrap_or_default();
+        Ok(Some(json!({"flag": f, "history": history, "reports": reports, "job": job, "timeline": timeline, "screening": screening})))
+    })
+    .await?;
+    match detail {
+        Some(d) => Ok(Json(d).into_response()),
+        None => Err(error(StatusCode::NOT_FOUND, format!("no flag {id}"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Assignment {
+    assignee: String,
+}
+
+/// `POST /api/v1/flags/{id}/assign` with `{"assignee": "name"}` (empty: unassign); audited.
+async fn assign(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    body: Option<Json<Assignment>>,
+) -> Result<Response, ApiError> {
+    let p = authorize(&s, &headers, Action::Assign)?;
+    let Some(Json(a)) = body else {
+        return Err(error(StatusCode::BAD_REQUEST, "body must be JSON {\"assignee\": \"name\"}"));
+    };
+    let who = a.assignee.trim().to_string();
+    if who.len() > 128 || who.chars().any(char::is_control) {
+        return Err(error(StatusCode::BAD_REQUEST, "an assignee is up to 128 printable characters"));
+    }
+    let (store, actor) = (s.store.clone(), format!("token:{}", p.token_id));
+    let w = who.clone();
+    match blocking(move || store.assign_flag(id, &w, &actor, crate::now_ms())).await? {
+        Some(()) => Ok(Json(json!({"id": id, "assignee": who})).into_response()),
+        None => Err(error(StatusCode::NOT_FOUND, format!("no flag {id}"))),
+    }
+}
+
+/// `GET /api/v1/reports/{host}/{seq}`: the stored signed bytes and signature, re-verified now, and the
+/// report decoded for reading. A customer reads its own tenant's hosts only.
+async fn read_report(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    Path((host_id, seq)): Path<(String, u64)>,
+) -> Result<Response, ApiError> {
+    let p = authorize(&s, &headers, Action::ReadReport)?;
+    let scope = tenant_scope(&p).map(str::to_string);
+    let store = s.store.clone();
+    let checked = blocking(move || {
+        if let Some(t) = &scope
+            && store.host(&host_id)?.is_none_or(|h| h.tenant.as_deref() != Some(t.as_str()))
+        {
+            return Ok(None);
+        }
+        store.check_report(&host_id, seq)
+    })
+    .await?;
+    match checked {
+        Some(c) => Ok(Json(c).into_response()),
+        None => Err(error(StatusCode::NOT_FOUND, "no such report")),
+    }
 }
 
 async fn audit(State(s): State<HttpState>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -252,7 +379,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/api/v1/flags", get(list_flags))
+        .route("/api/v1/flags/{id}", get(show_flag))
         .route("/api/v1/flags/{id}/decision", post(decide))
+        .route("/api/v1/flags/{id}/assign", post(assign))
+        .route("/api/v1/reports/{host}/{seq}", get(read_report))
         .route("/api/v1/hosts", get(list_hosts))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/export", get(export))
@@ -269,13 +399,14 @@ mod tests {
         use Action::*;
         use Role::*;
         let expect = [
-            (Reviewer, [true, true, true, true, true]),
-            (Operator, [true, false, true, true, true]),
-            (Customer, [true, false, false, false, true]),
-            (Enroll, [false, false, false, false, false]),
+            (Reviewer, [true, true, true, true, true, true, true, true]),
+            (Operator, [true, false, true, true, true, true, false, true]),
+            (Customer, [true, false, false, false, true, true, false, true]),
+            (Enroll, [false, false, false, false, false, false, false, false]),
         ];
         for (role, row) in expect {
-            for (action, ok) in [ListFlags, Decide, ListHosts, ReadAudit, Export].into_iter().zip(row) {
+            let actions = [ListFlags, Decide, ListHosts, ReadAudit, Export, ShowFlag, Assign, ReadReport];
+            for (action, ok) in actions.into_iter().zip(row) {
                 assert_eq!(allowed(role, action), ok, "{role} {action:?}");
             }
         }

@@ -707,6 +707,11 @@ impl Policy {
         &self.sources
     }
 
+    /// What is known against a tenant (screening matches, parent country).
+    pub fn tenant_findings(&self, tenant: &str) -> Vec<Finding> {
+        self.findings.get(tenant).cloned().unwrap_or_default()
+    }
+
     /// The screening lists loaded.
     pub fn screening_lists(&self) -> &[LoadedFile] {
         &self.lists

@@ -117,8 +117,22 @@ async fn reviewer_dismisses_a_flag_in_the_browser_and_finds_it_audited() {
     let mut s =
         RawStream::open(&c.url(), &host_id, &gpuattest_proto::key_id(key.public_key().as_ref())).await.expect("stream");
     let cmdline = "python train.py --note <script>window.__xss=1</script><img src=x onerror=window.__xss=2> --model deepseek-ai/DeepSeek-V3";
-    s.send(sign(&key, &report(&host_id, 1, &[], cmdline))).await;
-    let _ = s.next().await;
+    // Six reports a second apart with utilisation and energy, so the flag page has a timeline to draw.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let mut prev = Vec::new();
+    for seq in 1..=6u64 {
+        let mut r = report(&host_id, seq, &prev, cmdline);
+        r.window_end_unix_ms = now - (6 - seq as i64) * 1000;
+        r.window_start_unix_ms = r.window_end_unix_ms - 1000;
+        r.agent_time_unix_ms = r.window_end_unix_ms;
+        r.gpus[0].utilization_gpu_pct = Some(if seq % 2 == 0 { 95 } else { 40 });
+        r.gpus[0].power_mw = Some(600_000);
+        r.gpus[0].energy_mj = Some(1_000_000_000 + seq * 600_000);
+        let signed = sign(&key, &r);
+        prev = gpuattest_proto::sha256(&signed.report).to_vec();
+        s.send(signed).await;
+        let _ = s.next().await;
+    }
     let reviewer = token(&data, "reviewer", None);
 
     let d = driver;
@@ -136,6 +150,23 @@ async fn reviewer_dismisses_a_flag_in_the_browser_and_finds_it_audited() {
     );
     assert_eq!(d.js("return window.__xss === undefined"), json!(true), "injected script must not run");
     d.screenshot(&shots, "2-flag");
+    // The signed report behind the flag, re-verified on demand; then assign the flag.
+    d.click("#r-rows button.reverify");
+    wait_for("the re-verification result", Duration::from_secs(15), || {
+        d.js("return document.getElementById('r-rows').innerText")
+            .as_str()
+            .filter(|t| t.contains("valid signature"))
+            .map(str::to_string)
+    });
+    d.type_into("#a-name", "alice");
+    d.click("#a-submit");
+    wait_for("the assignment", Duration::from_secs(15), || {
+        d.js("return document.getElementById('a-current').innerText")
+            .as_str()
+            .filter(|t| t.contains("assigned to alice"))
+            .map(str::to_string)
+    });
+    d.screenshot(&shots, "2b-reverified-and-assigned");
     d.click("#d-decision option[value=dismiss]");
     d.type_into("#d-reason", "licensed research use, checked with the customer");
     d.click("#d-submit");

@@ -19,14 +19,32 @@ fn every_role_against_every_endpoint() {
     ];
     let (_, flags) = http_get(&c.http, "/api/v1/flags", tokens[3].1.as_deref());
     let flags: Value = serde_json::from_str(&flags).expect("flags");
-    let id = flags[0]["id"].as_i64().expect("a flag");
+    let acme = |f: &&Value| f["tenant"] == "acme-ai";
+    let id = flags.as_array().expect("list").iter().find(acme).and_then(|f| f["id"].as_i64()).expect("an acme flag");
+    let other_id =
+        flags.as_array().expect("list").iter().find(|f| !acme(f)).and_then(|f| f["id"].as_i64()).expect("another");
+    let (_, hosts) = http_get(&c.http, "/api/v1/hosts", tokens[3].1.as_deref());
+    let hosts: Value = serde_json::from_str(&hosts).expect("hosts");
+    let host_of = |tenant: &str| {
+        hosts.as_array().expect("list").iter().find(|h| h["tenant"] == tenant).expect("host")["host_id"]
+            .as_str()
+            .expect("id")
+            .to_string()
+    };
+    let (acme_host, other_host) = (host_of("acme-ai"), host_of("borealis-labs"));
     let decision = r#"{"decision": "escalate", "reason": "role matrix test"}"#;
+    let assign = r#"{"assignee": "alice"}"#;
     // (method, path, body, expected status per token in the order above)
-    let table: [(&str, String, Option<&str>, [u16; 6]); 7] = [
+    let table: [(&str, String, Option<&str>, [u16; 6]); 12] = [
         ("GET", "/api/v1/flags".into(), None, [401, 401, 401, 200, 200, 200]),
         ("POST", format!("/api/v1/flags/{id}/decision"), Some(decision), [401, 401, 401, 200, 403, 403]),
         ("GET", "/api/v1/hosts".into(), None, [401, 401, 401, 200, 200, 403]),
         ("GET", "/api/v1/audit".into(), None, [401, 401, 401, 200, 200, 403]),
+        ("GET", format!("/api/v1/flags/{id}"), None, [401, 401, 401, 200, 200, 200]),
+        ("GET", format!("/api/v1/flags/{other_id}"), None, [401, 401, 401, 200, 200, 404]),
+        ("POST", format!("/api/v1/flags/{id}/assign"), Some(assign), [401, 401, 401, 200, 403, 403]),
+        ("GET", format!("/api/v1/reports/{acme_host}/1"), None, [401, 401, 401, 200, 200, 200]),
+        ("GET", format!("/api/v1/reports/{other_host}/1"), None, [401, 401, 401, 200, 200, 404]),
         ("GET", "/healthz".into(), None, [200; 6]),
         ("GET", "/metrics".into(), None, [200; 6]),
         ("GET", "/".into(), None, [200; 6]),
@@ -167,4 +185,57 @@ fn the_ingest_benchmark_prints_the_contract_fields() {
         assert!(v[k].is_number(), "{k} missing in {v}");
     }
     assert!(v["reports"].as_u64().is_some_and(|r| r > 0), "{v}");
+}
+
+#[test]
+fn the_flag_page_api_shows_reports_job_timeline_and_reverifies() {
+    let t = tempfile::tempdir().expect("tmp");
+    let data = demo_data(t.path());
+    let c = Collector::start(&data);
+    let rev = token(&data, "reviewer", None);
+    let (_, flags) = http_get(&c.http, "/api/v1/flags", Some(&rev));
+    let flags: Value = serde_json::from_str(&flags).expect("flags");
+    let f = flags.as_array().expect("list").iter().find(|f| f["rule"] == "model-developer").expect("the DeepSeek flag");
+    let id = f["id"].as_i64().expect("id");
+    let (code, body) = http_get(&c.http, &format!("/api/v1/flags/{id}"), Some(&rev));
+    assert_eq!(code, 200, "{body}");
+    let d: Value = serde_json::from_str(&body).expect("json");
+    // The two-host fine-tune: one job, judged training, with a timeline across both hosts' GPUs.
+    assert_eq!(d["job"]["verdict"]["kind"], "training", "{}", d["job"]);
+    assert_eq!(d["job"]["hosts"].as_array().map(Vec::len), Some(2));
+    let timeline = d["timeline"].as_array().expect("timeline");
+    let hosts: std::collections::BTreeSet<&str> = timeline.iter().filter_map(|p| p["host_id"].as_str()).collect();
+    assert_eq!(hosts.len(), 2, "samples from both hosts");
+    assert!(timeline.iter().all(|p| p["util"].as_u64().is_some() && p["energy_mj"].as_u64().is_some()));
+    // Its reports, each re-verifiable now.
+    let r = &d["reports"][0];
+    let (code, body) = http_get(
+        &c.http,
+        &format!("/api/v1/reports/{}/{}", r["host_id"].as_str().expect("host"), r["seq"]),
+        Some(&rev),
+    );
+    assert_eq!(code, 200, "{body}");
+    let check: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(check["valid"], true, "{check}");
+    assert_eq!(check["report_sha256"], r["report_sha256"]);
+    assert!(check["decoded"]["processes"].as_array().is_some_and(|p| !p.is_empty()));
+    // Assignment is recorded and audited.
+    let (code, _) = http_request(
+        &c.http,
+        "POST",
+        &format!("/api/v1/flags/{id}/assign"),
+        Some(&rev),
+        Some(r#"{"assignee":"alice"}"#),
+    );
+    assert_eq!(code, 200);
+    let (_, body) = http_get(&c.http, &format!("/api/v1/flags/{id}"), Some(&rev));
+    let d: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(d["flag"]["assignee"], "alice");
+    assert!(d["history"].as_array().is_some_and(|h| h.iter().any(|a| a["action"] == "flag.assign")));
+    // Hosts carry their GPUs and other accelerators.
+    let (_, hosts) = http_get(&c.http, "/api/v1/hosts", Some(&rev));
+    let hosts: Value = serde_json::from_str(&hosts).expect("json");
+    let npu = hosts.as_array().expect("list").iter().find(|h| h["hostname"] == "gpu-node-03").expect("node 3");
+    assert_eq!(npu["gpus"].as_array().map(Vec::len), Some(8), "{npu}");
+    assert!(npu["accelerators"][0]["product"].as_str().is_some_and(|p| p.contains("Ascend")), "{npu}");
 }

@@ -33,3 +33,7 @@ CREATE TABLE gpu_locations (
     last_seq        INTEGER NOT NULL,
     last_energy_mj  INTEGER
 );
+
+-- Review: who is working on a flag, and the GPU series behind a job's timeline.
+ALTER TABLE flags ADD COLUMN assignee TEXT;
+CREATE INDEX report_gpus_by_uuid ON report_gpus (host_id, uuid, seq);

@@ -15,7 +15,9 @@ use serde::Serialize;
 use crate::timefmt::rfc3339;
 
 mod jobs;
+mod review;
 pub use jobs::{CommitContext, MovedGpu};
+pub use review::{ReportCheck, ReportRef, TimelinePoint};
 
 /// The migrations, in order. Never edit a shipped one; append.
 const MIGRATIONS: &[&str] = &[
@@ -263,6 +265,8 @@ pub struct FlagRow {
     pub created_at: String,
     /// RFC 3339.
     pub updated_at: String,
+    /// Who is working on it.
+    pub assignee: Option<String>,
 }
 
 /// What re-verifying the stored reports found.
@@ -1067,7 +1071,7 @@ impl Store {
         let mut stmt = conn
             .prepare(
                 "SELECT id, rule, severity, status, host_id, tenant, summary, job_key, pid, gpu_uuids, evidence, policy_digest, \
-                   first_seq, last_seq, occurrences, created_at, updated_at \
+                   first_seq, last_seq, occurrences, created_at, updated_at, assignee \
                  FROM flags WHERE (?1 IS NULL OR tenant = ?1) \
                  ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'medium' THEN 2 WHEN 'low' THEN 3 ELSE 4 END, id",
             )
@@ -1092,6 +1096,7 @@ impl Store {
                     occurrences: r.get::<_, i64>(14)? as u64,
                     created_at: rfc3339(r.get(15)?),
                     updated_at: rfc3339(r.get(16)?),
+                    assignee: r.get(17)?,
                 })
             })
             .map_err(sql("list flags"))?;
