@@ -136,7 +136,7 @@ fn rss() -> u64 {
 ///
 /// # Errors
 /// A sentence when the temporary store, listeners or enrollment fail.
-pub async fn run(agents: usize, seconds: u64) -> Result<Figures, String> {
+pub async fn run(agents: usize, seconds: u64, interval: Option<Duration>) -> Result<Figures, String> {
     let dir = std::env::temp_dir().join(format!("gpuattest-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let store = Arc::new(Store::open(&dir).map_err(|e| e.to_string())?);
@@ -158,13 +158,29 @@ pub async fn run(agents: usize, seconds: u64) -> Result<Figures, String> {
     let ceiling = verify_ceiling(&sample, k.public_key().as_ref(), Duration::from_secs(2));
 
     let mut tasks = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+    // Every agent enrolls and opens its stream first; the clock starts when all are ready.
+    let start = Arc::new(tokio::sync::Barrier::new(agents + 1));
+    let tok = crate::tokens::mint(
+        &store,
+        crate::tokens::Role::Enroll,
+        None,
+        None,
+        u32::try_from(agents).unwrap_or(u32::MAX).min(crate::tokens::MAX_ENROLL_USES),
+        "bench",
+        crate::now_ms(),
+    )
+    .map_err(|e| e.to_string())?;
+    let (deadline_tx, deadline_rx) = tokio::sync::watch::channel(Instant::now());
+    // Connect in waves: thousands of simultaneous connects overflow the listen backlog.
+    let connecting = Arc::new(tokio::sync::Semaphore::new(128));
     for a in 0..agents {
-        let tok = crate::tokens::mint(&store, crate::tokens::Role::Enroll, None, None, 1, "bench", crate::now_ms())
-            .map_err(|e| e.to_string())?;
-        let url = url.clone();
-        tasks.push(tokio::spawn(async move { agent(&url, &tok, a, deadline).await }));
+        let (url, tok, start, deadline) = (url.clone(), tok.clone(), start.clone(), deadline_rx.clone());
+        let connecting = connecting.clone();
+        tasks.push(tokio::spawn(async move { agent(&url, &tok, a, connecting, start, deadline, interval).await }));
     }
+    start.wait().await;
+    let _ = deadline_tx.send(Instant::now() + Duration::from_secs(seconds));
+    let began = Instant::now();
     let mut latencies = Vec::new();
     for t in tasks {
         match t.await {
@@ -184,7 +200,7 @@ pub async fn run(agents: usize, seconds: u64) -> Result<Figures, String> {
             .copied()
             .unwrap_or(0.0)
     };
-    let rate = latencies.len() as f64 / seconds as f64;
+    let rate = latencies.len() as f64 / began.elapsed().as_secs_f64().max(seconds as f64);
     Ok(Figures {
         agents,
         reports: latencies.len() as u64,
@@ -201,7 +217,57 @@ pub async fn run(agents: usize, seconds: u64) -> Result<Figures, String> {
 
 /// One simulated agent: enroll, then send reports back to back until `deadline`, one in flight at a time
 /// per stream (the latency measured is send to acknowledgement).
-async fn agent(url: &str, token: &str, n: usize, deadline: Instant) -> Result<Vec<f64>, String> {
+async fn agent(
+    url: &str,
+    token: &str,
+    n: usize,
+    connecting: Arc<tokio::sync::Semaphore>,
+    start: Arc<tokio::sync::Barrier>,
+    deadline: tokio::sync::watch::Receiver<Instant>,
+    interval: Option<Duration>,
+) -> Result<Vec<f64>, String> {
+    let ready = {
+        let _permit = connecting.acquire().await.map_err(|e| e.to_string())?;
+        agent_connect(url, token, n).await
+    };
+    start.wait().await;
+    let (k, host_id, tx, mut inbound) = ready?;
+    // The deadline is set just after the barrier; wait for it to change from its initial value.
+    let mut deadline = deadline;
+    let _ = deadline.changed().await;
+    let deadline = *deadline.borrow();
+    // Spread paced agents over the interval so they do not all send at once.
+    let mut next = Instant::now() + interval.map_or(Duration::ZERO, |i| i.mul_f64((n % 1000) as f64 / 1000.0));
+    let mut prev = Vec::new();
+    let mut latencies = Vec::new();
+    let mut seq = 1;
+    while Instant::now() < deadline {
+        if let Some(i) = interval {
+            tokio::time::sleep_until(next.into()).await;
+            next += i;
+        }
+        let bytes = report(&host_id, seq, &prev).encode_to_vec();
+        prev = gpuattest_proto::sha256(&bytes).to_vec();
+        let signed = gpuattest_proto::sign_report(&k, bytes);
+        let sent = Instant::now();
+        tx.send(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Report(signed)) })
+            .await
+            .map_err(|e| e.to_string())?;
+        match inbound.message().await.map_err(|e| e.message().to_string())? {
+            Some(pb::CollectorMessage { msg: Some(pb::collector_message::Msg::Ack(_)) }) => {
+                latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+            }
+            other => return Err(format!("unexpected answer to report {seq}: {other:?}")),
+        }
+        seq += 1;
+    }
+    Ok(latencies)
+}
+
+type Ready = (Ed25519KeyPair, String, mpsc::Sender<pb::AgentMessage>, tonic::Streaming<pb::CollectorMessage>);
+
+/// Enrolls one simulated agent and opens its stream.
+async fn agent_connect(url: &str, token: &str, n: usize) -> Result<Ready, String> {
     let k = key();
     let channel = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|e| e.to_string())?
@@ -228,24 +294,5 @@ async fn agent(url: &str, token: &str, n: usize, deadline: Instant) -> Result<Ve
     tx.send(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Hello(hello)) }).await.map_err(|e| e.to_string())?;
     let mut inbound = client.stream(ReceiverStream::new(rx)).await.map_err(|e| e.message().to_string())?.into_inner();
     let _challenge = inbound.message().await.map_err(|e| e.message().to_string())?;
-    let mut prev = Vec::new();
-    let mut latencies = Vec::new();
-    let mut seq = 1;
-    while Instant::now() < deadline {
-        let bytes = report(&host_id, seq, &prev).encode_to_vec();
-        prev = gpuattest_proto::sha256(&bytes).to_vec();
-        let signed = gpuattest_proto::sign_report(&k, bytes);
-        let sent = Instant::now();
-        tx.send(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Report(signed)) })
-            .await
-            .map_err(|e| e.to_string())?;
-        match inbound.message().await.map_err(|e| e.message().to_string())? {
-            Some(pb::CollectorMessage { msg: Some(pb::collector_message::Msg::Ack(_)) }) => {
-                latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
-            }
-            other => return Err(format!("unexpected answer to report {seq}: {other:?}")),
-        }
-        seq += 1;
-    }
-    Ok(latencies)
+    Ok((k, host_id, tx, inbound))
 }

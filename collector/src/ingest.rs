@@ -20,7 +20,7 @@ use tracing::{info, instrument, warn};
 
 use crate::metrics::{Metrics, Reject};
 use crate::policy::{HostContext, Policy};
-use crate::store::{Commit, HostRow, IncomingReport, Store, StoreError};
+use crate::store::{Commit, HostRow, Store, StoreError};
 
 /// The ingest service.
 #[derive(Clone)]
@@ -28,6 +28,7 @@ pub struct Ingest {
     store: Arc<Store>,
     policy: Arc<RwLock<Policy>>,
     metrics: Arc<Metrics>,
+    committer: crate::store::GroupCommitter,
 }
 
 /// Sustained reports per second one host may send (a spool drains at this rate after an outage).
@@ -85,8 +86,12 @@ fn internal(e: &StoreError) -> Status {
 
 impl Ingest {
     /// A service over a store, a policy and metrics.
-    pub fn new(store: Arc<Store>, policy: Arc<RwLock<Policy>>, metrics: Arc<Metrics>) -> Self {
-        Ingest { store, policy, metrics }
+    ///
+    /// # Errors
+    /// When the group-commit thread cannot be started.
+    pub fn new(store: Arc<Store>, policy: Arc<RwLock<Policy>>, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        let committer = crate::store::GroupCommitter::start(store.clone())?;
+        Ok(Ingest { store, policy, metrics, committer })
     }
 
     /// Verifies, checks and commits one signed report from `host`. Blocking (SQLite); call it from a
@@ -97,7 +102,7 @@ impl Ingest {
     pub fn handle_report(
         &self,
         host: &HostRow,
-        signed: &pb::SignedReport,
+        signed: pb::SignedReport,
         nonce: &[u8],
     ) -> Result<Result<u64, Refusal>, Status> {
         let started = Instant::now();
@@ -113,7 +118,7 @@ impl Ingest {
                 None => (host.public_key.clone(), u64::MAX),
             }
         };
-        match verify_report(&public_key, signed) {
+        match verify_report(&public_key, &signed) {
             Ok(()) => {}
             Err(e @ SignError::UnknownKey { .. }) => {
                 return refuse(0, Code::Unauthenticated, Reject::UnknownKey, e.to_string());
@@ -152,46 +157,51 @@ impl Ingest {
                 format!("report {} is signed by a key retired after report {valid_through}", report.seq),
             );
         }
-        let incoming = IncomingReport {
-            signed,
-            decoded: &report,
-            received_at: now_ms(),
-            nonce_fresh: !nonce.is_empty() && report.collector_nonce == nonce,
-            process_tenants: Vec::new(),
-        };
         let policy = self.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        let incoming = IncomingReport {
-            process_tenants: report.processes.iter().map(|p| policy.tenant_of(p, host.tenant.as_deref())).collect(),
-            ..incoming
-        };
-        let ctx = HostContext { host_id: &host.host_id, hostname: &host.hostname, tenant: host.tenant.as_deref() };
+        let received_at = now_ms();
+        let nonce_fresh = !nonce.is_empty() && report.collector_nonce == nonce;
+        let process_tenants = report.processes.iter().map(|p| policy.tenant_of(p, host.tenant.as_deref())).collect();
+        let seq = report.seq;
+        let (host_id, hostname, tenant) = (host.host_id.clone(), host.hostname.clone(), host.tenant.clone());
+        // Rules that need only the report run here, on this verifying thread; the commit thread runs
+        // only the ones that need the chain position and job totals.
+        let ctx = HostContext { host_id: &host_id, hostname: &hostname, tenant: tenant.as_deref() };
+        let pre = policy.report_flags(&ctx, &report, crate::policy::Receipt { received_at, nonce_fresh });
+        let flags_for: crate::store::FlagsFor = Box::new(move |report, pos, commit| {
+            let ctx = HostContext { host_id: &host_id, hostname: &hostname, tenant: tenant.as_deref() };
+            policy.commit_flags(&ctx, report, pos, commit, pre)
+        });
         let outcome = self
-            .store
-            .commit_report(&host.host_id, &incoming, |pos, commit| {
-                let receipt =
-                    crate::policy::Receipt { received_at: incoming.received_at, nonce_fresh: incoming.nonce_fresh };
-                policy.evaluate(&ctx, &report, pos, commit, receipt)
+            .committer
+            .commit(crate::store::PendingCommit {
+                host_id: host.host_id.clone(),
+                signed,
+                decoded: report,
+                received_at,
+                nonce_fresh,
+                process_tenants,
+                flags_for,
             })
             .map_err(|e| internal(&e))?;
         match outcome {
             Commit::Stored { flags } => {
                 self.metrics.accepted(started.elapsed().as_micros() as u64, flags);
-                Ok(Ok(report.seq))
+                Ok(Ok(seq))
             }
             Commit::Duplicate => refuse(
-                report.seq,
+                seq,
                 Code::AlreadyExists,
                 Reject::Replay,
-                format!("report {} of host {} is already stored; replay refused", report.seq, host.host_id),
+                format!("report {} of host {} is already stored; replay refused", seq, host.host_id),
             ),
             Commit::Behind { last_seq } => refuse(
-                report.seq,
+                seq,
                 Code::FailedPrecondition,
                 Reject::OutOfOrder,
-                format!("report {} is behind host {}'s position {last_seq}", report.seq, host.host_id),
+                format!("report {} is behind host {}'s position {last_seq}", seq, host.host_id),
             ),
             Commit::HostGone => refuse(
-                report.seq,
+                seq,
                 Code::PermissionDenied,
                 Reject::HostGone,
                 format!("host {} is revoked or unknown", host.host_id),
@@ -387,7 +397,7 @@ impl Collector for Ingest {
                     }
                 };
                 let (svc, h, n) = (this.clone(), host.clone(), nonce.clone());
-                let outcome = tokio::task::spawn_blocking(move || svc.handle_report(&h, &signed, &n)).await;
+                let outcome = tokio::task::spawn_blocking(move || svc.handle_report(&h, signed, &n)).await;
                 let reply = match outcome {
                     Ok(Ok(Ok(seq))) => pb::collector_message::Msg::Ack(pb::Ack { seq }),
                     Ok(Ok(Err(r))) => {

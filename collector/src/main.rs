@@ -144,6 +144,9 @@ enum Cmd {
         agents: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Each agent sends one report per interval (e.g. 1s) instead of back to back.
+        #[arg(long)]
+        interval: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -378,7 +381,7 @@ fn main() -> ExitCode {
         }
         Cmd::ExportKey => cli::export_key(data),
         Cmd::Backup { out } => cli::backup(data, &out),
-        Cmd::Bench { agents, seconds, json } => cli::bench(agents, seconds, json),
+        Cmd::Bench { agents, seconds, interval, json } => cli::bench(agents, seconds, interval.as_deref(), json),
         Cmd::Policy { cmd: PolicyCmd::EvaluateModel { file, json } } => cli::evaluate_model(data, &file, json),
         Cmd::Policy { cmd: PolicyCmd::Reevaluate { policy, since, json } } => {
             cli::policy_reevaluate(data, policy.as_deref(), since.as_deref(), json)

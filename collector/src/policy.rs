@@ -199,7 +199,18 @@ pub struct PolicyError {
 
 /// A loaded policy.
 #[derive(Debug, Clone)]
-pub struct Policy {
+pub struct Policy(std::sync::Arc<PolicyData>);
+
+impl std::ops::Deref for Policy {
+    type Target = PolicyData;
+    fn deref(&self) -> &PolicyData {
+        &self.0
+    }
+}
+
+/// What a policy holds; shared, so cloning a [`Policy`] for each report costs a reference count.
+#[derive(Debug)]
+pub struct PolicyData {
     patterns: Vec<ModelPattern>,
     accelerator_vendors: Vec<(u32, AcceleratorVendor)>,
     integrity: Integrity,
@@ -396,10 +407,10 @@ impl Policy {
         let mut patterns = file.model_patterns;
         if file.extend_builtin {
             let builtin = Policy::builtin();
-            patterns.extend(builtin.patterns);
-            vendors.extend(builtin.accelerator_vendors);
+            patterns.extend(builtin.patterns.iter().cloned());
+            vendors.extend(builtin.accelerator_vendors.iter().cloned());
         }
-        Ok(Policy {
+        Ok(Policy(std::sync::Arc::new(PolicyData {
             patterns,
             accelerator_vendors: vendors,
             integrity: Integrity { max_clock_skew_ms: max_skew.as_millis() as i64, silence_intervals },
@@ -410,7 +421,7 @@ impl Policy {
             lists,
             sources,
             digest: format!("sha256:{}", gpuattest_proto::hex(&gpuattest_proto::sha256(&digest_input))),
-        })
+        })))
     }
 
     /// Loads `<data>/policy.toml` if present, else the built-in policy.
@@ -495,9 +506,14 @@ impl Policy {
         ctx: &CommitContext,
         receipt: Receipt,
     ) -> Vec<NewFlag> {
+        let pre = self.report_flags(host, report, receipt);
+        self.commit_flags(host, report, pos, ctx, pre)
+    }
+
+    /// The rules that need only the report itself (models, accelerators, tenant findings, GPU change
+    /// events, clock skew). Ingest runs these on its verifying threads, outside the commit.
+    pub fn report_flags(&self, host: &HostContext<'_>, report: &pb::UsageReport, receipt: Receipt) -> Vec<NewFlag> {
         let mut flags = Vec::new();
-        // A job that spans hosts has one flag per rule: it lives on the host that first reported it.
-        let job_host = |key: &str| ctx.jobs.iter().find(|j| j.job_key == key).and_then(|j| j.hosts.first().cloned());
         for p in &report.processes {
             // What the command line names, and what the weight files it has open say they are.
             let mut hits: Vec<(&ModelPattern, String, String)> = self
@@ -520,9 +536,8 @@ impl Policy {
             }
             for (pattern, model, source) in hits {
                 let job_key = crate::compute::job_identity(host.host_id, p);
-                let job = ctx.jobs.iter().find(|j| j.job_key == job_key);
                 flags.push(NewFlag {
-                    job_host: job_host(&job_key),
+                    job_host: None,
                     tenant: self.tenant_of(p, host.tenant),
                     rule: "model-developer".into(),
                     severity: pattern.severity.as_str().into(),
@@ -558,7 +573,6 @@ impl Policy {
                         "pod_uid": p.pod_uid,
                         "slurm_job_id": p.slurm_job_id,
                         "pod": p.pod.as_ref().map(|k| json!({"namespace": k.namespace, "name": k.name, "owner": k.owner})),
-                        "job": job.map(|j| json!({"verdict": j.verdict, "gpu_hours": j.gpu_hours, "hosts": j.hosts})),
                         "report_seq": report.seq,
                     }),
                     policy_digest: self.digest.clone(),
@@ -606,7 +620,7 @@ impl Policy {
                         "report_seq": report.seq,
                     }),
                     policy_digest: self.digest.clone(),
-                    job_host: job_host(&job_key),
+                    job_host: None,
                     tenant: self.tenant_of(p, host.tenant),
                 });
             }
@@ -647,8 +661,51 @@ impl Policy {
                 });
             }
         }
-        flags.extend(self.chain_flags(host, report, pos));
         flags.extend(self.gpu_change_flags(host, report));
+        let skew = report.agent_time_unix_ms - receipt.received_at;
+        if receipt.nonce_fresh && skew.abs() > self.integrity.max_clock_skew_ms {
+            flags.push(NewFlag {
+                rule: "clock-skew".into(),
+                severity: Severity::Medium.as_str().into(),
+                job_key: "clock".into(),
+                summary: format!(
+                    "{}: the agent's clock is {} s {} the collector's (limit {} s); report times from this host are unreliable",
+                    host.hostname,
+                    skew.abs() / 1000,
+                    if skew > 0 { "ahead of" } else { "behind" },
+                    self.integrity.max_clock_skew_ms / 1000
+                ),
+                pid: None,
+                gpu_uuids: Vec::new(),
+                evidence: json!({"agent_time_unix_ms": report.agent_time_unix_ms, "received_at_unix_ms": receipt.received_at, "report_seq": report.seq}),
+                policy_digest: self.digest.clone(),
+                job_host: None,
+            tenant: None,
+            });
+        }
+        flags
+    }
+
+    /// The rules that need the store's view at commit time (chain position, job totals, GPU
+    /// locations), added to `flags` from [`Policy::report_flags`]. A job that spans hosts gets one flag
+    /// per rule: it lives on the host that first reported the job.
+    pub fn commit_flags(
+        &self,
+        host: &HostContext<'_>,
+        report: &pb::UsageReport,
+        pos: &ChainPosition,
+        ctx: &CommitContext,
+        mut flags: Vec<NewFlag>,
+    ) -> Vec<NewFlag> {
+        for f in flags.iter_mut().filter(|f| f.rule == "model-developer") {
+            if let Some(j) = ctx.jobs.iter().find(|j| j.job_key == f.job_key) {
+                f.job_host = j.hosts.first().cloned();
+                if let Some(o) = f.evidence.as_object_mut() {
+                    o.insert("job".into(), json!({"verdict": j.verdict, "gpu_hours": j.gpu_hours, "hosts": j.hosts}));
+                }
+            }
+        }
+        flags.extend(self.chain_flags(host, report, pos));
         flags.extend(self.compute_flags(&ctx.jobs));
         for m in &ctx.moved_gpus {
             flags.push(NewFlag {
@@ -668,27 +725,6 @@ impl Policy {
                 evidence: json!({"gpu_uuid": m.uuid, "serial": m.serial, "previous_serial": m.previous_serial,
                     "from_host": m.from_host, "from_last_seen": crate::timefmt::rfc3339(m.from_last_seen),
                     "to_host": host.host_id, "report_seq": report.seq}),
-                policy_digest: self.digest.clone(),
-                job_host: None,
-            tenant: None,
-            });
-        }
-        let skew = report.agent_time_unix_ms - receipt.received_at;
-        if receipt.nonce_fresh && skew.abs() > self.integrity.max_clock_skew_ms {
-            flags.push(NewFlag {
-                rule: "clock-skew".into(),
-                severity: Severity::Medium.as_str().into(),
-                job_key: "clock".into(),
-                summary: format!(
-                    "{}: the agent's clock is {} s {} the collector's (limit {} s); report times from this host are unreliable",
-                    host.hostname,
-                    skew.abs() / 1000,
-                    if skew > 0 { "ahead of" } else { "behind" },
-                    self.integrity.max_clock_skew_ms / 1000
-                ),
-                pid: None,
-                gpu_uuids: Vec::new(),
-                evidence: json!({"agent_time_unix_ms": report.agent_time_unix_ms, "received_at_unix_ms": receipt.received_at, "report_seq": report.seq}),
                 policy_digest: self.digest.clone(),
                 job_host: None,
             tenant: None,

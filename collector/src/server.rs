@@ -177,7 +177,9 @@ impl Collector {
         let grpc_addr = grpc.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let http_addr = http.local_addr().map(|a| a.to_string()).unwrap_or_default();
         info!(grpc = %grpc_addr, http = %http_addr, store = %self.store.path().display(), "collector serving");
-        let ingest = Ingest::new(self.store.clone(), self.policy.clone(), self.metrics.clone());
+        let ingest = Ingest::new(self.store.clone(), self.policy.clone(), self.metrics.clone()).map_err(|e| {
+            ServeError::Grpc { addr: grpc_addr.clone(), reason: format!("cannot start the commit thread: {e}") }
+        })?;
         let svc = CollectorServer::new(ingest)
             .max_decoding_message_size(gpuattest_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(gpuattest_proto::MAX_MESSAGE_BYTES);

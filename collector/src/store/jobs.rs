@@ -72,11 +72,10 @@ pub(super) fn account(
             continue;
         }
         let prev: Option<(String, String, i64, Option<i64>)> = tx
-            .query_row(
-                "SELECT host_id, serial, last_seen, last_energy_mj FROM gpu_locations WHERE uuid = ?1",
-                params![g.uuid],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
-            )
+            .prepare_cached("SELECT host_id, serial, last_seen, last_energy_mj FROM gpu_locations WHERE uuid = ?1")
+            .and_then(|mut st| {
+                st.query_row(params![g.uuid], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+            })
             .optional()
             .map_err(sql("read gpu location"))?;
         let counter = g.energy_mj.map(|v| v as i64);
@@ -93,19 +92,13 @@ pub(super) fn account(
                     from_host: h,
                     from_last_seen: last_seen,
                 });
-                tx.execute(
-                    "UPDATE gpu_locations SET host_id = ?2, serial = ?3, first_seen = ?4, last_seen = ?4, last_seq = ?5, last_energy_mj = ?6 WHERE uuid = ?1",
-                    params![g.uuid, host_id, g.serial, at, r.seq as i64, counter],
-                )
+                tx.prepare_cached("UPDATE gpu_locations SET host_id = ?2, serial = ?3, first_seen = ?4, last_seen = ?4, last_seq = ?5, last_energy_mj = ?6 WHERE uuid = ?1").and_then(|mut st| st.execute(params![g.uuid, host_id, g.serial, at, r.seq as i64, counter]))
                 .map_err(sql("move gpu location"))?;
             }
             _ => {
-                tx.execute(
-                    "INSERT INTO gpu_locations (uuid, host_id, serial, first_seen, last_seen, last_seq, last_energy_mj) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6) \
+                tx.prepare_cached("INSERT INTO gpu_locations (uuid, host_id, serial, first_seen, last_seen, last_seq, last_energy_mj) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6) \
                      ON CONFLICT (uuid) DO UPDATE SET serial = excluded.serial, last_seen = MAX(last_seen, excluded.last_seen), \
-                       last_seq = excluded.last_seq, last_energy_mj = excluded.last_energy_mj",
-                    params![g.uuid, host_id, g.serial, at, r.seq as i64, counter],
-                )
+                       last_seq = excluded.last_seq, last_energy_mj = excluded.last_energy_mj").and_then(|mut st| st.execute(params![g.uuid, host_id, g.serial, at, r.seq as i64, counter]))
                 .map_err(sql("record gpu location"))?;
             }
         }
@@ -139,15 +132,12 @@ pub(super) fn account(
             None => (0.0, dt * share),
         };
         for key in &jobs_on_gpu[i] {
-            tx.execute(
-                "INSERT INTO job_usage (job_key, host_id, gpu_uuid, gpu_name, first_seen, last_seen, gpu_seconds, energy_joules, ops_upper, unknown_peak_seconds) \
+            tx.prepare_cached("INSERT INTO job_usage (job_key, host_id, gpu_uuid, gpu_name, first_seen, last_seen, gpu_seconds, energy_joules, ops_upper, unknown_peak_seconds) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9) \
                  ON CONFLICT (job_key, host_id, gpu_uuid) DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen), \
                    first_seen = MIN(first_seen, excluded.first_seen), gpu_seconds = gpu_seconds + excluded.gpu_seconds, \
                    energy_joules = energy_joules + excluded.energy_joules, ops_upper = ops_upper + excluded.ops_upper, \
-                   unknown_peak_seconds = unknown_peak_seconds + excluded.unknown_peak_seconds",
-                params![key, host_id, g.uuid, g.name, at, dt * share, energy[i] * share, ops, unknown],
-            )
+                   unknown_peak_seconds = unknown_peak_seconds + excluded.unknown_peak_seconds").and_then(|mut st| st.execute(params![key, host_id, g.uuid, g.name, at, dt * share, energy[i] * share, ops, unknown]))
             .map_err(sql("account job usage"))?;
         }
     }
@@ -155,7 +145,8 @@ pub(super) fn account(
     let mut summaries = Vec::new();
     for (key, procs) in job_processes {
         let stored: Option<String> = tx
-            .query_row("SELECT evidence FROM jobs WHERE job_key = ?1", params![key], |row| row.get(0))
+            .prepare_cached("SELECT evidence FROM jobs WHERE job_key = ?1")
+            .and_then(|mut st| st.query_row(params![key], |row| row.get(0)))
             .optional()
             .map_err(sql("read job"))?;
         let mut ev: JobEvidence = stored.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
@@ -175,11 +166,8 @@ pub(super) fn account(
             }
         }
         let json = serde_json::to_string(&ev).unwrap_or_default();
-        tx.execute(
-            "INSERT INTO jobs (job_key, tenant, first_seen, last_seen, evidence) VALUES (?1, ?2, ?3, ?3, ?4) \
-             ON CONFLICT (job_key) DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen), evidence = excluded.evidence",
-            params![key, job_tenant.get(&key).cloned().flatten(), at, json],
-        )
+        tx.prepare_cached("INSERT INTO jobs (job_key, tenant, first_seen, last_seen, evidence) VALUES (?1, ?2, ?3, ?3, ?4) \
+             ON CONFLICT (job_key) DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen), evidence = excluded.evidence").and_then(|mut st| st.execute(params![key, job_tenant.get(&key).cloned().flatten(), at, json]))
         .map_err(sql("record job"))?;
         if let Some(s) = summary(tx, &key)? {
             summaries.push(s);
@@ -191,21 +179,19 @@ pub(super) fn account(
 /// A job's totals and verdict; the operation estimate is filled in by the policy's efficiency.
 pub(super) fn summary(conn: &Connection, key: &str) -> Result<Option<JobSummary>> {
     let row: Option<(Option<String>, i64, i64, String)> = conn
-        .query_row("SELECT tenant, first_seen, last_seen, evidence FROM jobs WHERE job_key = ?1", params![key], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })
+        .prepare_cached("SELECT tenant, first_seen, last_seen, evidence FROM jobs WHERE job_key = ?1")
+        .and_then(|mut st| st.query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))))
         .optional()
         .map_err(sql("read job"))?;
     let Some((tenant, first_seen, last_seen, evidence)) = row else {
         return Ok(None);
     };
     let (gpus, gpu_seconds, energy, ops, unknown): (i64, f64, f64, f64, f64) = conn
-        .query_row(
+        .prepare_cached(
             "SELECT COUNT(DISTINCT gpu_uuid), COALESCE(SUM(gpu_seconds), 0), COALESCE(SUM(energy_joules), 0), \
              COALESCE(SUM(ops_upper), 0), COALESCE(SUM(unknown_peak_seconds), 0) FROM job_usage WHERE job_key = ?1",
-            params![key],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )
+        .and_then(|mut st| st.query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))))
         .map_err(sql("sum job usage"))?;
     let evidence: JobEvidence = serde_json::from_str(&evidence).unwrap_or_default();
     Ok(Some(JobSummary {

@@ -14,8 +14,10 @@ use serde::Serialize;
 
 use crate::timefmt::rfc3339;
 
+mod group;
 mod jobs;
 mod review;
+pub use group::{GroupCommitter, MAX_BATCH};
 pub use jobs::{CommitContext, MovedGpu};
 pub use review::{ReportCheck, ReportRef, TimelinePoint};
 
@@ -172,6 +174,27 @@ pub struct IncomingReport<'a> {
     /// The tenant of each process (index-aligned with `decoded.processes`) under the policy's mapping;
     /// missing entries fall back to the host's tenant.
     pub process_tenants: Vec<Option<String>>,
+}
+
+/// The policy's judgement of a report, run inside its commit.
+pub type FlagsFor = Box<dyn FnOnce(&pb::UsageReport, &ChainPosition, &CommitContext) -> Vec<NewFlag> + Send>;
+
+/// A verified report waiting for a group commit: owned, so it can cross to the committing thread.
+pub struct PendingCommit {
+    /// Host.
+    pub host_id: String,
+    /// The signed report (bytes stored verbatim).
+    pub signed: pb::SignedReport,
+    /// Its decoding.
+    pub decoded: pb::UsageReport,
+    /// Unix ms.
+    pub received_at: i64,
+    /// Carries this stream's nonce.
+    pub nonce_fresh: bool,
+    /// Tenant per process.
+    pub process_tenants: Vec<Option<String>>,
+    /// The policy's flags for it.
+    pub flags_for: FlagsFor,
 }
 
 /// Where the host's chain stood when a report arrived, for integrity rules.
@@ -617,138 +640,61 @@ impl Store {
         incoming: &IncomingReport<'_>,
         flags_for: impl FnOnce(&ChainPosition, &CommitContext) -> Vec<NewFlag>,
     ) -> Result<Commit> {
-        let r = incoming.decoded;
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("begin"))?;
-        let host = tx
-            .query_row(
-                "SELECT last_seq, last_hash, revoked_at, tenant FROM hosts WHERE host_id = ?1",
-                params![host_id],
-                |row| {
-                    Ok(HostPosition {
-                        last_seq: row.get(0)?,
-                        last_hash: row.get(1)?,
-                        revoked: row.get::<_, Option<i64>>(2)?.is_some(),
-                        tenant: row.get(3)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(sql("read host position"))?;
-        let Some(HostPosition { last_seq, last_hash, revoked, tenant }) = host else {
-            return Ok(Commit::HostGone);
+        let c = commit_one(&tx, host_id, incoming, flags_for)?;
+        if matches!(c, Commit::Stored { .. }) {
+            tx.commit().map_err(sql("commit report"))?;
+        }
+        Ok(c)
+    }
+
+    /// Commits several reports in one transaction (one fsync), each in its own savepoint: a report that
+    /// is refused or fails leaves the others as they are. Results are in the order given; if the final
+    /// commit fails, every report it would have stored fails with it.
+    pub fn commit_batch(&self, items: Vec<PendingCommit>) -> Vec<Result<Commit>> {
+        let mut conn = self.conn();
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let msg = e.to_string();
+                return items.iter().map(|_| Err(StoreError::Refused(format!("begin a batch: {msg}")))).collect();
+            }
         };
-        if revoked {
-            return Ok(Commit::HostGone);
+        let mut results = Vec::with_capacity(items.len());
+        for item in items {
+            let incoming = IncomingReport {
+                signed: &item.signed,
+                decoded: &item.decoded,
+                received_at: item.received_at,
+                nonce_fresh: item.nonce_fresh,
+                process_tenants: item.process_tenants,
+            };
+            let r = match tx.savepoint() {
+                Ok(mut sp) => {
+                    sp.set_drop_behavior(rusqlite::DropBehavior::Rollback);
+                    let flags_for = item.flags_for;
+                    let decoded = &item.decoded;
+                    let r = commit_one(&sp, &item.host_id, &incoming, |pos, ctx| flags_for(decoded, pos, ctx));
+                    if matches!(r, Ok(Commit::Stored { .. })) {
+                        sp.commit().map_err(sql("release savepoint")).and(r)
+                    } else {
+                        r
+                    }
+                }
+                Err(e) => Err(StoreError::Refused(format!("savepoint: {e}"))),
+            };
+            results.push(r);
         }
-        let seq = r.seq as i64;
-        let exists: bool = tx
-            .query_row("SELECT 1 FROM reports WHERE host_id = ?1 AND seq = ?2", params![host_id, seq], |_| Ok(true))
-            .optional()
-            .map_err(sql("check replay"))?
-            .unwrap_or(false);
-        if exists {
-            return Ok(Commit::Duplicate);
-        }
-        if seq <= last_seq {
-            return Ok(Commit::Behind { last_seq: last_seq as u64 });
-        }
-        let position = ChainPosition { last_seq: last_seq as u64, last_hash };
-        let hash = gpuattest_proto::sha256(&incoming.signed.report);
-        tx.execute(
-            "INSERT INTO reports (host_id, seq, report, signature, key_id, report_sha256, received_at, agent_time, window_start, window_end, nonce_fresh) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![
-                host_id,
-                seq,
-                incoming.signed.report,
-                incoming.signed.signature,
-                incoming.signed.key_id,
-                hash.as_slice(),
-                incoming.received_at,
-                r.agent_time_unix_ms,
-                r.window_start_unix_ms,
-                r.window_end_unix_ms,
-                incoming.nonce_fresh
-            ],
-        )
-        .map_err(sql("insert report"))?;
-        {
-            let mut g = tx
-                .prepare_cached(
-                    "INSERT INTO report_gpus (host_id, seq, gpu_index, uuid, serial, name, pci_bus_id, memory_total, memory_used, util_gpu, power_mw, energy_mj, lost) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) ON CONFLICT DO NOTHING",
-                )
-                .map_err(sql("prepare gpus"))?;
-            for gpu in &r.gpus {
-                g.execute(params![
-                    host_id,
-                    seq,
-                    gpu.index,
-                    gpu.uuid,
-                    gpu.serial,
-                    gpu.name,
-                    gpu.pci_bus_id,
-                    gpu.memory_total_bytes as i64,
-                    gpu.memory_used_bytes.map(|v| v as i64),
-                    gpu.utilization_gpu_pct,
-                    gpu.power_mw,
-                    gpu.energy_mj.map(|v| v as i64),
-                    gpu.lost
-                ])
-                .map_err(sql("insert gpu"))?;
-            }
-            let mut p = tx
-                .prepare_cached(
-                    "INSERT INTO report_processes (host_id, seq, pid, start_time, gpu_uuids, cmdline, container_id, pod_uid, slurm_job_id, uid, exe) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT DO NOTHING",
-                )
-                .map_err(sql("prepare processes"))?;
-            for proc_ in &r.processes {
-                p.execute(params![
-                    host_id,
-                    seq,
-                    proc_.pid,
-                    proc_.start_time_ticks.map(|v| v as i64),
-                    serde_json::to_string(&proc_.gpu_uuids).unwrap_or_default(),
-                    proc_.cmdline,
-                    proc_.container_id,
-                    proc_.pod_uid,
-                    proc_.slurm_job_id,
-                    proc_.uid,
-                    proc_.exe
-                ])
-                .map_err(sql("insert process"))?;
+        if let Err(e) = tx.commit() {
+            let msg = e.to_string();
+            for r in &mut results {
+                if matches!(r, Ok(Commit::Stored { .. })) {
+                    *r = Err(StoreError::Refused(format!("commit the batch: {msg}")));
+                }
             }
         }
-        tx.execute(
-            "UPDATE hosts SET last_seq = ?1, last_hash = ?2, last_seen = ?3 WHERE host_id = ?4",
-            params![seq, hash.as_slice(), incoming.received_at, host_id],
-        )
-        .map_err(sql("advance host"))?;
-        tx.execute(
-            "INSERT INTO log_leaves (host_id, seq, leaf_hash) VALUES (?1, ?2, ?3)",
-            params![host_id, seq, crate::export::merkle::leaf_hash(&log_leaf_data(host_id, r.seq, &hash)).as_slice()],
-        )
-        .map_err(sql("append to the transparency log"))?;
-        if let Some(g) = &r.gap
-            && g.first_seq <= g.last_seq
-            && g.last_seq < r.seq
-        {
-            tx.execute(
-                "INSERT INTO gap_records (host_id, record_seq, first_seq, last_seq, reason) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
-                params![host_id, seq, g.first_seq as i64, g.last_seq as i64, g.reason.chars().take(512).collect::<String>()],
-            )
-            .map_err(sql("record gap"))?;
-        }
-        let (jobs, moved) =
-            jobs::account(&tx, host_id, tenant.as_deref(), &incoming.process_tenants, r, incoming.received_at)?;
-        let flags = flags_for(&position, &CommitContext { jobs, moved_gpus: moved });
-        for f in &flags {
-            upsert_flag(&tx, host_id, tenant.as_deref(), r.seq, incoming.received_at, f)?;
-        }
-        tx.commit().map_err(sql("commit report"))?;
-        Ok(Commit::Stored { flags: flags.len() })
+        results
     }
 
     /// Replaces a host's key with `new_public_key`, retiring the current one: reports up to
@@ -1233,14 +1179,7 @@ fn token_row(conn: &Connection, hash: &[u8]) -> Result<Option<TokenRow>> {
     .map_err(sql("look up token"))
 }
 
-fn audit_tx(
-    tx: &rusqlite::Transaction<'_>,
-    at: i64,
-    actor: &str,
-    action: &str,
-    target: &str,
-    detail: &str,
-) -> Result<()> {
+fn audit_tx(tx: &Connection, at: i64, actor: &str, action: &str, target: &str, detail: &str) -> Result<()> {
     tx.execute(
         "INSERT INTO audit (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![at, actor, action, target, detail],
@@ -1249,16 +1188,8 @@ fn audit_tx(
     Ok(())
 }
 
-fn upsert_flag(
-    tx: &rusqlite::Transaction<'_>,
-    host_id: &str,
-    tenant: Option<&str>,
-    seq: u64,
-    now: i64,
-    f: &NewFlag,
-) -> Result<()> {
-    tx.execute(
-        "INSERT INTO flags (rule, severity, host_id, tenant, job_key, summary, pid, gpu_uuids, evidence, policy_digest, first_seq, last_seq, occurrences, created_at, updated_at) \
+fn upsert_flag(tx: &Connection, host_id: &str, tenant: Option<&str>, seq: u64, now: i64, f: &NewFlag) -> Result<()> {
+    tx.prepare_cached("INSERT INTO flags (rule, severity, host_id, tenant, job_key, summary, pid, gpu_uuids, evidence, policy_digest, first_seq, last_seq, occurrences, created_at, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, 1, ?12, ?12) \
          ON CONFLICT (rule, host_id, job_key) DO UPDATE SET \
            last_seq = excluded.last_seq, occurrences = occurrences + 1, updated_at = excluded.updated_at, \
@@ -1266,8 +1197,7 @@ fn upsert_flag(
            summary = excluded.summary, \
            severity = CASE WHEN (CASE excluded.severity WHEN 'critical' THEN 4 WHEN 'high' THEN 3 WHEN 'medium' THEN 2 WHEN 'low' THEN 1 ELSE 0 END) \
                              > (CASE severity WHEN 'critical' THEN 4 WHEN 'high' THEN 3 WHEN 'medium' THEN 2 WHEN 'low' THEN 1 ELSE 0 END) \
-                           THEN excluded.severity ELSE severity END",
-        params![
+                           THEN excluded.severity ELSE severity END").and_then(|mut st| st.execute(params![
             f.rule,
             f.severity,
             f.job_host.as_deref().unwrap_or(host_id),
@@ -1280,10 +1210,144 @@ fn upsert_flag(
             f.policy_digest,
             seq as i64,
             now
-        ],
-    )
+        ]))
     .map_err(sql("upsert flag"))?;
     Ok(())
+}
+
+/// The body of a report commit, inside a transaction or savepoint the caller owns. Writes nothing
+/// unless it returns [`Commit::Stored`].
+fn commit_one(
+    tx: &Connection,
+    host_id: &str,
+    incoming: &IncomingReport<'_>,
+    flags_for: impl FnOnce(&ChainPosition, &CommitContext) -> Vec<NewFlag>,
+) -> Result<Commit> {
+    let r = incoming.decoded;
+    let host = tx
+        .prepare_cached("SELECT last_seq, last_hash, revoked_at, tenant FROM hosts WHERE host_id = ?1")
+        .and_then(|mut st| {
+            st.query_row(params![host_id], |row| {
+                Ok(HostPosition {
+                    last_seq: row.get(0)?,
+                    last_hash: row.get(1)?,
+                    revoked: row.get::<_, Option<i64>>(2)?.is_some(),
+                    tenant: row.get(3)?,
+                })
+            })
+        })
+        .optional()
+        .map_err(sql("read host position"))?;
+    let Some(HostPosition { last_seq, last_hash, revoked, tenant }) = host else {
+        return Ok(Commit::HostGone);
+    };
+    if revoked {
+        return Ok(Commit::HostGone);
+    }
+    let seq = r.seq as i64;
+    let exists: bool = tx
+        .prepare_cached("SELECT 1 FROM reports WHERE host_id = ?1 AND seq = ?2")
+        .and_then(|mut st| st.query_row(params![host_id, seq], |_| Ok(true)))
+        .optional()
+        .map_err(sql("check replay"))?
+        .unwrap_or(false);
+    if exists {
+        return Ok(Commit::Duplicate);
+    }
+    if seq <= last_seq {
+        return Ok(Commit::Behind { last_seq: last_seq as u64 });
+    }
+    let position = ChainPosition { last_seq: last_seq as u64, last_hash };
+    let hash = gpuattest_proto::sha256(&incoming.signed.report);
+    tx.prepare_cached("INSERT INTO reports (host_id, seq, report, signature, key_id, report_sha256, received_at, agent_time, window_start, window_end, nonce_fresh) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)").and_then(|mut st| st.execute(params![
+            host_id,
+            seq,
+            incoming.signed.report,
+            incoming.signed.signature,
+            incoming.signed.key_id,
+            hash.as_slice(),
+            incoming.received_at,
+            r.agent_time_unix_ms,
+            r.window_start_unix_ms,
+            r.window_end_unix_ms,
+            incoming.nonce_fresh
+        ]))
+    .map_err(sql("insert report"))?;
+    {
+        let mut g = tx
+            .prepare_cached(
+                "INSERT INTO report_gpus (host_id, seq, gpu_index, uuid, serial, name, pci_bus_id, memory_total, memory_used, util_gpu, power_mw, energy_mj, lost) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) ON CONFLICT DO NOTHING",
+            )
+            .map_err(sql("prepare gpus"))?;
+        for gpu in &r.gpus {
+            g.execute(params![
+                host_id,
+                seq,
+                gpu.index,
+                gpu.uuid,
+                gpu.serial,
+                gpu.name,
+                gpu.pci_bus_id,
+                gpu.memory_total_bytes as i64,
+                gpu.memory_used_bytes.map(|v| v as i64),
+                gpu.utilization_gpu_pct,
+                gpu.power_mw,
+                gpu.energy_mj.map(|v| v as i64),
+                gpu.lost
+            ])
+            .map_err(sql("insert gpu"))?;
+        }
+        let mut p = tx
+            .prepare_cached(
+                "INSERT INTO report_processes (host_id, seq, pid, start_time, gpu_uuids, cmdline, container_id, pod_uid, slurm_job_id, uid, exe) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT DO NOTHING",
+            )
+            .map_err(sql("prepare processes"))?;
+        for proc_ in &r.processes {
+            p.execute(params![
+                host_id,
+                seq,
+                proc_.pid,
+                proc_.start_time_ticks.map(|v| v as i64),
+                serde_json::to_string(&proc_.gpu_uuids).unwrap_or_default(),
+                proc_.cmdline,
+                proc_.container_id,
+                proc_.pod_uid,
+                proc_.slurm_job_id,
+                proc_.uid,
+                proc_.exe
+            ])
+            .map_err(sql("insert process"))?;
+        }
+    }
+    tx.prepare_cached("UPDATE hosts SET last_seq = ?1, last_hash = ?2, last_seen = ?3 WHERE host_id = ?4")
+        .and_then(|mut st| st.execute(params![seq, hash.as_slice(), incoming.received_at, host_id]))
+        .map_err(sql("advance host"))?;
+    tx.prepare_cached("INSERT INTO log_leaves (host_id, seq, leaf_hash) VALUES (?1, ?2, ?3)")
+        .and_then(|mut st| {
+            st.execute(params![
+                host_id,
+                seq,
+                crate::export::merkle::leaf_hash(&log_leaf_data(host_id, r.seq, &hash)).as_slice()
+            ])
+        })
+        .map_err(sql("append to the transparency log"))?;
+    if let Some(g) = &r.gap
+        && g.first_seq <= g.last_seq
+        && g.last_seq < r.seq
+    {
+        tx.prepare_cached("INSERT INTO gap_records (host_id, record_seq, first_seq, last_seq, reason) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING").and_then(|mut st| st.execute(params![host_id, seq, g.first_seq as i64, g.last_seq as i64, g.reason.chars().take(512).collect::<String>()]))
+        .map_err(sql("record gap"))?;
+    }
+    let (jobs, moved) =
+        jobs::account(tx, host_id, tenant.as_deref(), &incoming.process_tenants, r, incoming.received_at)?;
+    let flags = flags_for(&position, &CommitContext { jobs, moved_gpus: moved });
+    for f in &flags {
+        upsert_flag(tx, host_id, tenant.as_deref(), r.seq, incoming.received_at, f)?;
+    }
+    Ok(Commit::Stored { flags: flags.len() })
 }
 
 /// `<hostname>-<first 6 hex of key id>`, sanitised: readable in flags, unique per key.

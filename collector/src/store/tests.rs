@@ -196,3 +196,52 @@ fn decisions_are_recorded_and_audited() {
     let a = s.audit_log(1).expect("audit");
     assert_eq!((a[0].action.as_str(), a[0].detail.as_str()), ("flag.dismissed", "research use, licensed"));
 }
+
+fn pending(host: &str, s: pb::SignedReport, r: pb::UsageReport) -> PendingCommit {
+    PendingCommit {
+        host_id: host.into(),
+        signed: s,
+        decoded: r,
+        received_at: 100,
+        nonce_fresh: true,
+        process_tenants: Vec::new(),
+        flags_for: Box::new(|_, _, _| vec![flag("j")]),
+    }
+}
+
+#[test]
+fn a_batch_commits_each_report_on_its_own_merits() {
+    let t = tempfile::tempdir().expect("tmp");
+    let s = Store::open(t.path()).expect("open");
+    let (ka, kb) = (key(), key());
+    let (a, b) = (enrolled(&s, &ka, "a").host_id, enrolled(&s, &kb, "b").host_id);
+    let (s1, r1) = signed(&ka, &a, 1);
+    assert!(matches!(commit(&s, &a, &s1, &r1, vec![]), Commit::Stored { .. }));
+    let (s2, mut r2) = signed(&ka, &a, 2);
+    r2.prev_report_sha256 = gpuattest_proto::sha256(&s1.report).to_vec();
+    let s2 = gpuattest_proto::sign_report(&ka, prost::Message::encode_to_vec(&r2));
+    let (s3, mut r3) = signed(&ka, &a, 3);
+    r3.prev_report_sha256 = gpuattest_proto::sha256(&s2.report).to_vec();
+    let s3 = gpuattest_proto::sign_report(&ka, prost::Message::encode_to_vec(&r3));
+    let (b1, rb1) = signed(&kb, &b, 1);
+    let results = s.commit_batch(vec![
+        pending(&a, s1.clone(), r1.clone()), // a replay
+        pending(&a, s2, r2),                 // then the next two of the same host, in order
+        pending(&a, s3, r3),
+        pending("nobody", b1.clone(), rb1.clone()), // an unknown host
+        pending(&b, b1, rb1),
+    ]);
+    let kinds: Vec<String> =
+        results.iter().map(|r| format!("{r:?}").split(['(', ' ', '{']).nth(1).unwrap_or("").to_string()).collect();
+    assert!(matches!(results[0], Ok(Commit::Duplicate)), "{kinds:?}");
+    assert!(matches!(results[1], Ok(Commit::Stored { flags: 1 })), "{kinds:?}");
+    assert!(matches!(results[2], Ok(Commit::Stored { .. })), "{kinds:?}");
+    assert!(matches!(results[3], Ok(Commit::HostGone)), "{kinds:?}");
+    assert!(matches!(results[4], Ok(Commit::Stored { .. })), "{kinds:?}");
+    let hosts = s.hosts(None).expect("hosts");
+    let last = |id: &str| hosts.iter().find(|h| h.host_id == id).map(|h| (h.last_seq, h.reports, h.gaps));
+    assert_eq!(last(&a), Some((3, 3, 0)));
+    assert_eq!(last(&b), Some((1, 1, 0)));
+    let v = s.verify_all().expect("verify");
+    assert_eq!((v.checked, v.valid, v.chain_breaks), (4, 4, 0));
+}
