@@ -217,10 +217,10 @@ fn a_batch_commits_each_report_on_its_own_merits() {
     let (a, b) = (enrolled(&s, &ka, "a").host_id, enrolled(&s, &kb, "b").host_id);
     let (s1, r1) = signed(&ka, &a, 1);
     assert!(matches!(commit(&s, &a, &s1, &r1, vec![]), Commit::Stored { .. }));
-    let (s2, mut r2) = signed(&ka, &a, 2);
+    let (_, mut r2) = signed(&ka, &a, 2);
     r2.prev_report_sha256 = gpuattest_proto::sha256(&s1.report).to_vec();
     let s2 = gpuattest_proto::sign_report(&ka, prost::Message::encode_to_vec(&r2));
-    let (s3, mut r3) = signed(&ka, &a, 3);
+    let (_, mut r3) = signed(&ka, &a, 3);
     r3.prev_report_sha256 = gpuattest_proto::sha256(&s2.report).to_vec();
     let s3 = gpuattest_proto::sign_report(&ka, prost::Message::encode_to_vec(&r3));
     let (b1, rb1) = signed(&kb, &b, 1);
