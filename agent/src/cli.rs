@@ -59,14 +59,36 @@ pub fn status(state_dir: &Path, json: bool) -> Result {
 ///
 /// # Errors
 /// When NVML cannot be loaded (one line naming the library) or cannot list GPUs.
-pub fn inspect(nvml_lib: &Path, paths: HostPaths, kubelet: crate::config::KubeletFlags, json: bool) -> Result {
+pub fn inspect(
+    nvml_lib: &Path,
+    paths: HostPaths,
+    kubelet: crate::config::KubeletFlags,
+    attest_nonce: Option<&str>,
+    json: bool,
+) -> Result {
+    let nonce = match attest_nonce {
+        None => None,
+        Some(h) => {
+            let bytes = crate::run::hex_decode(h);
+            let ok = h.len() == 64 && bytes.len() == 32;
+            Some(<[u8; 32]>::try_from(bytes.as_slice()).ok().filter(|_| ok).ok_or_else(|| {
+                fail(
+                    64,
+                    format!(
+                        "--attest-nonce must be 64 hex digits (32 bytes), not {:?}",
+                        h.chars().take(80).collect::<String>()
+                    ),
+                )
+            })?)
+        }
+    };
     let kubelet = kubelet.resolve(&FileConfig::default()).map_err(|e| fail(78, e))?;
     let gpus = NvmlSource::open(nvml_lib).map_err(|e| fail(1, e))?;
     let mut observer = Observer::new(Box::new(gpus), paths);
     if let Some(k) = kubelet {
         observer = observer.with_pods(Box::new(crate::kubelet::Kubelet::new(k).map_err(|e| fail(78, e))?));
     }
-    let obs = observer.observe(crate::run::now_ms()).map_err(|e| fail(1, e))?;
+    let obs = observer.observe_with(crate::run::now_ms(), nonce).map_err(|e| fail(1, e))?;
     if json {
         return print_json(&obs);
     }

@@ -67,6 +67,9 @@ enum Cmd {
     Inspect {
         #[command(flatten)]
         host: HostArgs,
+        /// Ask GPUs in confidential-computing mode for attestation reports bound to this nonce (64 hex digits).
+        #[arg(long)]
+        attest_nonce: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -178,10 +181,10 @@ fn main() -> ExitCode {
                 Err(e) => Err(cli::CliError { code: 78, message: e }),
             }
         }
-        Cmd::Inspect { host, json } => {
+        Cmd::Inspect { host, attest_nonce, json } => {
             let kubelet = host.kubelet();
             let (lib, paths) = host.split();
-            cli::inspect(&lib, paths, kubelet, json)
+            cli::inspect(&lib, paths, kubelet, attest_nonce.as_deref(), json)
         }
         Cmd::Bench { host, iterations, scratch } => {
             let (lib, paths) = host.split();

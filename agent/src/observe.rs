@@ -110,6 +110,10 @@ pub struct Observation {
     pub accelerators: Vec<Accelerator>,
     /// Changes since the previous observation.
     pub events: Vec<Event>,
+    /// Confidential-computing state of the host's GPUs.
+    pub confidential_compute: crate::gpu::ConfCompute,
+    /// GPU attestation reports bound to the collector's latest nonce (made once per new nonce).
+    pub attestations: Vec<crate::gpu::Attestation>,
 }
 
 /// Where the observer reads the host from.
@@ -168,6 +172,8 @@ pub struct Observer {
     previous: Option<BTreeMap<String, (u32, String)>>,
     /// Kubernetes enrichment (the kubelet's pod list), when configured.
     pods: Option<Box<dyn crate::kubelet::PodDirectory>>,
+    /// The nonce the GPUs last attested to.
+    attested_nonce: Option<[u8; 32]>,
 }
 
 fn read_trimmed(path: &std::path::Path) -> String {
@@ -186,6 +192,7 @@ impl Observer {
             models: crate::models::Cache::default(),
             previous: None,
             pods: None,
+            attested_nonce: None,
         }
     }
 
@@ -217,6 +224,15 @@ impl Observer {
     /// Only when the GPU source cannot list GPUs at all; per-GPU and per-process failures are recorded
     /// in the observation instead.
     pub fn observe(&mut self, now_unix_ms: i64) -> Result<Observation, GpuError> {
+        self.observe_with(now_unix_ms, None)
+    }
+
+    /// Takes one observation; when `nonce` is new and the GPUs are in confidential-computing mode, it
+    /// carries their attestation reports bound to it.
+    ///
+    /// # Errors
+    /// As [`Observer::observe`].
+    pub fn observe_with(&mut self, now_unix_ms: i64, nonce: Option<[u8; 32]>) -> Result<Observation, GpuError> {
         let mut snapshot = self.gpus.observe()?;
         let events = self.changes(&mut snapshot.gpus);
         let mut by_pid: BTreeMap<u32, Vec<String>> = BTreeMap::new();
@@ -269,6 +285,13 @@ impl Observer {
             Some((h, a, _, _)) => (h.clone(), a.clone()),
             None => (self.host_facts(), Vec::new()),
         };
+        let attestations = match nonce {
+            Some(n) if snapshot.confidential_compute.enabled == Some(true) && self.attested_nonce != Some(n) => {
+                self.attested_nonce = Some(n);
+                self.gpus.attest(&n)
+            }
+            _ => Vec::new(),
+        };
         Ok(Observation {
             observed_at_unix_ms: now_unix_ms,
             host,
@@ -279,6 +302,8 @@ impl Observer {
             processes,
             accelerators,
             events,
+            confidential_compute: snapshot.confidential_compute,
+            attestations,
         })
     }
 
@@ -495,7 +520,13 @@ mod tests {
     }
 
     fn snap(gpus: Vec<GpuObservation>) -> GpuSnapshot {
-        GpuSnapshot { source: "test".into(), driver_version: None, cuda_driver_version: None, gpus }
+        GpuSnapshot {
+            source: "test".into(),
+            driver_version: None,
+            cuda_driver_version: None,
+            gpus,
+            ..Default::default()
+        }
     }
 
     #[test]

@@ -178,6 +178,28 @@ pub fn build(obs: &Observation, ctx: &ReportContext) -> pb::UsageReport {
             .map(|e| pb::Event { kind: e.kind.clone(), gpu_uuid: e.gpu_uuid.clone(), detail: e.detail.clone() })
             .collect(),
         gap: ctx.gap.clone(),
+        confidential_compute: Some(pb::ConfidentialCompute {
+            enabled: obs.confidential_compute.enabled,
+            accepting_work: obs.confidential_compute.accepting_work,
+            unavailable: obs.confidential_compute.unavailable.clone().unwrap_or_default(),
+        }),
+        attestations: obs
+            .attestations
+            .iter()
+            .map(|a| {
+                use base64::Engine;
+                let d = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).unwrap_or_default();
+                pb::GpuAttestation {
+                    gpu_uuid: a.gpu_uuid.clone(),
+                    nonce: crate::run::hex_decode(&a.nonce_hex),
+                    report: d(&a.report_base64),
+                    cec_report: d(&a.cec_report_base64),
+                    cert_chain: d(&a.cert_chain_base64),
+                    attestation_cert_chain: d(&a.attestation_cert_chain_base64),
+                    error: a.error.clone().unwrap_or_default(),
+                }
+            })
+            .collect(),
     }
 }
 

@@ -147,7 +147,7 @@ impl Shared {
     }
 }
 
-fn hex_decode(s: &str) -> Vec<u8> {
+pub(crate) fn hex_decode(s: &str) -> Vec<u8> {
     (0..s.len() / 2).filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()).collect()
 }
 
@@ -253,7 +253,9 @@ pub async fn run(cfg: RunConfig, mut observer: Observer, mut shutdown: watch::Re
         }
         let obs_handle = observer.clone();
         let now = now_ms();
-        let obs = match tokio::task::spawn_blocking(move || lock(&obs_handle).observe(now)).await {
+        // The collector's latest nonce: GPUs in confidential-computing mode attest to it once.
+        let nonce = <[u8; 32]>::try_from(lock(&shared.nonce).as_slice()).ok();
+        let obs = match tokio::task::spawn_blocking(move || lock(&obs_handle).observe_with(now, nonce)).await {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => {
                 error!(error = %e, "observation failed; retrying at the next interval");

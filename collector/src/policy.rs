@@ -662,6 +662,25 @@ impl Policy {
             }
         }
         flags.extend(self.gpu_change_flags(host, report));
+        // A GPU attestation must answer this collector's nonce; one that answers another was replayed.
+        for a in report.attestations.iter().filter(|a| a.error.is_empty() && a.nonce != report.collector_nonce) {
+            flags.push(NewFlag {
+                rule: "gpu-attestation".into(),
+                severity: Severity::High.as_str().into(),
+                job_key: format!("attestation:{}", a.gpu_uuid),
+                summary: format!(
+                    "{}: GPU {}'s attestation report answers a nonce the collector did not give this report: replayed or forged evidence",
+                    host.hostname, a.gpu_uuid
+                ),
+                pid: None,
+                gpu_uuids: vec![a.gpu_uuid.clone()],
+                evidence: json!({"gpu_uuid": a.gpu_uuid, "attested_nonce": gpuattest_proto::hex(&a.nonce),
+                    "report_nonce": gpuattest_proto::hex(&report.collector_nonce), "report_seq": report.seq}),
+                policy_digest: self.digest.clone(),
+                job_host: None,
+                tenant: None,
+            });
+        }
         let skew = report.agent_time_unix_ms - receipt.received_at;
         if receipt.nonce_fresh && skew.abs() > self.integrity.max_clock_skew_ms {
             flags.push(NewFlag {

@@ -152,5 +152,14 @@ pub fn report_json(r: &gpuattest_proto::pb::UsageReport) -> serde_json::Value {
             "vendor_id": format!("0x{:04x}", a.vendor_id), "device_id": format!("0x{:04x}", a.device_id)})).collect::<Vec<_>>(),
         "events": r.events.iter().map(|e| json!({"kind": e.kind, "gpu_uuid": e.gpu_uuid, "detail": e.detail})).collect::<Vec<_>>(),
         "gap": r.gap.as_ref().map(|g| json!({"first_seq": g.first_seq, "last_seq": g.last_seq, "reason": g.reason})),
+        "confidential_compute": r.confidential_compute.as_ref().map(|c| json!({"enabled": c.enabled,
+            "accepting_work": c.accepting_work, "unavailable": c.unavailable})),
+        "attestations": r.attestations.iter().map(|a| json!({
+            "gpu_uuid": a.gpu_uuid, "nonce": gpuattest_proto::hex(&a.nonce),
+            "bound_to_this_report_nonce": !a.nonce.is_empty() && a.nonce == r.collector_nonce,
+            "report_bytes": a.report.len(), "report_sha256": gpuattest_proto::hex(&gpuattest_proto::sha256(&a.report)),
+            "cec_report_bytes": a.cec_report.len(), "cert_chain_bytes": a.cert_chain.len(),
+            "attestation_cert_chain_bytes": a.attestation_cert_chain.len(), "error": a.error,
+        })).collect::<Vec<_>>(),
     })
 }

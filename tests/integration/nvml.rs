@@ -147,3 +147,58 @@ fn energy_counter_advances_with_power() {
     let first = inspect(r#"{"gpus": [{"power_mw": 700000, "energy_mj": 5000}]}"#);
     assert!(first["gpus"][0]["energy_mj"].as_u64().is_some_and(|e| (5000..5000 + 700 * 5_000).contains(&e)), "{first}");
 }
+
+fn inspect_with_nonce(scenario: &str, nonce: &str) -> (i32, Value, String) {
+    let t = tempfile::tempdir().expect("tmp");
+    let path = t.path().join("scenario.json");
+    std::fs::write(&path, scenario).expect("write");
+    let (code, out, err) = run(Command::new(bin("gpuattest-agent"))
+        .args(["inspect", "--json", "--attest-nonce", nonce, "--nvml-lib"])
+        .arg(sim_lib())
+        .arg("--sys-root")
+        .arg(t.path())
+        .env("GPUATTEST_NVML_SIM", &path));
+    (code, serde_json::from_str(&out).unwrap_or(Value::Null), err)
+}
+
+#[test]
+fn confidential_computing_gpus_attest_to_the_nonce_they_are_given() {
+    use base64::Engine;
+    let nonce = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let (code, obs, err) = inspect_with_nonce(r#"{"seed": "cc", "confidential_compute": {}, "gpus": [{}, {}]}"#, nonce);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(obs["confidential_compute"], json!({"enabled": true, "accepting_work": true, "unavailable": null}));
+    let atts = obs["attestations"].as_array().expect("attestations");
+    assert_eq!(atts.len(), 2);
+    for (a, g) in atts.iter().zip(obs["gpus"].as_array().expect("gpus")) {
+        assert_eq!(a["gpu_uuid"], g["uuid"]);
+        assert_eq!(a["nonce_hex"], nonce);
+        assert_eq!(a["error"], Value::Null, "{a}");
+        let report =
+            base64::engine::general_purpose::STANDARD.decode(a["report_base64"].as_str().expect("b64")).expect("b64");
+        let nonce_bytes: Vec<u8> =
+            (0..32).map(|i| u8::from_str_radix(&nonce[2 * i..2 * i + 2], 16).expect("hex")).collect();
+        assert!(report.ends_with(&nonce_bytes), "the report is bound to the nonce");
+        assert!(
+            report
+                .windows(g["uuid"].as_str().expect("uuid").len())
+                .any(|w| w == g["uuid"].as_str().expect("uuid").as_bytes())
+        );
+        assert!(!a["cert_chain_base64"].as_str().unwrap_or_default().is_empty());
+    }
+    // CC present but off: state read, nothing attested.
+    let (_, off, _) = inspect_with_nonce(
+        r#"{"confidential_compute": {"enabled": false, "accepting_work": false}, "gpus": [{}]}"#,
+        nonce,
+    );
+    assert_eq!(off["confidential_compute"]["enabled"], false);
+    assert_eq!(off["attestations"], json!([]));
+    // A driver without confidential computing (the default): the reason, and the observation goes on.
+    let (_, plain, _) = inspect_with_nonce(r#"{"gpus": [{}]}"#, nonce);
+    assert_eq!(plain["confidential_compute"]["unavailable"], "not supported");
+    assert_eq!(plain["gpus"].as_array().map(Vec::len), Some(1));
+    // A bad nonce is a usage error with one line.
+    let (code, _, err) = inspect_with_nonce("{}", "abc");
+    assert_eq!(code, 64);
+    assert!(err.trim().lines().count() == 1 && err.contains("--attest-nonce"), "{err}");
+}

@@ -150,3 +150,59 @@ async fn skewed_clocks_rewritten_chains_and_gpu_changes_are_flagged() {
         "{sev:?}"
     );
 }
+
+#[test]
+fn confidential_computing_gpus_attest_once_per_stream_to_the_collectors_nonce() {
+    use gpuattest_tests::http_get;
+    let t = tempfile::tempdir().expect("tmp");
+    let data = t.path().join("data");
+    let c = Collector::start(&data);
+    let n = node(t.path(), "node-cc", &[]);
+    std::fs::write(&n.scenario, r#"{"seed": "node-cc", "confidential_compute": {}, "gpus": [{}, {}]}"#)
+        .expect("scenario");
+    let mut a = start_agent(&c.url(), &n, &token(&data, "enroll", None), "200ms", &[]);
+    wait_for("reports", Duration::from_secs(30), || (reports(&data, "node-cc") >= 8).then_some(()));
+    a.stop();
+    let h = host(&data, "node-cc").expect("host");
+    let id = h["host_id"].as_str().expect("id").to_string();
+    let rev = token(&data, "reviewer", None);
+    let mut with = Vec::new();
+    for seq in 1..=h["last_seq"].as_u64().expect("seq") {
+        let (code, body) = http_get(&c.http, &format!("/api/v1/reports/{id}/{seq}"), Some(&rev));
+        assert_eq!(code, 200, "{body}");
+        let r: Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(r["decoded"]["confidential_compute"]["enabled"], true);
+        let atts = r["decoded"]["attestations"].as_array().cloned().unwrap_or_default();
+        if !atts.is_empty() {
+            with.push((seq, atts));
+        }
+    }
+    assert_eq!(with.len(), 1, "one stream, one nonce, one set of attestations: {with:?}");
+    let (_, atts) = &with[0];
+    assert_eq!(atts.len(), 2);
+    assert!(
+        atts.iter().all(|x| x["bound_to_this_report_nonce"] == true && x["report_bytes"].as_u64() > Some(32)),
+        "{atts:?}"
+    );
+    assert!(rule(&data, "gpu-attestation").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attestation_answering_another_nonce_is_flagged() {
+    let t = tempfile::tempdir().expect("tmp");
+    let data = t.path().join("data");
+    let c = Collector::start(&data);
+    let (key, id, mut s) = raw_host(&c, &data, "raw-cc").await;
+    let mut r = report(&id, 1, &[], "python serve.py");
+    r.collector_nonce = s.challenge.nonce.clone();
+    r.attestations = vec![pb::GpuAttestation {
+        gpu_uuid: "GPU-00000000-1111-2222-3333-444444444444".into(),
+        nonce: vec![9; 32],
+        report: b"an old report".to_vec(),
+        ..Default::default()
+    }];
+    acked(s.next_after(sign(&key, &r)).await, 1);
+    let f = rule(&data, "gpu-attestation");
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0]["severity"], "high");
+}

@@ -41,6 +41,43 @@ pub trait GpuSource: Send {
     /// [`GpuError::Call`] when the driver cannot even list its GPUs; a single GPU's failures are carried
     /// inside its [`GpuObservation`] instead, so the rest of the observation goes on.
     fn observe(&mut self) -> Result<GpuSnapshot, GpuError>;
+
+    /// Asks every GPU in confidential-computing mode for its attestation report bound to `nonce`, with
+    /// its certificate chains. Sources without confidential computing return nothing.
+    fn attest(&mut self, _nonce: &[u8; 32]) -> Vec<Attestation> {
+        Vec::new()
+    }
+}
+
+/// Confidential computing as the driver reports it (system-wide in NVML).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ConfCompute {
+    /// CC mode is on.
+    pub enabled: Option<bool>,
+    /// The GPUs accept client work (`GpusReadyState`).
+    pub accepting_work: Option<bool>,
+    /// Why the state could not be read (most GPUs and drivers: not supported).
+    pub unavailable: Option<String>,
+}
+
+/// One GPU's attestation report and certificates, raw, bound to a nonce. The collector (or anyone with
+/// NVIDIA's verifier) checks them; the agent only carries them.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Attestation {
+    /// GPU.
+    pub gpu_uuid: String,
+    /// The nonce asked with, hex.
+    pub nonce_hex: String,
+    /// The SPDM attestation report, base64.
+    pub report_base64: String,
+    /// The CEC attestation report where present, base64.
+    pub cec_report_base64: String,
+    /// The device certificate chain, base64.
+    pub cert_chain_base64: String,
+    /// The attestation certificate chain, base64.
+    pub attestation_cert_chain_base64: String,
+    /// Why there is none, when there is none.
+    pub error: Option<String>,
 }
 
 /// Every GPU at one instant, plus facts about the driver.
@@ -54,6 +91,8 @@ pub struct GpuSnapshot {
     pub cuda_driver_version: Option<String>,
     /// The GPUs, in NVML index order.
     pub gpus: Vec<GpuObservation>,
+    /// Confidential-computing state.
+    pub confidential_compute: ConfCompute,
 }
 
 /// One GPU at one instant.

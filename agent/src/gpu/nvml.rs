@@ -10,8 +10,8 @@ use nvml_wrapper::struct_wrappers::device::ProcessInfo;
 use tracing::{debug, warn};
 
 use super::{
-    GpuError, GpuObservation, GpuProcessUsage, GpuSnapshot, GpuSource, MigDevice, ProcessAccounting,
-    ProcessUtilization, Unavailable,
+    Attestation, ConfCompute, GpuError, GpuObservation, GpuProcessUsage, GpuSnapshot, GpuSource, MigDevice,
+    ProcessAccounting, ProcessUtilization, Unavailable,
 };
 
 /// GPUs read through NVML.
@@ -99,7 +99,75 @@ fn usage(p: ProcessInfo, mps: bool) -> GpuProcessUsage {
     }
 }
 
+impl NvmlSource {
+    /// CC state: system-wide in NVML, read through the first GPU's handle (nvml-wrapper's API).
+    fn conf_compute(&self, count: u32) -> ConfCompute {
+        if count == 0 {
+            return ConfCompute { unavailable: Some("no GPU".into()), ..ConfCompute::default() };
+        }
+        let device = match self.nvml.device_by_index(0) {
+            Ok(d) => d,
+            Err(e) => return ConfCompute { unavailable: Some(reason(&e)), ..ConfCompute::default() },
+        };
+        match device.is_cc_enabled() {
+            Ok(enabled) => ConfCompute {
+                enabled: Some(enabled),
+                accepting_work: device.get_confidential_compute_state().ok(),
+                unavailable: None,
+            },
+            Err(e) => ConfCompute { unavailable: Some(reason(&e)), ..ConfCompute::default() },
+        }
+    }
+}
+
+/// Runs an nvml-wrapper call that slices buffers by sizes the driver reports: a driver that reports
+/// more than the buffer holds would panic inside the wrapper; here that is an error for this GPU only.
+fn guarded<T>(f: impl FnOnce() -> Result<T, NvmlError>) -> Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(|e| reason(&e)),
+        Err(_) => Err("the driver reported a size larger than its buffer".into()),
+    }
+}
+
 impl GpuSource for NvmlSource {
+    fn attest(&mut self, nonce: &[u8; 32]) -> Vec<Attestation> {
+        use base64::Engine;
+        let count = self.nvml.device_count().unwrap_or(0);
+        if self.conf_compute(count).enabled != Some(true) {
+            return Vec::new();
+        }
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut out = Vec::new();
+        for index in 0..count {
+            let Ok(device) = self.nvml.device_by_index(index) else { continue };
+            let mut a = Attestation {
+                gpu_uuid: device.uuid().unwrap_or_default(),
+                nonce_hex: gpuattest_proto::hex(nonce),
+                ..Attestation::default()
+            };
+            match guarded(|| device.confidential_compute_gpu_attestation_report(*nonce)) {
+                Ok(r) => {
+                    a.report_base64 = b64.encode(&r.attestation_report);
+                    if r.is_cec_attestation_report_present {
+                        a.cec_report_base64 = b64.encode(&r.cec_attestation_report);
+                    }
+                }
+                Err(e) => a.error = Some(format!("attestation report: {e}")),
+            }
+            match guarded(|| device.confidential_compute_gpu_certificate()) {
+                Ok(c) => {
+                    a.cert_chain_base64 = b64.encode(&c.cert_chain);
+                    a.attestation_cert_chain_base64 = b64.encode(&c.attestation_cert_chain);
+                }
+                Err(e) => {
+                    a.error = Some(a.error.map_or(format!("certificate: {e}"), |p| format!("{p}; certificate: {e}")))
+                }
+            }
+            out.push(a);
+        }
+        out
+    }
+
     fn observe(&mut self) -> Result<GpuSnapshot, GpuError> {
         let count =
             self.nvml.device_count().map_err(|e| GpuError::Call { call: "nvmlDeviceGetCount", reason: reason(&e) })?;
@@ -208,6 +276,7 @@ impl GpuSource for NvmlSource {
             gpus.push(obs);
         }
         Ok(GpuSnapshot {
+            confidential_compute: self.conf_compute(count),
             source: if self.simulated { "simulated" } else { "nvml" }.into(),
             driver_version: self.nvml.sys_driver_version().ok(),
             cuda_driver_version: self

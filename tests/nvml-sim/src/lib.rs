@@ -687,6 +687,134 @@ pub unsafe extern "C" fn nvmlDeviceGetAccountingStats(
     done(r.and_then(|v| unsafe { write_out(stats, v) }))
 }
 
+// ---- Confidential computing -------------------------------------------------------------------------
+
+fn cc<T>(f: impl FnOnce(&scenario::ConfComputeSpec) -> T) -> Result<T, nvmlReturn_t> {
+    with_state(|s| s.scenario.confidential_compute.as_ref().map(f).ok_or(sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED))
+}
+
+fn environment(spec: &scenario::ConfComputeSpec) -> c_uint {
+    if spec.environment == "sim" { sys::NVML_CC_SYSTEM_ENVIRONMENT_SIM } else { sys::NVML_CC_SYSTEM_ENVIRONMENT_PROD }
+}
+
+/// `nvmlSystemGetConfComputeState`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlSystemGetConfComputeState(state: *mut sys::nvmlConfComputeSystemState_t) -> nvmlReturn_t {
+    let r = cc(|c| sys::nvmlConfComputeSystemState_t {
+        environment: environment(c),
+        ccFeature: if c.enabled { sys::NVML_CC_SYSTEM_FEATURE_ENABLED } else { sys::NVML_CC_SYSTEM_FEATURE_DISABLED },
+        devToolsMode: sys::NVML_CC_SYSTEM_DEVTOOLS_MODE_OFF,
+    });
+    // SAFETY: NVML's contract: `state` is valid for a write of one struct.
+    done(r.and_then(|v| unsafe { write_out(state, v) }))
+}
+
+/// `nvmlSystemGetConfComputeSettings` (a versioned struct: the caller sets `version`).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlSystemGetConfComputeSettings(
+    settings: *mut sys::nvmlSystemConfComputeSettings_t,
+) -> nvmlReturn_t {
+    if settings.is_null() {
+        return sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT;
+    }
+    let expected = (std::mem::size_of::<sys::nvmlSystemConfComputeSettings_v1_t>() | (1 << 24)) as c_uint;
+    // SAFETY: non-null, and NVML's contract makes it valid for reads and writes of one struct.
+    if unsafe { (*settings).version } != expected {
+        return sys::nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    }
+    let r = cc(|c| sys::nvmlSystemConfComputeSettings_v1_t {
+        version: expected,
+        environment: environment(c),
+        ccFeature: if c.enabled { sys::NVML_CC_SYSTEM_FEATURE_ENABLED } else { sys::NVML_CC_SYSTEM_FEATURE_DISABLED },
+        devToolsMode: sys::NVML_CC_SYSTEM_DEVTOOLS_MODE_OFF,
+        multiGpuMode: sys::NVML_CC_SYSTEM_MULTIGPU_NONE,
+    });
+    // SAFETY: as above.
+    done(r.and_then(|v| unsafe { write_out(settings, v) }))
+}
+
+/// `nvmlSystemGetConfComputeGpusReadyState`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlSystemGetConfComputeGpusReadyState(ready: *mut c_uint) -> nvmlReturn_t {
+    let r = cc(|c| {
+        if c.accepting_work {
+            sys::NVML_CC_ACCEPTING_CLIENT_REQUESTS_TRUE
+        } else {
+            sys::NVML_CC_ACCEPTING_CLIENT_REQUESTS_FALSE
+        }
+    });
+    // SAFETY: NVML's contract: `ready` is valid for a write.
+    done(r.and_then(|v| unsafe { write_out(ready, v) }))
+}
+
+/// The simulated SPDM report: a marker that nobody could mistake for NVIDIA's, the GPU's UUID and the
+/// caller's nonce, so a test can check the report is bound to the nonce it asked with.
+pub const SIM_REPORT_MARKER: &[u8] = b"GPUATTEST-SIMULATED-ATTESTATION-REPORT;uuid=";
+
+/// `nvmlDeviceGetConfComputeGpuAttestationReport`: the caller sets `nonce`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetConfComputeGpuAttestationReport(
+    device: nvmlDevice_t,
+    report: *mut sys::nvmlConfComputeGpuAttestationReport_t,
+) -> nvmlReturn_t {
+    if report.is_null() {
+        return sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT;
+    }
+    let r = with_gpu(device, "nvmlDeviceGetConfComputeGpuAttestationReport", "confidential_compute", |t, s| {
+        s.scenario.confidential_compute.as_ref().filter(|c| c.enabled).map(|_| t.gpu.uuid.clone())
+    })
+    .and_then(|u| u.ok_or(sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED));
+    let uuid = match r {
+        Ok(u) => u,
+        Err(e) => return e,
+    };
+    // SAFETY: non-null, valid for reads and writes of one struct by NVML's contract.
+    let out = unsafe { &mut *report };
+    let mut body = SIM_REPORT_MARKER.to_vec();
+    body.extend_from_slice(uuid.as_bytes());
+    body.extend_from_slice(b";nonce=");
+    body.extend_from_slice(&out.nonce);
+    let n = body.len().min(out.attestationReport.len());
+    out.attestationReport[..n].copy_from_slice(&body[..n]);
+    out.attestationReportSize = n as c_uint;
+    out.isCecAttestationReportPresent = 0;
+    out.cecAttestationReportSize = 0;
+    SUCCESS
+}
+
+/// `nvmlDeviceGetConfComputeGpuCertificate`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetConfComputeGpuCertificate(
+    device: nvmlDevice_t,
+    cert: *mut sys::nvmlConfComputeGpuCertificate_t,
+) -> nvmlReturn_t {
+    if cert.is_null() {
+        return sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT;
+    }
+    let r = with_gpu(device, "nvmlDeviceGetConfComputeGpuCertificate", "confidential_compute", |t, s| {
+        s.scenario.confidential_compute.as_ref().filter(|c| c.enabled).map(|_| t.gpu.uuid.clone())
+    })
+    .and_then(|u| u.ok_or(sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED));
+    let uuid = match r {
+        Ok(u) => u,
+        Err(e) => return e,
+    };
+    // SAFETY: as above.
+    let out = unsafe { &mut *cert };
+    let chain =
+        format!("-----BEGIN CERTIFICATE-----\nSIMULATED DEVICE CERTIFICATE FOR {uuid}\n-----END CERTIFICATE-----\n");
+    let att = format!(
+        "-----BEGIN CERTIFICATE-----\nSIMULATED ATTESTATION CERTIFICATE FOR {uuid}\n-----END CERTIFICATE-----\n"
+    );
+    let n = chain.len().min(out.certChain.len());
+    out.certChain[..n].copy_from_slice(&chain.as_bytes()[..n]);
+    out.certChainSize = n as c_uint;
+    let m = att.len().min(out.attestationCertChain.len());
+    out.attestationCertChain[..m].copy_from_slice(&att.as_bytes()[..m]);
+    out.attestationCertChainSize = m as c_uint;
+    SUCCESS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,26 @@ pub struct Scenario {
     pub init_error: Option<String>,
     /// The GPUs; absent means eight default H100s.
     pub gpus: Option<Vec<GpuSpec>>,
+    /// Confidential computing on this host (absent: the driver does not support it, as on most hosts).
+    pub confidential_compute: Option<ConfComputeSpec>,
+}
+
+/// A host in confidential-computing mode (system-wide in NVML; attestation per GPU).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfComputeSpec {
+    /// CC on (`ccFeature`).
+    pub enabled: bool,
+    /// The GPUs accept client work (`nvmlSystemGetConfComputeGpusReadyState`).
+    pub accepting_work: bool,
+    /// `prod` or `sim` (`environment`).
+    pub environment: String,
+}
+
+impl Default for ConfComputeSpec {
+    fn default() -> Self {
+        ConfComputeSpec { enabled: true, accepting_work: true, environment: "prod".into() }
+    }
 }
 
 impl Default for Scenario {
@@ -32,6 +52,7 @@ impl Default for Scenario {
             cuda_driver_version: 12040,
             init_error: None,
             gpus: None,
+            confidential_compute: None,
         }
     }
 }
