@@ -747,6 +747,14 @@ pub unsafe extern "C" fn nvmlSystemGetConfComputeGpusReadyState(ready: *mut c_ui
     done(r.and_then(|v| unsafe { write_out(ready, v) }))
 }
 
+/// The UUID of a GPU on a host in CC mode (`NOT_SUPPORTED` otherwise), through the usual fault checks.
+fn cc_gpu_uuid(device: nvmlDevice_t, call: &str) -> Result<String, nvmlReturn_t> {
+    with_gpu(device, call, "confidential_compute", |t, s| {
+        s.scenario.confidential_compute.as_ref().filter(|c| c.enabled).map(|_| t.gpu.uuid.clone())
+    })
+    .and_then(|u| u.ok_or(sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED))
+}
+
 /// The simulated SPDM report: a marker that nobody could mistake for NVIDIA's, the GPU's UUID and the
 /// caller's nonce, so a test can check the report is bound to the nonce it asked with.
 pub const SIM_REPORT_MARKER: &[u8] = b"GPUATTEST-SIMULATED-ATTESTATION-REPORT;uuid=";
@@ -760,11 +768,7 @@ pub unsafe extern "C" fn nvmlDeviceGetConfComputeGpuAttestationReport(
     if report.is_null() {
         return sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT;
     }
-    let r = with_gpu(device, "nvmlDeviceGetConfComputeGpuAttestationReport", "confidential_compute", |t, s| {
-        s.scenario.confidential_compute.as_ref().filter(|c| c.enabled).map(|_| t.gpu.uuid.clone())
-    })
-    .and_then(|u| u.ok_or(sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED));
-    let uuid = match r {
+    let uuid = match cc_gpu_uuid(device, "nvmlDeviceGetConfComputeGpuAttestationReport") {
         Ok(u) => u,
         Err(e) => return e,
     };
@@ -791,11 +795,7 @@ pub unsafe extern "C" fn nvmlDeviceGetConfComputeGpuCertificate(
     if cert.is_null() {
         return sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT;
     }
-    let r = with_gpu(device, "nvmlDeviceGetConfComputeGpuCertificate", "confidential_compute", |t, s| {
-        s.scenario.confidential_compute.as_ref().filter(|c| c.enabled).map(|_| t.gpu.uuid.clone())
-    })
-    .and_then(|u| u.ok_or(sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED));
-    let uuid = match r {
+    let uuid = match cc_gpu_uuid(device, "nvmlDeviceGetConfComputeGpuCertificate") {
         Ok(u) => u,
         Err(e) => return e,
     };
