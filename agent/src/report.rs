@@ -119,6 +119,12 @@ pub fn build(obs: &Observation, ctx: &ReportContext) -> pb::UsageReport {
                     .map(|u| pb::FieldError { field: u.field.clone(), reason: u.reason.clone() })
                     .collect(),
                 lost: g.lost,
+                fabric: g.fabric.as_ref().map(|f| pb::GpuFabric {
+                    cluster_uuid: f.cluster_uuid.clone(),
+                    clique_id: f.clique_id,
+                    state: u32::from(f.state),
+                    status: f.status,
+                }),
             })
             .collect(),
         processes: obs

@@ -137,6 +137,7 @@ pub fn report_json(r: &gpuattest_proto::pb::UsageReport) -> serde_json::Value {
             "index": g.index, "uuid": g.uuid, "serial": g.serial, "name": g.name, "pci_bus_id": g.pci_bus_id,
             "utilization_gpu_pct": g.utilization_gpu_pct, "memory_used_bytes": g.memory_used_bytes,
             "power_mw": g.power_mw, "energy_mj": g.energy_mj, "lost": g.lost,
+            "fabric": g.fabric.as_ref().map(|f| json!({"cluster_uuid": f.cluster_uuid, "clique_id": f.clique_id, "state": f.state})),
             "processes": g.processes.iter().map(|p| json!({"pid": p.pid, "used_memory_bytes": p.used_memory_bytes})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "processes": r.processes.iter().map(|p| json!({

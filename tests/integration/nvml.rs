@@ -202,3 +202,23 @@ fn confidential_computing_gpus_attest_to_the_nonce_they_are_given() {
     assert_eq!(code, 64);
     assert!(err.trim().lines().count() == 1 && err.contains("--attest-nonce"), "{err}");
 }
+
+#[test]
+fn nvlink_fabric_cluster_and_clique_are_read_where_the_driver_has_them() {
+    let obs = inspect(
+        r#"{"seed": "nvl72", "gpus": [
+            {"name": "NVIDIA GB200", "fabric": {"cluster_uuid": "5f2d0c6e-8a1b-4c3d-9e7f-0a1b2c3d4e5f", "clique_id": 32766, "state": 3}},
+            {},
+            {"missing": ["nvmlDeviceGetGpuFabricInfo"]}
+        ]}"#,
+    );
+    let g = obs["gpus"].as_array().expect("gpus");
+    assert_eq!(
+        g[0]["fabric"],
+        json!({"cluster_uuid": "5f2d0c6e-8a1b-4c3d-9e7f-0a1b2c3d4e5f", "clique_id": 32766, "state": 3, "status": 0})
+    );
+    assert_eq!((g[1]["fabric"].clone(), g[1]["fabric_unavailable"].clone()), (Value::Null, json!("not supported")));
+    assert_eq!(g[2]["fabric_unavailable"], "driver lacks this call");
+    // Fabric information is optional: it never marks the GPU's other fields unavailable.
+    assert!(g.iter().all(|x| x["unavailable"].as_array().is_some_and(|u| u.iter().all(|e| e["field"] != "fabric"))));
+}

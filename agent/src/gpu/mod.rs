@@ -152,6 +152,23 @@ pub struct GpuObservation {
     pub unavailable: Vec<Unavailable>,
     /// The GPU fell off the bus or could not be opened.
     pub lost: bool,
+    /// Its place in an NVLink fabric (cluster and clique), where the driver reports one.
+    pub fabric: Option<Fabric>,
+    /// Why there is no fabric information (most GPUs: not supported).
+    pub fabric_unavailable: Option<String>,
+}
+
+/// A GPU's NVLink fabric membership.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Fabric {
+    /// Fabric cluster UUID.
+    pub cluster_uuid: String,
+    /// Clique (NVLink partition) id.
+    pub clique_id: u32,
+    /// Registration state: 0 not supported, 1 not started, 2 in progress, 3 completed.
+    pub state: u8,
+    /// Fabric manager status (NVML return code).
+    pub status: u32,
 }
 
 /// A process's use of one GPU.

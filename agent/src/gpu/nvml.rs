@@ -184,6 +184,17 @@ impl GpuSource for NvmlSource {
                     continue;
                 }
             };
+            match gpuattest_nvml_ext::fabric_info(&self.nvml, &device) {
+                Ok(f) => {
+                    obs.fabric = Some(super::Fabric {
+                        cluster_uuid: f.cluster_uuid,
+                        clique_id: f.clique_id,
+                        state: f.state,
+                        status: f.status,
+                    });
+                }
+                Err(r) => obs.fabric_unavailable = Some(r),
+            }
             let (u, l) = (&mut obs.unavailable, &mut obs.lost);
             obs.uuid = field(u, l, "uuid", device.uuid()).unwrap_or_default();
             obs.serial = field(u, l, "serial", device.serial()).unwrap_or_default();

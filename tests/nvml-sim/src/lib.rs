@@ -687,6 +687,30 @@ pub unsafe extern "C" fn nvmlDeviceGetAccountingStats(
     done(r.and_then(|v| unsafe { write_out(stats, v) }))
 }
 
+/// `nvmlDeviceGetGpuFabricInfo`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetGpuFabricInfo(
+    device: nvmlDevice_t,
+    info: *mut sys::nvmlGpuFabricInfo_t,
+) -> nvmlReturn_t {
+    let r = with_gpu(device, "nvmlDeviceGetGpuFabricInfo", "fabric", |t, _| t.gpu.fabric.clone())
+        .and_then(|f| f.ok_or(sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED))
+        .and_then(|f| {
+            let hex: String = f.cluster_uuid.chars().filter(char::is_ascii_hexdigit).collect();
+            if hex.len() != 32 {
+                return Err(sys::nvmlReturn_enum_NVML_ERROR_UNKNOWN);
+            }
+            let mut uuid = [0u8; 16];
+            for (i, b) in uuid.iter_mut().enumerate() {
+                *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                    .map_err(|_| sys::nvmlReturn_enum_NVML_ERROR_UNKNOWN)?;
+            }
+            Ok(sys::nvmlGpuFabricInfo_t { clusterUuid: uuid, status: SUCCESS, cliqueId: f.clique_id, state: f.state })
+        });
+    // SAFETY: NVML's contract: `info` is valid for a write of one struct.
+    done(r.and_then(|v| unsafe { write_out(info, v) }))
+}
+
 // ---- Confidential computing -------------------------------------------------------------------------
 
 fn cc<T>(f: impl FnOnce(&scenario::ConfComputeSpec) -> T) -> Result<T, nvmlReturn_t> {

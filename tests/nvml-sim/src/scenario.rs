@@ -117,6 +117,20 @@ pub struct GpuSpec {
     pub accounting: bool,
     /// MIG mode on, with these instances.
     pub mig: Option<Vec<MigSpec>>,
+    /// NVLink fabric membership (absent: `nvmlDeviceGetGpuFabricInfo` is not supported).
+    pub fabric: Option<FabricSpec>,
+}
+
+/// A GPU's NVLink fabric membership.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FabricSpec {
+    /// Cluster UUID, `8-4-4-4-12` hex.
+    pub cluster_uuid: String,
+    /// Clique id.
+    pub clique_id: u32,
+    /// Registration state (3 = completed).
+    pub state: u8,
 }
 
 /// A MIG instance.
@@ -202,6 +216,8 @@ pub struct Gpu {
     pub accounting: bool,
     /// MIG instances, when MIG mode is on.
     pub mig: Option<Vec<Mig>>,
+    /// NVLink fabric membership.
+    pub fabric: Option<FabricSpec>,
 }
 
 /// A MIG instance with defaults filled in.
@@ -293,6 +309,7 @@ impl Scenario {
                     temperature_c: s.temperature_c.unwrap_or(if busy { 64 } else { 33 }),
                     clocks_mhz: s.clocks_mhz.unwrap_or(if busy { [1980, 1980, 2619] } else { [345, 345, 2619] }),
                     accounting: s.accounting,
+                    fabric: s.fabric,
                     mig: s.mig.map(|m| {
                         m.into_iter()
                             .enumerate()
