@@ -681,20 +681,13 @@ pub fn screen_check(name: &str, lists: &[std::path::PathBuf], threshold: f64, js
 /// Usage error when there is no such flag.
 pub fn flags_show(data: &Path, id: i64, json: bool) -> Result {
     let store = open(data)?;
-    let flag = store
-        .flags(None)
-        .map_err(runtime)?
-        .into_iter()
-        .find(|f| f.id == id)
-        .ok_or_else(|| usage(format!("no flag {id}; see `flags list`")))?;
-    let target = format!("flag:{id}");
+    let flag =
+        store.flag(id, None).map_err(runtime)?.ok_or_else(|| usage(format!("no flag {id}; see `flags list`")))?;
     let decisions: Vec<crate::store::AuditRow> = store
-        .audit_log(100_000)
+        .flag_history(id)
         .map_err(runtime)?
         .into_iter()
-        .filter(|a| {
-            a.target == target && matches!(a.action.as_str(), "flag.confirmed" | "flag.dismissed" | "flag.escalated")
-        })
+        .filter(|a| matches!(a.action.as_str(), "flag.confirmed" | "flag.dismissed" | "flag.escalated"))
         .collect();
     if json {
         return print_json(&serde_json::json!({"flag": flag, "decisions": decisions}));

@@ -210,9 +210,8 @@ async fn show_flag(State(s): State<HttpState>, headers: HeaderMap, Path(id): Pat
     let policy = s.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let store = s.store.clone();
     let detail = blocking(move || {
-        let Some(f) = store.flags(scope.as_deref())?.into_iter().find(|f| f.id == id) else { return Ok(None) };
-        let target = format!("flag:{id}");
-        let history: Vec<_> = store.audit_log(100_000)?.into_iter().filter(|a| a.target == target).collect();
+        let Some(f) = store.flag(id, scope.as_deref())? else { return Ok(None) };
+        let history = store.flag_history(id)?;
         let reports = store.report_refs(&f.host_id, f.first_seq, f.last_seq, 50)?;
         let job = store.job(&f.job)?.map(|j| policy.estimate(j));
         let timeline = store.timeline(&f.job, &f.host_id, &f.gpu_uuids, (f.first_seq, f.last_seq))?;

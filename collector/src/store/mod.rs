@@ -1015,38 +1015,41 @@ impl Store {
     pub fn flags(&self, tenant: Option<&str>) -> Result<Vec<FlagRow>> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(
-                "SELECT id, rule, severity, status, host_id, tenant, summary, job_key, pid, gpu_uuids, evidence, policy_digest, \
-                   first_seq, last_seq, occurrences, created_at, updated_at, assignee \
-                 FROM flags WHERE (?1 IS NULL OR tenant = ?1) \
-                 ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'medium' THEN 2 WHEN 'low' THEN 3 ELSE 4 END, id",
-            )
+            .prepare(&format!(
+                "{FLAG_COLUMNS} WHERE (?1 IS NULL OR tenant = ?1) \
+                 ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'medium' THEN 2 WHEN 'low' THEN 3 ELSE 4 END, id"
+            ))
             .map_err(sql("list flags"))?;
-        let rows = stmt
-            .query_map(params![tenant], |r| {
-                Ok(FlagRow {
-                    id: r.get(0)?,
-                    rule: r.get(1)?,
-                    severity: r.get(2)?,
-                    status: r.get(3)?,
-                    host_id: r.get(4)?,
-                    tenant: r.get(5)?,
-                    summary: r.get(6)?,
-                    job: r.get(7)?,
-                    pid: r.get(8)?,
-                    gpu_uuids: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
-                    evidence: serde_json::from_str(&r.get::<_, String>(10)?).unwrap_or_default(),
-                    policy_digest: r.get(11)?,
-                    first_seq: r.get::<_, i64>(12)? as u64,
-                    last_seq: r.get::<_, i64>(13)? as u64,
-                    occurrences: r.get::<_, i64>(14)? as u64,
-                    created_at: rfc3339(r.get(15)?),
-                    updated_at: rfc3339(r.get(16)?),
-                    assignee: r.get(17)?,
-                })
-            })
-            .map_err(sql("list flags"))?;
+        let rows = stmt.query_map(params![tenant], flag_row).map_err(sql("list flags"))?;
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("list flags"))
+    }
+
+    /// One flag by id, if it exists (and belongs to `tenant` when one is given).
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn flag(&self, id: i64, tenant: Option<&str>) -> Result<Option<FlagRow>> {
+        self.conn()
+            .query_row(
+                &format!("{FLAG_COLUMNS} WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)"),
+                params![id, tenant],
+                flag_row,
+            )
+            .optional()
+            .map_err(sql("read flag"))
+    }
+
+    /// The audit entries about one flag (decisions, assignments), newest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn flag_history(&self, id: i64) -> Result<Vec<AuditRow>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT id, at, actor, action, target, detail FROM audit WHERE target = ?1 ORDER BY id DESC")
+            .map_err(sql("read flag history"))?;
+        let rows = stmt.query_map(params![format!("flag:{id}")], audit_row).map_err(sql("read flag history"))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("read flag history"))
     }
 
     /// Records a reviewer's decision on a flag and audits it. Returns the flag's tenant, or `None` when
@@ -1091,18 +1094,7 @@ impl Store {
         let mut stmt = conn
             .prepare("SELECT id, at, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?1")
             .map_err(sql("read audit"))?;
-        let rows = stmt
-            .query_map(params![limit], |r| {
-                Ok(AuditRow {
-                    id: r.get(0)?,
-                    at: rfc3339(r.get(1)?),
-                    actor: r.get(2)?,
-                    action: r.get(3)?,
-                    target: r.get(4)?,
-                    detail: r.get(5)?,
-                })
-            })
-            .map_err(sql("read audit"))?;
+        let rows = stmt.query_map(params![limit], audit_row).map_err(sql("read audit"))?;
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("read audit"))
     }
 }
@@ -1348,6 +1340,44 @@ fn commit_one(
         upsert_flag(tx, host_id, tenant.as_deref(), r.seq, incoming.received_at, f)?;
     }
     Ok(Commit::Stored { flags: flags.len() })
+}
+
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
+    Ok(AuditRow {
+        id: r.get(0)?,
+        at: rfc3339(r.get(1)?),
+        actor: r.get(2)?,
+        action: r.get(3)?,
+        target: r.get(4)?,
+        detail: r.get(5)?,
+    })
+}
+
+/// The columns [`flag_row`] reads, in order.
+const FLAG_COLUMNS: &str = "SELECT id, rule, severity, status, host_id, tenant, summary, job_key, pid, gpu_uuids, evidence, \
+    policy_digest, first_seq, last_seq, occurrences, created_at, updated_at, assignee FROM flags";
+
+fn flag_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FlagRow> {
+    Ok(FlagRow {
+        id: r.get(0)?,
+        rule: r.get(1)?,
+        severity: r.get(2)?,
+        status: r.get(3)?,
+        host_id: r.get(4)?,
+        tenant: r.get(5)?,
+        summary: r.get(6)?,
+        job: r.get(7)?,
+        pid: r.get(8)?,
+        gpu_uuids: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
+        evidence: serde_json::from_str(&r.get::<_, String>(10)?).unwrap_or_default(),
+        policy_digest: r.get(11)?,
+        first_seq: r.get::<_, i64>(12)? as u64,
+        last_seq: r.get::<_, i64>(13)? as u64,
+        occurrences: r.get::<_, i64>(14)? as u64,
+        created_at: rfc3339(r.get(15)?),
+        updated_at: rfc3339(r.get(16)?),
+        assignee: r.get(17)?,
+    })
 }
 
 /// `<hostname>-<first 6 hex of key id>`, sanitised: readable in flags, unique per key.
