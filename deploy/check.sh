@@ -62,6 +62,8 @@ collector:
   replicas: 3
   database:
     existingSecret: gpuattest-postgres
+  exportKey:
+    existingSecret: gpuattest-export-key
   policy: |
     extend_builtin = true
 agent:
@@ -74,6 +76,12 @@ VALUES
 "${render[@]}" -f "$tmp/scale.yaml" --validate "${k8s_versions[-1]}" >"$tmp/scale.out" 2>"$tmp/render.log" \
   || fail "$(cat "$tmp/render.log")"
 grep -q "GPUATTEST_DATABASE" "$tmp/scale.out" || fail "database values did not reach the Deployment"
+grep -q "secretName: gpuattest-export-key" "$tmp/scale.out" || fail "the shared export key is not mounted"
+printf 'collector:\n  replicas: 2\n  database:\n    existingSecret: pg\n' >"$tmp/nokey.yaml"
+if "${render[@]}" -f "$tmp/nokey.yaml" >/dev/null 2>"$tmp/nokey.log"; then
+  fail "replicas on a shared store without a shared export key rendered; the chart must refuse them"
+fi
+grep -q "exportKey.existingSecret" "$tmp/nokey.log" || fail "refusal does not say what to do: $(cat "$tmp/nokey.log")"
 grep -q -- "--kubelet-insecure-skip-tls-verify" "$tmp/scale.out" || fail "kubelet values did not reach the DaemonSet"
 printf 'collector:\n  replicas: 2\n' >"$tmp/bad.yaml"
 if "${render[@]}" -f "$tmp/bad.yaml" >/dev/null 2>"$tmp/bad.log"; then

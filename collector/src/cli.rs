@@ -50,26 +50,22 @@ fn print_json(v: &impl serde::Serialize) -> Result {
     out(&format!("{}\n", serde_json::to_string_pretty(v).map_err(runtime)?))
 }
 
-fn open(data: &Path) -> Result<Arc<Store>> {
-    Store::open(data).map(Arc::new).map_err(config)
+/// Where a command finds its store and files: `--data` (keys, policy, the embedded store) and, for the
+/// shared store, `--database`.
+#[derive(Debug, Clone)]
+pub struct Place {
+    /// `--data`.
+    pub data: std::path::PathBuf,
+    /// `--database` (a `postgres://` URL), else the embedded store in `data`.
+    pub database: Option<String>,
+}
+
+fn open(at: &Place) -> Result<Arc<Store>> {
+    Store::open_at(&at.data, at.database.as_deref()).map(Arc::new).map_err(config)
 }
 
 fn runtime_rt() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(runtime)
-}
-
-/// Refuses `--database` until the shared store exists, in one line that says what to do.
-///
-/// # Errors
-/// Always a configuration error when `database` is set.
-pub fn check_database(database: Option<&str>) -> Result {
-    match database {
-        None => Ok(()),
-        Some(db) => Err(config(format!(
-            "--database {}://...: the PostgreSQL store is not in this build yet; omit --database to use the embedded store in --data",
-            db.split("://").next().unwrap_or("")
-        ))),
-    }
 }
 
 /// `token create`.
@@ -77,7 +73,7 @@ pub fn check_database(database: Option<&str>) -> Result {
 /// # Errors
 /// Usage errors for a bad `--ttl` or a customer token without a tenant.
 pub fn token_create(
-    data: &Path,
+    at: &Place,
     role: tokens::Role,
     tenant: Option<&str>,
     ttl: Option<&str>,
@@ -85,7 +81,7 @@ pub fn token_create(
     json: bool,
 ) -> Result {
     let ttl = ttl.map(gpuattest_proto::units::parse_duration).transpose().map_err(|e| usage(format!("--ttl: {e}")))?;
-    let store = open(data)?;
+    let store = open(at)?;
     let t = tokens::mint(&store, role, tenant, ttl, uses, "cli", crate::now_ms()).map_err(usage)?;
     let id = gpuattest_proto::hex(&tokens::hash(&t)[..6]);
     if json {
@@ -101,8 +97,8 @@ pub fn token_create(
 ///
 /// # Errors
 /// Usage error when there is no such live token.
-pub fn token_revoke(data: &Path, id: &str) -> Result {
-    if open(data)?.revoke_token(id, "cli", crate::now_ms()).map_err(runtime)? {
+pub fn token_revoke(at: &Place, id: &str) -> Result {
+    if open(at)?.revoke_token(id, "cli", crate::now_ms()).map_err(runtime)? {
         out(&format!("token {id} revoked\n"))
     } else {
         Err(usage(format!("no live token with id {id}")))
@@ -113,8 +109,8 @@ pub fn token_revoke(data: &Path, id: &str) -> Result {
 ///
 /// # Errors
 /// When the store cannot be read.
-pub fn hosts_list(data: &Path, json: bool) -> Result {
-    let h = open(data)?.hosts(None).map_err(runtime)?;
+pub fn hosts_list(at: &Place, json: bool) -> Result {
+    let h = open(at)?.hosts(None).map_err(runtime)?;
     if json {
         return print_json(&h);
     }
@@ -125,11 +121,11 @@ pub fn hosts_list(data: &Path, json: bool) -> Result {
 ///
 /// # Errors
 /// When there is no such (unrevoked) host.
-pub fn hosts_revoke(data: &Path, host_id: &str, reason: &str) -> Result {
+pub fn hosts_revoke(at: &Place, host_id: &str, reason: &str) -> Result {
     if reason.trim().is_empty() {
         return Err(usage("--reason is required: say why the host is revoked"));
     }
-    if open(data)?.revoke_host(host_id, "cli", reason, crate::now_ms()).map_err(runtime)? {
+    if open(at)?.revoke_host(host_id, "cli", reason, crate::now_ms()).map_err(runtime)? {
         out(&format!("host {host_id} revoked\n"))
     } else {
         Err(usage(format!("no enrolled, unrevoked host {host_id}; see `hosts list`")))
@@ -140,8 +136,8 @@ pub fn hosts_revoke(data: &Path, host_id: &str, reason: &str) -> Result {
 ///
 /// # Errors
 /// When the store cannot be read.
-pub fn flags_list(data: &Path, json: bool) -> Result {
-    let f = open(data)?.flags(None).map_err(runtime)?;
+pub fn flags_list(at: &Place, json: bool) -> Result {
+    let f = open(at)?.flags(None).map_err(runtime)?;
     if json {
         return print_json(&f);
     }
@@ -153,10 +149,10 @@ pub fn flags_list(data: &Path, json: bool) -> Result {
 ///
 /// # Errors
 /// When the store or policy cannot be read.
-pub fn jobs_list(data: &Path, tenant: Option<&str>, limit: usize, json: bool) -> Result {
-    let policy = Policy::load_from_data(data).map_err(config)?;
+pub fn jobs_list(at: &Place, tenant: Option<&str>, limit: usize, json: bool) -> Result {
+    let policy = Policy::load_from_data(&at.data).map_err(config)?;
     let jobs: Vec<_> =
-        open(data)?.jobs(tenant, limit).map_err(runtime)?.into_iter().map(|j| policy.estimate(j)).collect();
+        open(at)?.jobs(tenant, limit).map_err(runtime)?.into_iter().map(|j| policy.estimate(j)).collect();
     if json {
         return print_json(&jobs);
     }
@@ -167,9 +163,9 @@ pub fn jobs_list(data: &Path, tenant: Option<&str>, limit: usize, json: bool) ->
 ///
 /// # Errors
 /// Usage error for an unknown job.
-pub fn jobs_show(data: &Path, key: &str, json: bool) -> Result {
-    let policy = Policy::load_from_data(data).map_err(config)?;
-    let Some(j) = open(data)?.job(key).map_err(runtime)? else {
+pub fn jobs_show(at: &Place, key: &str, json: bool) -> Result {
+    let policy = Policy::load_from_data(&at.data).map_err(config)?;
+    let Some(j) = open(at)?.job(key).map_err(runtime)? else {
         return Err(usage(format!("no job {key}; `gpuattest-collector jobs list` shows the jobs")));
     };
     let j = policy.estimate(j);
@@ -183,8 +179,8 @@ pub fn jobs_show(data: &Path, key: &str, json: bool) -> Result {
 ///
 /// # Errors
 /// When the store cannot be read.
-pub fn audit(data: &Path, limit: u32, json: bool) -> Result {
-    let rows = open(data)?.audit_log(limit).map_err(runtime)?;
+pub fn audit(at: &Place, limit: u32, json: bool) -> Result {
+    let rows = open(at)?.audit_log(limit).map_err(runtime)?;
     if json {
         return print_json(&rows);
     }
@@ -199,9 +195,9 @@ pub fn audit(data: &Path, limit: u32, json: bool) -> Result {
 ///
 /// # Errors
 /// Configuration errors for the policy; usage errors for `--since`; runtime errors for the store.
-pub fn policy_reevaluate(data: &Path, policy: Option<&Path>, since: Option<&str>, json: bool) -> Result {
+pub fn policy_reevaluate(at: &Place, policy: Option<&Path>, since: Option<&str>, json: bool) -> Result {
     let source = crate::policy::PolicySource {
-        path: policy.map_or_else(|| data.join("policy.toml"), Path::to_path_buf),
+        path: policy.map_or_else(|| at.data.join("policy.toml"), Path::to_path_buf),
         explicit: policy.is_some(),
     };
     let policy = source.load().map_err(config)?;
@@ -211,7 +207,7 @@ pub fn policy_reevaluate(data: &Path, policy: Option<&Path>, since: Option<&str>
         .transpose()
         .map_err(|e| usage(format!("--since: {e}")))?
         .unwrap_or(0);
-    let o = crate::reevaluate::run(&*open(data)?, &policy, since, now).map_err(runtime)?;
+    let o = crate::reevaluate::run(&*open(at)?, &policy, since, now).map_err(runtime)?;
     if json {
         return print_json(&o);
     }
@@ -233,8 +229,8 @@ pub fn policy_reevaluate(data: &Path, policy: Option<&Path>, since: Option<&str>
 ///
 /// # Errors
 /// When the store cannot be read, or any report fails verification.
-pub fn reports_verify(data: &Path, json: bool) -> Result {
-    let v = open(data)?.verify_all().map_err(runtime)?;
+pub fn reports_verify(at: &Place, json: bool) -> Result {
+    let v = open(at)?.verify_all().map_err(runtime)?;
     if json {
         print_json(&v)?;
     } else {
@@ -303,9 +299,9 @@ pub fn serve(flags: crate::config::ServeFlags, config_file: Option<&Path>, check
     };
     let policy = source.load().map_err(config)?;
     let tls = grpc_tls(&s.grpc_listen, &s.tls)?;
-    let store = open(&s.data)?;
+    let store = open(&Place { data: s.data.clone(), database: s.database.clone() })?;
     if check_config {
-        println!("configuration is valid (store {}, policy {})", store.path().display(), policy.digest());
+        println!("configuration is valid (store {}, policy {})", store.location(), policy.digest());
         return Ok(());
     }
     let (grpc_listen, http_listen) = (s.grpc_listen, s.http_listen);
@@ -325,6 +321,7 @@ pub fn serve(flags: crate::config::ServeFlags, config_file: Option<&Path>, check
         });
         Collector::new(store, policy)
             .with_policy_source(source)
+            .with_data_dir(s.data.clone())
             .serve(grpc, http, tls.as_ref(), rx)
             .await
             .map_err(runtime)
@@ -355,15 +352,20 @@ pub fn demo(data: &Path, seconds: Option<u64>, http_listen: String, interval: &s
 ///
 /// # Errors
 /// Usage error when DIR exists and is not empty; runtime errors for the copy.
-pub fn backup(data: &Path, out_dir: &Path) -> Result {
+pub fn backup(at: &Place, out_dir: &Path) -> Result {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if std::fs::read_dir(out_dir).is_ok_and(|mut d| d.next().is_some()) {
         return Err(usage(format!("{}: not empty; back up into a new directory", out_dir.display())));
     }
-    if !data.join("gpuattest.db").exists() {
-        return Err(usage(format!("{}: no store here; pass the collector's --data", data.display())));
+    if at.database.is_some() {
+        return Err(usage(
+            "--database: `backup` copies the embedded store; back the shared store up with PostgreSQL's tools (pg_dump or base backups) and copy --data for the export key",
+        ));
     }
-    let store = open(data)?;
+    if !at.data.join("gpuattest.db").exists() {
+        return Err(usage(format!("{}: no store here; pass the collector's --data", at.data.display())));
+    }
+    let store = open(at)?;
     let mkdir = |d: &Path| {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -375,7 +377,7 @@ pub fn backup(data: &Path, out_dir: &Path) -> Result {
     store.backup_into(&out_dir.join("gpuattest.db")).map_err(runtime)?;
     let mut copied = vec!["gpuattest.db".to_string()];
     for rel in ["keys/export.pk8", "policy.toml"] {
-        let from = data.join(rel);
+        let from = at.data.join(rel);
         if !from.exists() {
             continue;
         }
@@ -399,8 +401,8 @@ pub fn backup(data: &Path, out_dir: &Path) -> Result {
 ///
 /// # Errors
 /// When the key cannot be created or read.
-pub fn export_key(data: &Path) -> Result {
-    let key = crate::export::ExportKey::load_or_create(data).map_err(config)?;
+pub fn export_key(at: &Place) -> Result {
+    let key = crate::export::ExportKey::load_or_create(&at.data).map_err(config)?;
     out(&key.spki_pem())
 }
 
@@ -424,7 +426,7 @@ pub struct ExportArgs {
 /// # Errors
 /// Usage errors for bad times; runtime errors when the tenant has nothing in the period or the file
 /// cannot be written.
-pub fn export(data: &Path, a: &ExportArgs) -> Result {
+pub fn export(at: &Place, a: &ExportArgs) -> Result {
     let now = crate::now_ms();
     let since = a
         .since
@@ -443,9 +445,9 @@ pub fn export(data: &Path, a: &ExportArgs) -> Result {
     if since >= until {
         return Err(usage("--since must be before --until"));
     }
-    let store = open(data)?;
-    let policy = Policy::load_from_data(data).map_err(config)?;
-    let key = crate::export::ExportKey::load_or_create(data).map_err(config)?;
+    let store = open(at)?;
+    let policy = Policy::load_from_data(&at.data).map_err(config)?;
+    let key = crate::export::ExportKey::load_or_create(&at.data).map_err(config)?;
     let req = crate::export::statement::ExportRequest { tenant: a.tenant.clone(), since, until, redact: a.redact };
     let mut last_shown = std::time::Instant::now();
     let statement = crate::export::statement::build(&store, &key, &req, &policy, |done, total| {
@@ -511,9 +513,9 @@ pub fn verify(file: &Path, key: &Path, json: bool) -> Result {
 ///
 /// # Errors
 /// When the store or key cannot be read.
-pub fn log_head(data: &Path) -> Result {
-    let store = open(data)?;
-    let key = crate::export::ExportKey::load_or_create(data).map_err(config)?;
+pub fn log_head(at: &Place) -> Result {
+    let store = open(at)?;
+    let key = crate::export::ExportKey::load_or_create(&at.data).map_err(config)?;
     let leaves = store.log_leaves(None).map_err(runtime)?;
     let root = crate::export::merkle::root(&leaves);
     let head = key.sign_head(leaves.len() as u64, &root);
@@ -525,9 +527,9 @@ pub fn log_head(data: &Path) -> Result {
 ///
 /// # Errors
 /// Usage errors for sizes the log does not have.
-pub fn log_consistency(data: &Path, from: u64, to: Option<u64>) -> Result {
-    let store = open(data)?;
-    let key = crate::export::ExportKey::load_or_create(data).map_err(config)?;
+pub fn log_consistency(at: &Place, from: u64, to: Option<u64>) -> Result {
+    let store = open(at)?;
+    let key = crate::export::ExportKey::load_or_create(&at.data).map_err(config)?;
     let leaves = store.log_leaves(None).map_err(runtime)?;
     let to = to.unwrap_or(leaves.len() as u64);
     if from == 0 || from > to || to > leaves.len() as u64 {
@@ -561,8 +563,8 @@ pub fn log_verify_consistency(file: &Path, key: &Path) -> Result {
 ///
 /// # Errors
 /// Usage errors for an unreadable or non-JSON fingerprint.
-pub fn evaluate_model(data: &Path, file: &str, json: bool) -> Result {
-    let policy = Policy::load_from_data(data).map_err(config)?;
+pub fn evaluate_model(at: &Place, file: &str, json: bool) -> Result {
+    let policy = Policy::load_from_data(&at.data).map_err(config)?;
     let text = if file == "-" {
         let mut buf = Vec::new();
         std::io::Read::read_to_end(&mut std::io::Read::take(std::io::stdin(), 16 << 20), &mut buf)
@@ -679,8 +681,8 @@ pub fn screen_check(name: &str, lists: &[std::path::PathBuf], threshold: f64, js
 ///
 /// # Errors
 /// Usage error when there is no such flag.
-pub fn flags_show(data: &Path, id: i64, json: bool) -> Result {
-    let store = open(data)?;
+pub fn flags_show(at: &Place, id: i64, json: bool) -> Result {
+    let store = open(at)?;
     let flag =
         store.flag(id, None).map_err(runtime)?.ok_or_else(|| usage(format!("no flag {id}; see `flags list`")))?;
     let decisions: Vec<crate::store::AuditRow> = store
@@ -720,7 +722,7 @@ pub fn flags_show(data: &Path, id: i64, json: bool) -> Result {
 ///
 /// # Errors
 /// Usage errors for an unknown decision, an empty reason, or no such flag.
-pub fn flags_decide(data: &Path, id: i64, decision: &str, reason: &str) -> Result {
+pub fn flags_decide(at: &Place, id: i64, decision: &str, reason: &str) -> Result {
     let status = match decision {
         "confirm" => "confirmed",
         "dismiss" => "dismissed",
@@ -730,7 +732,7 @@ pub fn flags_decide(data: &Path, id: i64, decision: &str, reason: &str) -> Resul
     if reason.trim().is_empty() || reason.len() > 4096 {
         return Err(usage("--reason is required (1 to 4096 characters)"));
     }
-    match open(data)?.decide_flag(id, status, "cli", reason.trim(), crate::now_ms()).map_err(runtime)? {
+    match open(at)?.decide_flag(id, status, "cli", reason.trim(), crate::now_ms()).map_err(runtime)? {
         Some(()) => out(&format!("flag {id} {status}\n")),
         None => Err(usage(format!("no flag {id}; see `flags list`"))),
     }

@@ -28,6 +28,9 @@ pub struct FileConfig {
     pub http_listen: Option<String>,
     /// A policy file instead of `<data>/policy.toml`.
     pub policy: Option<PathBuf>,
+    /// A shared PostgreSQL store (`postgres://...`) instead of the embedded one; prefer the
+    /// GPUATTEST_DATABASE environment variable when the URL carries a password.
+    pub database: Option<String>,
     /// TLS for the gRPC listener.
     pub tls: Option<TlsConfig>,
 }
@@ -108,6 +111,8 @@ pub struct ServeFlags {
     pub http_listen: Option<String>,
     /// `--policy`.
     pub policy: Option<PathBuf>,
+    /// `--database` / `GPUATTEST_DATABASE`.
+    pub database: Option<String>,
     /// `--tls-cert`.
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key`.
@@ -129,6 +134,8 @@ pub struct ServeSettings {
     pub http_listen: String,
     /// Policy file, when not `<data>/policy.toml`.
     pub policy: Option<PathBuf>,
+    /// The shared store's URL, when not the embedded store.
+    pub database: Option<String>,
     /// TLS material.
     pub tls: TlsConfig,
 }
@@ -146,6 +153,7 @@ impl ServeSettings {
             grpc_listen: flags.grpc_listen.or(file.grpc_listen).unwrap_or_else(|| DEFAULT_GRPC_LISTEN.into()),
             http_listen: flags.http_listen.or(file.http_listen).unwrap_or_else(|| DEFAULT_HTTP_LISTEN.into()),
             policy: flags.policy.or(file.policy),
+            database: flags.database.or(file.database),
             tls: TlsConfig {
                 cert: flags.tls_cert.or(ftls.cert),
                 key: flags.tls_key.or(ftls.key),

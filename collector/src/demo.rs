@@ -271,7 +271,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     let reviewer =
         tokens::mint(&store, Role::Reviewer, None, Some(Duration::from_secs(7 * 86_400)), 1, "demo", crate::now_ms())
             .map_err(|e| DemoError::Setup(e.to_string()))?;
-    println!("gpuattest demo: collector on grpc {grpc_addr}, store {}", store.path().display());
+    println!("gpuattest demo: collector on grpc {grpc_addr}, store {}", store.location());
     println!("review UI: http://{http_addr}/  (sign in with the reviewer token {reviewer})");
     println!("starting {} workloads and {} agents on the simulated NVML library...", workloads().len(), hosts().len());
     let mut children = Children(Vec::new());

@@ -334,7 +334,8 @@ fn main() -> ExitCode {
     let data_flag = args.data.clone();
     let default_data = args.data.unwrap_or_else(|| gpuattest_collector::config::DEFAULT_DATA.into());
     let data = default_data.as_path();
-    let result = cli::check_database(args.database.as_deref()).and_then(|()| match args.cmd {
+    let at = cli::Place { data: data.to_path_buf(), database: args.database.clone() };
+    let result = match args.cmd {
         Cmd::Serve {
             grpc_listen,
             http_listen,
@@ -348,6 +349,7 @@ fn main() -> ExitCode {
         } => {
             let flags = gpuattest_collector::config::ServeFlags {
                 data: data_flag,
+                database: args.database,
                 grpc_listen,
                 http_listen,
                 policy,
@@ -358,43 +360,42 @@ fn main() -> ExitCode {
             };
             cli::serve(flags, config.as_deref(), check_config)
         }
+        Cmd::Demo { .. } if at.database.is_some() => Err(cli::usage(
+            "--database: the demo runs on the embedded store in --data; omit --database (serve and the other commands take it)",
+        )),
         Cmd::Demo { seconds, http_listen, interval } => cli::demo(data, seconds, http_listen, &interval),
         Cmd::Token { cmd: TokenCmd::Create { role, tenant, ttl, uses, json } } => {
-            cli::token_create(data, role, tenant.as_deref(), ttl.as_deref(), uses, json)
+            cli::token_create(&at, role, tenant.as_deref(), ttl.as_deref(), uses, json)
         }
-        Cmd::Token { cmd: TokenCmd::Revoke { id } } => cli::token_revoke(data, &id),
-        Cmd::Hosts { cmd: HostsCmd::List { json } } => cli::hosts_list(data, json),
-        Cmd::Hosts { cmd: HostsCmd::Revoke { host_id, reason } } => cli::hosts_revoke(data, &host_id, &reason),
-        Cmd::Flags { cmd: FlagsCmd::List { json } } => cli::flags_list(data, json),
-        Cmd::Audit { limit, json } => cli::audit(data, limit, json),
-        Cmd::Jobs { cmd: JobsCmd::List { tenant, limit, json } } => {
-            cli::jobs_list(data, tenant.as_deref(), limit, json)
-        }
-        Cmd::Jobs { cmd: JobsCmd::Show { job, json } } => cli::jobs_show(data, &job, json),
-        Cmd::Flags { cmd: FlagsCmd::Show { id, json } } => cli::flags_show(data, id, json),
-        Cmd::Flags { cmd: FlagsCmd::Decide { id, decision, reason } } => {
-            cli::flags_decide(data, id, &decision, &reason)
-        }
-        Cmd::Reports { cmd: VerifyCmd::Verify { json } } => cli::reports_verify(data, json),
+        Cmd::Token { cmd: TokenCmd::Revoke { id } } => cli::token_revoke(&at, &id),
+        Cmd::Hosts { cmd: HostsCmd::List { json } } => cli::hosts_list(&at, json),
+        Cmd::Hosts { cmd: HostsCmd::Revoke { host_id, reason } } => cli::hosts_revoke(&at, &host_id, &reason),
+        Cmd::Flags { cmd: FlagsCmd::List { json } } => cli::flags_list(&at, json),
+        Cmd::Audit { limit, json } => cli::audit(&at, limit, json),
+        Cmd::Jobs { cmd: JobsCmd::List { tenant, limit, json } } => cli::jobs_list(&at, tenant.as_deref(), limit, json),
+        Cmd::Jobs { cmd: JobsCmd::Show { job, json } } => cli::jobs_show(&at, &job, json),
+        Cmd::Flags { cmd: FlagsCmd::Show { id, json } } => cli::flags_show(&at, id, json),
+        Cmd::Flags { cmd: FlagsCmd::Decide { id, decision, reason } } => cli::flags_decide(&at, id, &decision, &reason),
+        Cmd::Reports { cmd: VerifyCmd::Verify { json } } => cli::reports_verify(&at, json),
         Cmd::Export { tenant, out, since, until, redact } => {
-            cli::export(data, &cli::ExportArgs { tenant, out, since, until, redact })
+            cli::export(&at, &cli::ExportArgs { tenant, out, since, until, redact })
         }
-        Cmd::ExportKey => cli::export_key(data),
-        Cmd::Backup { out } => cli::backup(data, &out),
+        Cmd::ExportKey => cli::export_key(&at),
+        Cmd::Backup { out } => cli::backup(&at, &out),
         Cmd::Bench { agents, seconds, interval, json } => cli::bench(agents, seconds, interval.as_deref(), json),
-        Cmd::Policy { cmd: PolicyCmd::EvaluateModel { file, json } } => cli::evaluate_model(data, &file, json),
+        Cmd::Policy { cmd: PolicyCmd::EvaluateModel { file, json } } => cli::evaluate_model(&at, &file, json),
         Cmd::Policy { cmd: PolicyCmd::Reevaluate { policy, since, json } } => {
-            cli::policy_reevaluate(data, policy.as_deref(), since.as_deref(), json)
+            cli::policy_reevaluate(&at, policy.as_deref(), since.as_deref(), json)
         }
         Cmd::Screen { cmd: ScreenCmd::Bench { list, iterations } } => cli::screen_bench(&list, iterations),
         Cmd::Screen { cmd: ScreenCmd::Check { name, list, threshold, json } } => {
             cli::screen_check(&name, &list, threshold, json)
         }
         Cmd::Verify { file, key, json } => cli::verify(&file, &key, json),
-        Cmd::Log { cmd: LogCmd::Head } => cli::log_head(data),
-        Cmd::Log { cmd: LogCmd::Consistency { from, to } } => cli::log_consistency(data, from, to),
+        Cmd::Log { cmd: LogCmd::Head } => cli::log_head(&at),
+        Cmd::Log { cmd: LogCmd::Consistency { from, to } } => cli::log_consistency(&at, from, to),
         Cmd::Log { cmd: LogCmd::VerifyConsistency { file, key } } => cli::log_verify_consistency(&file, &key),
-    });
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

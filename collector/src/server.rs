@@ -26,6 +26,8 @@ pub struct Collector {
     pub metrics: Arc<Metrics>,
     /// Where the policy comes from, for hot reload; `None`: fixed for the process's life.
     pub policy_source: Option<crate::policy::PolicySource>,
+    /// `--data`: the export key lives there (beside the embedded store, or alone with a shared one).
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 /// TLS for the gRPC listener.
@@ -96,7 +98,15 @@ impl Collector {
             policy: Arc::new(RwLock::new(policy)),
             metrics: Arc::new(Metrics::default()),
             policy_source: None,
+            data_dir: None,
         }
+    }
+
+    /// Sets the data directory (export key); by default the embedded store's directory.
+    #[must_use]
+    pub fn with_data_dir(mut self, dir: std::path::PathBuf) -> Self {
+        self.data_dir = Some(dir);
+        self
     }
 
     /// Reloads the policy when its file, tenant file or screening lists change (checked every 2 s, and
@@ -176,7 +186,7 @@ impl Collector {
     ) -> Result<(), ServeError> {
         let grpc_addr = grpc.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let http_addr = http.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        info!(grpc = %grpc_addr, http = %http_addr, store = %self.store.path().display(), "collector serving");
+        info!(grpc = %grpc_addr, http = %http_addr, store = %self.store.location(), "collector serving");
         let ingest = Ingest::new(self.store.clone(), self.policy.clone(), self.metrics.clone()).map_err(|e| {
             ServeError::Grpc { addr: grpc_addr.clone(), reason: format!("cannot start the commit thread: {e}") }
         })?;
@@ -204,7 +214,11 @@ impl Collector {
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
                 let _ = s1.wait_for(|v| *v).await;
             });
-        let data_dir = self.store.path().parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+        let data_dir = match (&self.data_dir, self.store.location()) {
+            (Some(d), _) => d.clone(),
+            (None, crate::store::Location::File(p)) => p.parent().map(std::path::Path::to_path_buf).unwrap_or_default(),
+            (None, crate::store::Location::Postgres(_)) => crate::config::DEFAULT_DATA.into(),
+        };
         let export_key = crate::export::ExportKey::load_or_create(&data_dir)
             .map_err(|reason| ServeError::Http { addr: http_addr.clone(), reason })?;
         let app = router(HttpState {

@@ -15,6 +15,7 @@ mod kubelet;
 mod models;
 mod nvml;
 mod policy;
+mod replicas;
 mod review;
 mod rules;
 mod streaming;

@@ -68,6 +68,7 @@ pub fn run(cmd: &mut Command) -> (i32, String, String) {
 pub fn collector_cmd(data: &Path) -> Command {
     let mut c = Command::new(bin("gpuattest-collector"));
     c.arg("--data").arg(data).env_remove("GPUATTEST_DATA").env_remove("GPUATTEST_DATABASE");
+    c.env_remove("GPUATTEST_EXPORT_KEY");
     c
 }
 
@@ -152,7 +153,16 @@ impl Collector {
     /// Starts a collector with gRPC on `grpc` (to restart one where its agents expect it) and extra
     /// `serve` arguments.
     pub fn start_with(data: &Path, grpc: &str, extra: &[&str]) -> Collector {
-        let mut child = collector_cmd(data)
+        Self::start_env(data, grpc, extra, &[])
+    }
+
+    /// As [`Collector::start_with`], with environment variables set.
+    pub fn start_env(data: &Path, grpc: &str, extra: &[&str], env: &[(&str, &Path)]) -> Collector {
+        let mut cmd = collector_cmd(data);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
             .args(["serve", "--grpc-listen", grpc, "--http-listen", "127.0.0.1:0"])
             .args(extra)
             .env("GPUATTEST_LOG", "warn")

@@ -1,5 +1,6 @@
-//! The export key (Ed25519, `<data>/keys/export.pk8`, mode 0600, created on first use), its public
-//! form as SPKI PEM for customers, and signed tree heads of the transparency log.
+//! The export key (Ed25519, `<data>/keys/export.pk8`, mode 0600, created on first use, or one shared by
+//! every replica of a shared store, named by `GPUATTEST_EXPORT_KEY`), its public form as SPKI PEM for
+//! customers, and signed tree heads of the transparency log.
 
 use std::path::Path;
 
@@ -26,12 +27,48 @@ impl std::fmt::Debug for ExportKey {
     }
 }
 
+/// Names a key file every replica loads (a mounted Secret) instead of `<data>/keys/export.pk8`.
+pub const EXPORT_KEY_ENV: &str = "GPUATTEST_EXPORT_KEY";
+
 impl ExportKey {
+    /// The key `GPUATTEST_EXPORT_KEY` names when set, else `<data>/keys/export.pk8` (created on first use).
+    ///
+    /// # Errors
+    /// As [`ExportKey::load_shared`] and [`ExportKey::load_or_create_in`].
+    pub fn load_or_create(data: &Path) -> Result<ExportKey, String> {
+        match std::env::var_os(EXPORT_KEY_ENV) {
+            Some(p) if !p.is_empty() => Self::load_shared(Path::new(&p)),
+            _ => Self::load_or_create_in(data),
+        }
+    }
+
+    /// Loads a key several replicas share: it must exist (it is never created here) and must not be
+    /// readable by every user; group access is allowed, as Kubernetes gives mounted Secrets.
+    ///
+    /// # Errors
+    /// A sentence naming the file and what to do.
+    pub fn load_shared(path: &Path) -> Result<ExportKey, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let err = |e: &dyn std::fmt::Display| format!("{EXPORT_KEY_ENV}={}: {e}", path.display());
+        let meta = std::fs::metadata(path).map_err(|e| {
+            err(&format!("{e}; create the shared key once with `gpuattest-collector --data DIR export-key` and copy DIR/keys/export.pk8 there"))
+        })?;
+        if !meta.is_file() || meta.len() > 4096 {
+            return Err(err(&"not a key file (a PKCS#8 Ed25519 key of a few dozen bytes)"));
+        }
+        if meta.permissions().mode() & 0o007 != 0 {
+            return Err(err(&format!("readable by every user; run `chmod o-rwx {}`", path.display())));
+        }
+        let bytes = std::fs::read(path).map_err(|e| err(&e))?;
+        let key = Ed25519KeyPair::from_pkcs8(&bytes).map_err(|e| err(&e))?;
+        Ok(ExportKey { key })
+    }
+
     /// Loads `<data>/keys/export.pk8`, creating it on first use.
     ///
     /// # Errors
     /// A sentence naming the file when it cannot be created, read, is readable by others, or is not a key.
-    pub fn load_or_create(data: &Path) -> Result<ExportKey, String> {
+    pub fn load_or_create_in(data: &Path) -> Result<ExportKey, String> {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let dir = data.join("keys");
         let path = dir.join("export.pk8");
@@ -155,8 +192,8 @@ mod tests {
     #[test]
     fn pem_round_trip_and_refusals() {
         let t = tempfile::tempdir().expect("tmp");
-        let k = ExportKey::load_or_create(t.path()).expect("key");
-        let again = ExportKey::load_or_create(t.path()).expect("same key");
+        let k = ExportKey::load_or_create_in(t.path()).expect("key");
+        let again = ExportKey::load_or_create_in(t.path()).expect("same key");
         assert_eq!(k.key_id(), again.key_id());
         let pk = public_key_from_pem(&k.spki_pem()).expect("parse");
         assert_eq!(pk, k.key.public_key().as_ref());
@@ -167,5 +204,24 @@ mod tests {
         let mut forged = head.clone();
         forged.tree_size = 6;
         assert!(forged.verify(&pk).is_err());
+    }
+
+    #[test]
+    fn a_shared_key_is_loaded_never_created_and_never_world_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().expect("tmp");
+        let k = ExportKey::load_or_create_in(t.path()).expect("key");
+        let path = t.path().join("keys/export.pk8");
+        // A mounted Secret: group-readable is fine.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).expect("chmod");
+        assert_eq!(ExportKey::load_shared(&path).expect("shared").key_id(), k.key_id());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).expect("chmod");
+        let e = ExportKey::load_shared(&path).expect_err("world-readable");
+        assert!(e.contains("GPUATTEST_EXPORT_KEY=") && e.contains("chmod o-rwx"), "{e}");
+        let e = ExportKey::load_shared(&t.path().join("missing.pk8")).expect_err("missing");
+        assert!(e.contains("export-key") && !t.path().join("missing.pk8").exists(), "{e}");
+        std::fs::write(t.path().join("junk.pk8"), b"not a key").expect("write");
+        std::fs::set_permissions(t.path().join("junk.pk8"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert!(ExportKey::load_shared(&t.path().join("junk.pk8")).is_err());
     }
 }

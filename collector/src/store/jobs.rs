@@ -6,9 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use gpuattest_proto::pb;
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+use super::db::{Db, params};
 use super::{Result, Store, sql};
 use crate::compute::{JobEvidence, JobSummary, classify, job_identity, peak_for};
 
@@ -52,7 +52,7 @@ fn parent_gpu(r: &pb::UsageReport) -> BTreeMap<&str, usize> {
 }
 
 pub(super) fn account(
-    tx: &Connection,
+    tx: &mut Db,
     host_id: &str,
     tenant: Option<&str>,
     process_tenants: &[Option<String>],
@@ -72,11 +72,11 @@ pub(super) fn account(
             continue;
         }
         let prev: Option<(String, String, i64, Option<i64>)> = tx
-            .prepare_cached("SELECT host_id, serial, last_seen, last_energy_mj FROM gpu_locations WHERE uuid = ?1")
-            .and_then(|mut st| {
-                st.query_row(params![g.uuid], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
-            })
-            .optional()
+            .row(
+                "SELECT host_id, serial, last_seen, last_energy_mj FROM gpu_locations WHERE uuid = ?1",
+                params![&g.uuid],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )
             .map_err(sql("read gpu location"))?;
         let counter = g.energy_mj.map(|v| v as i64);
         energy[i] = match (&prev, counter) {
@@ -92,13 +92,14 @@ pub(super) fn account(
                     from_host: h,
                     from_last_seen: last_seen,
                 });
-                tx.prepare_cached("UPDATE gpu_locations SET host_id = ?2, serial = ?3, first_seen = ?4, last_seen = ?4, last_seq = ?5, last_energy_mj = ?6 WHERE uuid = ?1").and_then(|mut st| st.execute(params![g.uuid, host_id, g.serial, at, r.seq as i64, counter]))
+                tx.execute("UPDATE gpu_locations SET host_id = ?2, serial = ?3, first_seen = ?4, last_seen = ?4, last_seq = ?5, last_energy_mj = ?6 WHERE uuid = ?1", params![&g.uuid, host_id, &g.serial, at, r.seq, counter])
                 .map_err(sql("move gpu location"))?;
             }
             _ => {
-                tx.prepare_cached("INSERT INTO gpu_locations (uuid, host_id, serial, first_seen, last_seen, last_seq, last_energy_mj) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6) \
-                     ON CONFLICT (uuid) DO UPDATE SET serial = excluded.serial, last_seen = MAX(last_seen, excluded.last_seen), \
-                       last_seq = excluded.last_seq, last_energy_mj = excluded.last_energy_mj").and_then(|mut st| st.execute(params![g.uuid, host_id, g.serial, at, r.seq as i64, counter]))
+                tx.execute("INSERT INTO gpu_locations (uuid, host_id, serial, first_seen, last_seen, last_seq, last_energy_mj) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6) \
+                     ON CONFLICT (uuid) DO UPDATE SET serial = excluded.serial, \
+                       last_seen = CASE WHEN excluded.last_seen > gpu_locations.last_seen THEN excluded.last_seen ELSE gpu_locations.last_seen END, \
+                       last_seq = excluded.last_seq, last_energy_mj = excluded.last_energy_mj", params![&g.uuid, host_id, &g.serial, at, r.seq, counter])
                 .map_err(sql("record gpu location"))?;
             }
         }
@@ -132,12 +133,14 @@ pub(super) fn account(
             None => (0.0, dt * share),
         };
         for key in &jobs_on_gpu[i] {
-            tx.prepare_cached("INSERT INTO job_usage (job_key, host_id, gpu_uuid, gpu_name, first_seen, last_seen, gpu_seconds, energy_joules, ops_upper, unknown_peak_seconds) \
+            tx.execute("INSERT INTO job_usage (job_key, host_id, gpu_uuid, gpu_name, first_seen, last_seen, gpu_seconds, energy_joules, ops_upper, unknown_peak_seconds) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9) \
-                 ON CONFLICT (job_key, host_id, gpu_uuid) DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen), \
-                   first_seen = MIN(first_seen, excluded.first_seen), gpu_seconds = gpu_seconds + excluded.gpu_seconds, \
-                   energy_joules = energy_joules + excluded.energy_joules, ops_upper = ops_upper + excluded.ops_upper, \
-                   unknown_peak_seconds = unknown_peak_seconds + excluded.unknown_peak_seconds").and_then(|mut st| st.execute(params![key, host_id, g.uuid, g.name, at, dt * share, energy[i] * share, ops, unknown]))
+                 ON CONFLICT (job_key, host_id, gpu_uuid) DO UPDATE SET \
+                   last_seen = CASE WHEN excluded.last_seen > job_usage.last_seen THEN excluded.last_seen ELSE job_usage.last_seen END, \
+                   first_seen = CASE WHEN excluded.first_seen < job_usage.first_seen THEN excluded.first_seen ELSE job_usage.first_seen END, \
+                   gpu_seconds = job_usage.gpu_seconds + excluded.gpu_seconds, \
+                   energy_joules = job_usage.energy_joules + excluded.energy_joules, ops_upper = job_usage.ops_upper + excluded.ops_upper, \
+                   unknown_peak_seconds = job_usage.unknown_peak_seconds + excluded.unknown_peak_seconds", params![key, host_id, &g.uuid, &g.name, at, dt * share, energy[i] * share, ops, unknown])
             .map_err(sql("account job usage"))?;
         }
     }
@@ -145,9 +148,7 @@ pub(super) fn account(
     let mut summaries = Vec::new();
     for (key, procs) in job_processes {
         let stored: Option<String> = tx
-            .prepare_cached("SELECT evidence FROM jobs WHERE job_key = ?1")
-            .and_then(|mut st| st.query_row(params![key], |row| row.get(0)))
-            .optional()
+            .row("SELECT evidence FROM jobs WHERE job_key = ?1", params![&key], |row| row.get(0))
             .map_err(sql("read job"))?;
         let mut ev: JobEvidence = stored.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
         for p in procs {
@@ -166,8 +167,9 @@ pub(super) fn account(
             }
         }
         let json = serde_json::to_string(&ev).unwrap_or_default();
-        tx.prepare_cached("INSERT INTO jobs (job_key, tenant, first_seen, last_seen, evidence) VALUES (?1, ?2, ?3, ?3, ?4) \
-             ON CONFLICT (job_key) DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen), evidence = excluded.evidence").and_then(|mut st| st.execute(params![key, job_tenant.get(&key).cloned().flatten(), at, json]))
+        tx.execute("INSERT INTO jobs (job_key, tenant, first_seen, last_seen, evidence) VALUES (?1, ?2, ?3, ?3, ?4) \
+             ON CONFLICT (job_key) DO UPDATE SET evidence = excluded.evidence, \
+               last_seen = CASE WHEN excluded.last_seen > jobs.last_seen THEN excluded.last_seen ELSE jobs.last_seen END", params![&key, job_tenant.get(&key).and_then(Option::as_deref), at, &json])
         .map_err(sql("record job"))?;
         if let Some(s) = summary(tx, &key)? {
             summaries.push(s);
@@ -177,22 +179,24 @@ pub(super) fn account(
 }
 
 /// A job's totals and verdict; the operation estimate is filled in by the policy's efficiency.
-pub(super) fn summary(conn: &Connection, key: &str) -> Result<Option<JobSummary>> {
+pub(super) fn summary(conn: &mut Db, key: &str) -> Result<Option<JobSummary>> {
     let row: Option<(Option<String>, i64, i64, String)> = conn
-        .prepare_cached("SELECT tenant, first_seen, last_seen, evidence FROM jobs WHERE job_key = ?1")
-        .and_then(|mut st| st.query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))))
-        .optional()
+        .row("SELECT tenant, first_seen, last_seen, evidence FROM jobs WHERE job_key = ?1", params![key], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
         .map_err(sql("read job"))?;
     let Some((tenant, first_seen, last_seen, evidence)) = row else {
         return Ok(None);
     };
     let (gpus, gpu_seconds, energy, ops, unknown): (i64, f64, f64, f64, f64) = conn
-        .prepare_cached(
+        .row(
             "SELECT COUNT(DISTINCT gpu_uuid), COALESCE(SUM(gpu_seconds), 0), COALESCE(SUM(energy_joules), 0), \
              COALESCE(SUM(ops_upper), 0), COALESCE(SUM(unknown_peak_seconds), 0) FROM job_usage WHERE job_key = ?1",
+            params![key],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )
-        .and_then(|mut st| st.query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))))
-        .map_err(sql("sum job usage"))?;
+        .map_err(sql("sum job usage"))?
+        .unwrap_or_default();
     let evidence: JobEvidence = serde_json::from_str(&evidence).unwrap_or_default();
     Ok(Some(JobSummary {
         job_key: key.to_string(),
@@ -217,19 +221,17 @@ impl Store {
     /// # Errors
     /// [`super::StoreError::Sql`].
     pub fn jobs(&self, tenant: Option<&str>, limit: usize) -> Result<Vec<JobSummary>> {
-        let conn = self.conn();
-        let keys: Vec<String> = {
-            let mut st = conn
-                .prepare("SELECT job_key FROM jobs WHERE ?1 IS NULL OR tenant = ?1 ORDER BY last_seen DESC LIMIT ?2")
-                .map_err(sql("list jobs"))?;
-            st.query_map(params![tenant, limit as i64], |r| r.get(0))
-                .map_err(sql("list jobs"))?
-                .collect::<std::result::Result<_, _>>()
-                .map_err(sql("list jobs"))?
-        };
+        let mut conn = self.conn();
+        let keys: Vec<String> = conn
+            .rows(
+                "SELECT job_key FROM jobs WHERE CAST(?1 AS TEXT) IS NULL OR tenant = ?1 ORDER BY last_seen DESC LIMIT ?2",
+                params![tenant, limit],
+                |r| r.get(0),
+            )
+            .map_err(sql("list jobs"))?;
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {
-            out.extend(summary(&conn, &k)?);
+            out.extend(summary(&mut conn, &k)?);
         }
         Ok(out)
     }
@@ -239,6 +241,6 @@ impl Store {
     /// # Errors
     /// [`super::StoreError::Sql`].
     pub fn job(&self, key: &str) -> Result<Option<JobSummary>> {
-        summary(&self.conn(), key)
+        summary(&mut self.conn(), key)
     }
 }

@@ -1,5 +1,7 @@
 //! The store: hosts, tokens, signed reports (verbatim, beside their decoded fields), flags and the audit
-//! log. The embedded default is SQLite in `--data DIR`, with versioned, append-only migrations.
+//! log. The embedded default is SQLite in `--data DIR`; `--database postgres://...` shares one PostgreSQL
+//! database between collector replicas. Both have the same versioned, append-only migrations (one file
+//! per version and backend) and run the same SQL through [`db::Db`].
 //!
 //! Every write that belongs together happens in one transaction: a report, its decoded rows, the host's
 //! new sequence position and the flags it raised commit together or not at all, so a rejected or failed
@@ -9,24 +11,36 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use gpuattest_proto::pb;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
 use crate::timefmt::rfc3339;
 
+pub mod db;
 mod group;
 mod jobs;
 mod review;
+#[doc(hidden)]
+pub mod testing;
 pub use group::{GroupCommitter, MAX_BATCH};
 pub use jobs::{CommitContext, MovedGpu};
 pub use review::{ReportCheck, ReportRef, TimelinePoint};
 
-/// The migrations, in order. Never edit a shipped one; append.
+use db::{Db, DbError, Row, params};
+
+/// The migrations, in order, for SQLite. Never edit a shipped one; append.
 const MIGRATIONS: &[&str] = &[
     include_str!("schema.sql"),
     include_str!("migration2.sql"),
     include_str!("migration3.sql"),
     include_str!("migration4.sql"),
+];
+
+/// The same migrations for PostgreSQL: the same tables, columns and keys, in its types.
+const PG_MIGRATIONS: &[&str] = &[
+    include_str!("pg/schema.sql"),
+    include_str!("pg/migration2.sql"),
+    include_str!("pg/migration3.sql"),
+    include_str!("pg/migration4.sql"),
 ];
 
 /// Store failures.
@@ -37,15 +51,33 @@ pub enum StoreError {
     Open {
         /// The database path.
         path: PathBuf,
-        /// SQLite's error.
-        source: rusqlite::Error,
+        /// The backend's error.
+        source: DbError,
+    },
+    /// The shared database could not be reached.
+    #[error(
+        "cannot connect to the shared store {url}: {source}; check --database (env GPUATTEST_DATABASE), that PostgreSQL is up and that the user may connect"
+    )]
+    Connect {
+        /// The URL, without its password.
+        url: String,
+        /// The backend's error.
+        source: DbError,
+    },
+    /// The `--database` URL is not one this build takes.
+    #[error("--database {url}: {reason}")]
+    BadUrl {
+        /// The URL, without its password.
+        url: String,
+        /// Why.
+        reason: String,
     },
     /// The database was written by a newer gpuattest.
     #[error(
         "the store at {path} has schema version {found}, newer than this collector knows ({known}); upgrade gpuattest-collector"
     )]
     TooNew {
-        /// The database path.
+        /// The database path or URL.
         path: PathBuf,
         /// Its version.
         found: i64,
@@ -57,8 +89,8 @@ pub enum StoreError {
     Sql {
         /// What was being done.
         what: &'static str,
-        /// SQLite's error.
-        source: rusqlite::Error,
+        /// The backend's error.
+        source: DbError,
     },
     /// An enrollment was refused.
     #[error("{0}")]
@@ -68,8 +100,14 @@ pub enum StoreError {
 /// Result alias for store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-fn sql(what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+fn sql(what: &'static str) -> impl FnOnce(DbError) -> StoreError {
     move |source| StoreError::Sql { what, source }
+}
+
+impl From<DbError> for StoreError {
+    fn from(source: DbError) -> Self {
+        StoreError::Sql { what: "store", source }
+    }
 }
 
 /// A token to insert (only its hash is kept).
@@ -348,59 +386,149 @@ pub struct AuditRow {
     pub detail: String,
 }
 
-/// The embedded SQLite store.
+/// Where the store lives.
+#[derive(Debug, Clone)]
+pub enum Location {
+    /// The embedded SQLite file.
+    File(PathBuf),
+    /// A shared PostgreSQL database (the URL as shown: without its password).
+    Postgres(String),
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::File(p) => write!(f, "{}", p.display()),
+            Location::Postgres(u) => f.write_str(u),
+        }
+    }
+}
+
+/// The store, on either backend.
 pub struct Store {
-    conn: Mutex<Connection>,
-    path: PathBuf,
+    conn: Mutex<Db>,
+    location: Location,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("Store").field("location", &self.location).finish()
+    }
+}
+
+/// A `postgres://` URL with its password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return "(not a URL)".into() };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((user, host)) => {
+            let user = user.split_once(':').map_or(user, |(u, _)| u);
+            let shown = if user.contains(':') || authority[..authority.len() - host.len() - 1].contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_string()
+            };
+            format!("{scheme}://{shown}@{host}{}", tail.split('?').next().unwrap_or(""))
+        }
+        None => format!("{scheme}://{authority}{}", tail.split('?').next().unwrap_or("")),
     }
 }
 
 impl Store {
-    /// Opens (creating if needed) the store in `data_dir`, and applies pending migrations.
+    /// Opens (creating if needed) the embedded store in `data_dir`, and applies pending migrations.
     ///
     /// # Errors
     /// [`StoreError::Open`] when the directory or database cannot be opened, [`StoreError::TooNew`]
     /// when a newer collector wrote it.
     pub fn open(data_dir: &Path) -> Result<Store> {
         let path = data_dir.join("gpuattest.db");
-        let open_err = |source| StoreError::Open { path: path.clone(), source };
+        let open_err = |source: rusqlite::Error| StoreError::Open { path: path.clone(), source: source.into() };
         if !data_dir.exists() {
             std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Open {
                 path: path.clone(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+                source: DbError::Value(format!("cannot create the directory: {e}")),
             })?;
         }
-        let mut conn = Connection::open(&path).map_err(open_err)?;
+        let conn = rusqlite::Connection::open(&path).map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
-        migrate(&mut conn, &path)?;
-        Ok(Store { conn: Mutex::new(conn), path })
+        conn.set_prepared_statement_cache_capacity(128);
+        let mut db = Db::Sqlite(conn);
+        migrate(&mut db, MIGRATIONS, &path)?;
+        Ok(Store { conn: Mutex::new(db), location: Location::File(path) })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    /// Connects to a shared PostgreSQL store (`postgres://user[:password]@host[:port]/database`, with
+    /// libpq's parameters such as `?options=-csearch_path%3Dgpuattest`), and applies pending migrations
+    /// once across replicas starting together.
+    ///
+    /// # Errors
+    /// [`StoreError::BadUrl`], [`StoreError::Connect`], [`StoreError::TooNew`].
+    pub fn connect(url: &str) -> Result<Store> {
+        let shown = redact_url(url);
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(StoreError::BadUrl {
+                url: shown,
+                reason: "only postgres:// URLs are taken; omit --database for the embedded store in --data".into(),
+            });
+        }
+        let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| StoreError::BadUrl {
+            url: shown.clone(),
+            reason: format!("{e}; the form is postgres://user[:password]@host[:port]/database"),
+        })?;
+        if matches!(config.get_ssl_mode(), tokio_postgres::config::SslMode::Require) {
+            return Err(StoreError::BadUrl {
+                url: shown,
+                reason: "sslmode=require: TLS to PostgreSQL is not in this build; reach it over a private network or a local socket proxy (sslmode=disable)".into(),
+            });
+        }
+        let pg = db::Pg::connect(config).map_err(|source| StoreError::Connect { url: shown.clone(), source })?;
+        let mut db = Db::Pg(Box::new(pg));
+        db.lock_migrations(true).map_err(sql("take the migration lock"))?;
+        let migrated = migrate(&mut db, PG_MIGRATIONS, Path::new(&shown));
+        let unlocked = db.lock_migrations(false).map_err(sql("release the migration lock"));
+        migrated?;
+        unlocked?;
+        Ok(Store { conn: Mutex::new(db), location: Location::Postgres(shown) })
+    }
+
+    /// Opens the shared store when `database` is given, else the embedded one in `data_dir`.
+    ///
+    /// # Errors
+    /// As [`Store::open`] and [`Store::connect`].
+    pub fn open_at(data_dir: &Path, database: Option<&str>) -> Result<Store> {
+        match database {
+            Some(url) => Store::connect(url),
+            None => Store::open(data_dir),
+        }
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Db> {
         self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the store is.
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
-    /// Writes a consistent copy of the whole store to `dest` (a new file) while the collector runs:
-    /// one read transaction, so reports committed meanwhile are either wholly in it or not at all.
+    /// Writes a consistent copy of the whole embedded store to `dest` (a new file) while the collector
+    /// runs: one read transaction, so reports committed meanwhile are either wholly in it or not at all.
     ///
     /// # Errors
-    /// [`StoreError::Sql`] when `dest` exists or cannot be written.
+    /// [`StoreError::Sql`] when `dest` exists or cannot be written; [`StoreError::Refused`] on
+    /// PostgreSQL, whose own tools (pg_dump, base backups) back it up.
     pub fn backup_into(&self, dest: &Path) -> Result<()> {
         let dest = dest.to_str().ok_or_else(|| StoreError::Refused("the backup path must be UTF-8".into()))?;
-        self.conn().execute("VACUUM INTO ?1", params![dest]).map_err(sql("back up the store"))?;
+        let mut conn = self.conn();
+        if conn.is_postgres() {
+            return Err(StoreError::Refused(
+                "the shared store is backed up with PostgreSQL's tools (pg_dump or base backups); `backup` copies the embedded store".into(),
+            ));
+        }
+        conn.execute("VACUUM INTO ?1", params![dest]).map_err(sql("back up the store"))?;
         Ok(())
     }
 
@@ -410,15 +538,15 @@ impl Store {
     /// [`StoreError::Sql`].
     pub fn insert_token(&self, t: &NewToken) -> Result<()> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(sql("begin"))?;
+        let mut tx = conn.write().map_err(sql("begin"))?;
         tx.execute(
             "INSERT INTO tokens (id, hash, role, tenant, created_at, expires_at, created_by, max_uses) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![t.id, t.hash.as_slice(), t.role, t.tenant, t.created_at, t.expires_at, t.created_by, t.max_uses],
+            params![&t.id, &t.hash, &t.role, &t.tenant, t.created_at, t.expires_at, &t.created_by, t.max_uses],
         )
         .map_err(sql("insert token"))?;
         audit_tx(
-            &tx,
+            &mut tx,
             t.created_at,
             &t.created_by,
             "token.create",
@@ -434,12 +562,12 @@ impl Store {
     /// [`StoreError::Sql`].
     pub fn revoke_token(&self, id: &str, actor: &str, now: i64) -> Result<bool> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(sql("begin"))?;
+        let mut tx = conn.write().map_err(sql("begin"))?;
         let n = tx
             .execute("UPDATE tokens SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL", params![now, id])
             .map_err(sql("revoke token"))?;
         if n == 1 {
-            audit_tx(&tx, now, actor, "token.revoke", id, "")?;
+            audit_tx(&mut tx, now, actor, "token.revoke", id, "")?;
         }
         tx.commit().map_err(sql("commit token revocation"))?;
         Ok(n == 1)
@@ -450,7 +578,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRow>> {
-        token_row(&self.conn(), hash)
+        token_row(&mut self.conn(), hash)
     }
 
     /// Consumes a one-time enrollment token and pins `public_key` to a new host, in one transaction.
@@ -470,9 +598,9 @@ impl Store {
         now: i64,
     ) -> Result<HostRow> {
         let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("begin"))?;
+        let mut tx = conn.write().map_err(sql("begin"))?;
         let Some(TokenRow { id: token_id, role, tenant, expires_at, used_at, uses, max_uses, revoked_at }) =
-            token_row(&tx, token_hash)?
+            token_row(&mut tx, token_hash)?
         else {
             return Err(StoreError::Refused(
                 "unknown enroll token; mint one with `gpuattest-collector token create --role enroll`".into(),
@@ -483,7 +611,7 @@ impl Store {
         }
         if let Some(at) = used_at.filter(|_| uses >= max_uses) {
             audit_tx(
-                &tx,
+                &mut tx,
                 now,
                 "agent",
                 "enroll.refused",
@@ -507,8 +635,7 @@ impl Store {
             )));
         }
         let existing: Option<String> = tx
-            .query_row("SELECT host_id FROM hosts WHERE key_id = ?1", params![key_id], |r| r.get(0))
-            .optional()
+            .row("SELECT host_id FROM hosts WHERE key_id = ?1", params![key_id], |r| r.get(0))
             .map_err(sql("look up key"))?;
         if let Some(h) = existing {
             return Err(StoreError::Refused(format!(
@@ -519,16 +646,15 @@ impl Store {
         // it needs an operator's action, so a stolen token cannot quietly take over a host's identity.
         if !machine_id.is_empty() {
             let known: Option<String> = tx
-                .query_row(
+                .row(
                     "SELECT host_id FROM hosts WHERE machine_id = ?1 AND hostname = ?2 AND revoked_at IS NULL",
                     params![machine_id, hostname],
                     |r| r.get(0),
                 )
-                .optional()
                 .map_err(sql("look up machine"))?;
             if let Some(h) = known {
                 audit_tx(
-                    &tx,
+                    &mut tx,
                     now,
                     "agent",
                     "enroll.refused",
@@ -545,12 +671,12 @@ impl Store {
         tx.execute(
             "INSERT INTO hosts (host_id, hostname, machine_id, tenant, public_key, key_id, enrolled_at, enroll_token_id, facts) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![host_id, hostname, machine_id, tenant, public_key, key_id, now, token_id, facts_json],
+            params![&host_id, hostname, machine_id, &tenant, public_key, key_id, now, &token_id, facts_json],
         )
         .map_err(sql("insert host"))?;
-        tx.execute("UPDATE tokens SET used_at = ?1, uses = uses + 1 WHERE id = ?2", params![now, token_id])
+        tx.execute("UPDATE tokens SET used_at = ?1, uses = uses + 1 WHERE id = ?2", params![now, &token_id])
             .map_err(sql("mark token used"))?;
-        audit_tx(&tx, now, &format!("token:{token_id}"), "host.enroll", &host_id, &format!("hostname={hostname}"))?;
+        audit_tx(&mut tx, now, &format!("token:{token_id}"), "host.enroll", &host_id, &format!("hostname={hostname}"))?;
         tx.commit().map_err(sql("commit enrollment"))?;
         Ok(HostRow {
             host_id,
@@ -569,7 +695,7 @@ impl Store {
     /// [`StoreError::Sql`].
     pub fn host(&self, host_id: &str) -> Result<Option<HostRow>> {
         self.conn()
-            .query_row(
+            .row(
                 "SELECT host_id, hostname, tenant, public_key, key_id, last_seq, revoked_at FROM hosts WHERE host_id = ?1",
                 params![host_id],
                 |r| {
@@ -579,12 +705,11 @@ impl Store {
                         tenant: r.get(2)?,
                         public_key: r.get(3)?,
                         key_id: r.get(4)?,
-                        last_seq: r.get::<_, i64>(5)? as u64,
+                        last_seq: r.u64(5)?,
                         revoked_at: r.get(6)?,
                     })
                 },
             )
-            .optional()
             .map_err(sql("look up host"))
     }
 
@@ -593,36 +718,33 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn hosts(&self, tenant: Option<&str>) -> Result<Vec<HostSummary>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(
+        let mut conn = self.conn();
+        let mut hosts = conn
+            .rows(
                 "SELECT h.host_id, h.hostname, h.tenant, h.last_seq, \
                    (SELECT COUNT(*) FROM reports r WHERE r.host_id = h.host_id), h.last_seen, h.enrolled_at, h.revoked_at \
-                 FROM hosts h WHERE (?1 IS NULL OR h.tenant = ?1) ORDER BY h.hostname, h.host_id",
+                 FROM hosts h WHERE (CAST(?1 AS TEXT) IS NULL OR h.tenant = ?1) ORDER BY h.hostname, h.host_id",
+                params![tenant],
+                |r| {
+                    let last_seq = r.u64(3)?;
+                    let reports = r.u64(4)?;
+                    Ok(HostSummary {
+                        host_id: r.get(0)?,
+                        hostname: r.get(1)?,
+                        tenant: r.get(2)?,
+                        last_seq,
+                        reports,
+                        gaps: last_seq.saturating_sub(reports),
+                        recorded_gaps: 0,
+                        last_seen: r.get::<Option<i64>>(5)?.map(rfc3339),
+                        enrolled_at: rfc3339(r.get(6)?),
+                        revoked: r.get::<Option<i64>>(7)?.is_some(),
+                    })
+                },
             )
             .map_err(sql("list hosts"))?;
-        let rows = stmt
-            .query_map(params![tenant], |r| {
-                let last_seq = r.get::<_, i64>(3)? as u64;
-                let reports = r.get::<_, i64>(4)? as u64;
-                let missing = last_seq.saturating_sub(reports);
-                Ok(HostSummary {
-                    host_id: r.get(0)?,
-                    hostname: r.get(1)?,
-                    tenant: r.get(2)?,
-                    last_seq,
-                    reports,
-                    gaps: missing,
-                    recorded_gaps: 0,
-                    last_seen: r.get::<_, Option<i64>>(5)?.map(rfc3339),
-                    enrolled_at: rfc3339(r.get(6)?),
-                    revoked: r.get::<_, Option<i64>>(7)?.is_some(),
-                })
-            })
-            .map_err(sql("list hosts"))?;
-        let mut hosts = rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("list hosts"))?;
         for h in hosts.iter_mut().filter(|h| h.gaps > 0) {
-            let recorded = recorded_missing(&conn, &h.host_id)?;
+            let recorded = recorded_missing(&mut conn, &h.host_id)?;
             h.recorded_gaps = recorded.min(h.gaps);
             h.gaps -= h.recorded_gaps;
         }
@@ -641,8 +763,8 @@ impl Store {
         flags_for: impl FnOnce(&ChainPosition, &CommitContext) -> Vec<NewFlag>,
     ) -> Result<Commit> {
         let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("begin"))?;
-        let c = commit_one(&tx, host_id, incoming, flags_for)?;
+        let mut tx = conn.write().map_err(sql("begin"))?;
+        let c = commit_one(&mut tx, host_id, incoming, flags_for)?;
         if matches!(c, Commit::Stored { .. }) {
             tx.commit().map_err(sql("commit report"))?;
         }
@@ -654,7 +776,7 @@ impl Store {
     /// commit fails, every report it would have stored fails with it.
     pub fn commit_batch(&self, items: Vec<PendingCommit>) -> Vec<Result<Commit>> {
         let mut conn = self.conn();
-        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        let mut tx = match conn.write() {
             Ok(tx) => tx,
             Err(e) => {
                 let msg = e.to_string();
@@ -670,20 +792,13 @@ impl Store {
                 nonce_fresh: item.nonce_fresh,
                 process_tenants: item.process_tenants,
             };
-            let r = match tx.savepoint() {
-                Ok(mut sp) => {
-                    sp.set_drop_behavior(rusqlite::DropBehavior::Rollback);
-                    let flags_for = item.flags_for;
-                    let decoded = &item.decoded;
-                    let r = commit_one(&sp, &item.host_id, &incoming, |pos, ctx| flags_for(decoded, pos, ctx));
-                    if matches!(r, Ok(Commit::Stored { .. })) {
-                        sp.commit().map_err(sql("release savepoint")).and(r)
-                    } else {
-                        r
-                    }
-                }
-                Err(e) => Err(StoreError::Refused(format!("savepoint: {e}"))),
-            };
+            let flags_for = item.flags_for;
+            let decoded = &item.decoded;
+            let r = tx.savepoint(|db| {
+                let c = commit_one(db, &item.host_id, &incoming, |pos, ctx| flags_for(decoded, pos, ctx))?;
+                let keep = matches!(c, Commit::Stored { .. });
+                Ok::<_, StoreError>((c, keep))
+            });
             results.push(r);
         }
         if let Err(e) = tx.commit() {
@@ -712,12 +827,11 @@ impl Store {
     ) -> Result<Vec<u8>> {
         let new_key_id = gpuattest_proto::key_id(new_public_key).to_vec();
         let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("begin"))?;
+        let mut tx = conn.write().map_err(sql("begin"))?;
         let current: Option<(Vec<u8>, Vec<u8>, Option<i64>)> = tx
-            .query_row("SELECT public_key, key_id, revoked_at FROM hosts WHERE host_id = ?1", params![host_id], |r| {
+            .row("SELECT public_key, key_id, revoked_at FROM hosts WHERE host_id = ?1", params![host_id], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
-            .optional()
             .map_err(sql("read host key"))?;
         let Some((old_pk, old_id, revoked)) = current else {
             return Err(StoreError::Refused(format!("host {host_id} is not enrolled")));
@@ -729,8 +843,7 @@ impl Store {
             return Ok(new_key_id);
         }
         let taken: Option<String> = tx
-            .query_row("SELECT host_id FROM hosts WHERE key_id = ?1", params![new_key_id], |r| r.get(0))
-            .optional()
+            .row("SELECT host_id FROM hosts WHERE key_id = ?1", params![&new_key_id], |r| r.get(0))
             .map_err(sql("check new key"))?;
         if let Some(other) = taken {
             return Err(StoreError::Refused(format!("the new key is already enrolled as host {other}")));
@@ -738,16 +851,16 @@ impl Store {
         tx.execute(
             "INSERT INTO host_keys (host_id, key_id, public_key, valid_through_seq, retired_at) VALUES (?1, ?2, ?3, ?4, ?5) \
              ON CONFLICT DO NOTHING",
-            params![host_id, old_id, old_pk, valid_through_seq as i64, now],
+            params![host_id, &old_id, &old_pk, valid_through_seq, now],
         )
         .map_err(sql("retire key"))?;
         tx.execute(
             "UPDATE hosts SET public_key = ?1, key_id = ?2 WHERE host_id = ?3",
-            params![new_public_key, new_key_id, host_id],
+            params![new_public_key, &new_key_id, host_id],
         )
         .map_err(sql("install key"))?;
         audit_tx(
-            &tx,
+            &mut tx,
             now,
             &format!("host:{host_id}"),
             "host.rotate-key",
@@ -768,12 +881,11 @@ impl Store {
     /// [`StoreError::Sql`].
     pub fn retired_key(&self, host_id: &str, key_id: &[u8]) -> Result<Option<(Vec<u8>, u64)>> {
         self.conn()
-            .query_row(
+            .row(
                 "SELECT public_key, valid_through_seq FROM host_keys WHERE host_id = ?1 AND key_id = ?2",
                 params![host_id, key_id],
-                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+                |r| Ok((r.get(0)?, r.u64(1)?)),
             )
-            .optional()
             .map_err(sql("read retired key"))
     }
 
@@ -782,20 +894,20 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn log_leaves(&self, size: Option<u64>) -> Result<Vec<[u8; 32]>> {
-        let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT leaf_hash FROM log_leaves ORDER BY idx LIMIT ?1").map_err(sql("read log"))?;
-        let rows = stmt
-            .query_map(params![size.map_or(i64::MAX, |s| s as i64)], |r| {
-                let v: Vec<u8> = r.get(0)?;
-                let mut h = [0u8; 32];
-                if v.len() == 32 {
-                    h.copy_from_slice(&v);
-                }
-                Ok(h)
-            })
-            .map_err(sql("read log"))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("read log"))
+        self.conn()
+            .rows(
+                "SELECT leaf_hash FROM log_leaves ORDER BY idx LIMIT ?1",
+                params![size.unwrap_or(i64::MAX as u64)],
+                |r| {
+                    let v: Vec<u8> = r.get(0)?;
+                    let mut h = [0u8; 32];
+                    if v.len() == 32 {
+                        h.copy_from_slice(&v);
+                    }
+                    Ok(h)
+                },
+            )
+            .map_err(sql("read log"))
     }
 
     /// Records a signed tree head.
@@ -806,7 +918,7 @@ impl Store {
         self.conn()
             .execute(
                 "INSERT INTO log_heads (tree_size, root_hash, signature, signed_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-                params![size as i64, root, signature, now],
+                params![size, root, signature, now],
             )
             .map_err(sql("record tree head"))?;
         Ok(())
@@ -818,27 +930,24 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn reports_for_export(&self, tenant: &str, since: i64, until: i64) -> Result<Vec<ExportRow>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(
+        self.conn()
+            .rows(
                 "SELECT r.host_id, h.hostname, r.seq, r.report, r.signature, r.key_id, l.idx - 1 \
                  FROM reports r JOIN hosts h ON h.host_id = r.host_id \
                  JOIN log_leaves l ON l.host_id = r.host_id AND l.seq = r.seq \
                  WHERE h.tenant = ?1 AND r.window_end >= ?2 AND r.window_end < ?3 ORDER BY r.host_id, r.seq",
+                params![tenant, since, until],
+                |r| {
+                    Ok(ExportRow {
+                        host_id: r.get(0)?,
+                        hostname: r.get(1)?,
+                        seq: r.u64(2)?,
+                        signed: pb::SignedReport { report: r.get(3)?, signature: r.get(4)?, key_id: r.get(5)? },
+                        log_index: r.u64(6)?,
+                    })
+                },
             )
-            .map_err(sql("read reports for export"))?;
-        let rows = stmt
-            .query_map(params![tenant, since, until], |r| {
-                Ok(ExportRow {
-                    host_id: r.get(0)?,
-                    hostname: r.get(1)?,
-                    seq: r.get::<_, i64>(2)? as u64,
-                    signed: pb::SignedReport { report: r.get(3)?, signature: r.get(4)?, key_id: r.get(5)? },
-                    log_index: r.get::<_, i64>(6)? as u64,
-                })
-            })
-            .map_err(sql("read reports for export"))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("read reports for export"))
+            .map_err(sql("read reports for export"))
     }
 
     /// Records the observation interval a host's agent announced.
@@ -847,7 +956,7 @@ impl Store {
     /// [`StoreError::Sql`].
     pub fn set_interval(&self, host_id: &str, interval_ms: u64) -> Result<()> {
         self.conn()
-            .execute("UPDATE hosts SET interval_ms = ?1 WHERE host_id = ?2", params![interval_ms as i64, host_id])
+            .execute("UPDATE hosts SET interval_ms = ?1 WHERE host_id = ?2", params![interval_ms, host_id])
             .map_err(sql("set interval"))?;
         Ok(())
     }
@@ -859,7 +968,7 @@ impl Store {
     /// [`StoreError::Sql`].
     pub fn revoke_host(&self, host_id: &str, actor: &str, reason: &str, now: i64) -> Result<bool> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(sql("begin"))?;
+        let mut tx = conn.write().map_err(sql("begin"))?;
         let n = tx
             .execute(
                 "UPDATE hosts SET revoked_at = ?1, revoked_reason = ?2 WHERE host_id = ?3 AND revoked_at IS NULL",
@@ -867,7 +976,7 @@ impl Store {
             )
             .map_err(sql("revoke host"))?;
         if n == 1 {
-            audit_tx(&tx, now, actor, "host.revoke", host_id, reason)?;
+            audit_tx(&mut tx, now, actor, "host.revoke", host_id, reason)?;
         }
         tx.commit().map_err(sql("commit revocation"))?;
         Ok(n == 1)
@@ -879,18 +988,15 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn silent_hosts(&self, now: i64, intervals: u32) -> Result<Vec<(String, String, i64, u64)>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(
+        self.conn()
+            .rows(
                 "SELECT host_id, hostname, last_seen, last_seq FROM hosts \
                  WHERE revoked_at IS NULL AND interval_ms IS NOT NULL AND last_seen IS NOT NULL \
                    AND last_seen < ?1 - interval_ms * ?2",
+                params![now, intervals],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.u64(3)?)),
             )
-            .map_err(sql("find silent hosts"))?;
-        let rows = stmt
-            .query_map(params![now, intervals], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u64)))
-            .map_err(sql("find silent hosts"))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("find silent hosts"))
+            .map_err(sql("find silent hosts"))
     }
 
     /// Raises (or updates) a flag outside a report, e.g. for silence.
@@ -899,13 +1005,12 @@ impl Store {
     /// [`StoreError::Sql`].
     pub fn raise_flag(&self, host_id: &str, seq: u64, now: i64, f: &NewFlag) -> Result<()> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(sql("begin"))?;
+        let mut tx = conn.write().map_err(sql("begin"))?;
         let tenant: Option<String> = tx
-            .query_row("SELECT tenant FROM hosts WHERE host_id = ?1", params![host_id], |r| r.get(0))
-            .optional()
+            .row("SELECT tenant FROM hosts WHERE host_id = ?1", params![host_id], |r| r.get::<Option<String>>(0))
             .map_err(sql("read tenant"))?
             .flatten();
-        upsert_flag(&tx, host_id, tenant.as_deref(), seq, now, f)?;
+        upsert_flag(&mut tx, host_id, tenant.as_deref(), seq, now, f)?;
         tx.commit().map_err(sql("commit flag"))
     }
 
@@ -914,14 +1019,13 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn report_keys(&self, since: i64) -> Result<Vec<(String, u64)>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT host_id, seq FROM reports WHERE received_at >= ?1 ORDER BY host_id, seq")
-            .map_err(sql("read reports"))?;
-        let rows = stmt
-            .query_map(params![since], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
-            .map_err(sql("read reports"))?;
-        rows.collect::<std::result::Result<_, _>>().map_err(sql("read reports"))
+        self.conn()
+            .rows(
+                "SELECT host_id, seq FROM reports WHERE received_at >= ?1 ORDER BY host_id, seq",
+                params![since],
+                |r| Ok((r.get(0)?, r.u64(1)?)),
+            )
+            .map_err(sql("read reports"))
     }
 
     /// Adds `key: value` to a flag's evidence (a note such as a re-evaluation's), leaving the rest.
@@ -929,13 +1033,22 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn annotate_flag(&self, id: i64, key: &str, value: &serde_json::Value) -> Result<()> {
-        self.conn()
-            .execute(
-                "UPDATE flags SET evidence = json_set(evidence, ?2, json(?3)) WHERE id = ?1",
-                params![id, format!("$.{key}"), value.to_string()],
-            )
+        let mut conn = self.conn();
+        let mut tx = conn.write().map_err(sql("begin"))?;
+        let evidence: Option<String> = tx
+            .row("SELECT evidence FROM flags WHERE id = ?1", params![id], |r| r.get(0))
+            .map_err(sql("read flag evidence"))?;
+        let Some(evidence) = evidence else { return Ok(()) };
+        let mut ev: serde_json::Value = serde_json::from_str(&evidence).unwrap_or_else(|_| serde_json::json!({}));
+        if !ev.is_object() {
+            ev = serde_json::json!({ "evidence": ev });
+        }
+        if let Some(o) = ev.as_object_mut() {
+            o.insert(key.to_string(), value.clone());
+        }
+        tx.execute("UPDATE flags SET evidence = ?2 WHERE id = ?1", params![id, &ev.to_string()])
             .map_err(sql("annotate flag"))?;
-        Ok(())
+        tx.commit().map_err(sql("commit annotation"))
     }
 
     /// The stored signed report of (host, seq).
@@ -944,12 +1057,11 @@ impl Store {
     /// [`StoreError::Sql`].
     pub fn signed_report(&self, host_id: &str, seq: u64) -> Result<Option<pb::SignedReport>> {
         self.conn()
-            .query_row(
+            .row(
                 "SELECT report, signature, key_id FROM reports WHERE host_id = ?1 AND seq = ?2",
-                params![host_id, seq as i64],
+                params![host_id, seq],
                 |r| Ok(pb::SignedReport { report: r.get(0)?, signature: r.get(1)?, key_id: r.get(2)? }),
             )
-            .optional()
             .map_err(sql("read report"))
     }
 
@@ -959,52 +1071,53 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn verify_all(&self) -> Result<VerifySummary> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(
+        let mut summary = VerifySummary::default();
+        let mut prev: Option<(String, u64, [u8; 32])> = None;
+        self.conn()
+            .for_each(
                 "SELECT r.host_id, r.seq, r.report, r.signature, r.key_id, \
                    COALESCE((SELECT k.public_key FROM host_keys k WHERE k.host_id = r.host_id AND k.key_id = r.key_id), h.public_key) \
                  FROM reports r JOIN hosts h ON h.host_id = r.host_id ORDER BY r.host_id, r.seq",
-            )
-            .map_err(sql("read reports"))?;
-        let mut rows = stmt.query([]).map_err(sql("read reports"))?;
-        let mut summary = VerifySummary::default();
-        let mut prev: Option<(String, u64, [u8; 32])> = None;
-        while let Some(r) = rows.next().map_err(sql("read reports"))? {
-            let host_id: String = r.get(0).map_err(sql("read report"))?;
-            let seq = r.get::<_, i64>(1).map_err(sql("read report"))? as u64;
-            let signed = pb::SignedReport {
-                report: r.get(2).map_err(sql("read report"))?,
-                signature: r.get(3).map_err(sql("read report"))?,
-                key_id: r.get(4).map_err(sql("read report"))?,
-            };
-            let public_key: Vec<u8> = r.get(5).map_err(sql("read report"))?;
-            summary.checked += 1;
-            let mut problem = gpuattest_proto::verify_report(&public_key, &signed).err().map(|e| e.to_string());
-            if problem.is_none() {
-                match <pb::UsageReport as prost::Message>::decode(signed.report.as_slice()) {
-                    Err(e) => problem = Some(format!("stored bytes do not decode: {e}")),
-                    Ok(rep) if rep.seq != seq || rep.host_id != host_id => {
-                        problem =
-                            Some(format!("stored under ({host_id}, {seq}) but says ({}, {})", rep.host_id, rep.seq));
-                    }
-                    Ok(rep) => {
-                        if let Some((ph, ps, phash)) = &prev
-                            && *ph == host_id
-                            && *ps + 1 == seq
-                            && rep.prev_report_sha256 != phash.as_slice()
-                        {
-                            summary.chain_breaks += 1;
+                params![],
+                |r| {
+                    let host_id: String = r.get(0)?;
+                    let seq = r.u64(1)?;
+                    let signed = pb::SignedReport { report: r.get(2)?, signature: r.get(3)?, key_id: r.get(4)? };
+                    let public_key: Vec<u8> = r.get(5)?;
+                    summary.checked += 1;
+                    let mut problem =
+                        gpuattest_proto::verify_report(&public_key, &signed).err().map(|e| e.to_string());
+                    if problem.is_none() {
+                        match <pb::UsageReport as prost::Message>::decode(signed.report.as_slice()) {
+                            Err(e) => problem = Some(format!("stored bytes do not decode: {e}")),
+                            Ok(rep) if rep.seq != seq || rep.host_id != host_id => {
+                                problem = Some(format!(
+                                    "stored under ({host_id}, {seq}) but says ({}, {})",
+                                    rep.host_id, rep.seq
+                                ));
+                            }
+                            Ok(rep) => {
+                                if let Some((ph, ps, phash)) = &prev
+                                    && *ph == host_id
+                                    && *ps + 1 == seq
+                                    && rep.prev_report_sha256 != phash.as_slice()
+                                {
+                                    summary.chain_breaks += 1;
+                                }
+                            }
                         }
                     }
-                }
-            }
-            match problem {
-                None => summary.valid += 1,
-                Some(reason) => summary.invalid.push(InvalidReport { host_id: host_id.clone(), seq, reason }),
-            }
-            prev = Some((host_id, seq, gpuattest_proto::sha256(&signed.report)));
-        }
+                    match problem {
+                        None => summary.valid += 1,
+                        Some(reason) => {
+                            summary.invalid.push(InvalidReport { host_id: host_id.clone(), seq, reason });
+                        }
+                    }
+                    prev = Some((host_id, seq, gpuattest_proto::sha256(&signed.report)));
+                    Ok(())
+                },
+            )
+            .map_err(sql("read reports"))?;
         Ok(summary)
     }
 
@@ -1013,15 +1126,17 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn flags(&self, tenant: Option<&str>) -> Result<Vec<FlagRow>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(&format!(
-                "{FLAG_COLUMNS} WHERE (?1 IS NULL OR tenant = ?1) \
+        self.conn()
+            .rows(
+                concat!(
+                    flag_columns!(),
+                    " WHERE (CAST(?1 AS TEXT) IS NULL OR tenant = ?1) \
                  ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'medium' THEN 2 WHEN 'low' THEN 3 ELSE 4 END, id"
-            ))
-            .map_err(sql("list flags"))?;
-        let rows = stmt.query_map(params![tenant], flag_row).map_err(sql("list flags"))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("list flags"))
+                ),
+                params![tenant],
+                flag_row,
+            )
+            .map_err(sql("list flags"))
     }
 
     /// One flag by id, if it exists (and belongs to `tenant` when one is given).
@@ -1030,12 +1145,11 @@ impl Store {
     /// [`StoreError::Sql`].
     pub fn flag(&self, id: i64, tenant: Option<&str>) -> Result<Option<FlagRow>> {
         self.conn()
-            .query_row(
-                &format!("{FLAG_COLUMNS} WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)"),
+            .row(
+                concat!(flag_columns!(), " WHERE id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR tenant = ?2)"),
                 params![id, tenant],
                 flag_row,
             )
-            .optional()
             .map_err(sql("read flag"))
     }
 
@@ -1044,12 +1158,13 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn flag_history(&self, id: i64) -> Result<Vec<AuditRow>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT id, at, actor, action, target, detail FROM audit WHERE target = ?1 ORDER BY id DESC")
-            .map_err(sql("read flag history"))?;
-        let rows = stmt.query_map(params![format!("flag:{id}")], audit_row).map_err(sql("read flag history"))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("read flag history"))
+        self.conn()
+            .rows(
+                "SELECT id, at, actor, action, target, detail FROM audit WHERE target = ?1 ORDER BY id DESC",
+                params![&format!("flag:{id}")],
+                audit_row,
+            )
+            .map_err(sql("read flag history"))
     }
 
     /// Records a reviewer's decision on a flag and audits it. Returns the flag's tenant, or `None` when
@@ -1059,14 +1174,14 @@ impl Store {
     /// [`StoreError::Sql`].
     pub fn decide_flag(&self, id: i64, status: &str, actor: &str, reason: &str, now: i64) -> Result<Option<()>> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(sql("begin"))?;
+        let mut tx = conn.write().map_err(sql("begin"))?;
         let n = tx
             .execute("UPDATE flags SET status = ?1, updated_at = ?2 WHERE id = ?3", params![status, now, id])
             .map_err(sql("decide flag"))?;
         if n == 0 {
             return Ok(None);
         }
-        audit_tx(&tx, now, actor, &format!("flag.{status}"), &format!("flag:{id}"), reason)?;
+        audit_tx(&mut tx, now, actor, &format!("flag.{status}"), &format!("flag:{id}"), reason)?;
         tx.commit().map_err(sql("commit decision"))?;
         Ok(Some(()))
     }
@@ -1076,13 +1191,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn audit(&self, at: i64, actor: &str, action: &str, target: &str, detail: &str) -> Result<()> {
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO audit (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![at, actor, action, target, detail],
-        )
-        .map_err(sql("audit"))?;
-        Ok(())
+        audit_tx(&mut self.conn(), at, actor, action, target, detail)
     }
 
     /// The audit log, newest first.
@@ -1090,12 +1199,13 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn audit_log(&self, limit: u32) -> Result<Vec<AuditRow>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT id, at, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?1")
-            .map_err(sql("read audit"))?;
-        let rows = stmt.query_map(params![limit], audit_row).map_err(sql("read audit"))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("read audit"))
+        self.conn()
+            .rows(
+                "SELECT id, at, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?1",
+                params![limit],
+                audit_row,
+            )
+            .map_err(sql("read audit"))
     }
 }
 
@@ -1112,14 +1222,13 @@ pub fn log_leaf_data(host_id: &str, seq: u64, report_sha256: &[u8]) -> Vec<u8> {
 
 /// Missing sequence numbers of a host that its signed gap records account for: the union of the
 /// recorded ranges, less the reports in them that did arrive.
-fn recorded_missing(conn: &Connection, host_id: &str) -> Result<u64> {
-    let mut stmt = conn
-        .prepare_cached("SELECT first_seq, last_seq FROM gap_records WHERE host_id = ?1 ORDER BY first_seq")
-        .map_err(sql("read gap records"))?;
-    let ranges = stmt
-        .query_map(params![host_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
-        .map_err(sql("read gap records"))?
-        .collect::<rusqlite::Result<Vec<_>>>()
+fn recorded_missing(conn: &mut Db, host_id: &str) -> Result<u64> {
+    let ranges = conn
+        .rows(
+            "SELECT first_seq, last_seq FROM gap_records WHERE host_id = ?1 ORDER BY first_seq",
+            params![host_id],
+            |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?)),
+        )
         .map_err(sql("read gap records"))?;
     let mut merged: Vec<(i64, i64)> = Vec::new();
     for (a, b) in ranges {
@@ -1131,12 +1240,13 @@ fn recorded_missing(conn: &Connection, host_id: &str) -> Result<u64> {
     let mut total = 0u64;
     for (a, b) in merged {
         let stored: i64 = conn
-            .query_row(
+            .row(
                 "SELECT COUNT(*) FROM reports WHERE host_id = ?1 AND seq BETWEEN ?2 AND ?3",
                 params![host_id, a, b],
                 |r| r.get(0),
             )
-            .map_err(sql("count recorded range"))?;
+            .map_err(sql("count recorded range"))?
+            .unwrap_or(0);
         total += (b - a + 1 - stored).max(0) as u64;
     }
     Ok(total)
@@ -1150,8 +1260,8 @@ struct HostPosition {
     tenant: Option<String>,
 }
 
-fn token_row(conn: &Connection, hash: &[u8]) -> Result<Option<TokenRow>> {
-    conn.query_row(
+fn token_row(conn: &mut Db, hash: &[u8]) -> Result<Option<TokenRow>> {
+    conn.row(
         "SELECT id, role, tenant, expires_at, used_at, revoked_at, uses, max_uses FROM tokens WHERE hash = ?1",
         params![hash],
         |r| {
@@ -1167,11 +1277,10 @@ fn token_row(conn: &Connection, hash: &[u8]) -> Result<Option<TokenRow>> {
             })
         },
     )
-    .optional()
     .map_err(sql("look up token"))
 }
 
-fn audit_tx(tx: &Connection, at: i64, actor: &str, action: &str, target: &str, detail: &str) -> Result<()> {
+fn audit_tx(tx: &mut Db, at: i64, actor: &str, action: &str, target: &str, detail: &str) -> Result<()> {
     tx.execute(
         "INSERT INTO audit (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![at, actor, action, target, detail],
@@ -1180,29 +1289,34 @@ fn audit_tx(tx: &Connection, at: i64, actor: &str, action: &str, target: &str, d
     Ok(())
 }
 
-fn upsert_flag(tx: &Connection, host_id: &str, tenant: Option<&str>, seq: u64, now: i64, f: &NewFlag) -> Result<()> {
-    tx.prepare_cached("INSERT INTO flags (rule, severity, host_id, tenant, job_key, summary, pid, gpu_uuids, evidence, policy_digest, first_seq, last_seq, occurrences, created_at, updated_at) \
+fn upsert_flag(tx: &mut Db, host_id: &str, tenant: Option<&str>, seq: u64, now: i64, f: &NewFlag) -> Result<()> {
+    let gpus = serde_json::to_string(&f.gpu_uuids).unwrap_or_default();
+    let evidence = f.evidence.to_string();
+    tx.execute(
+        "INSERT INTO flags (rule, severity, host_id, tenant, job_key, summary, pid, gpu_uuids, evidence, policy_digest, first_seq, last_seq, occurrences, created_at, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, 1, ?12, ?12) \
          ON CONFLICT (rule, host_id, job_key) DO UPDATE SET \
-           last_seq = excluded.last_seq, occurrences = occurrences + 1, updated_at = excluded.updated_at, \
+           last_seq = excluded.last_seq, occurrences = flags.occurrences + 1, updated_at = excluded.updated_at, \
            evidence = excluded.evidence, gpu_uuids = excluded.gpu_uuids, policy_digest = excluded.policy_digest, \
            summary = excluded.summary, \
            severity = CASE WHEN (CASE excluded.severity WHEN 'critical' THEN 4 WHEN 'high' THEN 3 WHEN 'medium' THEN 2 WHEN 'low' THEN 1 ELSE 0 END) \
-                             > (CASE severity WHEN 'critical' THEN 4 WHEN 'high' THEN 3 WHEN 'medium' THEN 2 WHEN 'low' THEN 1 ELSE 0 END) \
-                           THEN excluded.severity ELSE severity END").and_then(|mut st| st.execute(params![
-            f.rule,
-            f.severity,
+                             > (CASE flags.severity WHEN 'critical' THEN 4 WHEN 'high' THEN 3 WHEN 'medium' THEN 2 WHEN 'low' THEN 1 ELSE 0 END) \
+                           THEN excluded.severity ELSE flags.severity END",
+        params![
+            &f.rule,
+            &f.severity,
             f.job_host.as_deref().unwrap_or(host_id),
             f.tenant.as_deref().or(tenant),
-            f.job_key,
-            f.summary,
+            &f.job_key,
+            &f.summary,
             f.pid,
-            serde_json::to_string(&f.gpu_uuids).unwrap_or_default(),
-            f.evidence.to_string(),
-            f.policy_digest,
-            seq as i64,
+            &gpus,
+            &evidence,
+            &f.policy_digest,
+            seq,
             now
-        ]))
+        ],
+    )
     .map_err(sql("upsert flag"))?;
     Ok(())
 }
@@ -1210,25 +1324,21 @@ fn upsert_flag(tx: &Connection, host_id: &str, tenant: Option<&str>, seq: u64, n
 /// The body of a report commit, inside a transaction or savepoint the caller owns. Writes nothing
 /// unless it returns [`Commit::Stored`].
 fn commit_one(
-    tx: &Connection,
+    tx: &mut Db,
     host_id: &str,
     incoming: &IncomingReport<'_>,
     flags_for: impl FnOnce(&ChainPosition, &CommitContext) -> Vec<NewFlag>,
 ) -> Result<Commit> {
     let r = incoming.decoded;
     let host = tx
-        .prepare_cached("SELECT last_seq, last_hash, revoked_at, tenant FROM hosts WHERE host_id = ?1")
-        .and_then(|mut st| {
-            st.query_row(params![host_id], |row| {
-                Ok(HostPosition {
-                    last_seq: row.get(0)?,
-                    last_hash: row.get(1)?,
-                    revoked: row.get::<_, Option<i64>>(2)?.is_some(),
-                    tenant: row.get(3)?,
-                })
+        .row("SELECT last_seq, last_hash, revoked_at, tenant FROM hosts WHERE host_id = ?1", params![host_id], |row| {
+            Ok(HostPosition {
+                last_seq: row.get(0)?,
+                last_hash: row.get(1)?,
+                revoked: row.get::<Option<i64>>(2)?.is_some(),
+                tenant: row.get(3)?,
             })
         })
-        .optional()
         .map_err(sql("read host position"))?;
     let Some(HostPosition { last_seq, last_hash, revoked, tenant }) = host else {
         return Ok(Commit::HostGone);
@@ -1237,12 +1347,10 @@ fn commit_one(
         return Ok(Commit::HostGone);
     }
     let seq = r.seq as i64;
-    let exists: bool = tx
-        .prepare_cached("SELECT 1 FROM reports WHERE host_id = ?1 AND seq = ?2")
-        .and_then(|mut st| st.query_row(params![host_id, seq], |_| Ok(true)))
-        .optional()
+    let exists = tx
+        .row("SELECT 1 FROM reports WHERE host_id = ?1 AND seq = ?2", params![host_id, seq], |_| Ok(()))
         .map_err(sql("check replay"))?
-        .unwrap_or(false);
+        .is_some();
     if exists {
         return Ok(Commit::Duplicate);
     }
@@ -1251,86 +1359,89 @@ fn commit_one(
     }
     let position = ChainPosition { last_seq: last_seq as u64, last_hash };
     let hash = gpuattest_proto::sha256(&incoming.signed.report);
-    tx.prepare_cached("INSERT INTO reports (host_id, seq, report, signature, key_id, report_sha256, received_at, agent_time, window_start, window_end, nonce_fresh) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)").and_then(|mut st| st.execute(params![
+    tx.execute(
+        "INSERT INTO reports (host_id, seq, report, signature, key_id, report_sha256, received_at, agent_time, window_start, window_end, nonce_fresh) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
             host_id,
             seq,
-            incoming.signed.report,
-            incoming.signed.signature,
-            incoming.signed.key_id,
-            hash.as_slice(),
+            &incoming.signed.report,
+            &incoming.signed.signature,
+            &incoming.signed.key_id,
+            &hash,
             incoming.received_at,
             r.agent_time_unix_ms,
             r.window_start_unix_ms,
             r.window_end_unix_ms,
             incoming.nonce_fresh
-        ]))
+        ],
+    )
     .map_err(sql("insert report"))?;
-    {
-        let mut g = tx
-            .prepare_cached(
-                "INSERT INTO report_gpus (host_id, seq, gpu_index, uuid, serial, name, pci_bus_id, memory_total, memory_used, util_gpu, power_mw, energy_mj, lost) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) ON CONFLICT DO NOTHING",
-            )
-            .map_err(sql("prepare gpus"))?;
-        for gpu in &r.gpus {
-            g.execute(params![
+    for gpu in &r.gpus {
+        tx.execute(
+            "INSERT INTO report_gpus (host_id, seq, gpu_index, uuid, serial, name, pci_bus_id, memory_total, memory_used, util_gpu, power_mw, energy_mj, lost) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) ON CONFLICT DO NOTHING",
+            params![
                 host_id,
                 seq,
                 gpu.index,
-                gpu.uuid,
-                gpu.serial,
-                gpu.name,
-                gpu.pci_bus_id,
-                gpu.memory_total_bytes as i64,
-                gpu.memory_used_bytes.map(|v| v as i64),
+                &gpu.uuid,
+                &gpu.serial,
+                &gpu.name,
+                &gpu.pci_bus_id,
+                gpu.memory_total_bytes,
+                gpu.memory_used_bytes,
                 gpu.utilization_gpu_pct,
                 gpu.power_mw,
-                gpu.energy_mj.map(|v| v as i64),
+                gpu.energy_mj,
                 gpu.lost
-            ])
-            .map_err(sql("insert gpu"))?;
-        }
-        let mut p = tx
-            .prepare_cached(
-                "INSERT INTO report_processes (host_id, seq, pid, start_time, gpu_uuids, cmdline, container_id, pod_uid, slurm_job_id, uid, exe) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT DO NOTHING",
-            )
-            .map_err(sql("prepare processes"))?;
-        for proc_ in &r.processes {
-            p.execute(params![
+            ],
+        )
+        .map_err(sql("insert gpu"))?;
+    }
+    for proc_ in &r.processes {
+        let gpus = serde_json::to_string(&proc_.gpu_uuids).unwrap_or_default();
+        tx.execute(
+            "INSERT INTO report_processes (host_id, seq, pid, start_time, gpu_uuids, cmdline, container_id, pod_uid, slurm_job_id, uid, exe) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT DO NOTHING",
+            params![
                 host_id,
                 seq,
                 proc_.pid,
-                proc_.start_time_ticks.map(|v| v as i64),
-                serde_json::to_string(&proc_.gpu_uuids).unwrap_or_default(),
-                proc_.cmdline,
-                proc_.container_id,
-                proc_.pod_uid,
-                proc_.slurm_job_id,
+                proc_.start_time_ticks,
+                &gpus,
+                &proc_.cmdline,
+                &proc_.container_id,
+                &proc_.pod_uid,
+                &proc_.slurm_job_id,
                 proc_.uid,
-                proc_.exe
-            ])
-            .map_err(sql("insert process"))?;
-        }
+                &proc_.exe
+            ],
+        )
+        .map_err(sql("insert process"))?;
     }
-    tx.prepare_cached("UPDATE hosts SET last_seq = ?1, last_hash = ?2, last_seen = ?3 WHERE host_id = ?4")
-        .and_then(|mut st| st.execute(params![seq, hash.as_slice(), incoming.received_at, host_id]))
-        .map_err(sql("advance host"))?;
-    tx.prepare_cached("INSERT INTO log_leaves (host_id, seq, leaf_hash) VALUES (?1, ?2, ?3)")
-        .and_then(|mut st| {
-            st.execute(params![
-                host_id,
-                seq,
-                crate::export::merkle::leaf_hash(&log_leaf_data(host_id, r.seq, &hash)).as_slice()
-            ])
-        })
-        .map_err(sql("append to the transparency log"))?;
+    tx.execute(
+        "UPDATE hosts SET last_seq = ?1, last_hash = ?2, last_seen = ?3 WHERE host_id = ?4",
+        params![seq, &hash, incoming.received_at, host_id],
+    )
+    .map_err(sql("advance host"))?;
+    // Log indexes are dense and in commit order: the write lock orders every appender, replicas included.
+    let leaf = crate::export::merkle::leaf_hash(&log_leaf_data(host_id, r.seq, &hash));
+    tx.execute(
+        "INSERT INTO log_leaves (idx, host_id, seq, leaf_hash) \
+         VALUES ((SELECT COALESCE(MAX(idx), 0) + 1 FROM log_leaves), ?1, ?2, ?3)",
+        params![host_id, seq, &leaf],
+    )
+    .map_err(sql("append to the transparency log"))?;
     if let Some(g) = &r.gap
         && g.first_seq <= g.last_seq
         && g.last_seq < r.seq
     {
-        tx.prepare_cached("INSERT INTO gap_records (host_id, record_seq, first_seq, last_seq, reason) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING").and_then(|mut st| st.execute(params![host_id, seq, g.first_seq as i64, g.last_seq as i64, g.reason.chars().take(512).collect::<String>()]))
+        let reason: String = g.reason.chars().take(512).collect();
+        tx.execute(
+            "INSERT INTO gap_records (host_id, record_seq, first_seq, last_seq, reason) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+            params![host_id, seq, g.first_seq, g.last_seq, &reason],
+        )
         .map_err(sql("record gap"))?;
     }
     let (jobs, moved) =
@@ -1342,7 +1453,7 @@ fn commit_one(
     Ok(Commit::Stored { flags: flags.len() })
 }
 
-fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
+fn audit_row(r: &Row<'_>) -> Result<AuditRow, DbError> {
     Ok(AuditRow {
         id: r.get(0)?,
         at: rfc3339(r.get(1)?),
@@ -1354,10 +1465,15 @@ fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
 }
 
 /// The columns [`flag_row`] reads, in order.
-const FLAG_COLUMNS: &str = "SELECT id, rule, severity, status, host_id, tenant, summary, job_key, pid, gpu_uuids, evidence, \
-    policy_digest, first_seq, last_seq, occurrences, created_at, updated_at, assignee FROM flags";
+macro_rules! flag_columns {
+    () => {
+        "SELECT id, rule, severity, status, host_id, tenant, summary, job_key, pid, gpu_uuids, evidence, \
+         policy_digest, first_seq, last_seq, occurrences, created_at, updated_at, assignee FROM flags"
+    };
+}
+use flag_columns;
 
-fn flag_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FlagRow> {
+fn flag_row(r: &Row<'_>) -> Result<FlagRow, DbError> {
     Ok(FlagRow {
         id: r.get(0)?,
         rule: r.get(1)?,
@@ -1368,12 +1484,12 @@ fn flag_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FlagRow> {
         summary: r.get(6)?,
         job: r.get(7)?,
         pid: r.get(8)?,
-        gpu_uuids: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
-        evidence: serde_json::from_str(&r.get::<_, String>(10)?).unwrap_or_default(),
+        gpu_uuids: serde_json::from_str(&r.get::<String>(9)?).unwrap_or_default(),
+        evidence: serde_json::from_str(&r.get::<String>(10)?).unwrap_or_default(),
         policy_digest: r.get(11)?,
-        first_seq: r.get::<_, i64>(12)? as u64,
-        last_seq: r.get::<_, i64>(13)? as u64,
-        occurrences: r.get::<_, i64>(14)? as u64,
+        first_seq: r.u64(12)?,
+        last_seq: r.u64(13)?,
+        occurrences: r.u64(14)?,
         created_at: rfc3339(r.get(15)?),
         updated_at: rfc3339(r.get(16)?),
         assignee: r.get(17)?,
@@ -1388,28 +1504,26 @@ fn new_host_id(hostname: &str, key_id: &[u8]) -> String {
     format!("{base}-{}", gpuattest_proto::hex(&key_id[..key_id.len().min(3)]))
 }
 
-fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
-    )
-    .map_err(sql("create migrations table"))?;
-    let current: i64 = conn
-        .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))
-        .map_err(sql("read schema version"))?;
-    let known = MIGRATIONS.len() as i64;
+fn migrate(db: &mut Db, migrations: &[&str], path: &Path) -> Result<()> {
+    db.batch("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+        .map_err(sql("create migrations table"))?;
+    let version = |db: &mut Db| -> Result<i64> {
+        db.row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", params![], |r| r.get(0))
+            .map_err(sql("read schema version"))
+            .map(Option::unwrap_or_default)
+    };
+    let current = version(db)?;
+    let known = migrations.len() as i64;
     if current > known {
         return Err(StoreError::TooNew { path: path.to_path_buf(), found: current, known });
     }
-    for (i, m) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("begin migration"))?;
+    for (i, m) in migrations.iter().enumerate().skip(current as usize) {
+        let mut tx = db.write().map_err(sql("begin migration"))?;
         // Another process may have migrated between our read and the lock.
-        let again: i64 = tx
-            .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))
-            .map_err(sql("read schema version"))?;
-        if again > i as i64 {
+        if version(&mut tx)? > i as i64 {
             continue;
         }
-        tx.execute_batch(m).map_err(sql("apply migration"))?;
+        tx.batch(m).map_err(sql("apply migration"))?;
         tx.execute(
             "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
             params![i as i64 + 1, crate::now_ms()],

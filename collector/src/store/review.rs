@@ -2,9 +2,9 @@
 //! the job's GPU utilisation and energy over time across hosts, and who is working on it.
 
 use gpuattest_proto::pb;
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
+use super::db::{DbError, Row, params};
 use super::{Result, Store, audit_tx, sql};
 use crate::timefmt::rfc3339;
 
@@ -73,25 +73,22 @@ impl Store {
     /// # Errors
     /// [`super::StoreError::Sql`].
     pub fn report_refs(&self, host_id: &str, first: u64, last: u64, limit: usize) -> Result<Vec<ReportRef>> {
-        let conn = self.conn();
-        let mut st = conn
-            .prepare(
+        self.conn()
+            .rows(
                 "SELECT host_id, seq, received_at, report_sha256, key_id FROM reports \
                  WHERE host_id = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq DESC LIMIT ?4",
+                params![host_id, first, last, limit],
+                |r| {
+                    Ok(ReportRef {
+                        host_id: r.get(0)?,
+                        seq: r.u64(1)?,
+                        received_at: rfc3339(r.get(2)?),
+                        report_sha256: gpuattest_proto::hex(&r.get::<Vec<u8>>(3)?),
+                        key_id: gpuattest_proto::hex(&r.get::<Vec<u8>>(4)?),
+                    })
+                },
             )
-            .map_err(sql("list reports"))?;
-        let rows = st
-            .query_map(params![host_id, first as i64, last as i64, limit as i64], |r| {
-                Ok(ReportRef {
-                    host_id: r.get(0)?,
-                    seq: r.get::<_, i64>(1)? as u64,
-                    received_at: rfc3339(r.get(2)?),
-                    report_sha256: gpuattest_proto::hex(&r.get::<_, Vec<u8>>(3)?),
-                    key_id: gpuattest_proto::hex(&r.get::<_, Vec<u8>>(4)?),
-                })
-            })
-            .map_err(sql("list reports"))?;
-        rows.collect::<rusqlite::Result<_>>().map_err(sql("list reports"))
+            .map_err(sql("list reports"))
     }
 
     /// The GPU samples of a job across its hosts (newest [`MAX_TIMELINE_POINTS`]), oldest first; for a
@@ -106,8 +103,8 @@ impl Store {
         gpus: &[String],
         seqs: (u64, u64),
     ) -> Result<Vec<TimelinePoint>> {
-        let conn = self.conn();
-        let map = |r: &rusqlite::Row<'_>| {
+        let mut conn = self.conn();
+        let map = |r: &Row<'_>| -> std::result::Result<TimelinePoint, DbError> {
             Ok(TimelinePoint {
                 host_id: r.get(0)?,
                 gpu_uuid: r.get(1)?,
@@ -117,38 +114,27 @@ impl Store {
                 energy_mj: r.get(5)?,
             })
         };
-        let mut points: Vec<TimelinePoint> = {
-            let mut st = conn
-                .prepare(
-                    "SELECT g.host_id, g.uuid, r.window_end, g.util_gpu, g.power_mw, g.energy_mj \
+        let mut points: Vec<TimelinePoint> = conn
+            .rows(
+                "SELECT g.host_id, g.uuid, r.window_end, g.util_gpu, g.power_mw, g.energy_mj \
                      FROM job_usage j JOIN report_gpus g ON g.host_id = j.host_id AND g.uuid = j.gpu_uuid \
                      JOIN reports r ON r.host_id = g.host_id AND r.seq = g.seq \
                      WHERE j.job_key = ?1 AND r.window_end BETWEEN j.first_seen AND j.last_seen \
                      ORDER BY r.window_end DESC LIMIT ?2",
-                )
-                .map_err(sql("job timeline"))?;
-            st.query_map(params![job_key, MAX_TIMELINE_POINTS as i64], map)
-                .map_err(sql("job timeline"))?
-                .collect::<rusqlite::Result<_>>()
-                .map_err(sql("job timeline"))?
-        };
+                params![job_key, MAX_TIMELINE_POINTS],
+                map,
+            )
+            .map_err(sql("job timeline"))?;
         if points.is_empty() && !gpus.is_empty() {
-            let mut st = conn
-                .prepare(
-                    "SELECT g.host_id, g.uuid, r.window_end, g.util_gpu, g.power_mw, g.energy_mj \
+            const GPU_TIMELINE: &str = "SELECT g.host_id, g.uuid, r.window_end, g.util_gpu, g.power_mw, g.energy_mj \
                      FROM report_gpus g JOIN reports r ON r.host_id = g.host_id AND r.seq = g.seq \
                      WHERE g.host_id = ?1 AND g.uuid = ?2 AND g.seq BETWEEN ?3 AND ?4 \
-                     ORDER BY g.seq DESC LIMIT ?5",
-                )
-                .map_err(sql("gpu timeline"))?;
+                     ORDER BY g.seq DESC LIMIT ?5";
             for u in gpus.iter().take(16) {
-                let rows = st
-                    .query_map(
-                        params![host_id, u, seqs.0 as i64, seqs.1 as i64, (MAX_TIMELINE_POINTS / 16) as i64],
-                        map,
-                    )
+                let rows = conn
+                    .rows(GPU_TIMELINE, params![host_id, u, seqs.0, seqs.1, MAX_TIMELINE_POINTS / 16], map)
                     .map_err(sql("gpu timeline"))?;
-                points.extend(rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("gpu timeline"))?);
+                points.extend(rows);
             }
         }
         points.sort_by(|a, b| a.t.cmp(&b.t).then_with(|| a.gpu_uuid.cmp(&b.gpu_uuid)));
@@ -161,7 +147,7 @@ impl Store {
     /// [`super::StoreError::Sql`].
     pub fn assign_flag(&self, id: i64, assignee: &str, actor: &str, now: i64) -> Result<Option<()>> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(sql("begin"))?;
+        let mut tx = conn.write().map_err(sql("begin"))?;
         let value = (!assignee.is_empty()).then_some(assignee);
         let n = tx
             .execute("UPDATE flags SET assignee = ?1, updated_at = ?2 WHERE id = ?3", params![value, now, id])
@@ -170,7 +156,7 @@ impl Store {
             return Ok(None);
         }
         audit_tx(
-            &tx,
+            &mut tx,
             now,
             actor,
             "flag.assign",
@@ -213,12 +199,11 @@ impl Store {
         }
         let prev: Option<Vec<u8>> = if seq > 1 {
             self.conn()
-                .query_row(
+                .row(
                     "SELECT report_sha256 FROM reports WHERE host_id = ?1 AND seq = ?2",
-                    params![host_id, (seq - 1) as i64],
+                    params![host_id, seq - 1],
                     |r| r.get(0),
                 )
-                .optional()
                 .map_err(sql("read previous report"))?
         } else {
             None

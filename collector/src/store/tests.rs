@@ -1,7 +1,9 @@
-//! Store tests on a real SQLite file in a temporary directory.
+//! The store suite, run on both backends: a real SQLite file in a temporary directory, and a schema of
+//! its own in the real PostgreSQL (see [`super::testing`]).
 
 use ring::signature::{Ed25519KeyPair, KeyPair};
 
+use super::db::params;
 use super::*;
 
 fn key() -> Ed25519KeyPair {
@@ -63,23 +65,53 @@ fn flag(job: &str) -> NewFlag {
     }
 }
 
-#[test]
-fn migrations_are_idempotent_and_newer_schemas_are_refused() {
-    let t = tempfile::tempdir().expect("tmp");
-    drop(Store::open(t.path()).expect("first open"));
-    drop(Store::open(t.path()).expect("second open"));
-    let conn = Connection::open(t.path().join("gpuattest.db")).expect("raw");
-    conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (99, 0)", []).expect("bump");
-    drop(conn);
-    let e = Store::open(t.path()).expect_err("too new");
+/// Where a test's store lives; `open` may be called again to reopen the same store.
+pub(super) enum Backend {
+    Sqlite(tempfile::TempDir),
+    Postgres(super::testing::ScratchSchema),
+}
+
+impl Backend {
+    fn open(&self) -> Result<Store> {
+        match self {
+            Backend::Sqlite(d) => Store::open(d.path()),
+            Backend::Postgres(s) => Store::connect(&s.url),
+        }
+    }
+}
+
+/// Each test of the suite, once per backend.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name(&super::Backend::Sqlite(tempfile::tempdir().expect("tmp")));
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                if let Some(s) = super::super::testing::ScratchSchema::or_skip(stringify!($name)) {
+                    super::$name(&super::Backend::Postgres(s));
+                }
+            })*
+        }
+    };
+}
+
+fn migrations_are_idempotent_and_newer_schemas_are_refused(b: &Backend) {
+    drop(b.open().expect("first open"));
+    let s = b.open().expect("second open");
+    s.conn().execute("INSERT INTO schema_migrations (version, applied_at) VALUES (99, 0)", params![]).expect("bump");
+    drop(s);
+    let e = b.open().expect_err("too new");
     assert!(matches!(e, StoreError::TooNew { found: 99, .. }), "{e}");
     assert!(e.to_string().contains("upgrade gpuattest-collector"));
 }
 
-#[test]
-fn enrollment_refusals_say_what_to_do() {
-    let t = tempfile::tempdir().expect("tmp");
-    let s = Store::open(t.path()).expect("open");
+fn enrollment_refusals_say_what_to_do(b: &Backend) {
+    let s = b.open().expect("open");
     let k = key();
     let pk = k.public_key().as_ref().to_vec();
     let kid = gpuattest_proto::key_id(&pk);
@@ -101,10 +133,8 @@ fn enrollment_refusals_say_what_to_do() {
     assert!(s.audit_log(10).expect("audit").iter().any(|a| a.action == "enroll.refused"));
 }
 
-#[test]
-fn a_fleet_enroll_token_enrolls_as_many_hosts_as_it_allows() {
-    let t = tempfile::tempdir().expect("tmp");
-    let s = Store::open(t.path()).expect("open");
+fn a_fleet_enroll_token_enrolls_as_many_hosts_as_it_allows(b: &Backend) {
+    let s = b.open().expect("open");
     let fleet = token_uses(&s, "fleet", "enroll", i64::MAX, 3);
     let mut ids = std::collections::BTreeSet::new();
     for n in 0..3 {
@@ -122,10 +152,8 @@ fn a_fleet_enroll_token_enrolls_as_many_hosts_as_it_allows() {
     assert_eq!(s.hosts(None).expect("hosts").len(), 3, "the refused fourth host is not stored");
 }
 
-#[test]
-fn reports_are_stored_once_and_refusals_change_nothing() {
-    let t = tempfile::tempdir().expect("tmp");
-    let s = Store::open(t.path()).expect("open");
+fn reports_are_stored_once_and_refusals_change_nothing(b: &Backend) {
+    let s = b.open().expect("open");
     let k = key();
     let h = enrolled(&s, &k, "n1");
     let (s1, r1) = signed(&k, &h.host_id, 1);
@@ -145,10 +173,8 @@ fn reports_are_stored_once_and_refusals_change_nothing() {
     assert_eq!(commit(&s, "no-such-host", &s1, &r1, vec![]), Commit::HostGone);
 }
 
-#[test]
-fn verify_all_finds_tampered_rows_and_broken_chains() {
-    let t = tempfile::tempdir().expect("tmp");
-    let s = Store::open(t.path()).expect("open");
+fn verify_all_finds_tampered_rows_and_broken_chains(b: &Backend) {
+    let s = b.open().expect("open");
     let k = key();
     let h = enrolled(&s, &k, "n1");
     let (s1, r1) = signed(&k, &h.host_id, 1);
@@ -164,27 +190,25 @@ fn verify_all_finds_tampered_rows_and_broken_chains() {
     let v = s.verify_all().expect("verify");
     assert_eq!((v.checked, v.valid, v.chain_breaks, v.invalid.len()), (2, 2, 0, 0));
     // Someone edits a stored report behind the collector's back.
-    s.conn().execute("UPDATE reports SET report = CAST(report || x'00' AS BLOB) WHERE seq = 1", []).expect("tamper");
+    let mut tampered = s1.report.clone();
+    tampered.push(0);
+    s.conn().execute("UPDATE reports SET report = ?1 WHERE seq = 1", params![&tampered]).expect("tamper");
     let v = s.verify_all().expect("verify");
     // Report 1 no longer verifies, and report 2 no longer chains to what is stored as report 1.
     assert_eq!((v.valid, v.invalid.len(), v.chain_breaks), (1, 1, 1));
     assert_eq!(v.invalid[0].seq, 1);
 }
 
-#[test]
-fn audit_log_is_append_only() {
-    let t = tempfile::tempdir().expect("tmp");
-    let s = Store::open(t.path()).expect("open");
+fn audit_log_is_append_only(b: &Backend) {
+    let s = b.open().expect("open");
     s.audit(1, "cli", "x", "y", "z").expect("append");
-    assert!(s.conn().execute("UPDATE audit SET actor = 'mallory'", []).is_err());
-    assert!(s.conn().execute("DELETE FROM audit", []).is_err());
+    assert!(s.conn().execute("UPDATE audit SET actor = 'mallory'", params![]).is_err());
+    assert!(s.conn().execute("DELETE FROM audit", params![]).is_err());
     assert_eq!(s.audit_log(10).expect("read")[0].actor, "cli");
 }
 
-#[test]
-fn decisions_are_recorded_and_audited() {
-    let t = tempfile::tempdir().expect("tmp");
-    let s = Store::open(t.path()).expect("open");
+fn decisions_are_recorded_and_audited(b: &Backend) {
+    let s = b.open().expect("open");
     let k = key();
     let h = enrolled(&s, &k, "n1");
     let (s1, r1) = signed(&k, &h.host_id, 1);
@@ -209,10 +233,8 @@ fn pending(host: &str, s: pb::SignedReport, r: pb::UsageReport) -> PendingCommit
     }
 }
 
-#[test]
-fn a_batch_commits_each_report_on_its_own_merits() {
-    let t = tempfile::tempdir().expect("tmp");
-    let s = Store::open(t.path()).expect("open");
+fn a_batch_commits_each_report_on_its_own_merits(b: &Backend) {
+    let s = b.open().expect("open");
     let (ka, kb) = (key(), key());
     let (a, b) = (enrolled(&s, &ka, "a").host_id, enrolled(&s, &kb, "b").host_id);
     let (s1, r1) = signed(&ka, &a, 1);
@@ -244,4 +266,199 @@ fn a_batch_commits_each_report_on_its_own_merits() {
     assert_eq!(last(&b), Some((1, 1, 0)));
     let v = s.verify_all().expect("verify");
     assert_eq!((v.checked, v.valid, v.chain_breaks), (4, 4, 0));
+}
+
+/// A report of `gpus` H100s, all used by one process of Slurm job 77, over a 10 s window.
+fn busy_report(host: &str, seq: u64, prev: &[u8], gpus: usize) -> pb::UsageReport {
+    let uuids: Vec<String> = (0..gpus).map(|i| format!("GPU-{host}-{i}")).collect();
+    pb::UsageReport {
+        host_id: host.into(),
+        seq,
+        prev_report_sha256: prev.to_vec(),
+        window_start_unix_ms: (seq as i64) * 10_000,
+        window_end_unix_ms: (seq as i64 + 1) * 10_000,
+        gpus: uuids
+            .iter()
+            .enumerate()
+            .map(|(i, u)| pb::Gpu {
+                index: i as u32,
+                uuid: u.clone(),
+                serial: format!("165{i:010}"),
+                name: "NVIDIA H100 80GB HBM3".into(),
+                pci_bus_id: format!("00000000:{:02X}:00.0", 0x18 + i),
+                memory_total_bytes: 85_520_809_984,
+                utilization_gpu_pct: Some(50),
+                power_mw: Some(400_000),
+                energy_mj: Some(1_000_000 * seq),
+                ..Default::default()
+            })
+            .collect(),
+        processes: vec![pb::GpuProcess {
+            pid: 4242,
+            gpu_uuids: uuids,
+            cmdline: "python train.py".into(),
+            exe: "/usr/bin/python3".into(),
+            slurm_job_id: Some("77".into()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn commit_chain(s: &Store, k: &Ed25519KeyPair, host: &str, n: u64, gpus: usize) -> Vec<pb::SignedReport> {
+    let mut prev = Vec::new();
+    let mut out = Vec::new();
+    for seq in 1..=n {
+        let r = busy_report(host, seq, &prev, gpus);
+        let sr = gpuattest_proto::sign_report(k, prost::Message::encode_to_vec(&r));
+        let inc = IncomingReport {
+            signed: &sr,
+            decoded: &r,
+            received_at: (seq as i64 + 1) * 10_000,
+            nonce_fresh: true,
+            process_tenants: Vec::new(),
+        };
+        let c = s.commit_report(host, &inc, |_, ctx| {
+            ctx.jobs.iter().map(|j| NewFlag { job_key: j.job_key.clone(), ..flag("x") }).collect()
+        });
+        assert_eq!(c.expect("commit"), Commit::Stored { flags: 1 });
+        prev = gpuattest_proto::sha256(&sr.report).to_vec();
+        out.push(sr);
+    }
+    out
+}
+
+fn jobs_are_accounted_across_reports_and_gpus(b: &Backend) {
+    let s = b.open().expect("open");
+    let k = key();
+    let h = enrolled(&s, &k, "n1");
+    commit_chain(&s, &k, &h.host_id, 3, 2);
+    let jobs = s.jobs(None, 10).expect("jobs");
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let j = &jobs[0];
+    assert_eq!((j.job_key.as_str(), j.gpus, j.tenant.as_deref()), ("slurm:77", 2, Some("t1")));
+    // 3 windows of 10 s on 2 GPUs.
+    assert!((j.gpu_hours - 60.0 / 3600.0).abs() < 1e-9, "{}", j.gpu_hours);
+    // Energy: first window 400 W x 10 s per GPU (no earlier counter), then counter deltas of 1,000 J.
+    assert!((j.energy_joules - 2.0 * (4000.0 + 1000.0 + 1000.0)).abs() < 1e-6, "{}", j.energy_joules);
+    assert!(j.ops_upper_bound > 0.0);
+    assert_eq!((j.first_seen, j.last_seen), (20_000, 40_000));
+    assert_eq!(s.job("slurm:77").expect("job").map(|j| j.gpus), Some(2));
+    assert_eq!(s.jobs(Some("other"), 10).expect("jobs").len(), 0);
+    // One flag for the job, seen three times; its timeline has every GPU sample.
+    let flags = s.flags(Some("t1")).expect("flags");
+    assert_eq!((flags.len(), flags[0].occurrences), (1, 3));
+    let t = s.timeline("slurm:77", &h.host_id, &[], (1, 3)).expect("timeline");
+    assert_eq!(t.len(), 6, "{t:?}");
+    assert!(t.windows(2).all(|w| w[0].t <= w[1].t));
+    assert_eq!((t[0].util, t[0].power_mw), (Some(50), Some(400_000)));
+}
+
+fn review_reads_and_writes_round_trip(b: &Backend) {
+    let s = b.open().expect("open");
+    let k = key();
+    let h = enrolled(&s, &k, "n1");
+    let chain = commit_chain(&s, &k, &h.host_id, 2, 1);
+    let id = s.flags(None).expect("flags")[0].id;
+    assert_eq!(s.assign_flag(id, "alice", "token:r", 7).expect("assign"), Some(()));
+    assert_eq!(s.assign_flag(id + 1000, "alice", "token:r", 7).expect("assign"), None);
+    s.annotate_flag(id, "reevaluated", &serde_json::json!({"still": true})).expect("annotate");
+    let f = s.flag(id, Some("t1")).expect("flag").expect("exists");
+    assert_eq!(f.assignee.as_deref(), Some("alice"));
+    assert_eq!(f.evidence["reevaluated"]["still"], serde_json::json!(true));
+    assert!(s.flag(id, Some("t2")).expect("flag").is_none(), "another tenant's flag is not shown");
+    assert_eq!(s.flag_history(id).expect("history")[0].action, "flag.assign");
+    let refs = s.report_refs(&h.host_id, 1, 2, 10).expect("refs");
+    assert_eq!(refs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 1]);
+    let check = s.check_report(&h.host_id, 2).expect("check").expect("exists");
+    assert!(check.valid && check.chains_to_previous == Some(true), "{check:?}");
+    assert_eq!(s.report_keys(0).expect("keys"), vec![(h.host_id.clone(), 1), (h.host_id.clone(), 2)]);
+    // Key rotation: the old key stays valid for what it signed.
+    let k2 = key();
+    let new_id = s.rotate_key(&h.host_id, k2.public_key().as_ref(), 2, 8).expect("rotate");
+    assert_eq!(new_id, gpuattest_proto::key_id(k2.public_key().as_ref()).to_vec());
+    let (old_pk, through) = s.retired_key(&h.host_id, &chain[0].key_id).expect("retired").expect("kept");
+    assert_eq!((old_pk.as_slice(), through), (k.public_key().as_ref(), 2));
+    assert!(s.check_report(&h.host_id, 1).expect("check").expect("exists").valid);
+    assert_eq!(s.verify_all().expect("verify").valid, 2);
+    // Silence, revocation.
+    s.set_interval(&h.host_id, 1000).expect("interval");
+    assert_eq!(s.silent_hosts(30_000 + 2_500, 2).expect("silent").len(), 1);
+    assert_eq!(s.silent_hosts(30_000 + 1_500, 2).expect("silent").len(), 0);
+    assert!(s.revoke_host(&h.host_id, "cli", "decommissioned", 9).expect("revoke"));
+    assert!(!s.revoke_host(&h.host_id, "cli", "again", 9).expect("revoke"));
+    let (s3, r3) = signed(&k2, &h.host_id, 3);
+    assert_eq!(commit(&s, &h.host_id, &s3, &r3, vec![]), Commit::HostGone);
+    assert!(s.revoke_token("n1", "cli", 9).expect("revoke token"));
+    assert!(s.token_by_hash(&gpuattest_proto::sha256(b"n1")).expect("token").expect("kept").revoked_at.is_some());
+}
+
+fn the_transparency_log_is_dense_and_in_commit_order(b: &Backend) {
+    let s = b.open().expect("open");
+    let (ka, kb) = (key(), key());
+    let (a, bh) = (enrolled(&s, &ka, "a").host_id, enrolled(&s, &kb, "b").host_id);
+    let (a1, ra1) = signed(&ka, &a, 1);
+    let (b1, rb1) = signed(&kb, &bh, 1);
+    let (b2, rb2) = signed(&kb, &bh, 2);
+    // Refused and failed reports in between leave no hole in the log.
+    let results = s.commit_batch(vec![
+        pending(&a, a1.clone(), ra1.clone()),
+        pending(&a, a1, ra1),
+        pending("nobody", b1.clone(), rb1.clone()),
+        pending(&bh, b1, rb1),
+        pending(&bh, b2, rb2),
+    ]);
+    assert_eq!(results.iter().filter(|r| matches!(r, Ok(Commit::Stored { .. }))).count(), 3);
+    assert_eq!(s.log_leaves(None).expect("leaves").len(), 3);
+    assert_eq!(s.log_leaves(Some(2)).expect("leaves").len(), 2);
+    let mut idx: Vec<u64> =
+        s.reports_for_export("t1", 0, i64::MAX).expect("export").iter().map(|r| r.log_index).collect();
+    idx.sort_unstable();
+    assert_eq!(idx, vec![0, 1, 2]);
+    s.record_head(3, &[1; 32], &[2; 64], 5).expect("head");
+    s.record_head(3, &[1; 32], &[2; 64], 6).expect("the same head again is kept once");
+}
+
+on_both_backends!(
+    migrations_are_idempotent_and_newer_schemas_are_refused,
+    enrollment_refusals_say_what_to_do,
+    a_fleet_enroll_token_enrolls_as_many_hosts_as_it_allows,
+    reports_are_stored_once_and_refusals_change_nothing,
+    verify_all_finds_tampered_rows_and_broken_chains,
+    audit_log_is_append_only,
+    decisions_are_recorded_and_audited,
+    a_batch_commits_each_report_on_its_own_merits,
+    jobs_are_accounted_across_reports_and_gpus,
+    review_reads_and_writes_round_trip,
+    the_transparency_log_is_dense_and_in_commit_order,
+);
+
+#[test]
+fn both_backends_have_the_same_tables_and_columns() {
+    let Some(pg) = super::testing::ScratchSchema::or_skip("schema comparison") else { return };
+    let t = tempfile::tempdir().expect("tmp");
+    let lite = Store::open(t.path()).expect("sqlite");
+    let shared = Store::connect(&pg.url).expect("postgres");
+    let pair = |r: &db::Row<'_>| Ok((r.get::<String>(0)?, r.get::<String>(1)?));
+    let mut a = lite
+        .conn()
+        .rows(
+            "SELECT m.name, p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p \
+             WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'",
+            params![],
+            pair,
+        )
+        .expect("sqlite columns");
+    let mut b = shared
+        .conn()
+        .rows(
+            "SELECT table_name::text, column_name::text FROM information_schema.columns WHERE table_schema = current_schema()",
+            params![],
+            pair,
+        )
+        .expect("postgres columns");
+    a.sort();
+    b.sort();
+    assert!(a.len() > 80, "{a:?}");
+    assert_eq!(a, b, "the PostgreSQL migrations must define what the SQLite ones do");
 }

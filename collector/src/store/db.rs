@@ -1,0 +1,632 @@
+//! The two backends behind one small, synchronous interface: the embedded SQLite file (the default) and
+//! a shared PostgreSQL database (`--database postgres://...`). The store writes its SQL once, in the
+//! subset both speak, with numbered parameters `?1`, `?2`, ... (rewritten to `$1`, `$2` for PostgreSQL).
+//!
+//! Write transactions are serialised the same way on both: SQLite's `BEGIN IMMEDIATE` takes the
+//! database's write lock; on PostgreSQL every write transaction takes one transaction-scoped advisory
+//! lock, so several collector replicas append to the hash chains and the transparency log in one order.
+//!
+//! The PostgreSQL client is tokio-postgres, its connection driven on a thread of its own; the store
+//! waits on the client's futures with a plain thread-parking executor, so it works the same from a
+//! blocking thread, a test, or (as SQLite does) briefly from inside the runtime.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake};
+
+use futures_util::StreamExt;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+
+/// The advisory lock key every PostgreSQL write transaction takes ("gpuattst" in ASCII).
+const WRITE_LOCK: i64 = 0x6770_7561_7474_7374;
+/// The advisory lock held while migrating, so replicas starting together migrate once.
+const MIGRATE_LOCK: i64 = WRITE_LOCK + 1;
+/// Longest a PostgreSQL statement may run before the server cancels it.
+const STATEMENT_TIMEOUT_MS: u32 = 60_000;
+
+/// A backend failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// SQLite's error.
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL's error (with the server's message where there is one).
+    #[error("{}", pg_message(.0))]
+    Pg(#[from] tokio_postgres::Error),
+    /// A value of the wrong type or range.
+    #[error("{0}")]
+    Value(String),
+}
+
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{}: {}", d.severity(), d.message()),
+        None => e.to_string(),
+    }
+}
+
+/// A parameter value. Integers travel as 64-bit on both backends (every integer column is 64-bit).
+#[derive(Debug, Clone, Copy)]
+pub enum P<'a> {
+    /// NULL.
+    Null,
+    /// An integer.
+    I(i64),
+    /// A float.
+    F(f64),
+    /// Text.
+    T(&'a str),
+    /// Bytes.
+    B(&'a [u8]),
+}
+
+macro_rules! from_int {
+    ($($t:ty),*) => {$(
+        impl From<$t> for P<'_> {
+            fn from(v: $t) -> Self {
+                P::I(i64::from(v))
+            }
+        }
+    )*};
+}
+from_int!(i64, i32, u32, u16, u8, bool);
+
+impl From<u64> for P<'_> {
+    /// Values above `i64::MAX` (never produced by the agent) are clamped rather than wrapped.
+    fn from(v: u64) -> Self {
+        P::I(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}
+impl From<usize> for P<'_> {
+    fn from(v: usize) -> Self {
+        P::I(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}
+impl From<f64> for P<'_> {
+    fn from(v: f64) -> Self {
+        P::F(v)
+    }
+}
+impl<'a> From<&'a str> for P<'a> {
+    fn from(v: &'a str) -> Self {
+        P::T(v)
+    }
+}
+impl<'a> From<&'a String> for P<'a> {
+    fn from(v: &'a String) -> Self {
+        P::T(v)
+    }
+}
+impl<'a> From<&'a [u8]> for P<'a> {
+    fn from(v: &'a [u8]) -> Self {
+        P::B(v)
+    }
+}
+impl<'a> From<&'a Vec<u8>> for P<'a> {
+    fn from(v: &'a Vec<u8>) -> Self {
+        P::B(v)
+    }
+}
+impl<'a, const N: usize> From<&'a [u8; N]> for P<'a> {
+    fn from(v: &'a [u8; N]) -> Self {
+        P::B(v)
+    }
+}
+impl<'a> From<&'a Option<String>> for P<'a> {
+    fn from(v: &'a Option<String>) -> Self {
+        v.as_deref().map_or(P::Null, P::T)
+    }
+}
+impl<'a, T: Into<P<'a>>> From<Option<T>> for P<'a> {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(P::Null, Into::into)
+    }
+}
+
+/// Parameters for a statement: `params![a, b, c]`.
+macro_rules! params {
+    () => { &[] as &[$crate::store::db::P<'_>] };
+    ($($e:expr),+ $(,)?) => { &[$($crate::store::db::P::from($e)),+] as &[$crate::store::db::P<'_>] };
+}
+pub(crate) use params;
+
+impl rusqlite::ToSql for P<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match *self {
+            P::Null => ValueRef::Null,
+            P::I(v) => ValueRef::Integer(v),
+            P::F(v) => ValueRef::Real(v),
+            P::T(v) => ValueRef::Text(v.as_bytes()),
+            P::B(v) => ValueRef::Blob(v),
+        }))
+    }
+}
+
+impl ToSql for P<'_> {
+    /// Encodes for the type the server inferred, so `?1` works against BIGINT, INTEGER, BOOLEAN or
+    /// DOUBLE PRECISION alike.
+    fn to_sql(&self, ty: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match *self {
+            P::Null => Ok(IsNull::Yes),
+            P::I(v) => match *ty {
+                Type::INT8 => v.to_sql(ty, out),
+                Type::INT4 => i32::try_from(v)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(v)?.to_sql(ty, out),
+                Type::BOOL => (v != 0).to_sql(ty, out),
+                Type::FLOAT8 => (v as f64).to_sql(ty, out),
+                Type::TEXT | Type::VARCHAR => v.to_string().as_str().to_sql(ty, out),
+                _ => Err(format!("an integer cannot be sent as {ty}").into()),
+            },
+            P::F(v) => match *ty {
+                Type::FLOAT8 => v.to_sql(ty, out),
+                Type::FLOAT4 => (v as f32).to_sql(ty, out),
+                _ => Err(format!("a float cannot be sent as {ty}").into()),
+            },
+            P::T(v) => v.to_sql(ty, out),
+            P::B(v) => v.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// A value read from a row.
+pub trait FromCol: Sized {
+    /// From a SQLite row.
+    fn sqlite(r: &rusqlite::Row<'_>, i: usize) -> Result<Self, DbError>;
+    /// From a PostgreSQL row.
+    fn pg(r: &tokio_postgres::Row, i: usize) -> Result<Self, DbError>;
+}
+
+fn pg_int(r: &tokio_postgres::Row, i: usize) -> Result<Option<i64>, DbError> {
+    let ty = r.columns().get(i).map(|c| c.type_().clone()).ok_or_else(|| DbError::Value(format!("no column {i}")))?;
+    Ok(match ty {
+        Type::INT8 => r.try_get::<_, Option<i64>>(i)?,
+        Type::INT4 => r.try_get::<_, Option<i32>>(i)?.map(i64::from),
+        Type::INT2 => r.try_get::<_, Option<i16>>(i)?.map(i64::from),
+        Type::BOOL => r.try_get::<_, Option<bool>>(i)?.map(i64::from),
+        other => return Err(DbError::Value(format!("column {i} is {other}, not an integer"))),
+    })
+}
+
+fn pg_float(r: &tokio_postgres::Row, i: usize) -> Result<Option<f64>, DbError> {
+    let ty = r.columns().get(i).map(|c| c.type_().clone()).ok_or_else(|| DbError::Value(format!("no column {i}")))?;
+    Ok(match ty {
+        Type::FLOAT8 => r.try_get::<_, Option<f64>>(i)?,
+        Type::FLOAT4 => r.try_get::<_, Option<f32>>(i)?.map(f64::from),
+        _ => pg_int(r, i)?.map(|v| v as f64),
+    })
+}
+
+impl FromCol for Option<i64> {
+    fn sqlite(r: &rusqlite::Row<'_>, i: usize) -> Result<Self, DbError> {
+        Ok(r.get(i)?)
+    }
+    fn pg(r: &tokio_postgres::Row, i: usize) -> Result<Self, DbError> {
+        pg_int(r, i)
+    }
+}
+impl FromCol for Option<f64> {
+    fn sqlite(r: &rusqlite::Row<'_>, i: usize) -> Result<Self, DbError> {
+        Ok(r.get(i)?)
+    }
+    fn pg(r: &tokio_postgres::Row, i: usize) -> Result<Self, DbError> {
+        pg_float(r, i)
+    }
+}
+impl FromCol for Option<String> {
+    fn sqlite(r: &rusqlite::Row<'_>, i: usize) -> Result<Self, DbError> {
+        Ok(r.get(i)?)
+    }
+    fn pg(r: &tokio_postgres::Row, i: usize) -> Result<Self, DbError> {
+        Ok(r.try_get(i)?)
+    }
+}
+impl FromCol for Option<Vec<u8>> {
+    fn sqlite(r: &rusqlite::Row<'_>, i: usize) -> Result<Self, DbError> {
+        Ok(r.get(i)?)
+    }
+    fn pg(r: &tokio_postgres::Row, i: usize) -> Result<Self, DbError> {
+        Ok(r.try_get(i)?)
+    }
+}
+impl FromCol for Option<u32> {
+    fn sqlite(r: &rusqlite::Row<'_>, i: usize) -> Result<Self, DbError> {
+        Option::<i64>::sqlite(r, i)?.map(narrow).transpose()
+    }
+    fn pg(r: &tokio_postgres::Row, i: usize) -> Result<Self, DbError> {
+        pg_int(r, i)?.map(narrow).transpose()
+    }
+}
+
+fn narrow(v: i64) -> Result<u32, DbError> {
+    u32::try_from(v).map_err(|_| DbError::Value(format!("{v} does not fit in 32 bits")))
+}
+
+macro_rules! not_null {
+    ($($t:ty),*) => {$(
+        impl FromCol for $t {
+            fn sqlite(r: &rusqlite::Row<'_>, i: usize) -> Result<Self, DbError> {
+                Option::<$t>::sqlite(r, i)?.ok_or_else(|| DbError::Value(format!("column {i} is NULL")))
+            }
+            fn pg(r: &tokio_postgres::Row, i: usize) -> Result<Self, DbError> {
+                Option::<$t>::pg(r, i)?.ok_or_else(|| DbError::Value(format!("column {i} is NULL")))
+            }
+        }
+    )*};
+}
+not_null!(i64, f64, String, Vec<u8>, u32);
+
+/// One row, of either backend.
+pub enum Row<'r> {
+    /// SQLite.
+    Sqlite(&'r rusqlite::Row<'r>),
+    /// PostgreSQL.
+    Pg(&'r tokio_postgres::Row),
+}
+
+impl Row<'_> {
+    /// Column `i` as `T`.
+    ///
+    /// # Errors
+    /// [`DbError`] when the column is missing, NULL where `T` is not an `Option`, or of another type.
+    pub fn get<T: FromCol>(&self, i: usize) -> Result<T, DbError> {
+        match self {
+            Row::Sqlite(r) => T::sqlite(r, i),
+            Row::Pg(r) => T::pg(r, i),
+        }
+    }
+
+    /// Column `i` as an unsigned sequence number or count.
+    ///
+    /// # Errors
+    /// As [`Row::get`]; a negative value is an error.
+    pub fn u64(&self, i: usize) -> Result<u64, DbError> {
+        let v: i64 = self.get(i)?;
+        u64::try_from(v).map_err(|_| DbError::Value(format!("column {i} is negative ({v})")))
+    }
+}
+
+/// A connection to either backend.
+pub enum Db {
+    /// The embedded store.
+    Sqlite(rusqlite::Connection),
+    /// The shared store.
+    Pg(Box<Pg>),
+}
+
+/// A PostgreSQL connection with its prepared statements.
+pub struct Pg {
+    config: tokio_postgres::Config,
+    client: tokio_postgres::Client,
+    statements: HashMap<&'static str, tokio_postgres::Statement>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Db::Sqlite(_) => "Db::Sqlite",
+            Db::Pg(_) => "Db::Pg",
+        })
+    }
+}
+
+/// Runs `f` to completion on this thread, parking between polls. The futures are tokio-postgres
+/// client calls: channel sends and receives to the connection task on its own thread.
+fn block_on<F: Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+/// `?N` to `$N`. The store's SQL has no `?` inside string literals.
+fn dollar(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Pg {
+    /// Connects, with the connection driven on a thread of its own.
+    ///
+    /// # Errors
+    /// The server's or the network's error.
+    pub fn connect(config: tokio_postgres::Config) -> Result<Pg, DbError> {
+        let client = Self::spawn(&config)?;
+        Ok(Pg { config, client, statements: HashMap::new() })
+    }
+
+    fn spawn(config: &tokio_postgres::Config) -> Result<tokio_postgres::Client, DbError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let config = config.clone();
+        std::thread::Builder::new()
+            .name("gpuattest-pg".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(DbError::Value(format!("cannot start the PostgreSQL thread: {e}"))));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match config.connect(tokio_postgres::NoTls).await {
+                        Ok((client, connection)) => {
+                            let _ = tx.send(Ok(client));
+                            if let Err(e) = connection.await {
+                                tracing::warn!(error = %pg_message(&e), "PostgreSQL connection ended");
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(DbError::Pg(e)));
+                        }
+                    }
+                });
+            })
+            .map_err(|e| DbError::Value(format!("cannot start the PostgreSQL thread: {e}")))?;
+        let client = rx.recv().map_err(|_| DbError::Value("the PostgreSQL thread stopped".into()))??;
+        block_on(client.batch_execute(&format!("SET statement_timeout = {STATEMENT_TIMEOUT_MS}")))?;
+        Ok(client)
+    }
+
+    /// A lost connection (server restart, failover) is replaced before the next statement.
+    fn live(&mut self) -> Result<&tokio_postgres::Client, DbError> {
+        if self.client.is_closed() {
+            tracing::warn!("PostgreSQL connection lost; reconnecting");
+            self.client = Self::spawn(&self.config)?;
+            self.statements.clear();
+        }
+        Ok(&self.client)
+    }
+
+    fn statement(&mut self, sql: &'static str) -> Result<tokio_postgres::Statement, DbError> {
+        self.live()?;
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = block_on(self.client.prepare(&dollar(sql)))?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+}
+
+fn pg_params<'p>(params: &'p [P<'_>]) -> Vec<&'p (dyn ToSql + Sync)> {
+    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
+}
+
+/// SQL text the store passes: static for the statement caches, or built once at run time.
+pub type Sql = &'static str;
+
+impl Db {
+    /// Runs a statement; the number of rows it changed.
+    ///
+    /// # Errors
+    /// The backend's error.
+    pub fn execute(&mut self, sql: Sql, params: &[P<'_>]) -> Result<u64, DbError> {
+        match self {
+            Db::Sqlite(c) => Ok(c.prepare_cached(sql)?.execute(rusqlite::params_from_iter(params))? as u64),
+            Db::Pg(pg) => {
+                let st = pg.statement(sql)?;
+                Ok(block_on(pg.client.execute(&st, &pg_params(params)))?)
+            }
+        }
+    }
+
+    /// Calls `f` on each row, in order, without holding them all in memory.
+    ///
+    /// # Errors
+    /// The backend's error, or the first error `f` returns.
+    pub fn for_each(
+        &mut self,
+        sql: Sql,
+        params: &[P<'_>],
+        mut f: impl FnMut(&Row<'_>) -> Result<(), DbError>,
+    ) -> Result<(), DbError> {
+        match self {
+            Db::Sqlite(c) => {
+                let mut st = c.prepare_cached(sql)?;
+                let mut rows = st.query(rusqlite::params_from_iter(params))?;
+                while let Some(r) = rows.next()? {
+                    f(&Row::Sqlite(r))?;
+                }
+                Ok(())
+            }
+            Db::Pg(pg) => {
+                let st = pg.statement(sql)?;
+                let stream = block_on(pg.client.query_raw(&st, pg_params(params)))?;
+                let mut stream = std::pin::pin!(stream);
+                while let Some(r) = block_on(stream.next()) {
+                    f(&Row::Pg(&r?))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Every row, mapped.
+    ///
+    /// # Errors
+    /// As [`Db::for_each`].
+    pub fn rows<T>(
+        &mut self,
+        sql: Sql,
+        params: &[P<'_>],
+        mut f: impl FnMut(&Row<'_>) -> Result<T, DbError>,
+    ) -> Result<Vec<T>, DbError> {
+        let mut out = Vec::new();
+        self.for_each(sql, params, |r| {
+            out.push(f(r)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The first row, mapped, if there is one.
+    ///
+    /// # Errors
+    /// As [`Db::for_each`].
+    pub fn row<T>(
+        &mut self,
+        sql: Sql,
+        params: &[P<'_>],
+        f: impl FnOnce(&Row<'_>) -> Result<T, DbError>,
+    ) -> Result<Option<T>, DbError> {
+        match self {
+            Db::Sqlite(c) => {
+                let mut st = c.prepare_cached(sql)?;
+                let mut rows = st.query(rusqlite::params_from_iter(params))?;
+                rows.next()?.map(|r| f(&Row::Sqlite(r))).transpose()
+            }
+            Db::Pg(pg) => {
+                let st = pg.statement(sql)?;
+                let rows = block_on(pg.client.query(&st, &pg_params(params)))?;
+                rows.first().map(|r| f(&Row::Pg(r))).transpose()
+            }
+        }
+    }
+
+    /// Several statements without parameters (DDL, transaction control).
+    ///
+    /// # Errors
+    /// The backend's error.
+    pub fn batch(&mut self, sql: &str) -> Result<(), DbError> {
+        match self {
+            Db::Sqlite(c) => Ok(c.execute_batch(sql)?),
+            Db::Pg(pg) => Ok(block_on(pg.live()?.batch_execute(sql))?),
+        }
+    }
+
+    /// Begins a write transaction, serialised with every other writer of this store (other replicas
+    /// included). Dropped without [`Tx::commit`], it rolls back.
+    ///
+    /// # Errors
+    /// The backend's error (SQLite: busy beyond the timeout).
+    pub fn write(&mut self) -> Result<Tx<'_>, DbError> {
+        match self {
+            Db::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE")?,
+            Db::Pg(pg) => {
+                block_on(pg.live()?.batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")))?;
+            }
+        }
+        Ok(Tx { db: self, open: true })
+    }
+
+    /// Takes the migration lock (PostgreSQL; SQLite's migration transactions are exclusive already).
+    ///
+    /// # Errors
+    /// The backend's error.
+    pub fn lock_migrations(&mut self, lock: bool) -> Result<(), DbError> {
+        match self {
+            Db::Sqlite(_) => Ok(()),
+            Db::Pg(pg) => {
+                let f = if lock { "pg_advisory_lock" } else { "pg_advisory_unlock" };
+                Ok(block_on(pg.live()?.batch_execute(&format!("SELECT {f}({MIGRATE_LOCK})")))?)
+            }
+        }
+    }
+
+    /// Which backend.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Db::Pg(_))
+    }
+}
+
+/// A write transaction; rolls back unless committed.
+pub struct Tx<'a> {
+    db: &'a mut Db,
+    open: bool,
+}
+
+impl Tx<'_> {
+    /// Commits.
+    ///
+    /// # Errors
+    /// The backend's error; nothing is stored then.
+    pub fn commit(mut self) -> Result<(), DbError> {
+        self.open = false;
+        self.db.batch("COMMIT")
+    }
+
+    /// Runs `f` in a savepoint: its writes stay when it returns `Ok(true)`, and are undone (leaving the
+    /// transaction usable) when it returns `Ok(false)` or an error.
+    ///
+    /// # Errors
+    /// `f`'s error, or the backend's.
+    pub fn savepoint<T, E: From<DbError>>(&mut self, f: impl FnOnce(&mut Db) -> Result<(T, bool), E>) -> Result<T, E> {
+        self.db.batch("SAVEPOINT report")?;
+        match f(self.db) {
+            Ok((v, true)) => {
+                self.db.batch("RELEASE SAVEPOINT report")?;
+                Ok(v)
+            }
+            Ok((v, false)) => {
+                self.db.batch("ROLLBACK TO SAVEPOINT report; RELEASE SAVEPOINT report")?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.db.batch("ROLLBACK TO SAVEPOINT report; RELEASE SAVEPOINT report")?;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Db;
+    fn deref(&self) -> &Db {
+        self.db
+    }
+}
+
+impl std::ops::DerefMut for Tx<'_> {
+    fn deref_mut(&mut self) -> &mut Db {
+        self.db
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.db.batch("ROLLBACK");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dollar;
+
+    #[test]
+    fn numbered_parameters_become_dollar_parameters() {
+        assert_eq!(dollar("SELECT a FROM t WHERE b = ?1 AND c = ?12"), "SELECT a FROM t WHERE b = $1 AND c = $12");
+        assert_eq!(dollar("SELECT '?' , x ?"), "SELECT '?' , x ?");
+    }
+}

@@ -1,0 +1,147 @@
+//! Several collector replicas on one PostgreSQL store: an agent that fails over from a killed replica
+//! never gets a report stored twice, flags are not duplicated, and a decision made on one replica is
+//! what every other one shows.
+
+use std::path::Path;
+use std::time::Duration;
+
+use gpuattest_collector::export::keys::{SignedHead, public_key_from_pem};
+use gpuattest_collector::store::testing::ScratchSchema;
+use gpuattest_tests::{Agent, AgentSpec, Collector, Workload, collector_cmd, http_get, http_request, run, wait_for};
+use serde_json::Value;
+
+use crate::streaming::node;
+
+/// A collector command on the shared store, printing JSON.
+fn shared(data: &Path, url: &str, args: &[&str]) -> Value {
+    let (code, out, err) = run(collector_cmd(data).arg("--database").arg(url).args(args));
+    assert_eq!(code, 0, "gpuattest-collector {args:?} --database failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?} printed non-JSON ({e}): {out}"))
+}
+
+fn host_row(hosts: &Value, name: &str) -> Option<Value> {
+    hosts.as_array()?.iter().find(|h| h["hostname"] == name).cloned()
+}
+
+fn stored(data: &Path, url: &str, name: &str) -> u64 {
+    host_row(&shared(data, url, &["hosts", "list", "--json"]), name).and_then(|h| h["reports"].as_u64()).unwrap_or(0)
+}
+
+#[test]
+fn two_replicas_share_one_postgres_and_an_agent_fails_over_without_duplicates() {
+    let Some(db) = ScratchSchema::or_skip("two collector replicas") else { return };
+    let t = tempfile::tempdir().expect("tmp");
+    let (data_a, data_b) = (t.path().join("replica-a"), t.path().join("replica-b"));
+    let args = ["--database", db.url.as_str()];
+    // One export key for every replica, as a mounted Secret would be (group-readable).
+    let keys = t.path().join("keys");
+    let (code, pem, err) = run(collector_cmd(&keys).arg("export-key"));
+    assert_eq!(code, 0, "{err}");
+    let shared_key = keys.join("keys/export.pk8");
+    std::fs::set_permissions(&shared_key, std::os::unix::fs::PermissionsExt::from_mode(0o440)).expect("chmod");
+    let env = [("GPUATTEST_EXPORT_KEY", shared_key.as_path())];
+    let mut a = Collector::start_env(&data_a, "127.0.0.1:0", &args, &env);
+    let b = Collector::start_env(&data_b, "127.0.0.1:0", &args, &env);
+
+    let tok = shared(&data_a, &db.url, &["token", "create", "--role", "enroll", "--tenant", "tenant-a", "--json"]);
+    let trainer =
+        Workload::start("python3", &["-m", "torch.distributed.run", "train.py", "--model", "deepseek-ai/DeepSeek-V3"]);
+    let n = node(t.path(), "node-f", &[trainer.pid()]);
+    let start = |n: &crate::streaming::Node, collectors: Vec<String>, tok: &Value| {
+        Agent::start(&AgentSpec {
+            collectors,
+            token: tok["token"].as_str().expect("token"),
+            state_dir: &n.state,
+            scenario: &n.scenario,
+            hostname: n.name,
+            sys_root: &n.sys,
+            interval: "100ms",
+            extra: &[],
+        })
+    };
+    let mut agent = start(&n, vec![a.url(), b.url()], &tok);
+    // A second host writes through replica B at the same time.
+    let g = node(t.path(), "node-g", &[]);
+    let tok_g = shared(&data_b, &db.url, &["token", "create", "--role", "enroll", "--tenant", "tenant-b", "--json"]);
+    let mut agent_g = start(&g, vec![b.url()], &tok_g);
+    wait_for("reports through replica A", Duration::from_secs(30), || {
+        (stored(&data_b, &db.url, "node-f") >= 10).then_some(())
+    });
+    // Replica A dies mid-stream; the agent's unacknowledged reports go to B.
+    a.kill9();
+    let at_kill = stored(&data_b, &db.url, "node-f");
+    wait_for("reports through replica B", Duration::from_secs(30), || {
+        (stored(&data_b, &db.url, "node-f") >= at_kill + 10).then_some(())
+    });
+    agent.stop();
+    agent_g.stop();
+    let st = agent.status();
+    assert_eq!(st["spooled"], 0, "{st}");
+    assert_eq!(st["acked_seq"], st["last_seq"], "{st}");
+
+    // Replica A comes back; both replicas show every report once and no gaps.
+    let a = Collector::start_env(&data_a, "127.0.0.1:0", &args, &env);
+    let operator = shared(&data_a, &db.url, &["token", "create", "--role", "operator", "--json"]);
+    let operator = operator["token"].as_str().expect("token");
+    for (name, c) in [("A", &a), ("B", &b)] {
+        let (code, body) = http_get(&c.http, "/api/v1/hosts", Some(operator));
+        assert_eq!(code, 200, "{name}: {body}");
+        let h = host_row(&serde_json::from_str(&body).expect("json"), "node-f").expect("host listed");
+        assert_eq!(h["last_seq"], st["last_seq"], "replica {name}: {h} vs agent {st}");
+        assert_eq!(h["reports"], st["last_seq"], "replica {name}: every report stored once: {h}");
+        assert_eq!(h["gaps"], 0, "replica {name}: {h}");
+    }
+    let sg = agent_g.status();
+    let hg = host_row(&shared(&data_a, &db.url, &["hosts", "list", "--json"]), "node-g").expect("node-g");
+    assert_eq!((hg["reports"].clone(), hg["gaps"].clone()), (sg["last_seq"].clone(), 0.into()), "{hg} vs {sg}");
+    let v = shared(&data_b, &db.url, &["reports", "verify", "--json"]);
+    let both = st["last_seq"].as_u64().unwrap_or(0) + sg["last_seq"].as_u64().unwrap_or(0);
+    assert_eq!((v["checked"].as_u64(), v["chain_breaks"].as_u64()), (Some(both), Some(0)), "{v}");
+    assert_eq!(v["checked"], v["valid"], "{v}");
+
+    // The DeepSeek job raised one flag, though both replicas evaluated its reports.
+    let flags = shared(&data_a, &db.url, &["flags", "list", "--json"]);
+    let flags = flags.as_array().expect("flags");
+    let deepseek: Vec<&Value> = flags.iter().filter(|f| f["rule"] == "model-developer").collect();
+    assert_eq!(deepseek.len(), 1, "{flags:?}");
+    let mut keys: Vec<(String, String, String)> =
+        flags.iter().map(|f| (f["rule"].to_string(), f["host_id"].to_string(), f["summary"].to_string())).collect();
+    let all = keys.len();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), all, "no flag twice: {flags:?}");
+    let id = deepseek[0]["id"].as_i64().expect("id");
+
+    // Both replicas sign the same log head with the one shared key.
+    let public = public_key_from_pem(&pem).expect("export key PEM");
+    let heads: Vec<SignedHead> = [&a, &b]
+        .iter()
+        .map(|c| {
+            let (code, body) = http_get(&c.http, "/api/v1/log/head", None);
+            assert_eq!(code, 200, "{body}");
+            serde_json::from_str(&body).expect("head")
+        })
+        .collect();
+    assert_eq!((heads[0].tree_size, &heads[0].root_hash), (heads[1].tree_size, &heads[1].root_hash));
+    assert_eq!(heads[0].tree_size, both);
+    for h in &heads {
+        h.verify(&public).expect("signed with the shared key");
+    }
+    assert!(deepseek[0]["occurrences"].as_u64().is_some_and(|n| n >= 15), "{}", deepseek[0]);
+
+    // A decision on replica B is what replica A shows.
+    let reviewer = shared(&data_b, &db.url, &["token", "create", "--role", "reviewer", "--json"]);
+    let reviewer = reviewer["token"].as_str().expect("token");
+    let (code, body) = http_request(
+        &b.http,
+        "POST",
+        &format!("/api/v1/flags/{id}/decision"),
+        Some(reviewer),
+        Some(r#"{"decision": "escalate", "reason": "DeepSeek-V3 fine-tune for a restricted party"}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = http_get(&a.http, &format!("/api/v1/flags/{id}"), Some(reviewer));
+    assert_eq!(code, 200, "{body}");
+    let f: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(f["flag"]["status"], "escalated", "{f}");
+}
