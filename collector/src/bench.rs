@@ -3,7 +3,8 @@
 //!
 //! Agents are simulated in-process: each is a real gRPC client with its own enrolled key, streaming
 //! realistic signed reports (8 GPUs, several processes with models, about 2 KB) over loopback to a real
-//! collector with the embedded store in a temporary directory.
+//! collector with the embedded store in a temporary directory, or (`--database`) with the shared store
+//! in a scratch schema of that PostgreSQL database, dropped afterwards.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::policy::Policy;
 use crate::server::Collector;
 use crate::store::Store;
+use crate::store::scratch::ScratchSchema;
 
 /// What the benchmark measured.
 #[derive(Debug, Serialize)]
@@ -136,11 +138,27 @@ fn rss() -> u64 {
 ///
 /// # Errors
 /// A sentence when the temporary store, listeners or enrollment fail.
-pub async fn run(agents: usize, seconds: u64, interval: Option<Duration>) -> Result<Figures, String> {
+pub async fn run(
+    agents: usize,
+    seconds: u64,
+    interval: Option<Duration>,
+    database: Option<&str>,
+) -> Result<Figures, String> {
     let dir = std::env::temp_dir().join(format!("gpuattest-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let store = Arc::new(Store::open(&dir).map_err(|e| e.to_string())?);
-    let collector = Collector::new(store.clone(), Policy::builtin());
+    let (store, scratch) = match database {
+        None => (Store::open(&dir).map_err(|e| e.to_string())?, None),
+        Some(url) => {
+            let scratch = ScratchSchema::create_in(url, "gpuattest_bench")?;
+            (Store::connect(&scratch.url).map_err(|e| e.to_string())?, Some(scratch))
+        }
+    };
+    let store_name = match &scratch {
+        None => "embedded (SQLite)".to_string(),
+        Some(_) => format!("PostgreSQL {} (scratch schema, dropped)", crate::store::redact_url(database.unwrap_or(""))),
+    };
+    let store = Arc::new(store);
+    let collector = Collector::new(store.clone(), Policy::builtin()).with_data_dir(dir.clone());
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
     let url = format!("http://{}", grpc.local_addr().map_err(|e| e.to_string())?);
@@ -193,6 +211,8 @@ pub async fn run(agents: usize, seconds: u64, interval: Option<Duration>) -> Res
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     let _ = std::fs::remove_dir_all(&dir);
+    drop(store);
+    drop(scratch);
     latencies.sort_by(f64::total_cmp);
     let pct = |p: f64| {
         latencies
@@ -211,7 +231,7 @@ pub async fn run(agents: usize, seconds: u64, interval: Option<Duration>) -> Res
         p50_ack_ms: pct(0.50),
         p99_ack_ms: pct(0.99),
         collector_rss_bytes: rss_bytes,
-        store: "embedded (SQLite)".into(),
+        store: store_name,
     })
 }
 

@@ -742,7 +742,7 @@ pub fn flags_decide(at: &Place, id: i64, decision: &str, reason: &str) -> Result
 ///
 /// # Errors
 /// When the benchmark cannot set up its store, listeners or agents.
-pub fn bench(agents: usize, seconds: u64, interval: Option<&str>, json: bool) -> Result {
+pub fn bench(agents: usize, seconds: u64, interval: Option<&str>, database: Option<&str>, json: bool) -> Result {
     if agents == 0 || seconds == 0 {
         return Err(usage("--agents and --seconds must be at least 1"));
     }
@@ -751,7 +751,7 @@ pub fn bench(agents: usize, seconds: u64, interval: Option<&str>, json: bool) ->
         .transpose()
         .map_err(|e| usage(format!("--interval: {e}")))?
         .filter(|d| !d.is_zero());
-    let f = runtime_rt()?.block_on(crate::bench::run(agents, seconds, interval)).map_err(runtime)?;
+    let f = runtime_rt()?.block_on(crate::bench::run(agents, seconds, interval, database)).map_err(runtime)?;
     if json {
         return print_json(&f);
     }

@@ -382,7 +382,9 @@ fn main() -> ExitCode {
         }
         Cmd::ExportKey => cli::export_key(&at),
         Cmd::Backup { out } => cli::backup(&at, &out),
-        Cmd::Bench { agents, seconds, interval, json } => cli::bench(agents, seconds, interval.as_deref(), json),
+        Cmd::Bench { agents, seconds, interval, json } => {
+            cli::bench(agents, seconds, interval.as_deref(), at.database.as_deref(), json)
+        }
         Cmd::Policy { cmd: PolicyCmd::EvaluateModel { file, json } } => cli::evaluate_model(&at, &file, json),
         Cmd::Policy { cmd: PolicyCmd::Reevaluate { policy, since, json } } => {
             cli::policy_reevaluate(&at, policy.as_deref(), since.as_deref(), json)

@@ -164,7 +164,19 @@ impl ToSql for P<'_> {
                 Type::FLOAT4 => (v as f32).to_sql(ty, out),
                 _ => Err(format!("a float cannot be sent as {ty}").into()),
             },
-            P::T(v) => v.to_sql(ty, out),
+            P::T(v) => match *ty {
+                Type::JSONB => {
+                    // jsonb's binary form: a version byte, then the text.
+                    out.extend_from_slice(&[1]);
+                    out.extend_from_slice(v.as_bytes());
+                    Ok(IsNull::No)
+                }
+                Type::JSON | Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
+                    out.extend_from_slice(v.as_bytes());
+                    Ok(IsNull::No)
+                }
+                _ => Err(format!("text cannot be sent as {ty}").into()),
+            },
             P::B(v) => v.to_sql(ty, out),
         }
     }
@@ -174,6 +186,38 @@ impl ToSql for P<'_> {
     }
 
     to_sql_checked!();
+}
+
+/// A parameter kept until a pipelined write is sent.
+#[derive(Debug, Clone)]
+enum Owned {
+    Null,
+    I(i64),
+    F(f64),
+    T(String),
+    B(Vec<u8>),
+}
+
+impl Owned {
+    fn of(p: &P<'_>) -> Owned {
+        match *p {
+            P::Null => Owned::Null,
+            P::I(v) => Owned::I(v),
+            P::F(v) => Owned::F(v),
+            P::T(v) => Owned::T(v.to_string()),
+            P::B(v) => Owned::B(v.to_vec()),
+        }
+    }
+
+    fn borrow(&self) -> P<'_> {
+        match self {
+            Owned::Null => P::Null,
+            Owned::I(v) => P::I(*v),
+            Owned::F(v) => P::F(*v),
+            Owned::T(v) => P::T(v),
+            Owned::B(v) => P::B(v),
+        }
+    }
 }
 
 /// A value read from a row.
@@ -301,11 +345,12 @@ pub enum Db {
     Pg(Box<Pg>),
 }
 
-/// A PostgreSQL connection with its prepared statements.
+/// A PostgreSQL connection with its prepared statements and the writes waiting to be pipelined.
 pub struct Pg {
     config: tokio_postgres::Config,
     client: tokio_postgres::Client,
     statements: HashMap<&'static str, tokio_postgres::Statement>,
+    pending: Vec<(tokio_postgres::Statement, Vec<Owned>)>,
 }
 
 impl std::fmt::Debug for Db {
@@ -361,7 +406,7 @@ impl Pg {
     /// The server's or the network's error.
     pub fn connect(config: tokio_postgres::Config) -> Result<Pg, DbError> {
         let client = Self::spawn(&config)?;
-        Ok(Pg { config, client, statements: HashMap::new() })
+        Ok(Pg { config, client, statements: HashMap::new(), pending: Vec::new() })
     }
 
     fn spawn(config: &tokio_postgres::Config) -> Result<tokio_postgres::Client, DbError> {
@@ -397,8 +442,24 @@ impl Pg {
         Ok(client)
     }
 
-    /// A lost connection (server restart, failover) is replaced before the next statement.
+    /// Sends the deferred writes as one pipeline (one round trip), in order; the first error wins.
+    fn flush(&mut self) -> Result<(), DbError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let params: Vec<Vec<P<'_>>> = pending.iter().map(|(_, ps)| ps.iter().map(Owned::borrow).collect()).collect();
+        let client = &self.client;
+        let refs: Vec<Vec<&(dyn ToSql + Sync)>> = params.iter().map(|ps| pg_params(ps)).collect();
+        let calls = pending.iter().zip(&refs).map(|((st, _), ps)| client.execute(st, ps.as_slice()));
+        block_on(futures_util::future::try_join_all(calls))?;
+        Ok(())
+    }
+
+    /// A lost connection (server restart, failover) is replaced before the next statement; writes
+    /// deferred before it are sent first.
     fn live(&mut self) -> Result<&tokio_postgres::Client, DbError> {
+        self.flush()?;
         if self.client.is_closed() {
             tracing::warn!("PostgreSQL connection lost; reconnecting");
             self.client = Self::spawn(&self.config)?;
@@ -409,6 +470,10 @@ impl Pg {
 
     fn statement(&mut self, sql: &'static str) -> Result<tokio_postgres::Statement, DbError> {
         self.live()?;
+        self.cached(sql)
+    }
+
+    fn cached(&mut self, sql: &'static str) -> Result<tokio_postgres::Statement, DbError> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
@@ -438,6 +503,40 @@ impl Db {
                 Ok(block_on(pg.client.execute(&st, &pg_params(params)))?)
             }
         }
+    }
+
+    /// A write whose row count is not needed: on PostgreSQL it is queued and sent with the next
+    /// statement as one pipeline (the report commit's dozens of inserts cost a few round trips, not
+    /// one each); on SQLite, in-process, it runs at once. Its error, if any, surfaces at that next
+    /// statement, inside the same transaction.
+    ///
+    /// # Errors
+    /// The backend's error (SQLite), or preparing the statement (PostgreSQL).
+    pub fn defer(&mut self, sql: Sql, params: &[P<'_>]) -> Result<(), DbError> {
+        match self {
+            Db::Sqlite(_) => self.execute(sql, params).map(|_| ()),
+            Db::Pg(pg) => {
+                let st = if let Some(st) = pg.statements.get(sql) { st.clone() } else { pg.statement(sql)? };
+                pg.pending.push((st, params.iter().map(Owned::of).collect()));
+                Ok(())
+            }
+        }
+    }
+
+    /// Drops deferred writes that were not sent (before a rollback, which undoes them anyway).
+    fn discard(&mut self) {
+        if let Db::Pg(pg) = self {
+            pg.pending.clear();
+        }
+    }
+
+    /// Rolls back to the report savepoint. Deferred statements are sent first (their errors do not
+    /// matter: the rollback undoes them), so the savepoint itself has been made.
+    fn undo_savepoint(&mut self) -> Result<(), DbError> {
+        if let Db::Pg(pg) = self {
+            let _ = pg.flush();
+        }
+        self.batch("ROLLBACK TO SAVEPOINT report; RELEASE SAVEPOINT report")
     }
 
     /// Calls `f` on each row, in order, without holding them all in memory.
@@ -581,18 +680,19 @@ impl Tx<'_> {
     /// # Errors
     /// `f`'s error, or the backend's.
     pub fn savepoint<T, E: From<DbError>>(&mut self, f: impl FnOnce(&mut Db) -> Result<(T, bool), E>) -> Result<T, E> {
-        self.db.batch("SAVEPOINT report")?;
+        // Sent with the body's first statements (and the release with the next report's).
+        self.db.defer("SAVEPOINT report", params![])?;
         match f(self.db) {
             Ok((v, true)) => {
-                self.db.batch("RELEASE SAVEPOINT report")?;
+                self.db.defer("RELEASE SAVEPOINT report", params![])?;
                 Ok(v)
             }
             Ok((v, false)) => {
-                self.db.batch("ROLLBACK TO SAVEPOINT report; RELEASE SAVEPOINT report")?;
+                self.db.undo_savepoint()?;
                 Ok(v)
             }
             Err(e) => {
-                self.db.batch("ROLLBACK TO SAVEPOINT report; RELEASE SAVEPOINT report")?;
+                self.db.undo_savepoint()?;
                 Err(e)
             }
         }
@@ -615,6 +715,7 @@ impl std::ops::DerefMut for Tx<'_> {
 impl Drop for Tx<'_> {
     fn drop(&mut self) {
         if self.open {
+            self.db.discard();
             let _ = self.db.batch("ROLLBACK");
         }
     }

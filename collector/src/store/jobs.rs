@@ -67,17 +67,22 @@ pub(super) fn account(
     // else power × time. Also where each GPU was last seen.
     let mut moved = Vec::new();
     let mut energy = vec![0.0f64; r.gpus.len()];
+    // Where this report's GPUs were last seen, in one query (the report's GPU rows are already in).
+    let mut known: BTreeMap<String, (String, String, i64, Option<i64>)> = tx
+        .rows(
+            "SELECT l.uuid, l.host_id, l.serial, l.last_seen, l.last_energy_mj FROM gpu_locations l \
+             JOIN report_gpus g ON g.uuid = l.uuid WHERE g.host_id = ?1 AND g.seq = ?2",
+            params![host_id, r.seq],
+            |row| Ok((row.get(0)?, (row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))),
+        )
+        .map_err(sql("read gpu locations"))?
+        .into_iter()
+        .collect();
     for (i, g) in r.gpus.iter().enumerate() {
         if g.uuid.is_empty() || g.lost {
             continue;
         }
-        let prev: Option<(String, String, i64, Option<i64>)> = tx
-            .row(
-                "SELECT host_id, serial, last_seen, last_energy_mj FROM gpu_locations WHERE uuid = ?1",
-                params![&g.uuid],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
-            )
-            .map_err(sql("read gpu location"))?;
+        let prev = known.remove(&g.uuid);
         let counter = g.energy_mj.map(|v| v as i64);
         energy[i] = match (&prev, counter) {
             (Some((h, _, _, Some(last))), Some(now)) if h == host_id && now >= *last => (now - last) as f64 / 1000.0,
@@ -92,11 +97,11 @@ pub(super) fn account(
                     from_host: h,
                     from_last_seen: last_seen,
                 });
-                tx.execute("UPDATE gpu_locations SET host_id = ?2, serial = ?3, first_seen = ?4, last_seen = ?4, last_seq = ?5, last_energy_mj = ?6 WHERE uuid = ?1", params![&g.uuid, host_id, &g.serial, at, r.seq, counter])
+                tx.defer("UPDATE gpu_locations SET host_id = ?2, serial = ?3, first_seen = ?4, last_seen = ?4, last_seq = ?5, last_energy_mj = ?6 WHERE uuid = ?1", params![&g.uuid, host_id, &g.serial, at, r.seq, counter])
                 .map_err(sql("move gpu location"))?;
             }
             _ => {
-                tx.execute("INSERT INTO gpu_locations (uuid, host_id, serial, first_seen, last_seen, last_seq, last_energy_mj) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6) \
+                tx.defer("INSERT INTO gpu_locations (uuid, host_id, serial, first_seen, last_seen, last_seq, last_energy_mj) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6) \
                      ON CONFLICT (uuid) DO UPDATE SET serial = excluded.serial, \
                        last_seen = CASE WHEN excluded.last_seen > gpu_locations.last_seen THEN excluded.last_seen ELSE gpu_locations.last_seen END, \
                        last_seq = excluded.last_seq, last_energy_mj = excluded.last_energy_mj", params![&g.uuid, host_id, &g.serial, at, r.seq, counter])
@@ -133,7 +138,7 @@ pub(super) fn account(
             None => (0.0, dt * share),
         };
         for key in &jobs_on_gpu[i] {
-            tx.execute("INSERT INTO job_usage (job_key, host_id, gpu_uuid, gpu_name, first_seen, last_seen, gpu_seconds, energy_joules, ops_upper, unknown_peak_seconds) \
+            tx.defer("INSERT INTO job_usage (job_key, host_id, gpu_uuid, gpu_name, first_seen, last_seen, gpu_seconds, energy_joules, ops_upper, unknown_peak_seconds) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9) \
                  ON CONFLICT (job_key, host_id, gpu_uuid) DO UPDATE SET \
                    last_seen = CASE WHEN excluded.last_seen > job_usage.last_seen THEN excluded.last_seen ELSE job_usage.last_seen END, \
@@ -145,12 +150,21 @@ pub(super) fn account(
         }
     }
 
-    let mut summaries = Vec::new();
+    // The jobs' stored evidence in one query, their updates pipelined, their totals in one query.
+    let keys: Vec<String> = job_processes.keys().cloned().collect();
+    let keys_json = serde_json::to_string(&keys).unwrap_or_default();
+    let evidence_sql = if tx.is_postgres() {
+        concat!("SELECT job_key, evidence FROM jobs WHERE job_key IN ", job_keys!(pg))
+    } else {
+        concat!("SELECT job_key, evidence FROM jobs WHERE job_key IN ", job_keys!(sqlite))
+    };
+    let mut stored: BTreeMap<String, String> = tx
+        .rows(evidence_sql, params![&keys_json], |row| Ok((row.get(0)?, row.get(1)?)))
+        .map_err(sql("read jobs"))?
+        .into_iter()
+        .collect();
     for (key, procs) in job_processes {
-        let stored: Option<String> = tx
-            .row("SELECT evidence FROM jobs WHERE job_key = ?1", params![&key], |row| row.get(0))
-            .map_err(sql("read job"))?;
-        let mut ev: JobEvidence = stored.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+        let mut ev: JobEvidence = stored.remove(&key).and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
         for p in procs {
             let utils: Vec<u32> = p
                 .gpu_uuids
@@ -167,52 +181,101 @@ pub(super) fn account(
             }
         }
         let json = serde_json::to_string(&ev).unwrap_or_default();
-        tx.execute("INSERT INTO jobs (job_key, tenant, first_seen, last_seen, evidence) VALUES (?1, ?2, ?3, ?3, ?4) \
+        tx.defer("INSERT INTO jobs (job_key, tenant, first_seen, last_seen, evidence) VALUES (?1, ?2, ?3, ?3, ?4) \
              ON CONFLICT (job_key) DO UPDATE SET evidence = excluded.evidence, \
                last_seen = CASE WHEN excluded.last_seen > jobs.last_seen THEN excluded.last_seen ELSE jobs.last_seen END", params![&key, job_tenant.get(&key).and_then(Option::as_deref), at, &json])
         .map_err(sql("record job"))?;
-        if let Some(s) = summary(tx, &key)? {
-            summaries.push(s);
-        }
     }
-    Ok((summaries, moved))
+    let mut totals = summaries(tx, &keys)?;
+    Ok((keys.iter().filter_map(|k| totals.remove(k)).collect(), moved))
 }
 
-/// A job's totals and verdict; the operation estimate is filled in by the policy's efficiency.
-pub(super) fn summary(conn: &mut Db, key: &str) -> Result<Option<JobSummary>> {
-    let row: Option<(Option<String>, i64, i64, String)> = conn
-        .row("SELECT tenant, first_seen, last_seen, evidence FROM jobs WHERE job_key = ?1", params![key], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })
-        .map_err(sql("read job"))?;
-    let Some((tenant, first_seen, last_seen, evidence)) = row else {
-        return Ok(None);
+/// `IN` over a JSON array of job keys, passed as parameter ?1: expanded by each backend's JSON
+/// functions, so one statement serves any number of jobs.
+macro_rules! job_keys {
+    (sqlite) => {
+        "(SELECT value FROM json_each(?1))"
     };
-    let (gpus, gpu_seconds, energy, ops, unknown): (i64, f64, f64, f64, f64) = conn
-        .row(
-            "SELECT COUNT(DISTINCT gpu_uuid), COALESCE(SUM(gpu_seconds), 0), COALESCE(SUM(energy_joules), 0), \
-             COALESCE(SUM(ops_upper), 0), COALESCE(SUM(unknown_peak_seconds), 0) FROM job_usage WHERE job_key = ?1",
-            params![key],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+    (pg) => {
+        "(SELECT jsonb_array_elements_text(CAST(?1 AS jsonb)))"
+    };
+}
+use job_keys;
+
+macro_rules! summaries_sql {
+    ($dialect:tt) => {
+        concat!(
+            "SELECT j.job_key, j.tenant, j.first_seen, j.last_seen, j.evidence, COUNT(DISTINCT u.gpu_uuid), \
+             COALESCE(SUM(u.gpu_seconds), 0), COALESCE(SUM(u.energy_joules), 0), COALESCE(SUM(u.ops_upper), 0), \
+             COALESCE(SUM(u.unknown_peak_seconds), 0) \
+             FROM jobs j LEFT JOIN job_usage u ON u.job_key = j.job_key WHERE j.job_key IN ",
+            job_keys!($dialect),
+            " GROUP BY j.job_key, j.tenant, j.first_seen, j.last_seen, j.evidence"
         )
-        .map_err(sql("sum job usage"))?
-        .unwrap_or_default();
-    let evidence: JobEvidence = serde_json::from_str(&evidence).unwrap_or_default();
-    Ok(Some(JobSummary {
-        job_key: key.to_string(),
-        tenant,
-        hosts: evidence.hosts.clone(),
-        gpus: gpus as u64,
-        gpu_hours: gpu_seconds / 3600.0,
-        energy_joules: energy,
-        ops_upper_bound: ops,
-        ops_estimate: 0.0,
-        unknown_peak_gpu_seconds: unknown,
-        first_seen,
-        last_seen,
-        verdict: classify(&evidence),
-        evidence,
-    }))
+    };
+}
+
+/// Jobs' totals and verdicts by key, in one query; the operation estimate is filled in by the
+/// policy's efficiency. Unknown keys are absent.
+pub(super) fn summaries(conn: &mut Db, keys: &[String]) -> Result<BTreeMap<String, JobSummary>> {
+    if keys.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let sql_text = if conn.is_postgres() { summaries_sql!(pg) } else { summaries_sql!(sqlite) };
+    let keys_json = serde_json::to_string(keys).unwrap_or_default();
+    let rows = conn
+        .rows(sql_text, params![&keys_json], |r| {
+            Ok(Totals {
+                key: r.get(0)?,
+                tenant: r.get(1)?,
+                first_seen: r.get(2)?,
+                last_seen: r.get(3)?,
+                evidence: r.get(4)?,
+                gpus: r.u64(5)?,
+                gpu_seconds: r.get(6)?,
+                energy: r.get(7)?,
+                ops: r.get(8)?,
+                unknown: r.get(9)?,
+            })
+        })
+        .map_err(sql("sum job usage"))?;
+    Ok(rows.into_iter().map(|t| (t.key.clone(), t.summary())).collect())
+}
+
+/// One row of [`summaries`].
+struct Totals {
+    key: String,
+    tenant: Option<String>,
+    first_seen: i64,
+    last_seen: i64,
+    evidence: String,
+    gpus: u64,
+    gpu_seconds: f64,
+    energy: f64,
+    ops: f64,
+    unknown: f64,
+}
+
+impl Totals {
+    fn summary(self) -> JobSummary {
+        let Totals { key, tenant, first_seen, last_seen, evidence, gpus, gpu_seconds, energy, ops, unknown } = self;
+        let evidence: JobEvidence = serde_json::from_str(&evidence).unwrap_or_default();
+        JobSummary {
+            job_key: key,
+            tenant,
+            hosts: evidence.hosts.clone(),
+            gpus,
+            gpu_hours: gpu_seconds / 3600.0,
+            energy_joules: energy,
+            ops_upper_bound: ops,
+            ops_estimate: 0.0,
+            unknown_peak_gpu_seconds: unknown,
+            first_seen,
+            last_seen,
+            verdict: classify(&evidence),
+            evidence,
+        }
+    }
 }
 
 impl Store {
@@ -229,11 +292,8 @@ impl Store {
                 |r| r.get(0),
             )
             .map_err(sql("list jobs"))?;
-        let mut out = Vec::with_capacity(keys.len());
-        for k in keys {
-            out.extend(summary(&mut conn, &k)?);
-        }
-        Ok(out)
+        let mut totals = summaries(&mut conn, &keys)?;
+        Ok(keys.iter().filter_map(|k| totals.remove(k)).collect())
     }
 
     /// One job.
@@ -241,6 +301,6 @@ impl Store {
     /// # Errors
     /// [`super::StoreError::Sql`].
     pub fn job(&self, key: &str) -> Result<Option<JobSummary>> {
-        summary(&mut self.conn(), key)
+        Ok(summaries(&mut self.conn(), &[key.to_string()])?.remove(key))
     }
 }

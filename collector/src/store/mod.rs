@@ -19,8 +19,7 @@ pub mod db;
 mod group;
 mod jobs;
 mod review;
-#[doc(hidden)]
-pub mod testing;
+pub mod scratch;
 pub use group::{GroupCommitter, MAX_BATCH};
 pub use jobs::{CommitContext, MovedGpu};
 pub use review::{ReportCheck, ReportRef, TimelinePoint};
@@ -1258,6 +1257,8 @@ struct HostPosition {
     last_hash: Option<Vec<u8>>,
     revoked: bool,
     tenant: Option<String>,
+    /// This (host, seq) is already stored.
+    stored: bool,
 }
 
 fn token_row(conn: &mut Db, hash: &[u8]) -> Result<Option<TokenRow>> {
@@ -1292,7 +1293,7 @@ fn audit_tx(tx: &mut Db, at: i64, actor: &str, action: &str, target: &str, detai
 fn upsert_flag(tx: &mut Db, host_id: &str, tenant: Option<&str>, seq: u64, now: i64, f: &NewFlag) -> Result<()> {
     let gpus = serde_json::to_string(&f.gpu_uuids).unwrap_or_default();
     let evidence = f.evidence.to_string();
-    tx.execute(
+    tx.defer(
         "INSERT INTO flags (rule, severity, host_id, tenant, job_key, summary, pid, gpu_uuids, evidence, policy_digest, first_seq, last_seq, occurrences, created_at, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, 1, ?12, ?12) \
          ON CONFLICT (rule, host_id, job_key) DO UPDATE SET \
@@ -1330,28 +1331,30 @@ fn commit_one(
     flags_for: impl FnOnce(&ChainPosition, &CommitContext) -> Vec<NewFlag>,
 ) -> Result<Commit> {
     let r = incoming.decoded;
+    let seq = r.seq as i64;
     let host = tx
-        .row("SELECT last_seq, last_hash, revoked_at, tenant FROM hosts WHERE host_id = ?1", params![host_id], |row| {
-            Ok(HostPosition {
-                last_seq: row.get(0)?,
-                last_hash: row.get(1)?,
-                revoked: row.get::<Option<i64>>(2)?.is_some(),
-                tenant: row.get(3)?,
-            })
-        })
+        .row(
+            "SELECT last_seq, last_hash, revoked_at, tenant, \
+               (SELECT COUNT(*) FROM reports WHERE host_id = ?1 AND seq = ?2) FROM hosts WHERE host_id = ?1",
+            params![host_id, seq],
+            |row| {
+                Ok(HostPosition {
+                    last_seq: row.get(0)?,
+                    last_hash: row.get(1)?,
+                    revoked: row.get::<Option<i64>>(2)?.is_some(),
+                    tenant: row.get(3)?,
+                    stored: row.get::<i64>(4)? > 0,
+                })
+            },
+        )
         .map_err(sql("read host position"))?;
-    let Some(HostPosition { last_seq, last_hash, revoked, tenant }) = host else {
+    let Some(HostPosition { last_seq, last_hash, revoked, tenant, stored }) = host else {
         return Ok(Commit::HostGone);
     };
     if revoked {
         return Ok(Commit::HostGone);
     }
-    let seq = r.seq as i64;
-    let exists = tx
-        .row("SELECT 1 FROM reports WHERE host_id = ?1 AND seq = ?2", params![host_id, seq], |_| Ok(()))
-        .map_err(sql("check replay"))?
-        .is_some();
-    if exists {
+    if stored {
         return Ok(Commit::Duplicate);
     }
     if seq <= last_seq {
@@ -1359,7 +1362,7 @@ fn commit_one(
     }
     let position = ChainPosition { last_seq: last_seq as u64, last_hash };
     let hash = gpuattest_proto::sha256(&incoming.signed.report);
-    tx.execute(
+    tx.defer(
         "INSERT INTO reports (host_id, seq, report, signature, key_id, report_sha256, received_at, agent_time, window_start, window_end, nonce_fresh) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
@@ -1378,7 +1381,7 @@ fn commit_one(
     )
     .map_err(sql("insert report"))?;
     for gpu in &r.gpus {
-        tx.execute(
+        tx.defer(
             "INSERT INTO report_gpus (host_id, seq, gpu_index, uuid, serial, name, pci_bus_id, memory_total, memory_used, util_gpu, power_mw, energy_mj, lost) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) ON CONFLICT DO NOTHING",
             params![
@@ -1401,7 +1404,7 @@ fn commit_one(
     }
     for proc_ in &r.processes {
         let gpus = serde_json::to_string(&proc_.gpu_uuids).unwrap_or_default();
-        tx.execute(
+        tx.defer(
             "INSERT INTO report_processes (host_id, seq, pid, start_time, gpu_uuids, cmdline, container_id, pod_uid, slurm_job_id, uid, exe) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT DO NOTHING",
             params![
@@ -1420,14 +1423,14 @@ fn commit_one(
         )
         .map_err(sql("insert process"))?;
     }
-    tx.execute(
+    tx.defer(
         "UPDATE hosts SET last_seq = ?1, last_hash = ?2, last_seen = ?3 WHERE host_id = ?4",
         params![seq, &hash, incoming.received_at, host_id],
     )
     .map_err(sql("advance host"))?;
     // Log indexes are dense and in commit order: the write lock orders every appender, replicas included.
     let leaf = crate::export::merkle::leaf_hash(&log_leaf_data(host_id, r.seq, &hash));
-    tx.execute(
+    tx.defer(
         "INSERT INTO log_leaves (idx, host_id, seq, leaf_hash) \
          VALUES ((SELECT COALESCE(MAX(idx), 0) + 1 FROM log_leaves), ?1, ?2, ?3)",
         params![host_id, seq, &leaf],
@@ -1438,7 +1441,7 @@ fn commit_one(
         && g.last_seq < r.seq
     {
         let reason: String = g.reason.chars().take(512).collect();
-        tx.execute(
+        tx.defer(
             "INSERT INTO gap_records (host_id, record_seq, first_seq, last_seq, reason) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
             params![host_id, seq, g.first_seq, g.last_seq, &reason],
         )

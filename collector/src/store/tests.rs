@@ -1,5 +1,5 @@
 //! The store suite, run on both backends: a real SQLite file in a temporary directory, and a schema of
-//! its own in the real PostgreSQL (see [`super::testing`]).
+//! its own in the real PostgreSQL (see [`super::scratch`]).
 
 use ring::signature::{Ed25519KeyPair, KeyPair};
 
@@ -68,7 +68,7 @@ fn flag(job: &str) -> NewFlag {
 /// Where a test's store lives; `open` may be called again to reopen the same store.
 pub(super) enum Backend {
     Sqlite(tempfile::TempDir),
-    Postgres(super::testing::ScratchSchema),
+    Postgres(super::scratch::ScratchSchema),
 }
 
 impl Backend {
@@ -92,7 +92,7 @@ macro_rules! on_both_backends {
         mod postgres {
             $(#[test]
             fn $name() {
-                if let Some(s) = super::super::testing::ScratchSchema::or_skip(stringify!($name)) {
+                if let Some(s) = super::super::scratch::ScratchSchema::or_skip(stringify!($name)) {
                     super::$name(&super::Backend::Postgres(s));
                 }
             })*
@@ -435,7 +435,7 @@ on_both_backends!(
 
 #[test]
 fn both_backends_have_the_same_tables_and_columns() {
-    let Some(pg) = super::testing::ScratchSchema::or_skip("schema comparison") else { return };
+    let Some(pg) = super::scratch::ScratchSchema::or_skip("schema comparison") else { return };
     let t = tempfile::tempdir().expect("tmp");
     let lite = Store::open(t.path()).expect("sqlite");
     let shared = Store::connect(&pg.url).expect("postgres");

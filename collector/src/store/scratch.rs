@@ -1,7 +1,7 @@
-//! Scratch stores for tests of this crate and the integration tests: a schema of its own in the
-//! PostgreSQL named by `GPUATTEST_TEST_DATABASE` (default: the local server), dropped afterwards.
-//! With `GPUATTEST_REQUIRE_POSTGRES=1` (as in `.ci/run`) an unreachable server fails the test instead
-//! of skipping it.
+//! Scratch schemas on PostgreSQL: a schema of its own, dropped afterwards, for `bench --database`
+//! (which must never write into the operator's tables) and for tests, in the server named by
+//! `GPUATTEST_TEST_DATABASE` (default: the local one). With `GPUATTEST_REQUIRE_POSTGRES=1` (as in
+//! `.ci/run`) an unreachable server fails a test instead of skipping it.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -29,20 +29,24 @@ fn connect(url: &str) -> Result<Db, String> {
 }
 
 impl ScratchSchema {
-    /// Creates a fresh, empty schema.
+    /// Creates a fresh, empty schema in the test server.
     ///
     /// # Errors
     /// When the server cannot be reached or refuses.
     pub fn create() -> Result<ScratchSchema, String> {
+        Self::create_in(&admin_url(), "gpuattest_test")
+    }
+
+    /// Creates a fresh, empty schema named `<prefix>_...` in the database `url` reaches.
+    ///
+    /// # Errors
+    /// When the server cannot be reached or refuses.
+    pub fn create_in(url: &str, prefix: &str) -> Result<ScratchSchema, String> {
         static N: AtomicU32 = AtomicU32::new(0);
-        let admin = admin_url();
+        let admin = url.to_string();
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        let name = format!(
-            "gpuattest_test_{}_{}_{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed),
-            nanos % 1_000_000
-        );
+        let name =
+            format!("{prefix}_{}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), nanos % 1_000_000);
         let mut db = connect(&admin)?;
         db.batch(&format!("CREATE SCHEMA {name}")).map_err(|e| format!("create schema {name}: {e}"))?;
         let sep = if admin.contains('?') { '&' } else { '?' };
