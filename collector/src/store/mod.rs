@@ -415,21 +415,19 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// A `postgres://` URL with its password replaced, for messages and logs.
+/// A `postgres://` URL with its password replaced and its query (which may carry one) dropped, for
+/// messages and logs.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return "(not a URL)".into() };
-    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let path = tail.split('?').next().unwrap_or("");
     match authority.rsplit_once('@') {
-        Some((user, host)) => {
-            let user = user.split_once(':').map_or(user, |(u, _)| u);
-            let shown = if user.contains(':') || authority[..authority.len() - host.len() - 1].contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_string()
-            };
-            format!("{scheme}://{shown}@{host}{}", tail.split('?').next().unwrap_or(""))
-        }
-        None => format!("{scheme}://{authority}{}", tail.split('?').next().unwrap_or("")),
+        Some((user, host)) => match user.split_once(':') {
+            Some((name, _)) => format!("{scheme}://{name}:***@{host}{path}"),
+            None => format!("{scheme}://{user}@{host}{path}"),
+        },
+        None => format!("{scheme}://{authority}{path}"),
     }
 }
 

@@ -1,0 +1,38 @@
+-- Turn gpuattest's `reports` table into one range-partitioned by received_at (Unix ms), on PostgreSQL.
+-- Run once, with every collector replica stopped, after the collector has created its schema
+-- (`gpuattest-collector --database URL hosts list`): psql "$URL" -v ON_ERROR_STOP=1 -f partition-reports.sql
+-- The store's suite runs this very file before its tests (collector/src/store/tests.rs), so it stays true.
+--
+-- A partitioned table's primary key must include the partition key, so the key becomes
+-- (host_id, seq, received_at). That (host_id, seq) stays unique is the collector's own guarantee: every
+-- report commit checks for the pair under the store's write lock before inserting it.
+
+BEGIN;
+ALTER TABLE reports RENAME TO reports_unpartitioned;
+ALTER TABLE reports_unpartitioned RENAME CONSTRAINT reports_pkey TO reports_unpartitioned_pkey;
+CREATE TABLE reports (
+    host_id        TEXT NOT NULL REFERENCES hosts(host_id),
+    seq            BIGINT NOT NULL,
+    report         BYTEA NOT NULL,
+    signature      BYTEA NOT NULL,
+    key_id         BYTEA NOT NULL,
+    report_sha256  BYTEA NOT NULL,
+    received_at    BIGINT NOT NULL,
+    agent_time     BIGINT NOT NULL,
+    window_start   BIGINT NOT NULL,
+    window_end     BIGINT NOT NULL,
+    nonce_fresh    BIGINT NOT NULL,
+    PRIMARY KEY (host_id, seq, received_at)
+) PARTITION BY RANGE (received_at);
+-- The lookups the collector makes by (host_id, seq) alone.
+CREATE INDEX reports_by_host_seq ON reports (host_id, seq);
+-- Anything outside the monthly partitions lands here; add months ahead of time (below) so it stays small.
+CREATE TABLE reports_default PARTITION OF reports DEFAULT;
+INSERT INTO reports SELECT * FROM reports_unpartitioned;
+DROP TABLE reports_unpartitioned;
+COMMIT;
+
+-- Each month, ahead of time (bounds in Unix ms, UTC), for example December 2026:
+--   CREATE TABLE reports_2026_12 PARTITION OF reports FOR VALUES FROM (1796083200000) TO (1798761600000);
+-- Archive a month by detaching it (evidence is never deleted by gpuattest):
+--   ALTER TABLE reports DETACH PARTITION reports_2026_12;
