@@ -467,7 +467,8 @@ fn both_backends_have_the_same_tables_and_columns() {
 /// keeps every guarantee of the suite.
 #[test]
 fn the_suite_holds_on_reports_partitioned_by_time() {
-    let suite: [(&str, fn(&Backend)); 5] = [
+    type Case = (&'static str, fn(&Backend));
+    let suite: [Case; 5] = [
         ("stored once", reports_are_stored_once_and_refusals_change_nothing),
         ("batch", a_batch_commits_each_report_on_its_own_merits),
         ("verify", verify_all_finds_tampered_rows_and_broken_chains),
