@@ -1,10 +1,12 @@
 //! `gpuattest-collector bench`: end-to-end ingest on this machine, beside the Ed25519 verification
 //! ceiling measured on the same report bytes, so the ratio says how close ingest comes to the crypto.
 //!
-//! Agents are simulated in-process: each is a real gRPC client with its own enrolled key, streaming
-//! realistic signed reports (8 GPUs, several processes with models, about 2 KB) over loopback to a real
-//! collector with the embedded store in a temporary directory, or (`--database`) with the shared store
-//! in a scratch schema of that PostgreSQL database, dropped afterwards.
+//! Agents are simulated in a child process (this binary again, [`AGENTS_ENV`] set), so the collector's
+//! resident memory is measured alone and each side has its own file-descriptor budget: each agent is a
+//! real gRPC client with its own enrolled key, streaming realistic signed reports (8 GPUs, several
+//! processes with models, about 2 KB) over loopback to a real collector with the embedded store in a
+//! temporary directory, or (`--database`) with the shared store in a scratch schema of that PostgreSQL
+//! database, dropped afterwards.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,8 +42,10 @@ pub struct Figures {
     pub p50_ack_ms: f64,
     /// 99th percentile send-to-ack latency, ms.
     pub p99_ack_ms: f64,
-    /// Resident set of this process (collector and simulated agents together), bytes.
+    /// Resident set of the collector (the simulated agents run in another process), bytes, at the end.
     pub collector_rss_bytes: u64,
+    /// Resident set of the process simulating the agents, bytes, at the end.
+    pub agents_rss_bytes: u64,
     /// Store used.
     pub store: String,
 }
@@ -175,9 +179,6 @@ pub async fn run(
     let report_bytes = sample.encoded_len();
     let ceiling = verify_ceiling(&sample, k.public_key().as_ref(), Duration::from_secs(2));
 
-    let mut tasks = Vec::new();
-    // Every agent enrolls and opens its stream first; the clock starts when all are ready.
-    let start = Arc::new(tokio::sync::Barrier::new(agents + 1));
     let tok = crate::tokens::mint(
         &store,
         crate::tokens::Role::Enroll,
@@ -188,25 +189,7 @@ pub async fn run(
         crate::now_ms(),
     )
     .map_err(|e| e.to_string())?;
-    let (deadline_tx, deadline_rx) = tokio::sync::watch::channel(Instant::now());
-    // Connect in waves: thousands of simultaneous connects overflow the listen backlog.
-    let connecting = Arc::new(tokio::sync::Semaphore::new(128));
-    for a in 0..agents {
-        let (url, tok, start, deadline) = (url.clone(), tok.clone(), start.clone(), deadline_rx.clone());
-        let connecting = connecting.clone();
-        tasks.push(tokio::spawn(async move { agent(&url, &tok, a, connecting, start, deadline, interval).await }));
-    }
-    start.wait().await;
-    let _ = deadline_tx.send(Instant::now() + Duration::from_secs(seconds));
-    let began = Instant::now();
-    let mut latencies = Vec::new();
-    for t in tasks {
-        match t.await {
-            Ok(Ok(l)) => latencies.extend(l),
-            Ok(Err(e)) => return Err(e),
-            Err(e) => return Err(e.to_string()),
-        }
-    }
+    let (mut latencies, elapsed, agents_rss_bytes) = run_agents_process(&url, &tok, agents, seconds, interval).await?;
     let rss_bytes = rss();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
@@ -220,7 +203,7 @@ pub async fn run(
             .copied()
             .unwrap_or(0.0)
     };
-    let rate = latencies.len() as f64 / began.elapsed().as_secs_f64().max(seconds as f64);
+    let rate = latencies.len() as f64 / elapsed.as_secs_f64().max(seconds as f64);
     Ok(Figures {
         agents,
         reports: latencies.len() as u64,
@@ -231,8 +214,126 @@ pub async fn run(
         p50_ack_ms: pct(0.50),
         p99_ack_ms: pct(0.99),
         collector_rss_bytes: rss_bytes,
+        agents_rss_bytes,
         store: store_name,
     })
+}
+
+/// Set (to `1`) in the child process that simulates the agents.
+pub const AGENTS_ENV: &str = "GPUATTEST_BENCH_AGENTS";
+
+/// What the parent tells the agents' process.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct AgentsJob {
+    url: String,
+    token: String,
+    agents: usize,
+    seconds: u64,
+    interval_ms: Option<u64>,
+}
+
+/// Starts the agents' process, waits until every agent is enrolled and streaming, starts the clock,
+/// and returns the acknowledgement latencies (ms), the measured duration and that process's RSS.
+async fn run_agents_process(
+    url: &str,
+    token: &str,
+    agents: usize,
+    seconds: u64,
+    interval: Option<Duration>,
+) -> Result<(Vec<f64>, Duration, u64), String> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let job = AgentsJob {
+        url: url.to_string(),
+        token: token.to_string(),
+        agents,
+        seconds,
+        interval_ms: interval.map(|i| u64::try_from(i.as_millis()).unwrap_or(u64::MAX)),
+    };
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary to run the agents: {e}"))?;
+    let mut child = tokio::process::Command::new(exe)
+        .env(AGENTS_ENV, "1")
+        .env_remove("GPUATTEST_DATABASE")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start the agents' process: {e}"))?;
+    let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err("the agents' process has no pipes".into());
+    };
+    let job = serde_json::to_string(&job).map_err(|e| e.to_string())?;
+    stdin.write_all(format!("{job}\n").as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut out = tokio::io::BufReader::new(stdout);
+    let mut line = String::new();
+    out.read_line(&mut line).await.map_err(|e| e.to_string())?;
+    if line.trim() != "ready" {
+        return Err(format!("the agents' process did not get ready: {}", line.trim()));
+    }
+    let began = Instant::now();
+    stdin.write_all(b"go\n").await.map_err(|e| e.to_string())?;
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).await.map_err(|e| e.to_string())?;
+    let elapsed = began.elapsed();
+    let _ = child.wait().await;
+    let done: AgentsDone = serde_json::from_str(rest.trim())
+        .map_err(|e| format!("the agents' process answered {:?}: {e}", rest.chars().take(200).collect::<String>()))?;
+    match done.error {
+        Some(e) => Err(e),
+        None => Ok((done.latencies_ms, elapsed, done.rss_bytes)),
+    }
+}
+
+/// What the agents' process reports back.
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+struct AgentsDone {
+    latencies_ms: Vec<f64>,
+    rss_bytes: u64,
+    error: Option<String>,
+}
+
+/// The agents' process: reads its job from stdin, enrolls and connects every agent, prints `ready`,
+/// waits for `go`, streams for the job's seconds and prints the latencies as JSON.
+pub fn agents_main() -> std::process::ExitCode {
+    let done = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(agents_job()).unwrap_or_else(|e| AgentsDone { error: Some(e), ..Default::default() }),
+        Err(e) => AgentsDone { error: Some(e.to_string()), ..Default::default() },
+    };
+    println!("{}", serde_json::to_string(&done).unwrap_or_default());
+    std::process::ExitCode::SUCCESS
+}
+
+async fn agents_job() -> Result<AgentsDone, String> {
+    use tokio::io::AsyncBufReadExt;
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let mut line = String::new();
+    stdin.read_line(&mut line).await.map_err(|e| e.to_string())?;
+    let job: AgentsJob = serde_json::from_str(line.trim()).map_err(|e| format!("bad job: {e}"))?;
+    let interval = job.interval_ms.map(Duration::from_millis);
+    let mut tasks = Vec::new();
+    // Every agent enrolls and opens its stream first; the clock starts when all are ready.
+    let start = Arc::new(tokio::sync::Barrier::new(job.agents + 1));
+    let (deadline_tx, deadline_rx) = tokio::sync::watch::channel(Instant::now());
+    // Connect in waves: thousands of simultaneous connects overflow the listen backlog.
+    let connecting = Arc::new(tokio::sync::Semaphore::new(128));
+    for a in 0..job.agents {
+        let (url, tok, start, deadline) = (job.url.clone(), job.token.clone(), start.clone(), deadline_rx.clone());
+        let connecting = connecting.clone();
+        tasks.push(tokio::spawn(async move { agent(&url, &tok, a, connecting, start, deadline, interval).await }));
+    }
+    start.wait().await;
+    println!("ready");
+    line.clear();
+    stdin.read_line(&mut line).await.map_err(|e| e.to_string())?;
+    let _ = deadline_tx.send(Instant::now() + Duration::from_secs(job.seconds));
+    let mut latencies = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(Ok(l)) => latencies.extend(l),
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(AgentsDone { latencies_ms: latencies, rss_bytes: rss(), error: None })
 }
 
 /// One simulated agent: enroll, then send reports back to back until `deadline`, one in flight at a time

@@ -756,7 +756,7 @@ pub fn bench(agents: usize, seconds: u64, interval: Option<&str>, database: Opti
         return print_json(&f);
     }
     out(&format!(
-        "{} agents, {} reports of {} bytes in {seconds} s: {:.0} reports/s; verification ceiling {:.0}/s (ratio {:.2}); ack p50 {:.1} ms, p99 {:.1} ms; RSS {} MiB ({})\n",
+        "{} agents, {} reports of {} bytes in {seconds} s: {:.0} reports/s; verification ceiling {:.0}/s (ratio {:.2}); ack p50 {:.1} ms, p99 {:.1} ms; collector RSS {} MiB, agents' process {} MiB ({})\n",
         f.agents,
         f.reports,
         f.report_bytes,
@@ -766,6 +766,7 @@ pub fn bench(agents: usize, seconds: u64, interval: Option<&str>, database: Opti
         f.p50_ack_ms,
         f.p99_ack_ms,
         f.collector_rss_bytes >> 20,
+        f.agents_rss_bytes >> 20,
         f.store
     ))
 }

@@ -323,6 +323,9 @@ fn main() -> ExitCode {
         demo::run_workload();
         return ExitCode::SUCCESS;
     }
+    if std::env::var_os(gpuattest_collector::bench::AGENTS_ENV).is_some() {
+        return gpuattest_collector::bench::agents_main();
+    }
     let args = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -180,11 +180,14 @@ fn the_ingest_benchmark_prints_the_contract_fields() {
         "p50_ack_ms",
         "p99_ack_ms",
         "collector_rss_bytes",
+        "agents_rss_bytes",
         "agents",
     ] {
         assert!(v[k].is_number(), "{k} missing in {v}");
     }
     assert!(v["reports"].as_u64().is_some_and(|r| r > 0), "{v}");
+    assert_eq!(v["agents"], 2, "{v}");
+    assert!(v["agents_rss_bytes"].as_u64().is_some_and(|r| r > 0), "the agents ran in their own process: {v}");
 }
 
 #[test]

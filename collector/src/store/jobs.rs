@@ -13,6 +13,17 @@ use super::{Result, Store, sql};
 use crate::compute::{JobEvidence, JobSummary, classify, job_identity, peak_for};
 
 /// Longest report window counted (a bogus window cannot add more than this much time).
+/// `IN` over a JSON array of keys (jobs, GPU UUIDs), passed as parameter ?1: expanded by each
+/// backend's JSON functions, so one statement serves any number of keys.
+macro_rules! keys_in {
+    (sqlite) => {
+        "(SELECT value FROM json_each(?1))"
+    };
+    (pg) => {
+        "(SELECT jsonb_array_elements_text(CAST(?1 AS jsonb)))"
+    };
+}
+
 const MAX_WINDOW_SECONDS: f64 = 3600.0;
 
 /// What the commit learned beyond the chain position, for the policy.
@@ -67,14 +78,23 @@ pub(super) fn account(
     // else power × time. Also where each GPU was last seen.
     let mut moved = Vec::new();
     let mut energy = vec![0.0f64; r.gpus.len()];
-    // Where this report's GPUs were last seen, in one query (the report's GPU rows are already in).
-    let mut known: BTreeMap<String, (String, String, i64, Option<i64>)> = tx
-        .rows(
-            "SELECT l.uuid, l.host_id, l.serial, l.last_seen, l.last_energy_mj FROM gpu_locations l \
-             JOIN report_gpus g ON g.uuid = l.uuid WHERE g.host_id = ?1 AND g.seq = ?2",
-            params![host_id, r.seq],
-            |row| Ok((row.get(0)?, (row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))),
+    // Where this report's GPUs were last seen, in one query by primary key.
+    let uuids: Vec<&str> = r.gpus.iter().map(|g| g.uuid.as_str()).collect();
+    let locations_sql = if tx.is_postgres() {
+        concat!(
+            "SELECT uuid, host_id, serial, last_seen, last_energy_mj FROM gpu_locations WHERE uuid IN ",
+            keys_in!(pg)
         )
+    } else {
+        concat!(
+            "SELECT uuid, host_id, serial, last_seen, last_energy_mj FROM gpu_locations WHERE uuid IN ",
+            keys_in!(sqlite)
+        )
+    };
+    let mut known: BTreeMap<String, (String, String, i64, Option<i64>)> = tx
+        .rows(locations_sql, params![&serde_json::to_string(&uuids).unwrap_or_default()], |row| {
+            Ok((row.get(0)?, (row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)))
+        })
         .map_err(sql("read gpu locations"))?
         .into_iter()
         .collect();
@@ -154,9 +174,9 @@ pub(super) fn account(
     let keys: Vec<String> = job_processes.keys().cloned().collect();
     let keys_json = serde_json::to_string(&keys).unwrap_or_default();
     let evidence_sql = if tx.is_postgres() {
-        concat!("SELECT job_key, evidence FROM jobs WHERE job_key IN ", job_keys!(pg))
+        concat!("SELECT job_key, evidence FROM jobs WHERE job_key IN ", keys_in!(pg))
     } else {
-        concat!("SELECT job_key, evidence FROM jobs WHERE job_key IN ", job_keys!(sqlite))
+        concat!("SELECT job_key, evidence FROM jobs WHERE job_key IN ", keys_in!(sqlite))
     };
     let mut stored: BTreeMap<String, String> = tx
         .rows(evidence_sql, params![&keys_json], |row| Ok((row.get(0)?, row.get(1)?)))
@@ -190,18 +210,6 @@ pub(super) fn account(
     Ok((keys.iter().filter_map(|k| totals.remove(k)).collect(), moved))
 }
 
-/// `IN` over a JSON array of job keys, passed as parameter ?1: expanded by each backend's JSON
-/// functions, so one statement serves any number of jobs.
-macro_rules! job_keys {
-    (sqlite) => {
-        "(SELECT value FROM json_each(?1))"
-    };
-    (pg) => {
-        "(SELECT jsonb_array_elements_text(CAST(?1 AS jsonb)))"
-    };
-}
-use job_keys;
-
 macro_rules! summaries_sql {
     ($dialect:tt) => {
         concat!(
@@ -209,7 +217,7 @@ macro_rules! summaries_sql {
              COALESCE(SUM(u.gpu_seconds), 0), COALESCE(SUM(u.energy_joules), 0), COALESCE(SUM(u.ops_upper), 0), \
              COALESCE(SUM(u.unknown_peak_seconds), 0) \
              FROM jobs j LEFT JOIN job_usage u ON u.job_key = j.job_key WHERE j.job_key IN ",
-            job_keys!($dialect),
+            keys_in!($dialect),
             " GROUP BY j.job_key, j.tenant, j.first_seen, j.last_seen, j.evidence"
         )
     };

@@ -451,6 +451,10 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        // Keep the hot pages in SQLite's own cache (64 MiB) rather than re-reading them from the OS,
+        // and the per-report savepoints' statement journals in memory rather than in temp files.
+        conn.pragma_update(None, "cache_size", -65_536).map_err(open_err)?;
+        conn.pragma_update(None, "temp_store", "MEMORY").map_err(open_err)?;
         conn.set_prepared_statement_cache_capacity(128);
         let mut db = Db::Sqlite(conn);
         migrate(&mut db, MIGRATIONS, &path)?;
