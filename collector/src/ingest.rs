@@ -29,6 +29,17 @@ pub struct Ingest {
     policy: Arc<RwLock<Policy>>,
     metrics: Arc<Metrics>,
     committer: crate::store::GroupCommitter,
+    /// Verification, decoding and report rules run on at most this many blocking threads at once
+    /// (one per core): under thousands of streams the CPU work queues here instead of spreading over
+    /// hundreds of threads, and waiting for a commit holds no thread at all.
+    cpu: Arc<tokio::sync::Semaphore>,
+}
+
+/// A verified report ready for its group commit, with what its answer needs.
+pub struct Prepared {
+    item: crate::store::PendingCommit,
+    seq: u64,
+    started: Instant,
 }
 
 /// Sustained reports per second one host may send (a spool drains at this rate after an outage).
@@ -91,20 +102,21 @@ impl Ingest {
     /// When the group-commit thread cannot be started.
     pub fn new(store: Arc<Store>, policy: Arc<RwLock<Policy>>, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         let committer = crate::store::GroupCommitter::start(store.clone())?;
-        Ok(Ingest { store, policy, metrics, committer })
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Ok(Ingest { store, policy, metrics, committer, cpu: Arc::new(tokio::sync::Semaphore::new(cores)) })
     }
 
-    /// Verifies, checks and commits one signed report from `host`. Blocking (SQLite); call it from a
-    /// blocking thread.
+    /// The CPU part of ingest: verifies the signature, decodes, checks identity and sequence, and runs
+    /// the rules that need only the report. Blocking; streams call it through [`Ingest::ingest`].
     ///
     /// # Errors
-    /// A [`Refusal`] for a report that is not stored; `Err(Status)` only for store failures.
-    pub fn handle_report(
+    /// A [`Refusal`] for a report that will not be stored; `Err(Status)` only for store failures.
+    pub fn prepare(
         &self,
         host: &HostRow,
         signed: pb::SignedReport,
         nonce: &[u8],
-    ) -> Result<Result<u64, Refusal>, Status> {
+    ) -> Result<Result<Prepared, Refusal>, Status> {
         let started = Instant::now();
         let refuse =
             |seq: u64, code: Code, kind: Reject, message: String| Ok(Err(Refusal { seq, code, message, kind }));
@@ -171,41 +183,65 @@ impl Ingest {
             let ctx = HostContext { host_id: &host_id, hostname: &hostname, tenant: tenant.as_deref() };
             policy.commit_flags(&ctx, report, pos, commit, pre)
         });
-        let outcome = self
-            .committer
-            .commit(crate::store::PendingCommit {
-                host_id: host.host_id.clone(),
-                signed,
-                decoded: report,
-                received_at,
-                nonce_fresh,
-                process_tenants,
-                flags_for,
-            })
-            .map_err(|e| internal(&e))?;
+        let item = crate::store::PendingCommit {
+            host_id: host.host_id.clone(),
+            signed,
+            decoded: report,
+            received_at,
+            nonce_fresh,
+            process_tenants,
+            flags_for,
+        };
+        Ok(Ok(Prepared { item, seq, started }))
+    }
+
+    /// The answer to a committed report: its sequence number, or why it was not stored.
+    fn answer(&self, host_id: &str, seq: u64, started: Instant, outcome: Commit) -> Result<u64, Refusal> {
+        let refuse = |seq: u64, code: Code, kind: Reject, message: String| Err(Refusal { seq, code, message, kind });
         match outcome {
             Commit::Stored { flags } => {
                 self.metrics.accepted(started.elapsed().as_micros() as u64, flags);
-                Ok(Ok(seq))
+                Ok(seq)
             }
             Commit::Duplicate => refuse(
                 seq,
                 Code::AlreadyExists,
                 Reject::Replay,
-                format!("report {} of host {} is already stored; replay refused", seq, host.host_id),
+                format!("report {seq} of host {host_id} is already stored; replay refused"),
             ),
             Commit::Behind { last_seq } => refuse(
                 seq,
                 Code::FailedPrecondition,
                 Reject::OutOfOrder,
-                format!("report {} is behind host {}'s position {last_seq}", seq, host.host_id),
+                format!("report {seq} is behind host {host_id}'s position {last_seq}"),
             ),
-            Commit::HostGone => refuse(
-                seq,
-                Code::PermissionDenied,
-                Reject::HostGone,
-                format!("host {} is revoked or unknown", host.host_id),
-            ),
+            Commit::HostGone => {
+                refuse(seq, Code::PermissionDenied, Reject::HostGone, format!("host {host_id} is revoked or unknown"))
+            }
+        }
+    }
+
+    /// Ingest on a stream: the CPU part on a blocking thread (at most one per core at once), then the
+    /// commit awaited without holding a thread.
+    async fn ingest(
+        &self,
+        host: &HostRow,
+        signed: pb::SignedReport,
+        nonce: &[u8],
+    ) -> Result<Result<u64, Refusal>, Status> {
+        let prepared = {
+            let _permit = self.cpu.acquire().await.map_err(|e| Status::internal(e.to_string()))?;
+            let (svc, h, n) = (self.clone(), host.clone(), nonce.to_vec());
+            tokio::task::spawn_blocking(move || svc.prepare(&h, signed, &n))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??
+        };
+        match prepared {
+            Err(r) => Ok(Err(r)),
+            Ok(p) => {
+                let outcome = self.committer.commit_async(p.item).await.map_err(|e| internal(&e))?;
+                Ok(self.answer(&host.host_id, p.seq, p.started, outcome))
+            }
         }
     }
 
@@ -396,11 +432,9 @@ impl Collector for Ingest {
                         continue;
                     }
                 };
-                let (svc, h, n) = (this.clone(), host.clone(), nonce.clone());
-                let outcome = tokio::task::spawn_blocking(move || svc.handle_report(&h, signed, &n)).await;
-                let reply = match outcome {
-                    Ok(Ok(Ok(seq))) => pb::collector_message::Msg::Ack(pb::Ack { seq }),
-                    Ok(Ok(Err(r))) => {
+                let reply = match this.ingest(&host, signed, &nonce).await {
+                    Ok(Ok(seq)) => pb::collector_message::Msg::Ack(pb::Ack { seq }),
+                    Ok(Err(r)) => {
                         this.metrics.rejected(r.kind);
                         warn!(host_id = %host.host_id, seq = r.seq, code = ?r.code, reason = %r.message, "report rejected");
                         pb::collector_message::Msg::Rejection(pb::Rejection {
@@ -409,13 +443,9 @@ impl Collector for Ingest {
                             message: r.message,
                         })
                     }
-                    Ok(Err(status)) => {
+                    Err(status) => {
                         warn!(host_id = %host.host_id, error = %status, "store failure; closing the stream so the agent resends");
                         let _ = tx.send(Err(status)).await;
-                        break;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
                         break;
                     }
                 };

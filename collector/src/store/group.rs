@@ -1,49 +1,53 @@
 //! Group commit: reports from many streams are committed together, one transaction and one fsync per
 //! batch, and each is acknowledged only after its batch is durable. Under load batches grow (up to
-//! [`MAX_BATCH`]); alone, a report commits at once with no added wait.
+//! [`MAX_BATCH`]); alone, a report commits at once with no added wait. Callers wait for their answer
+//! without holding a thread.
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Commit, PendingCommit, Result, Store, StoreError};
 
-/// Most reports in one transaction.
+/// The largest batch committed in one transaction.
 pub const MAX_BATCH: usize = 512;
 
-type Reply = SyncSender<Result<Commit>>;
+type Reply = oneshot::Sender<Result<Commit>>;
 
-/// The committing thread's handle. Dropping every handle stops the thread once its queue is empty.
+/// A handle to the committing thread.
 #[derive(Clone)]
 pub struct GroupCommitter {
-    tx: SyncSender<(PendingCommit, Reply)>,
+    tx: mpsc::Sender<(PendingCommit, Reply)>,
+}
+
+fn stopped() -> StoreError {
+    StoreError::Refused("the commit thread has stopped; restart the collector".into())
 }
 
 impl GroupCommitter {
     /// Starts the committing thread over `store`.
     ///
     /// # Errors
-    /// When the thread cannot be started.
+    /// When the thread cannot be spawned.
     pub fn start(store: Arc<Store>) -> std::io::Result<GroupCommitter> {
-        let (tx, rx) = sync_channel::<(PendingCommit, Reply)>(MAX_BATCH * 4);
-        std::thread::Builder::new().name("gpuattest-commit".into()).spawn(move || run(&store, &rx))?;
+        let (tx, rx) = mpsc::channel::<(PendingCommit, Reply)>(MAX_BATCH * 4);
+        std::thread::Builder::new().name("gpuattest-commit".into()).spawn(move || run(&store, rx))?;
         Ok(GroupCommitter { tx })
     }
 
-    /// Queues a report and waits (blocking) until its batch is committed.
+    /// Queues `item` and waits (asynchronously) until its batch is durable.
     ///
     /// # Errors
     /// The store's error for this report, or a refusal when the committer has stopped.
-    pub fn commit(&self, item: PendingCommit) -> Result<Commit> {
-        let (reply, answer) = sync_channel(1);
-        self.tx
-            .send((item, reply))
-            .map_err(|_| StoreError::Refused("the commit thread has stopped; restart the collector".into()))?;
-        answer.recv().map_err(|_| StoreError::Refused("the commit thread stopped before answering".into()))?
+    pub async fn commit_async(&self, item: PendingCommit) -> Result<Commit> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send((item, reply)).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| StoreError::Refused("the commit thread stopped before answering".into()))?
     }
 }
 
-fn run(store: &Store, rx: &Receiver<(PendingCommit, Reply)>) {
-    while let Ok(first) = rx.recv() {
+fn run(store: &Store, mut rx: mpsc::Receiver<(PendingCommit, Reply)>) {
+    while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
