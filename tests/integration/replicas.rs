@@ -145,3 +145,52 @@ fn two_replicas_share_one_postgres_and_an_agent_fails_over_without_duplicates() 
     let f: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(f["flag"]["status"], "escalated", "{f}");
 }
+
+/// The database drops the collector's session mid-stream (a failover, an administrator's
+/// pg_terminate_backend): the batch in flight fails, the agents resend it, the collector reconnects,
+/// and nothing is lost or stored twice.
+#[test]
+fn a_dropped_database_session_loses_nothing() {
+    let Some(db) = ScratchSchema::or_skip("dropped database session") else { return };
+    let t = tempfile::tempdir().expect("tmp");
+    let data = t.path().join("data");
+    let app = format!("gpuattest-drop-{}", std::process::id());
+    let url = format!("{}&application_name={app}", db.url);
+    let c = Collector::start_with(&data, "127.0.0.1:0", &["--database", &url]);
+    let tok = shared(&data, &url, &["token", "create", "--role", "enroll", "--json"]);
+    let n = node(t.path(), "node-d", &[]);
+    let mut agent = Agent::start(&AgentSpec {
+        collectors: vec![c.url()],
+        token: tok["token"].as_str().expect("token"),
+        state_dir: &n.state,
+        scenario: &n.scenario,
+        hostname: n.name,
+        sys_root: &n.sys,
+        interval: "100ms",
+        extra: &[],
+    });
+    let terminate = || -> u64 {
+        let (code, out, err) = run(std::process::Command::new("psql").arg(&db.url).args([
+            "-Atc",
+            &format!("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{app}'"),
+        ]));
+        assert_eq!(code, 0, "psql: {err}");
+        out.trim().parse().unwrap_or(0)
+    };
+    for round in 1..=3u64 {
+        wait_for("reports before the session is dropped", Duration::from_secs(30), || {
+            (stored(&data, &db.url, "node-d") >= 8 * round).then_some(())
+        });
+        let killed = terminate();
+        assert!(killed >= 1, "round {round}: the collector's session was found and dropped");
+    }
+    wait_for("reports after the last drop", Duration::from_secs(30), || {
+        (stored(&data, &db.url, "node-d") >= 32).then_some(())
+    });
+    agent.stop();
+    let st = agent.status();
+    let h = host_row(&shared(&data, &db.url, &["hosts", "list", "--json"]), "node-d").expect("host");
+    assert_eq!((st["spooled"].as_u64(), st["acked_seq"].clone()), (Some(0), st["last_seq"].clone()), "{st}");
+    assert_eq!((h["reports"].clone(), h["gaps"].clone()), (st["last_seq"].clone(), 0.into()), "{h} vs {st}");
+    drop(c);
+}

@@ -407,7 +407,11 @@ impl Pg {
     ///
     /// # Errors
     /// The server's or the network's error.
-    pub fn connect(config: tokio_postgres::Config) -> Result<Pg, DbError> {
+    pub fn connect(mut config: tokio_postgres::Config) -> Result<Pg, DbError> {
+        if config.get_application_name().is_none() {
+            // How a database administrator tells the collectors' sessions apart in pg_stat_activity.
+            config.application_name("gpuattest-collector");
+        }
         let client = Self::spawn(&config)?;
         Ok(Pg { config, client, statements: HashMap::new(), pending: Vec::new() })
     }
