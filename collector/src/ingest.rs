@@ -181,7 +181,7 @@ impl Ingest {
         let pre = policy.report_flags(&ctx, &report, crate::policy::Receipt { received_at, nonce_fresh });
         let flags_for: crate::store::FlagsFor = Box::new(move |report, pos, commit| {
             let ctx = HostContext { host_id: &host_id, hostname: &hostname, tenant: tenant.as_deref() };
-            policy.commit_flags(&ctx, report, pos, commit, pre)
+            policy.commit_flags(&ctx, report, pos, commit, pre.clone())
         });
         let item = crate::store::PendingCommit {
             host_id: host.host_id.clone(),

@@ -691,6 +691,14 @@ impl Tx<'_> {
         self.db.defer("SAVEPOINT report", params![])?;
         match f(self.db) {
             Ok((v, true)) => {
+                // The body's deferred writes must succeed before it counts as kept: their errors would
+                // otherwise surface inside the next savepoint.
+                if let Db::Pg(pg) = &mut *self.db
+                    && let Err(e) = pg.flush()
+                {
+                    self.db.undo_savepoint()?;
+                    return Err(e.into());
+                }
                 self.db.defer("RELEASE SAVEPOINT report", params![])?;
                 Ok(v)
             }

@@ -214,7 +214,8 @@ pub struct IncomingReport<'a> {
 }
 
 /// The policy's judgement of a report, run inside its commit.
-pub type FlagsFor = Box<dyn FnOnce(&pb::UsageReport, &ChainPosition, &CommitContext) -> Vec<NewFlag> + Send>;
+/// It may run twice: when a batch falls back to committing each report in its own savepoint.
+pub type FlagsFor = Box<dyn Fn(&pb::UsageReport, &ChainPosition, &CommitContext) -> Vec<NewFlag> + Send>;
 
 /// A verified report waiting for a group commit: owned, so it can cross to the committing thread.
 pub struct PendingCommit {
@@ -772,45 +773,17 @@ impl Store {
         Ok(c)
     }
 
-    /// Commits several reports in one transaction (one fsync), each in its own savepoint: a report that
-    /// is refused or fails leaves the others as they are. Results are in the order given; if the final
-    /// commit fails, every report it would have stored fails with it.
+    /// Commits several reports in one transaction (one fsync). Results are in the order given. First
+    /// all of them together, with no savepoints (a refused report writes nothing before it is refused);
+    /// if any fails, that is rolled back and the batch is committed again with each report in its own
+    /// savepoint, so one failing report leaves the others as they are. If the final commit fails, every
+    /// report it would have stored fails with it.
     pub fn commit_batch(&self, items: Vec<PendingCommit>) -> Vec<Result<Commit>> {
         let mut conn = self.conn();
-        let mut tx = match conn.write() {
-            Ok(tx) => tx,
-            Err(e) => {
-                let msg = e.to_string();
-                return items.iter().map(|_| Err(StoreError::Refused(format!("begin a batch: {msg}")))).collect();
-            }
-        };
-        let mut results = Vec::with_capacity(items.len());
-        for item in items {
-            let incoming = IncomingReport {
-                signed: &item.signed,
-                decoded: &item.decoded,
-                received_at: item.received_at,
-                nonce_fresh: item.nonce_fresh,
-                process_tenants: item.process_tenants,
-            };
-            let flags_for = item.flags_for;
-            let decoded = &item.decoded;
-            let r = tx.savepoint(|db| {
-                let c = commit_one(db, &item.host_id, &incoming, |pos, ctx| flags_for(decoded, pos, ctx))?;
-                let keep = matches!(c, Commit::Stored { .. });
-                Ok::<_, StoreError>((c, keep))
-            });
-            results.push(r);
+        match batch_together(&mut conn, &items) {
+            Some(results) => results,
+            None => batch_isolated(&mut conn, &items),
         }
-        if let Err(e) = tx.commit() {
-            let msg = e.to_string();
-            for r in &mut results {
-                if matches!(r, Ok(Commit::Stored { .. })) {
-                    *r = Err(StoreError::Refused(format!("commit the batch: {msg}")));
-                }
-            }
-        }
-        results
     }
 
     /// Replaces a host's key with `new_public_key`, retiring the current one: reports up to
@@ -1322,6 +1295,60 @@ fn upsert_flag(tx: &mut Db, host_id: &str, tenant: Option<&str>, seq: u64, now: 
     )
     .map_err(sql("upsert flag"))?;
     Ok(())
+}
+
+fn incoming(item: &PendingCommit) -> IncomingReport<'_> {
+    IncomingReport {
+        signed: &item.signed,
+        decoded: &item.decoded,
+        received_at: item.received_at,
+        nonce_fresh: item.nonce_fresh,
+        process_tenants: item.process_tenants.clone(),
+    }
+}
+
+/// The whole batch in one transaction without savepoints; `None`, with everything rolled back, at the
+/// first error (or a failed commit).
+fn batch_together(conn: &mut Db, items: &[PendingCommit]) -> Option<Vec<Result<Commit>>> {
+    let mut tx = conn.write().ok()?;
+    let mut results = Vec::with_capacity(items.len());
+    for item in items {
+        let c =
+            commit_one(&mut tx, &item.host_id, &incoming(item), |pos, ctx| (item.flags_for)(&item.decoded, pos, ctx));
+        results.push(Ok(c.ok()?));
+    }
+    tx.commit().ok()?;
+    Some(results)
+}
+
+/// The batch with each report in its own savepoint.
+fn batch_isolated(conn: &mut Db, items: &[PendingCommit]) -> Vec<Result<Commit>> {
+    let mut tx = match conn.write() {
+        Ok(tx) => tx,
+        Err(e) => {
+            let msg = e.to_string();
+            return items.iter().map(|_| Err(StoreError::Refused(format!("begin a batch: {msg}")))).collect();
+        }
+    };
+    let mut results = Vec::with_capacity(items.len());
+    for item in items {
+        let r = tx.savepoint(|db| {
+            let c =
+                commit_one(db, &item.host_id, &incoming(item), |pos, ctx| (item.flags_for)(&item.decoded, pos, ctx))?;
+            let keep = matches!(c, Commit::Stored { .. });
+            Ok::<_, StoreError>((c, keep))
+        });
+        results.push(r);
+    }
+    if let Err(e) = tx.commit() {
+        let msg = e.to_string();
+        for r in &mut results {
+            if matches!(r, Ok(Commit::Stored { .. })) {
+                *r = Err(StoreError::Refused(format!("commit the batch: {msg}")));
+            }
+        }
+    }
+    results
 }
 
 /// The body of a report commit, inside a transaction or savepoint the caller owns. Writes nothing

@@ -419,7 +419,44 @@ fn the_transparency_log_is_dense_and_in_commit_order(b: &Backend) {
     s.record_head(3, &[1; 32], &[2; 64], 6).expect("the same head again is kept once");
 }
 
+fn a_report_that_fails_in_a_batch_leaves_the_others_stored(b: &Backend) {
+    let s = b.open().expect("open");
+    let (ka, kb) = (key(), key());
+    let (a, bad) = (enrolled(&s, &ka, "a").host_id, enrolled(&s, &kb, "b").host_id);
+    // A storage failure for one host's reports only (a trigger stands in for a full disk or a bad row).
+    let trigger = if s.conn().is_postgres() {
+        format!(
+            "CREATE FUNCTION fail_b() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+               IF NEW.host_id = '{bad}' THEN RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$; \
+             CREATE TRIGGER fail_b BEFORE INSERT ON report_gpus FOR EACH ROW EXECUTE FUNCTION fail_b();"
+        )
+    } else {
+        format!(
+            "CREATE TRIGGER fail_b BEFORE INSERT ON report_gpus WHEN NEW.host_id = '{bad}' \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;"
+        )
+    };
+    s.conn().batch(&trigger).expect("trigger");
+    let a1 = busy_report(&a, 1, &[], 2);
+    let sa1 = gpuattest_proto::sign_report(&ka, prost::Message::encode_to_vec(&a1));
+    let a2 = busy_report(&a, 2, &gpuattest_proto::sha256(&sa1.report), 2);
+    let sa2 = gpuattest_proto::sign_report(&ka, prost::Message::encode_to_vec(&a2));
+    let b1 = busy_report(&bad, 1, &[], 2);
+    let sb1 = gpuattest_proto::sign_report(&kb, prost::Message::encode_to_vec(&b1));
+    let results = s.commit_batch(vec![pending(&a, sa1, a1), pending(&bad, sb1, b1), pending(&a, sa2, a2)]);
+    assert!(matches!(results[0], Ok(Commit::Stored { .. })), "{results:?}");
+    assert!(results[1].as_ref().is_err_and(|e| e.to_string().contains("injected failure")), "{results:?}");
+    assert!(matches!(results[2], Ok(Commit::Stored { .. })), "{results:?}");
+    let hosts = s.hosts(None).expect("hosts");
+    let row = |id: &str| hosts.iter().find(|h| h.host_id == id).map(|h| (h.last_seq, h.reports));
+    assert_eq!((row(&a), row(&bad)), (Some((2, 2)), Some((0, 0))));
+    assert_eq!(s.log_leaves(None).expect("leaves").len(), 2, "the failed report left no log leaf");
+    assert_eq!(s.jobs(None, 10).expect("jobs").iter().map(|j| j.gpus).sum::<u64>(), 2, "nor job usage");
+    assert_eq!(s.verify_all().expect("verify").valid, 2);
+}
+
 on_both_backends!(
+    a_report_that_fails_in_a_batch_leaves_the_others_stored,
     migrations_are_idempotent_and_newer_schemas_are_refused,
     enrollment_refusals_say_what_to_do,
     a_fleet_enroll_token_enrolls_as_many_hosts_as_it_allows,
