@@ -497,6 +497,33 @@ fn pg_params<'p>(params: &'p [P<'_>]) -> Vec<&'p (dyn ToSql + Sync)> {
 /// SQL text the store passes: static for the statement caches, or built once at run time.
 pub type Sql = &'static str;
 
+/// The most rows one [`values_sql`] statement inserts; callers chunk longer lists, so at most this
+/// many variants of each statement are ever built.
+pub const MAX_ROWS: usize = 16;
+
+/// `prefix`, then `rows` groups of `cols` numbered parameters (`(?1, ?2), (?3, ?4)`), then `suffix`:
+/// one statement inserting several rows. Built once per statement and row count, and kept for the
+/// life of the process like the literal statements (bounded by [`MAX_ROWS`] per statement).
+///
+/// # Panics
+/// When `rows` is 0 or above [`MAX_ROWS`] (a caller's bug).
+pub fn values_sql(prefix: &'static str, cols: usize, rows: usize, suffix: &'static str) -> Sql {
+    use std::sync::{Mutex, OnceLock};
+    static BUILT: OnceLock<Mutex<HashMap<(usize, usize), Sql>>> = OnceLock::new();
+    assert!((1..=MAX_ROWS).contains(&rows), "values_sql: {rows} rows");
+    let key = (prefix.as_ptr() as usize, rows);
+    let mut built = BUILT.get_or_init(Mutex::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    built.entry(key).or_insert_with(|| {
+        let groups: Vec<String> = (0..rows)
+            .map(|r| {
+                let ps: Vec<String> = (1..=cols).map(|c| format!("?{}", r * cols + c)).collect();
+                format!("({})", ps.join(", "))
+            })
+            .collect();
+        Box::leak(format!("{prefix}{}{suffix}", groups.join(", ")).into_boxed_str())
+    })
+}
+
 impl Db {
     /// Runs a statement; the number of rows it changed.
     ///
@@ -739,6 +766,15 @@ impl Drop for Tx<'_> {
 #[cfg(test)]
 mod tests {
     use super::dollar;
+
+    #[test]
+    fn multi_row_statements_number_every_parameter() {
+        const P: &str = "INSERT INTO t (a, b) VALUES ";
+        assert_eq!(super::values_sql(P, 2, 1, ""), "INSERT INTO t (a, b) VALUES (?1, ?2)");
+        let two = super::values_sql(P, 2, 2, " ON CONFLICT DO NOTHING");
+        assert_eq!(two, "INSERT INTO t (a, b) VALUES (?1, ?2), (?3, ?4) ON CONFLICT DO NOTHING");
+        assert!(std::ptr::eq(two, super::values_sql(P, 2, 2, " ON CONFLICT DO NOTHING")), "built once");
+    }
 
     #[test]
     fn numbered_parameters_become_dollar_parameters() {
