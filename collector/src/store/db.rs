@@ -663,11 +663,17 @@ impl Db {
     /// # Errors
     /// The backend's error (SQLite: busy beyond the timeout).
     pub fn write(&mut self) -> Result<Tx<'_>, DbError> {
-        match self {
-            Db::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE")?,
-            Db::Pg(pg) => {
-                block_on(pg.live()?.batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")))?;
-            }
+        let begun = match self {
+            Db::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE").map_err(DbError::from),
+            Db::Pg(pg) => pg.live().and_then(|client| {
+                Ok(block_on(client.batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")))?)
+            }),
+        };
+        if let Err(e) = begun {
+            // BEGIN may have succeeded and the lock not (a timeout): never leave a transaction open.
+            self.discard();
+            let _ = self.batch("ROLLBACK");
+            return Err(e);
         }
         Ok(Tx { db: self, open: true })
     }
@@ -705,7 +711,14 @@ impl Tx<'_> {
     /// The backend's error; nothing is stored then.
     pub fn commit(mut self) -> Result<(), DbError> {
         self.open = false;
-        self.db.batch("COMMIT")
+        let committed = self.db.batch("COMMIT");
+        if committed.is_err() {
+            // A deferred write failed before COMMIT was sent, or COMMIT failed: end the transaction, so
+            // the connection is usable for the next one.
+            self.db.discard();
+            let _ = self.db.batch("ROLLBACK");
+        }
+        committed
     }
 
     /// Runs `f` in a savepoint: its writes stay when it returns `Ok(true)`, and are undone (leaving the

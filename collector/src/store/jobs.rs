@@ -292,7 +292,7 @@ impl Store {
     /// # Errors
     /// [`super::StoreError::Sql`].
     pub fn jobs(&self, tenant: Option<&str>, limit: usize) -> Result<Vec<JobSummary>> {
-        let mut conn = self.conn();
+        let mut conn = self.reader();
         let keys: Vec<String> = conn
             .rows(
                 "SELECT job_key FROM jobs WHERE CAST(?1 AS TEXT) IS NULL OR tenant = ?1 ORDER BY last_seen DESC LIMIT ?2",
@@ -309,6 +309,6 @@ impl Store {
     /// # Errors
     /// [`super::StoreError::Sql`].
     pub fn job(&self, key: &str) -> Result<Option<JobSummary>> {
-        Ok(summaries(&mut self.conn(), &[key.to_string()])?.remove(key))
+        Ok(summaries(&mut self.reader(), &[key.to_string()])?.remove(key))
     }
 }

@@ -406,7 +406,11 @@ impl std::fmt::Display for Location {
 
 /// The store, on either backend.
 pub struct Store {
+    /// Writes, and reads inside write transactions.
     conn: Mutex<Db>,
+    /// Reads outside transactions (the review UI, the API, exports): a second, read-only connection,
+    /// so they do not queue behind the group commit. They see committed data only.
+    reader: Mutex<Db>,
     location: Location,
 }
 
@@ -459,7 +463,12 @@ impl Store {
         conn.set_prepared_statement_cache_capacity(128);
         let mut db = Db::Sqlite(conn);
         migrate(&mut db, MIGRATIONS, &path)?;
-        Ok(Store { conn: Mutex::new(db), location: Location::File(path) })
+        let reader = rusqlite::Connection::open(&path).map_err(open_err)?;
+        reader.busy_timeout(std::time::Duration::from_secs(10)).map_err(open_err)?;
+        reader.pragma_update(None, "query_only", "ON").map_err(open_err)?;
+        reader.pragma_update(None, "cache_size", -16_384).map_err(open_err)?;
+        reader.set_prepared_statement_cache_capacity(64);
+        Ok(Store { conn: Mutex::new(db), reader: Mutex::new(Db::Sqlite(reader)), location: Location::File(path) })
     }
 
     /// Connects to a shared PostgreSQL store (`postgres://user[:password]@host[:port]/database`, with
@@ -486,14 +495,19 @@ impl Store {
                 reason: "sslmode=require: TLS to PostgreSQL is not in this build; reach it over a private network or a local socket proxy (sslmode=disable)".into(),
             });
         }
-        let pg = db::Pg::connect(config).map_err(|source| StoreError::Connect { url: shown.clone(), source })?;
+        let pg =
+            db::Pg::connect(config.clone()).map_err(|source| StoreError::Connect { url: shown.clone(), source })?;
         let mut db = Db::Pg(Box::new(pg));
         db.lock_migrations(true).map_err(sql("take the migration lock"))?;
         let migrated = migrate(&mut db, PG_MIGRATIONS, Path::new(&shown));
         let unlocked = db.lock_migrations(false).map_err(sql("release the migration lock"));
         migrated?;
         unlocked?;
-        Ok(Store { conn: Mutex::new(db), location: Location::Postgres(shown) })
+        let mut reader = Db::Pg(Box::new(
+            db::Pg::connect(config).map_err(|source| StoreError::Connect { url: shown.clone(), source })?,
+        ));
+        reader.batch("SET default_transaction_read_only = on").map_err(sql("make the reader read-only"))?;
+        Ok(Store { conn: Mutex::new(db), reader: Mutex::new(reader), location: Location::Postgres(shown) })
     }
 
     /// Opens the shared store when `database` is given, else the embedded one in `data_dir`.
@@ -509,6 +523,10 @@ impl Store {
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Db> {
         self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Db> {
+        self.reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Where the store is.
@@ -580,7 +598,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRow>> {
-        token_row(&mut self.conn(), hash)
+        token_row(&mut self.reader(), hash)
     }
 
     /// Consumes a one-time enrollment token and pins `public_key` to a new host, in one transaction.
@@ -696,7 +714,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn host(&self, host_id: &str) -> Result<Option<HostRow>> {
-        self.conn()
+        self.reader()
             .row(
                 "SELECT host_id, hostname, tenant, public_key, key_id, last_seq, revoked_at FROM hosts WHERE host_id = ?1",
                 params![host_id],
@@ -720,7 +738,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn hosts(&self, tenant: Option<&str>) -> Result<Vec<HostSummary>> {
-        let mut conn = self.conn();
+        let mut conn = self.reader();
         let mut hosts = conn
             .rows(
                 "SELECT h.host_id, h.hostname, h.tenant, h.last_seq, \
@@ -854,7 +872,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn retired_key(&self, host_id: &str, key_id: &[u8]) -> Result<Option<(Vec<u8>, u64)>> {
-        self.conn()
+        self.reader()
             .row(
                 "SELECT public_key, valid_through_seq FROM host_keys WHERE host_id = ?1 AND key_id = ?2",
                 params![host_id, key_id],
@@ -868,7 +886,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn log_leaves(&self, size: Option<u64>) -> Result<Vec<[u8; 32]>> {
-        self.conn()
+        self.reader()
             .rows(
                 "SELECT leaf_hash FROM log_leaves ORDER BY idx LIMIT ?1",
                 params![size.unwrap_or(i64::MAX as u64)],
@@ -904,7 +922,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn reports_for_export(&self, tenant: &str, since: i64, until: i64) -> Result<Vec<ExportRow>> {
-        self.conn()
+        self.reader()
             .rows(
                 "SELECT r.host_id, h.hostname, r.seq, r.report, r.signature, r.key_id, l.idx - 1 \
                  FROM reports r JOIN hosts h ON h.host_id = r.host_id \
@@ -962,7 +980,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn silent_hosts(&self, now: i64, intervals: u32) -> Result<Vec<(String, String, i64, u64)>> {
-        self.conn()
+        self.reader()
             .rows(
                 "SELECT host_id, hostname, last_seen, last_seq FROM hosts \
                  WHERE revoked_at IS NULL AND interval_ms IS NOT NULL AND last_seen IS NOT NULL \
@@ -993,7 +1011,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn report_keys(&self, since: i64) -> Result<Vec<(String, u64)>> {
-        self.conn()
+        self.reader()
             .rows(
                 "SELECT host_id, seq FROM reports WHERE received_at >= ?1 ORDER BY host_id, seq",
                 params![since],
@@ -1030,7 +1048,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn signed_report(&self, host_id: &str, seq: u64) -> Result<Option<pb::SignedReport>> {
-        self.conn()
+        self.reader()
             .row(
                 "SELECT report, signature, key_id FROM reports WHERE host_id = ?1 AND seq = ?2",
                 params![host_id, seq],
@@ -1047,7 +1065,7 @@ impl Store {
     pub fn verify_all(&self) -> Result<VerifySummary> {
         let mut summary = VerifySummary::default();
         let mut prev: Option<(String, u64, [u8; 32])> = None;
-        self.conn()
+        self.reader()
             .for_each(
                 "SELECT r.host_id, r.seq, r.report, r.signature, r.key_id, \
                    COALESCE((SELECT k.public_key FROM host_keys k WHERE k.host_id = r.host_id AND k.key_id = r.key_id), h.public_key) \
@@ -1100,7 +1118,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn flags(&self, tenant: Option<&str>) -> Result<Vec<FlagRow>> {
-        self.conn()
+        self.reader()
             .rows(
                 concat!(
                     flag_columns!(),
@@ -1118,7 +1136,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn flag(&self, id: i64, tenant: Option<&str>) -> Result<Option<FlagRow>> {
-        self.conn()
+        self.reader()
             .row(
                 concat!(flag_columns!(), " WHERE id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR tenant = ?2)"),
                 params![id, tenant],
@@ -1132,7 +1150,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn flag_history(&self, id: i64) -> Result<Vec<AuditRow>> {
-        self.conn()
+        self.reader()
             .rows(
                 "SELECT id, at, actor, action, target, detail FROM audit WHERE target = ?1 ORDER BY id DESC",
                 params![&format!("flag:{id}")],
@@ -1173,7 +1191,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn audit_log(&self, limit: u32) -> Result<Vec<AuditRow>> {
-        self.conn()
+        self.reader()
             .rows(
                 "SELECT id, at, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?1",
                 params![limit],

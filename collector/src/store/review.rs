@@ -73,7 +73,7 @@ impl Store {
     /// # Errors
     /// [`super::StoreError::Sql`].
     pub fn report_refs(&self, host_id: &str, first: u64, last: u64, limit: usize) -> Result<Vec<ReportRef>> {
-        self.conn()
+        self.reader()
             .rows(
                 "SELECT host_id, seq, received_at, report_sha256, key_id FROM reports \
                  WHERE host_id = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq DESC LIMIT ?4",
@@ -103,7 +103,7 @@ impl Store {
         gpus: &[String],
         seqs: (u64, u64),
     ) -> Result<Vec<TimelinePoint>> {
-        let mut conn = self.conn();
+        let mut conn = self.reader();
         let map = |r: &Row<'_>| -> std::result::Result<TimelinePoint, DbError> {
             Ok(TimelinePoint {
                 host_id: r.get(0)?,
@@ -198,7 +198,7 @@ impl Store {
             }
         }
         let prev: Option<Vec<u8>> = if seq > 1 {
-            self.conn()
+            self.reader()
                 .row(
                     "SELECT report_sha256 FROM reports WHERE host_id = ?1 AND seq = ?2",
                     params![host_id, seq - 1],

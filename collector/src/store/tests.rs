@@ -455,7 +455,44 @@ fn a_report_that_fails_in_a_batch_leaves_the_others_stored(b: &Backend) {
     assert_eq!(s.verify_all().expect("verify").valid, 2);
 }
 
+fn reads_do_not_wait_for_an_open_write_and_cannot_write(b: &Backend) {
+    let s = b.open().expect("open");
+    let k = key();
+    let h = enrolled(&s, &k, "n1");
+    let mut conn = s.conn();
+    let mut tx = conn.write().expect("write");
+    tx.execute("UPDATE hosts SET last_seq = 99 WHERE host_id = ?1", params![&h.host_id]).expect("update");
+    // The review UI's reads go to the reader: they answer while the write is open, with what is committed.
+    let hosts = s.hosts(None).expect("hosts while a write is open");
+    assert_eq!((hosts.len(), hosts[0].last_seq), (1, 0));
+    assert_eq!(s.host(&h.host_id).expect("host").map(|h| h.last_seq), Some(0));
+    drop(tx);
+    drop(conn);
+    assert!(s.reader().execute("DELETE FROM tokens", params![]).is_err(), "the reader cannot write");
+    assert_eq!(s.token_by_hash(&gpuattest_proto::sha256(b"n1")).expect("token").map(|t| t.uses), Some(1));
+}
+
+fn a_failed_commit_leaves_the_connection_usable(b: &Backend) {
+    let s = b.open().expect("open");
+    token(&s, "t", "enroll", 5);
+    {
+        let mut conn = s.conn();
+        let mut tx = conn.write().expect("write");
+        // A duplicate key: SQLite reports it at once, PostgreSQL (pipelined) only when committing.
+        let deferred = tx.defer(
+            "INSERT INTO tokens (id, hash, role, created_at, expires_at, created_by) VALUES ('t', ?1, 'x', 0, 0, 'x')",
+            params![&[9u8; 32]],
+        );
+        assert!(deferred.is_err() || tx.commit().is_err(), "the duplicate is refused");
+    }
+    token(&s, "u", "enroll", 5);
+    assert!(s.token_by_hash(&gpuattest_proto::sha256(b"u")).expect("read").is_some(), "the next write went through");
+    assert!(s.token_by_hash(&[9u8; 32]).expect("read").is_none());
+}
+
 on_both_backends!(
+    a_failed_commit_leaves_the_connection_usable,
+    reads_do_not_wait_for_an_open_write_and_cannot_write,
     a_report_that_fails_in_a_batch_leaves_the_others_stored,
     migrations_are_idempotent_and_newer_schemas_are_refused,
     enrollment_refusals_say_what_to_do,
