@@ -83,14 +83,19 @@ fn error(code: StatusCode, msg: impl Into<String>) -> ApiError {
     ApiError(code, msg.into())
 }
 
-fn authorize(state: &HttpState, headers: &HeaderMap, action: Action) -> Result<Principal, ApiError> {
+/// Checks the bearer token (a store read, on a blocking thread) and the role's permission.
+async fn authorize(state: &HttpState, headers: &HeaderMap, action: Action) -> Result<Principal, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer TOKEN"))?;
-    let p =
-        tokens::authenticate(&state.store, token, crate::now_ms()).map_err(|e| error(StatusCode::UNAUTHORIZED, e))?;
+        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer TOKEN"))?
+        .to_string();
+    let store = state.store.clone();
+    let p = tokio::task::spawn_blocking(move || tokens::authenticate(&store, &token, crate::now_ms()))
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| error(StatusCode::UNAUTHORIZED, e))?;
     if !allowed(p.role, action) {
         return Err(error(StatusCode::FORBIDDEN, format!("role {} may not do this", p.role)));
     }
@@ -108,8 +113,9 @@ fn tenant_scope(p: &Principal) -> Option<&str> {
 }
 
 async fn list_flags(State(s): State<HttpState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let p = authorize(&s, &headers, Action::ListFlags)?;
-    Ok(Json(s.store.flags(tenant_scope(&p)).map_err(store_err)?).into_response())
+    let p = authorize(&s, &headers, Action::ListFlags).await?;
+    let (store, scope) = (s.store.clone(), tenant_scope(&p).map(str::to_string));
+    Ok(Json(blocking(move || store.flags(scope.as_deref())).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -125,7 +131,7 @@ async fn decide(
     Path(id): Path<i64>,
     body: Option<Json<Decision>>,
 ) -> Result<Response, ApiError> {
-    let p = authorize(&s, &headers, Action::Decide)?;
+    let p = authorize(&s, &headers, Action::Decide).await?;
     let Some(Json(d)) = body else {
         return Err(error(
             StatusCode::BAD_REQUEST,
@@ -147,11 +153,8 @@ async fn decide(
     if reason.is_empty() || reason.len() > 4096 {
         return Err(error(StatusCode::BAD_REQUEST, "a reason of 1 to 4096 characters is required"));
     }
-    match s
-        .store
-        .decide_flag(id, status, &format!("token:{}", p.token_id), reason, crate::now_ms())
-        .map_err(store_err)?
-    {
+    let (store, actor, reason) = (s.store.clone(), format!("token:{}", p.token_id), reason.to_string());
+    match blocking(move || store.decide_flag(id, status, &actor, &reason, crate::now_ms())).await? {
         Some(()) => Ok(Json(json!({"id": id, "status": status})).into_response()),
         None => Err(error(StatusCode::NOT_FOUND, format!("no flag {id}"))),
     }
@@ -169,7 +172,7 @@ async fn blocking<T: Send + 'static>(
 /// `GET /api/v1/hosts`: the contract's fields, plus the GPUs and other accelerators of each host's
 /// latest report.
 async fn list_hosts(State(s): State<HttpState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&s, &headers, Action::ListHosts)?;
+    authorize(&s, &headers, Action::ListHosts).await?;
     let store = s.store.clone();
     let hosts = blocking(move || {
         let mut out = Vec::new();
@@ -205,7 +208,7 @@ async fn list_hosts(State(s): State<HttpState>, headers: HeaderMap) -> Result<Re
 /// `GET /api/v1/flags/{id}`: the flag, its decision history, the reports behind it, its job's verdict
 /// and compute, the job's GPU timeline, and what is known against its tenant.
 async fn show_flag(State(s): State<HttpState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Response, ApiError> {
-    let p = authorize(&s, &headers, Action::ShowFlag)?;
+    let p = authorize(&s, &headers, Action::ShowFlag).await?;
     let scope = tenant_scope(&p).map(str::to_string);
     let policy = s.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let store = s.store.clone();
@@ -238,7 +241,7 @@ async fn assign(
     Path(id): Path<i64>,
     body: Option<Json<Assignment>>,
 ) -> Result<Response, ApiError> {
-    let p = authorize(&s, &headers, Action::Assign)?;
+    let p = authorize(&s, &headers, Action::Assign).await?;
     let Some(Json(a)) = body else {
         return Err(error(StatusCode::BAD_REQUEST, "body must be JSON {\"assignee\": \"name\"}"));
     };
@@ -261,7 +264,7 @@ async fn read_report(
     headers: HeaderMap,
     Path((host_id, seq)): Path<(String, u64)>,
 ) -> Result<Response, ApiError> {
-    let p = authorize(&s, &headers, Action::ReadReport)?;
+    let p = authorize(&s, &headers, Action::ReadReport).await?;
     let scope = tenant_scope(&p).map(str::to_string);
     let store = s.store.clone();
     let checked = blocking(move || {
@@ -280,8 +283,9 @@ async fn read_report(
 }
 
 async fn audit(State(s): State<HttpState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&s, &headers, Action::ReadAudit)?;
-    Ok(Json(s.store.audit_log(1000).map_err(store_err)?).into_response())
+    authorize(&s, &headers, Action::ReadAudit).await?;
+    let store = s.store.clone();
+    Ok(Json(blocking(move || store.audit_log(1000)).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -299,7 +303,7 @@ async fn export(
     headers: HeaderMap,
     axum::extract::Query(q): axum::extract::Query<ExportQuery>,
 ) -> Result<Response, ApiError> {
-    let p = authorize(&s, &headers, Action::Export)?;
+    let p = authorize(&s, &headers, Action::Export).await?;
     let tenant = match (p.role, q.tenant, p.tenant.clone()) {
         (Role::Customer, Some(t), Some(own)) if t != own => {
             return Err(error(StatusCode::FORBIDDEN, "a customer token exports its own tenant only"));

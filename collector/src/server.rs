@@ -152,20 +152,22 @@ impl Collector {
                     last = crate::policy::stamp(&paths);
                     if p.digest() != old {
                         info!(policy = %p.digest(), previous = %old, "policy reloaded");
-                        let detail = format!("{} (was {old})", source.path.display());
-                        let _ = store.audit(now, "collector", "policy.reload", p.digest(), &detail);
+                        let (detail, digest) =
+                            (format!("{} (was {old})", source.path.display()), p.digest().to_string());
+                        let _ = tokio::task::spawn_blocking(move || {
+                            store.audit(now, "collector", "policy.reload", &digest, &detail)
+                        })
+                        .await;
                         *self.policy.write().unwrap_or_else(std::sync::PoisonError::into_inner) = p;
                     }
                 }
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "policy not reloaded; the running policy stays in force");
-                    let _ = store.audit(
-                        now,
-                        "collector",
-                        "policy.reload-refused",
-                        &source.path.display().to_string(),
-                        &e.to_string(),
-                    );
+                    let (target, detail) = (source.path.display().to_string(), e.to_string());
+                    let _ = tokio::task::spawn_blocking(move || {
+                        store.audit(now, "collector", "policy.reload-refused", &target, &detail)
+                    })
+                    .await;
                 }
                 Err(e) => tracing::error!(error = %e, "policy reload task failed"),
             }
