@@ -583,3 +583,24 @@ fn urls_are_shown_without_passwords() {
         assert!(!e.contains("secret") && e.starts_with("--database"), "{e}");
     }
 }
+
+#[test]
+fn the_embedded_store_checkpoints_its_log_off_the_commit_path() {
+    let t = tempfile::tempdir().expect("tmp");
+    let s = Store::open(t.path()).expect("open");
+    let k = key();
+    let h = enrolled(&s, &k, "n1");
+    let file = t.path().join("gpuattest.db");
+    let before = std::fs::metadata(&file).expect("db").len();
+    commit_chain(&s, &k, &h.host_id, 40, 8);
+    // Commits do not checkpoint (auto-checkpoint is off): the reports are in the log, not yet in the file.
+    assert!(std::fs::metadata(t.path().join("gpuattest.db-wal")).expect("wal").len() > 100_000);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&file).expect("db").len() <= before {
+        assert!(std::time::Instant::now() < deadline, "the checkpoint thread copied nothing into the file");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    drop(s);
+    let again = Store::open(t.path()).expect("reopen");
+    assert_eq!(again.verify_all().expect("verify").valid, 40);
+}
