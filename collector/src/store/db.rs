@@ -412,6 +412,10 @@ impl Pg {
             // How a database administrator tells the collectors' sessions apart in pg_stat_activity.
             config.application_name("gpuattest-collector");
         }
+        if config.get_connect_timeout().is_none() {
+            // An unreachable server is one clear error in seconds, not a TCP timeout minutes later.
+            config.connect_timeout(std::time::Duration::from_secs(10));
+        }
         let client = Self::spawn(&config)?;
         Ok(Pg { config, client, statements: HashMap::new(), pending: Vec::new() })
     }
