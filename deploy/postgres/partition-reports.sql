@@ -10,20 +10,10 @@
 BEGIN;
 ALTER TABLE reports RENAME TO reports_unpartitioned;
 ALTER TABLE reports_unpartitioned RENAME CONSTRAINT reports_pkey TO reports_unpartitioned_pkey;
-CREATE TABLE reports (
-    host_id        TEXT NOT NULL REFERENCES hosts(host_id),
-    seq            BIGINT NOT NULL,
-    report         BYTEA NOT NULL,
-    signature      BYTEA NOT NULL,
-    key_id         BYTEA NOT NULL,
-    report_sha256  BYTEA NOT NULL,
-    received_at    BIGINT NOT NULL,
-    agent_time     BIGINT NOT NULL,
-    window_start   BIGINT NOT NULL,
-    window_end     BIGINT NOT NULL,
-    nonce_fresh    BIGINT NOT NULL,
-    PRIMARY KEY (host_id, seq, received_at)
-) PARTITION BY RANGE (received_at);
+-- The same columns as the table it replaces (so the file stays right as migrations add columns).
+CREATE TABLE reports (LIKE reports_unpartitioned INCLUDING DEFAULTS) PARTITION BY RANGE (received_at);
+ALTER TABLE reports ADD PRIMARY KEY (host_id, seq, received_at);
+ALTER TABLE reports ADD FOREIGN KEY (host_id) REFERENCES hosts(host_id);
 -- The lookups the collector makes by (host_id, seq) alone.
 CREATE INDEX reports_by_host_seq ON reports (host_id, seq);
 -- Anything outside the monthly partitions lands here; add months ahead of time (below) so it stays small.

@@ -23,6 +23,20 @@ fn host_row(hosts: &Value, name: &str) -> Option<Value> {
     hosts.as_array()?.iter().find(|h| h["hostname"] == name).cloned()
 }
 
+/// The node's agent, reporting every 100 ms to `collectors` (failover in that order).
+fn start(n: &crate::streaming::Node, collectors: Vec<String>, tok: &Value) -> Agent {
+    Agent::start(&AgentSpec {
+        collectors,
+        token: tok["token"].as_str().expect("token"),
+        state_dir: &n.state,
+        scenario: &n.scenario,
+        hostname: n.name,
+        sys_root: &n.sys,
+        interval: "100ms",
+        extra: &[],
+    })
+}
+
 fn stored(data: &Path, url: &str, name: &str) -> u64 {
     host_row(&shared(data, url, &["hosts", "list", "--json"]), name).and_then(|h| h["reports"].as_u64()).unwrap_or(0)
 }
@@ -47,18 +61,6 @@ fn two_replicas_share_one_postgres_and_an_agent_fails_over_without_duplicates() 
     let trainer =
         Workload::start("python3", &["-m", "torch.distributed.run", "train.py", "--model", "deepseek-ai/DeepSeek-V3"]);
     let n = node(t.path(), "node-f", &[trainer.pid()]);
-    let start = |n: &crate::streaming::Node, collectors: Vec<String>, tok: &Value| {
-        Agent::start(&AgentSpec {
-            collectors,
-            token: tok["token"].as_str().expect("token"),
-            state_dir: &n.state,
-            scenario: &n.scenario,
-            hostname: n.name,
-            sys_root: &n.sys,
-            interval: "100ms",
-            extra: &[],
-        })
-    };
     let mut agent = start(&n, vec![a.url(), b.url()], &tok);
     // A second host writes through replica B at the same time.
     let g = node(t.path(), "node-g", &[]);
@@ -159,16 +161,7 @@ fn a_dropped_database_session_loses_nothing() {
     let c = Collector::start_with(&data, "127.0.0.1:0", &["--database", &url]);
     let tok = shared(&data, &url, &["token", "create", "--role", "enroll", "--json"]);
     let n = node(t.path(), "node-d", &[]);
-    let mut agent = Agent::start(&AgentSpec {
-        collectors: vec![c.url()],
-        token: tok["token"].as_str().expect("token"),
-        state_dir: &n.state,
-        scenario: &n.scenario,
-        hostname: n.name,
-        sys_root: &n.sys,
-        interval: "100ms",
-        extra: &[],
-    });
+    let mut agent = start(&n, vec![c.url()], &tok);
     let terminate = || -> u64 {
         let (code, out, err) = run(std::process::Command::new("psql").arg(&db.url).args([
             "-Atc",

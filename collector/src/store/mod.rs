@@ -210,7 +210,7 @@ pub struct IncomingReport<'a> {
     pub nonce_fresh: bool,
     /// The tenant of each process (index-aligned with `decoded.processes`) under the policy's mapping;
     /// missing entries fall back to the host's tenant.
-    pub process_tenants: Vec<Option<String>>,
+    pub process_tenants: &'a [Option<String>],
 }
 
 /// The policy's judgement of a report, run inside its commit.
@@ -1382,7 +1382,7 @@ fn incoming(item: &PendingCommit) -> IncomingReport<'_> {
         decoded: &item.decoded,
         received_at: item.received_at,
         nonce_fresh: item.nonce_fresh,
-        process_tenants: item.process_tenants.clone(),
+        process_tenants: &item.process_tenants,
     }
 }
 
@@ -1569,7 +1569,7 @@ fn commit_one(
         .map_err(sql("record gap"))?;
     }
     let (jobs, moved) =
-        jobs::account(tx, host_id, tenant.as_deref(), &incoming.process_tenants, r, incoming.received_at)?;
+        jobs::account(tx, host_id, tenant.as_deref(), incoming.process_tenants, r, incoming.received_at)?;
     let flags = flags_for(&position, &CommitContext { jobs, moved_gpus: moved });
     for f in &flags {
         upsert_flag(tx, host_id, tenant.as_deref(), r.seq, incoming.received_at, f)?;

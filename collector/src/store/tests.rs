@@ -45,8 +45,7 @@ fn signed(k: &Ed25519KeyPair, host: &str, seq: u64) -> (pb::SignedReport, pb::Us
 }
 
 fn commit(store: &Store, host: &str, s: &pb::SignedReport, r: &pb::UsageReport, flags: Vec<NewFlag>) -> Commit {
-    let inc =
-        IncomingReport { signed: s, decoded: r, received_at: 100, nonce_fresh: true, process_tenants: Vec::new() };
+    let inc = IncomingReport { signed: s, decoded: r, received_at: 100, nonce_fresh: true, process_tenants: &[] };
     store.commit_report(host, &inc, |_, _| flags).expect("commit")
 }
 
@@ -316,7 +315,7 @@ fn commit_chain(s: &Store, k: &Ed25519KeyPair, host: &str, n: u64, gpus: usize) 
             decoded: &r,
             received_at: (seq as i64 + 1) * 10_000,
             nonce_fresh: true,
-            process_tenants: Vec::new(),
+            process_tenants: &[],
         };
         let c = s.commit_report(host, &inc, |_, ctx| {
             ctx.jobs.iter().map(|j| NewFlag { job_key: j.job_key.clone(), ..flag("x") }).collect()
