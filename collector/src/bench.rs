@@ -50,13 +50,19 @@ pub struct Figures {
     pub store: String,
 }
 
-/// A realistic report: 8 GPUs with usage, 4 processes with a model each.
-fn report(host_id: &str, seq: u64, prev: &[u8]) -> pb::UsageReport {
+/// The UUID of simulated host `n`'s GPU `i`: every host has GPUs of its own, as in a real fleet (shared
+/// UUIDs would make every report look like chips moving between hosts).
+fn gpu_uuid(n: usize, i: u32) -> String {
+    format!("GPU-{n:08x}-{i:04x}-2222-3333-444444444444")
+}
+
+/// A realistic report from simulated host `n`: 8 GPUs with usage, 4 processes with a model each.
+fn report(n: usize, host_id: &str, seq: u64, prev: &[u8]) -> pb::UsageReport {
     let gpus = (0..8)
         .map(|i| pb::Gpu {
             index: i,
-            uuid: format!("GPU-{i:08x}-1111-2222-3333-444444444444"),
-            serial: format!("16500000000{i:02}"),
+            uuid: gpu_uuid(n, i),
+            serial: format!("1650{n:07}{i:02}"),
             name: "NVIDIA H100 80GB HBM3".into(),
             pci_bus_id: format!("00000000:{:02X}:00.0", 0x18 + i * 16),
             memory_total_bytes: 85_520_809_984,
@@ -71,7 +77,7 @@ fn report(host_id: &str, seq: u64, prev: &[u8]) -> pb::UsageReport {
     let processes = (0..4)
         .map(|p| pb::GpuProcess {
             pid: 1000 + p,
-            gpu_uuids: vec![format!("GPU-{:08x}-1111-2222-3333-444444444444", p * 2)],
+            gpu_uuids: vec![gpu_uuid(n, p * 2)],
             cmdline: "python3 -m torch.distributed.run --nproc-per-node=8 train.py --model meta-llama/Llama-3.1-70B"
                 .into(),
             models: vec![pb::ModelFingerprint {
@@ -175,7 +181,7 @@ pub async fn run(
 
     // The ceiling, on a report like the ones sent.
     let k = key();
-    let sample = gpuattest_proto::sign_report(&k, report("bench", 1, &[]).encode_to_vec());
+    let sample = gpuattest_proto::sign_report(&k, report(0, "bench", 1, &[]).encode_to_vec());
     let report_bytes = sample.encoded_len();
     let ceiling = verify_ceiling(&sample, k.public_key().as_ref(), Duration::from_secs(2));
 
@@ -367,7 +373,7 @@ async fn agent(
             tokio::time::sleep_until(next.into()).await;
             next += i;
         }
-        let bytes = report(&host_id, seq, &prev).encode_to_vec();
+        let bytes = report(n, &host_id, seq, &prev).encode_to_vec();
         prev = gpuattest_proto::sha256(&bytes).to_vec();
         let signed = gpuattest_proto::sign_report(&k, bytes);
         let sent = Instant::now();
