@@ -16,6 +16,8 @@ ALTER TABLE reports ADD PRIMARY KEY (host_id, seq, received_at);
 ALTER TABLE reports ADD FOREIGN KEY (host_id) REFERENCES hosts(host_id);
 -- The lookups the collector makes by (host_id, seq) alone.
 CREATE INDEX reports_by_host_seq ON reports (host_id, seq);
+-- A host's reports by time (the GPU series on the review pages), as migration 5 creates it.
+CREATE INDEX IF NOT EXISTS reports_by_host_time ON reports (host_id, window_end);
 -- Anything outside the monthly partitions lands here; add months ahead of time (below) so it stays small.
 CREATE TABLE reports_default PARTITION OF reports DEFAULT;
 INSERT INTO reports SELECT * FROM reports_unpartitioned;

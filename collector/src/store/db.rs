@@ -561,6 +561,34 @@ impl Db {
         }
     }
 
+    /// [`Db::defer`] for rows of `cols` values each (`params` holds them one row after another):
+    /// `prefix` (`INSERT INTO t (..) VALUES `) with up to [`MAX_ROWS`] rows per statement, then `suffix`
+    /// (`ON CONFLICT ..`). An upsert's rows must have distinct keys: PostgreSQL refuses a statement
+    /// that would update one row twice.
+    ///
+    /// # Errors
+    /// As [`Db::defer`].
+    ///
+    /// # Panics
+    /// When `params` is not a whole number of rows (a caller's bug).
+    pub fn defer_values(
+        &mut self,
+        prefix: &'static str,
+        cols: usize,
+        suffix: &'static str,
+        params: &[P<'_>],
+    ) -> Result<(), DbError> {
+        assert!(
+            cols > 0 && params.len().is_multiple_of(cols),
+            "defer_values: {} values in rows of {cols}",
+            params.len()
+        );
+        for chunk in params.chunks(cols * MAX_ROWS) {
+            self.defer(values_sql(prefix, cols, chunk.len() / cols, suffix), chunk)?;
+        }
+        Ok(())
+    }
+
     /// Drops deferred writes that were not sent (before a rollback, which undoes them anyway).
     fn discard(&mut self) {
         if let Db::Pg(pg) = self {

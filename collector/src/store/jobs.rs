@@ -62,6 +62,16 @@ fn parent_gpu(r: &pb::UsageReport) -> BTreeMap<&str, usize> {
     m
 }
 
+/// One job's usage of one GPU in one report.
+#[derive(Default)]
+struct Usage<'a> {
+    name: &'a str,
+    seconds: f64,
+    energy: f64,
+    ops: f64,
+    unknown: f64,
+}
+
 pub(super) fn account(
     tx: &mut Db,
     host_id: &str,
@@ -98,6 +108,9 @@ pub(super) fn account(
         .map_err(sql("read gpu locations"))?
         .into_iter()
         .collect();
+    // GPUs still where they were, by UUID (the last entry wins where a report repeats one), upserted
+    // together after the moves.
+    let mut stay: BTreeMap<&str, (&str, Option<i64>)> = BTreeMap::new();
     for (i, g) in r.gpus.iter().enumerate() {
         if g.uuid.is_empty() || g.lost {
             continue;
@@ -121,14 +134,23 @@ pub(super) fn account(
                 .map_err(sql("move gpu location"))?;
             }
             _ => {
-                tx.defer("INSERT INTO gpu_locations (uuid, host_id, serial, first_seen, last_seen, last_seq, last_energy_mj) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6) \
-                     ON CONFLICT (uuid) DO UPDATE SET serial = excluded.serial, \
-                       last_seen = CASE WHEN excluded.last_seen > gpu_locations.last_seen THEN excluded.last_seen ELSE gpu_locations.last_seen END, \
-                       last_seq = excluded.last_seq, last_energy_mj = excluded.last_energy_mj", params![&g.uuid, host_id, &g.serial, at, r.seq, counter])
-                .map_err(sql("record gpu location"))?;
+                stay.insert(&g.uuid, (&g.serial, counter));
             }
         }
     }
+    let mut ps = Vec::with_capacity(7 * stay.len());
+    for (uuid, (serial, counter)) in &stay {
+        ps.extend_from_slice(params![*uuid, host_id, *serial, at, at, r.seq, *counter]);
+    }
+    tx.defer_values(
+        "INSERT INTO gpu_locations (uuid, host_id, serial, first_seen, last_seen, last_seq, last_energy_mj) VALUES ",
+        7,
+        " ON CONFLICT (uuid) DO UPDATE SET serial = excluded.serial, \
+           last_seen = CASE WHEN excluded.last_seen > gpu_locations.last_seen THEN excluded.last_seen ELSE gpu_locations.last_seen END, \
+           last_seq = excluded.last_seq, last_energy_mj = excluded.last_energy_mj",
+        &ps,
+    )
+    .map_err(sql("record gpu locations"))?;
 
     // Jobs per GPU, so a shared GPU's time and energy are split between the jobs on it.
     let mut jobs_on_gpu: Vec<BTreeSet<String>> = vec![BTreeSet::new(); r.gpus.len()];
@@ -145,6 +167,8 @@ pub(super) fn account(
         }
         job_processes.entry(key).or_default().push(p);
     }
+    // Usage per (job, GPU UUID), summed where a report repeats a UUID, upserted together.
+    let mut usage: BTreeMap<(&str, &str), Usage<'_>> = BTreeMap::new();
     for (i, g) in r.gpus.iter().enumerate() {
         let n = jobs_on_gpu[i].len();
         if n == 0 {
@@ -158,17 +182,29 @@ pub(super) fn account(
             None => (0.0, dt * share),
         };
         for key in &jobs_on_gpu[i] {
-            tx.defer("INSERT INTO job_usage (job_key, host_id, gpu_uuid, gpu_name, first_seen, last_seen, gpu_seconds, energy_joules, ops_upper, unknown_peak_seconds) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9) \
-                 ON CONFLICT (job_key, host_id, gpu_uuid) DO UPDATE SET \
-                   last_seen = CASE WHEN excluded.last_seen > job_usage.last_seen THEN excluded.last_seen ELSE job_usage.last_seen END, \
-                   first_seen = CASE WHEN excluded.first_seen < job_usage.first_seen THEN excluded.first_seen ELSE job_usage.first_seen END, \
-                   gpu_seconds = job_usage.gpu_seconds + excluded.gpu_seconds, \
-                   energy_joules = job_usage.energy_joules + excluded.energy_joules, ops_upper = job_usage.ops_upper + excluded.ops_upper, \
-                   unknown_peak_seconds = job_usage.unknown_peak_seconds + excluded.unknown_peak_seconds", params![key, host_id, &g.uuid, &g.name, at, dt * share, energy[i] * share, ops, unknown])
-            .map_err(sql("account job usage"))?;
+            let u = usage.entry((key.as_str(), g.uuid.as_str())).or_insert(Usage { name: &g.name, ..Usage::default() });
+            u.seconds += dt * share;
+            u.energy += energy[i] * share;
+            u.ops += ops;
+            u.unknown += unknown;
         }
     }
+    let mut ps = Vec::with_capacity(9 * usage.len());
+    for ((key, uuid), u) in &usage {
+        ps.extend_from_slice(params![*key, host_id, *uuid, u.name, at, at, u.seconds, u.energy, u.ops, u.unknown]);
+    }
+    tx.defer_values(
+        "INSERT INTO job_usage (job_key, host_id, gpu_uuid, gpu_name, first_seen, last_seen, gpu_seconds, energy_joules, ops_upper, unknown_peak_seconds) VALUES ",
+        10,
+        " ON CONFLICT (job_key, host_id, gpu_uuid) DO UPDATE SET \
+           last_seen = CASE WHEN excluded.last_seen > job_usage.last_seen THEN excluded.last_seen ELSE job_usage.last_seen END, \
+           first_seen = CASE WHEN excluded.first_seen < job_usage.first_seen THEN excluded.first_seen ELSE job_usage.first_seen END, \
+           gpu_seconds = job_usage.gpu_seconds + excluded.gpu_seconds, \
+           energy_joules = job_usage.energy_joules + excluded.energy_joules, ops_upper = job_usage.ops_upper + excluded.ops_upper, \
+           unknown_peak_seconds = job_usage.unknown_peak_seconds + excluded.unknown_peak_seconds",
+        &ps,
+    )
+    .map_err(sql("account job usage"))?;
 
     // The jobs' stored evidence in one query, their updates pipelined, their totals in one query.
     let keys: Vec<String> = job_processes.keys().cloned().collect();
@@ -183,6 +219,7 @@ pub(super) fn account(
         .map_err(sql("read jobs"))?
         .into_iter()
         .collect();
+    let mut evidence: Vec<(String, String)> = Vec::with_capacity(job_processes.len());
     for (key, procs) in job_processes {
         let mut ev: JobEvidence = stored.remove(&key).and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
         for p in procs {
@@ -200,12 +237,20 @@ pub(super) fn account(
                 }
             }
         }
-        let json = serde_json::to_string(&ev).unwrap_or_default();
-        tx.defer("INSERT INTO jobs (job_key, tenant, first_seen, last_seen, evidence) VALUES (?1, ?2, ?3, ?3, ?4) \
-             ON CONFLICT (job_key) DO UPDATE SET evidence = excluded.evidence, \
-               last_seen = CASE WHEN excluded.last_seen > jobs.last_seen THEN excluded.last_seen ELSE jobs.last_seen END", params![&key, job_tenant.get(&key).and_then(Option::as_deref), at, &json])
-        .map_err(sql("record job"))?;
+        evidence.push((key, serde_json::to_string(&ev).unwrap_or_default()));
     }
+    let mut ps = Vec::with_capacity(5 * evidence.len());
+    for (key, json) in &evidence {
+        ps.extend_from_slice(params![key, job_tenant.get(key).and_then(Option::as_deref), at, at, json]);
+    }
+    tx.defer_values(
+        "INSERT INTO jobs (job_key, tenant, first_seen, last_seen, evidence) VALUES ",
+        5,
+        " ON CONFLICT (job_key) DO UPDATE SET evidence = excluded.evidence, \
+           last_seen = CASE WHEN excluded.last_seen > jobs.last_seen THEN excluded.last_seen ELSE jobs.last_seen END",
+        &ps,
+    )
+    .map_err(sql("record jobs"))?;
     let mut totals = summaries(tx, &keys)?;
     Ok((keys.iter().filter_map(|k| totals.remove(k)).collect(), moved))
 }

@@ -32,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migration2.sql"),
     include_str!("migration3.sql"),
     include_str!("migration4.sql"),
+    include_str!("migration5.sql"),
 ];
 
 /// The same migrations for PostgreSQL: the same tables, columns and keys, in its types.
@@ -40,6 +41,7 @@ const PG_MIGRATIONS: &[&str] = &[
     include_str!("pg/migration2.sql"),
     include_str!("pg/migration3.sql"),
     include_str!("pg/migration4.sql"),
+    include_str!("pg/migration5.sql"),
 ];
 
 /// Store failures.
@@ -413,24 +415,48 @@ pub struct Store {
     reader: Mutex<Db>,
     location: Location,
     /// Stops the embedded store's checkpoint thread when the store is dropped.
-    _checkpointer: Option<Checkpointer>,
+    checkpointer: Option<Checkpointer>,
 }
 
-/// Copies the embedded store's write-ahead log into the database file on a thread of its own, once a
-/// second (PASSIVE: it never blocks the writer). Left to SQLite, the checkpoint runs inside whichever
-/// commit crosses 1,000 log pages: a fifth of the commit thread's time under load.
+/// Copies the embedded store's write-ahead log into the database file on a thread of its own (PASSIVE:
+/// it never blocks the writer). Left to SQLite, the checkpoint runs inside whichever commit crosses
+/// 1,000 log pages: a fifth of the commit thread's time under load.
+///
+/// A PASSIVE checkpoint never lets the log start over while commits keep coming (the writer only
+/// wraps to the start of a fully copied log), so under sustained ingest the log would grow without
+/// bound: 1.3 GB in 12 seconds of the benchmark. Once a PASSIVE checkpoint leaves more than
+/// [`WAL_RESTART_BYTES`] in the log, the thread asks the writer ([`Store::restart_wal_if_asked`]) to
+/// run a RESTART checkpoint between two commits: it copies only the frames written since, and the next
+/// commit writes from the start of the file again. (Run from this thread, RESTART would wait for a gap
+/// between commits that a busy writer never leaves.) `journal_size_limit` trims a log that grew past
+/// the limit.
 struct Checkpointer {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Set by the thread when the log should start over; taken by the writer.
+    restart: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// The write-ahead log size past which the checkpoint thread makes the log start over.
+const WAL_RESTART_BYTES: i64 = 64 << 20;
+
+/// One checkpoint in `mode`: the number of frames in the log (-1 when the store is not in WAL mode).
+fn checkpoint(conn: &rusqlite::Connection, mode: &str) -> rusqlite::Result<i64> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get::<_, i64>(1))
+}
+
 impl Checkpointer {
-    fn start(path: &Path) -> rusqlite::Result<Checkpointer> {
+    fn start(path: &Path, restart_bytes: i64) -> rusqlite::Result<Checkpointer> {
         use std::sync::atomic::{AtomicBool, Ordering};
         let conn = rusqlite::Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_size_limit", restart_bytes)?;
+        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let restart_frames = restart_bytes / page_size.max(512);
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let restart = std::sync::Arc::new(AtomicBool::new(false));
+        let ask = restart.clone();
         let thread = std::thread::Builder::new()
             .name("gpuattest-checkpoint".into())
             .spawn(move || {
@@ -439,17 +465,19 @@ impl Checkpointer {
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(tick);
                     waited += tick;
-                    if waited >= std::time::Duration::from_secs(1) {
-                        waited = std::time::Duration::ZERO;
-                        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                            tracing::warn!(error = %e, "store checkpoint failed; will retry");
-                        }
+                    if waited < std::time::Duration::from_millis(500) {
+                        continue;
+                    }
+                    waited = std::time::Duration::ZERO;
+                    match checkpoint(&conn, "PASSIVE") {
+                        Ok(frames) => ask.store(frames > restart_frames, Ordering::Relaxed),
+                        Err(e) => tracing::warn!(error = %e, "store checkpoint failed; will retry"),
                     }
                 }
-                let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                let _ = checkpoint(&conn, "PASSIVE");
             })
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        Ok(Checkpointer { stop, thread: Some(thread) })
+        Ok(Checkpointer { stop, restart, thread: Some(thread) })
     }
 }
 
@@ -491,6 +519,11 @@ impl Store {
     /// [`StoreError::Open`] when the directory or database cannot be opened, [`StoreError::TooNew`]
     /// when a newer collector wrote it.
     pub fn open(data_dir: &Path) -> Result<Store> {
+        Store::open_sqlite(data_dir, WAL_RESTART_BYTES)
+    }
+
+    /// [`Store::open`], with the log made to start over past `wal_restart_bytes`.
+    fn open_sqlite(data_dir: &Path, wal_restart_bytes: i64) -> Result<Store> {
         let path = data_dir.join("gpuattest.db");
         let open_err = |source: rusqlite::Error| StoreError::Open { path: path.clone(), source: source.into() };
         if !data_dir.exists() {
@@ -510,6 +543,7 @@ impl Store {
         conn.pragma_update(None, "temp_store", "MEMORY").map_err(open_err)?;
         // Checkpoints run on their own thread (Checkpointer), not inside commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(open_err)?;
+        conn.pragma_update(None, "journal_size_limit", wal_restart_bytes).map_err(open_err)?;
         conn.set_prepared_statement_cache_capacity(128);
         let mut db = Db::Sqlite(conn);
         migrate(&mut db, MIGRATIONS, &path)?;
@@ -518,11 +552,11 @@ impl Store {
         reader.pragma_update(None, "query_only", "ON").map_err(open_err)?;
         reader.pragma_update(None, "cache_size", -16_384).map_err(open_err)?;
         reader.set_prepared_statement_cache_capacity(64);
-        let checkpointer = Checkpointer::start(&path).map_err(open_err)?;
+        let checkpointer = Checkpointer::start(&path, wal_restart_bytes).map_err(open_err)?;
         Ok(Store {
             conn: Mutex::new(db),
             reader: Mutex::new(Db::Sqlite(reader)),
-            _checkpointer: Some(checkpointer),
+            checkpointer: Some(checkpointer),
             location: Location::File(path),
         })
     }
@@ -566,7 +600,7 @@ impl Store {
         Ok(Store {
             conn: Mutex::new(db),
             reader: Mutex::new(reader),
-            _checkpointer: None,
+            checkpointer: None,
             location: Location::Postgres(shown),
         })
     }
@@ -844,11 +878,15 @@ impl Store {
         flags_for: impl FnOnce(&ChainPosition, &CommitContext) -> Vec<NewFlag>,
     ) -> Result<Commit> {
         let mut conn = self.conn();
-        let mut tx = conn.write().map_err(sql("begin"))?;
-        let c = commit_one(&mut tx, host_id, incoming, flags_for)?;
-        if matches!(c, Commit::Stored { .. }) {
-            tx.commit().map_err(sql("commit report"))?;
-        }
+        let c = {
+            let mut tx = conn.write().map_err(sql("begin"))?;
+            let c = commit_one(&mut tx, host_id, incoming, flags_for)?;
+            if matches!(c, Commit::Stored { .. }) {
+                tx.commit().map_err(sql("commit report"))?;
+            }
+            c
+        };
+        self.restart_wal_if_asked(&mut conn);
         Ok(c)
     }
 
@@ -859,9 +897,25 @@ impl Store {
     /// report it would have stored fails with it.
     pub fn commit_batch(&self, items: Vec<PendingCommit>) -> Vec<Result<Commit>> {
         let mut conn = self.conn();
-        match batch_together(&mut conn, &items) {
+        let results = match batch_together(&mut conn, &items) {
             Some(results) => results,
             None => batch_isolated(&mut conn, &items),
+        };
+        self.restart_wal_if_asked(&mut conn);
+        results
+    }
+
+    /// Makes the embedded store's write-ahead log start over when the checkpoint thread asked for it
+    /// (see [`Checkpointer`]); called by the writer between commits.
+    fn restart_wal_if_asked(&self, conn: &mut Db) {
+        let Some(c) = &self.checkpointer else { return };
+        if !c.restart.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        if let Db::Sqlite(sqlite) = conn
+            && let Err(e) = checkpoint(sqlite, "RESTART")
+        {
+            tracing::warn!(error = %e, "store checkpoint (restart of the log) failed; will retry");
         }
     }
 
@@ -1490,60 +1544,56 @@ fn commit_one(
     .map_err(sql("insert report"))?;
     // Several rows per statement: fewer statements on the commit path, fewer round trips' worth of
     // work on PostgreSQL.
-    for chunk in r.gpus.chunks(db::MAX_ROWS) {
-        let sql_text = db::values_sql(
-            "INSERT INTO report_gpus (host_id, seq, gpu_index, uuid, serial, name, pci_bus_id, memory_total, memory_used, util_gpu, power_mw, energy_mj, lost) VALUES ",
-            13,
-            chunk.len(),
-            " ON CONFLICT DO NOTHING",
-        );
-        let mut ps = Vec::with_capacity(13 * chunk.len());
-        for gpu in chunk {
-            ps.extend_from_slice(params![
-                host_id,
-                seq,
-                gpu.index,
-                &gpu.uuid,
-                &gpu.serial,
-                &gpu.name,
-                &gpu.pci_bus_id,
-                gpu.memory_total_bytes,
-                gpu.memory_used_bytes,
-                gpu.utilization_gpu_pct,
-                gpu.power_mw,
-                gpu.energy_mj,
-                gpu.lost
-            ]);
-        }
-        tx.defer(sql_text, &ps).map_err(sql("insert gpus"))?;
+    let mut ps = Vec::with_capacity(13 * r.gpus.len());
+    for gpu in &r.gpus {
+        ps.extend_from_slice(params![
+            host_id,
+            seq,
+            gpu.index,
+            &gpu.uuid,
+            &gpu.serial,
+            &gpu.name,
+            &gpu.pci_bus_id,
+            gpu.memory_total_bytes,
+            gpu.memory_used_bytes,
+            gpu.utilization_gpu_pct,
+            gpu.power_mw,
+            gpu.energy_mj,
+            gpu.lost
+        ]);
     }
+    tx.defer_values(
+        "INSERT INTO report_gpus (host_id, seq, gpu_index, uuid, serial, name, pci_bus_id, memory_total, memory_used, util_gpu, power_mw, energy_mj, lost) VALUES ",
+        13,
+        " ON CONFLICT DO NOTHING",
+        &ps,
+    )
+    .map_err(sql("insert gpus"))?;
     let gpu_lists: Vec<String> =
         r.processes.iter().map(|p| serde_json::to_string(&p.gpu_uuids).unwrap_or_default()).collect();
-    for (chunk, lists) in r.processes.chunks(db::MAX_ROWS).zip(gpu_lists.chunks(db::MAX_ROWS)) {
-        let sql_text = db::values_sql(
-            "INSERT INTO report_processes (host_id, seq, pid, start_time, gpu_uuids, cmdline, container_id, pod_uid, slurm_job_id, uid, exe) VALUES ",
-            11,
-            chunk.len(),
-            " ON CONFLICT DO NOTHING",
-        );
-        let mut ps = Vec::with_capacity(11 * chunk.len());
-        for (proc_, gpus) in chunk.iter().zip(lists) {
-            ps.extend_from_slice(params![
-                host_id,
-                seq,
-                proc_.pid,
-                proc_.start_time_ticks,
-                gpus,
-                &proc_.cmdline,
-                &proc_.container_id,
-                &proc_.pod_uid,
-                &proc_.slurm_job_id,
-                proc_.uid,
-                &proc_.exe
-            ]);
-        }
-        tx.defer(sql_text, &ps).map_err(sql("insert processes"))?;
+    let mut ps = Vec::with_capacity(11 * r.processes.len());
+    for (proc_, gpus) in r.processes.iter().zip(&gpu_lists) {
+        ps.extend_from_slice(params![
+            host_id,
+            seq,
+            proc_.pid,
+            proc_.start_time_ticks,
+            gpus,
+            &proc_.cmdline,
+            &proc_.container_id,
+            &proc_.pod_uid,
+            &proc_.slurm_job_id,
+            proc_.uid,
+            &proc_.exe
+        ]);
     }
+    tx.defer_values(
+        "INSERT INTO report_processes (host_id, seq, pid, start_time, gpu_uuids, cmdline, container_id, pod_uid, slurm_job_id, uid, exe) VALUES ",
+        11,
+        " ON CONFLICT DO NOTHING",
+        &ps,
+    )
+    .map_err(sql("insert processes"))?;
     tx.defer(
         "UPDATE hosts SET last_seq = ?1, last_hash = ?2, last_seen = ?3 WHERE host_id = ?4",
         params![seq, &hash, incoming.received_at, host_id],

@@ -117,9 +117,10 @@ impl Store {
         let mut points: Vec<TimelinePoint> = conn
             .rows(
                 "SELECT g.host_id, g.uuid, r.window_end, g.util_gpu, g.power_mw, g.energy_mj \
-                     FROM job_usage j JOIN report_gpus g ON g.host_id = j.host_id AND g.uuid = j.gpu_uuid \
-                     JOIN reports r ON r.host_id = g.host_id AND r.seq = g.seq \
-                     WHERE j.job_key = ?1 AND r.window_end BETWEEN j.first_seen AND j.last_seen \
+                     FROM job_usage j \
+                     JOIN reports r ON r.host_id = j.host_id AND r.window_end BETWEEN j.first_seen AND j.last_seen \
+                     JOIN report_gpus g ON g.host_id = r.host_id AND g.seq = r.seq AND g.uuid = j.gpu_uuid \
+                     WHERE j.job_key = ?1 \
                      ORDER BY r.window_end DESC LIMIT ?2",
                 params![job_key, MAX_TIMELINE_POINTS],
                 map,

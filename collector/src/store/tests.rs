@@ -304,20 +304,32 @@ fn busy_report(host: &str, seq: u64, prev: &[u8], gpus: usize) -> pb::UsageRepor
     }
 }
 
+/// Signs `r` with `k` and commits it as received at its window's end plus ten seconds; the result
+/// and the hash the next report links to.
+fn sign_and_commit(
+    s: &Store,
+    k: &Ed25519KeyPair,
+    host: &str,
+    r: &pb::UsageReport,
+    flags_for: impl FnOnce(&ChainPosition, &CommitContext) -> Vec<NewFlag>,
+) -> (Result<Commit>, pb::SignedReport) {
+    let sr = gpuattest_proto::sign_report(k, prost::Message::encode_to_vec(r));
+    let inc = IncomingReport {
+        signed: &sr,
+        decoded: r,
+        received_at: (r.seq as i64 + 1) * 10_000,
+        nonce_fresh: true,
+        process_tenants: &[],
+    };
+    (s.commit_report(host, &inc, flags_for), sr)
+}
+
 fn commit_chain(s: &Store, k: &Ed25519KeyPair, host: &str, n: u64, gpus: usize) -> Vec<pb::SignedReport> {
     let mut prev = Vec::new();
     let mut out = Vec::new();
     for seq in 1..=n {
         let r = busy_report(host, seq, &prev, gpus);
-        let sr = gpuattest_proto::sign_report(k, prost::Message::encode_to_vec(&r));
-        let inc = IncomingReport {
-            signed: &sr,
-            decoded: &r,
-            received_at: (seq as i64 + 1) * 10_000,
-            nonce_fresh: true,
-            process_tenants: &[],
-        };
-        let c = s.commit_report(host, &inc, |_, ctx| {
+        let (c, sr) = sign_and_commit(s, k, host, &r, |_, ctx| {
             ctx.jobs.iter().map(|j| NewFlag { job_key: j.job_key.clone(), ..flag("x") }).collect()
         });
         assert_eq!(c.expect("commit"), Commit::Stored { flags: 1 });
@@ -351,6 +363,39 @@ fn jobs_are_accounted_across_reports_and_gpus(b: &Backend) {
     assert_eq!(t.len(), 6, "{t:?}");
     assert!(t.windows(2).all(|w| w[0].t <= w[1].t));
     assert_eq!((t[0].util, t[0].power_mw), (Some(50), Some(400_000)));
+    // A flag with no job: one GPU's series over the flag's sequence range.
+    let uuid = format!("GPU-{}-1", h.host_id);
+    let t = s.timeline("no-such-job", &h.host_id, std::slice::from_ref(&uuid), (2, 3)).expect("gpu timeline");
+    assert_eq!(
+        t.iter().map(|p| (p.gpu_uuid.as_str(), p.t)).collect::<Vec<_>>(),
+        vec![(&*uuid, 30_000), (&*uuid, 40_000)]
+    );
+}
+
+fn a_report_that_repeats_a_gpu_uuid_is_stored(b: &Backend) {
+    // Rows are upserted several to a statement; PostgreSQL refuses a statement that updates one row
+    // twice, so a report naming a GPU twice (a buggy or hostile agent) must not make every batch it is
+    // in fail.
+    let s = b.open().expect("open");
+    let k = key();
+    let h = enrolled(&s, &k, "n1");
+    let mut prev = Vec::new();
+    for seq in 1..=2 {
+        let mut r = busy_report(&h.host_id, seq, &prev, 3);
+        let twice = r.gpus[0].uuid.clone();
+        r.gpus[2].uuid = twice.clone();
+        r.processes[0].gpu_uuids = vec![twice.clone(), twice];
+        let (c, sr) = sign_and_commit(&s, &k, &h.host_id, &r, |_, ctx| {
+            assert!(ctx.moved_gpus.is_empty(), "{:?}", ctx.moved_gpus);
+            Vec::new()
+        });
+        assert_eq!(c.expect("commit"), Commit::Stored { flags: 0 });
+        prev = gpuattest_proto::sha256(&sr.report).to_vec();
+    }
+    let j = s.job("slurm:77").expect("job").expect("accounted");
+    // One GPU UUID, counted once per window: 2 windows of 10 s.
+    assert_eq!(j.gpus, 1);
+    assert!((j.gpu_hours - 20.0 / 3600.0).abs() < 1e-9, "{}", j.gpu_hours);
 }
 
 fn review_reads_and_writes_round_trip(b: &Backend) {
@@ -502,6 +547,7 @@ on_both_backends!(
     decisions_are_recorded_and_audited,
     a_batch_commits_each_report_on_its_own_merits,
     jobs_are_accounted_across_reports_and_gpus,
+    a_report_that_repeats_a_gpu_uuid_is_stored,
     review_reads_and_writes_round_trip,
     the_transparency_log_is_dense_and_in_commit_order,
 );
@@ -602,4 +648,41 @@ fn the_embedded_store_checkpoints_its_log_off_the_commit_path() {
     drop(s);
     let again = Store::open(t.path()).expect("reopen");
     assert_eq!(again.verify_all().expect("verify").valid, 40);
+}
+
+#[test]
+fn the_embedded_stores_log_starts_over_under_sustained_commits() {
+    // Commits back to back never leave the checkpoint thread a moment in which the log is fully copied,
+    // so before the writer restarted it between commits, the log only grew (1.3 GB in 12 seconds of
+    // the benchmark). With a 256 KiB limit, the log must be cut back while commits go on.
+    let t = tempfile::tempdir().expect("tmp");
+    let s = Store::open_sqlite(t.path(), 256 << 10).expect("open");
+    let k = key();
+    let h = enrolled(&s, &k, "n1");
+    let wal = t.path().join("gpuattest.db-wal");
+    let len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    let mut prev = Vec::new();
+    let mut largest = 0;
+    let mut committed = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for seq in 1.. {
+        let r = busy_report(&h.host_id, seq, &prev, 8);
+        let (c, sr) = sign_and_commit(&s, &k, &h.host_id, &r, |_, _| Vec::new());
+        assert!(matches!(c, Ok(Commit::Stored { .. })), "{c:?}");
+        prev = gpuattest_proto::sha256(&sr.report).to_vec();
+        committed = seq;
+        largest = largest.max(len());
+        if largest > 1 << 20 && len() < 512 << 10 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log never started over: {} bytes after {seq} commits (largest {largest})",
+            len()
+        );
+    }
+    drop(s);
+    let again = Store::open(t.path()).expect("reopen");
+    let v = again.verify_all().expect("verify");
+    assert_eq!((v.valid, v.chain_breaks, v.invalid.len()), (committed, 0, 0), "{v:?}");
 }
