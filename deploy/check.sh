@@ -62,6 +62,7 @@ collector:
   replicas: 3
   database:
     existingSecret: gpuattest-postgres
+    caSecret: gpuattest-postgres-ca
   exportKey:
     existingSecret: gpuattest-export-key
   policy: |
@@ -77,6 +78,7 @@ VALUES
   || fail "$(cat "$tmp/render.log")"
 grep -q "GPUATTEST_DATABASE" "$tmp/scale.out" || fail "database values did not reach the Deployment"
 grep -q "secretName: gpuattest-export-key" "$tmp/scale.out" || fail "the shared export key is not mounted"
+grep -q "secretName: gpuattest-postgres-ca" "$tmp/scale.out" || fail "the database CA is not mounted"
 printf 'collector:\n  replicas: 2\n  database:\n    existingSecret: pg\n' >"$tmp/nokey.yaml"
 if "${render[@]}" -f "$tmp/nokey.yaml" >/dev/null 2>"$tmp/nokey.log"; then
   fail "replicas on a shared store without a shared export key rendered; the chart must refuse them"

@@ -87,8 +87,15 @@ fn broken_configs_are_refused_with_one_clear_line() {
     }
 
     let data = tmp.path().join("data");
-    let collector_cases: [(&str, &str, &str); 7] = [
+    let collector_cases: [(&str, &str, &str); 9] = [
         ("c-db-scheme.toml", "database = \"mysql://u:hunter2@db/x\"\n", "only postgres://"),
+        // TLS that could not authenticate the server is refused before connecting, saying what to add.
+        ("c-db-tls.toml", "database = \"postgres://u:hunter2@db.internal/x?sslmode=require\"\n", "sslrootcert="),
+        (
+            "c-db-ca.toml",
+            "database = \"postgres://u:hunter2@db.internal/x?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem\"\n",
+            "/nonexistent/ca.pem",
+        ),
         ("c-db-port.toml", "database = \"postgres://u:hunter2@127.0.0.1:notaport/x\"\n", "postgres://user"),
         // Nothing listens on port 1: one line naming the URL (password hidden) and what to check.
         ("c-db-down.toml", "database = \"postgres://u:hunter2@127.0.0.1:1/x\"\n", "u:***@127.0.0.1:1/x"),

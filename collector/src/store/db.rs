@@ -351,6 +351,7 @@ pub enum Db {
 /// A PostgreSQL connection with its prepared statements and the writes waiting to be pipelined.
 pub struct Pg {
     config: tokio_postgres::Config,
+    transport: super::pgtls::Transport,
     client: tokio_postgres::Client,
     statements: HashMap<&'static str, tokio_postgres::Statement>,
     pending: Vec<(tokio_postgres::Statement, Vec<Owned>)>,
@@ -388,6 +389,28 @@ fn block_on<F: Future>(f: F) -> F::Output {
     }
 }
 
+/// Connects with `tls`, hands the client over `tx`, and drives the connection until it ends.
+async fn drive<T>(
+    config: &tokio_postgres::Config,
+    tls: T,
+    tx: std::sync::mpsc::SyncSender<Result<tokio_postgres::Client, DbError>>,
+) where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send,
+{
+    match config.connect(tls).await {
+        Ok((client, connection)) => {
+            let _ = tx.send(Ok(client));
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %pg_message(&e), "PostgreSQL connection ended");
+            }
+        }
+        Err(e) => {
+            let _ = tx.send(Err(DbError::Pg(e)));
+        }
+    }
+}
+
 /// `?N` to `$N`. The store's SQL has no `?` inside string literals.
 fn dollar(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
@@ -407,7 +430,7 @@ impl Pg {
     ///
     /// # Errors
     /// The server's or the network's error.
-    pub fn connect(mut config: tokio_postgres::Config) -> Result<Pg, DbError> {
+    pub fn connect(mut config: tokio_postgres::Config, transport: super::pgtls::Transport) -> Result<Pg, DbError> {
         if config.get_application_name().is_none() {
             // How a database administrator tells the collectors' sessions apart in pg_stat_activity.
             config.application_name("gpuattest-collector");
@@ -416,13 +439,26 @@ impl Pg {
             // An unreachable server is one clear error in seconds, not a TCP timeout minutes later.
             config.connect_timeout(std::time::Duration::from_secs(10));
         }
-        let client = Self::spawn(&config)?;
-        Ok(Pg { config, client, statements: HashMap::new(), pending: Vec::new() })
+        match &transport {
+            super::pgtls::Transport::Plain => config.ssl_mode(tokio_postgres::config::SslMode::Disable),
+            super::pgtls::Transport::Tls { required: true, .. } => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require)
+            }
+            super::pgtls::Transport::Tls { required: false, .. } => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Prefer)
+            }
+        };
+        let client = Self::spawn(&config, &transport)?;
+        Ok(Pg { config, transport, client, statements: HashMap::new(), pending: Vec::new() })
     }
 
-    fn spawn(config: &tokio_postgres::Config) -> Result<tokio_postgres::Client, DbError> {
+    fn spawn(
+        config: &tokio_postgres::Config,
+        transport: &super::pgtls::Transport,
+    ) -> Result<tokio_postgres::Client, DbError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let config = config.clone();
+        let transport = transport.clone();
         std::thread::Builder::new()
             .name("gpuattest-pg".into())
             .spawn(move || {
@@ -434,16 +470,9 @@ impl Pg {
                     }
                 };
                 rt.block_on(async move {
-                    match config.connect(tokio_postgres::NoTls).await {
-                        Ok((client, connection)) => {
-                            let _ = tx.send(Ok(client));
-                            if let Err(e) = connection.await {
-                                tracing::warn!(error = %pg_message(&e), "PostgreSQL connection ended");
-                            }
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(DbError::Pg(e)));
-                        }
+                    match transport {
+                        super::pgtls::Transport::Plain => drive(&config, tokio_postgres::NoTls, tx).await,
+                        super::pgtls::Transport::Tls { connector, .. } => drive(&config, connector, tx).await,
                     }
                 });
             })
@@ -473,7 +502,7 @@ impl Pg {
         self.flush()?;
         if self.client.is_closed() {
             tracing::warn!("PostgreSQL connection lost; reconnecting");
-            self.client = Self::spawn(&self.config)?;
+            self.client = Self::spawn(&self.config, &self.transport)?;
             self.statements.clear();
         }
         Ok(&self.client)

@@ -18,6 +18,7 @@ use crate::timefmt::rfc3339;
 pub mod db;
 mod group;
 mod jobs;
+pub mod pgtls;
 mod review;
 pub mod scratch;
 pub use group::{GroupCommitter, MAX_BATCH};
@@ -496,6 +497,18 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Whether every host `config` names is a Unix socket or a loopback address (where no network sees
+/// the traffic).
+fn local_hosts(config: &tokio_postgres::Config) -> bool {
+    use tokio_postgres::config::Host;
+    let addrs_local = config.get_hostaddrs().iter().all(std::net::IpAddr::is_loopback);
+    let hosts_local = config.get_hosts().iter().all(|h| match h {
+        Host::Tcp(name) => name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+        Host::Unix(_) => true,
+    });
+    if config.get_hostaddrs().is_empty() { hosts_local } else { addrs_local }
+}
+
 /// A `postgres://` URL with its password replaced and its query (which may carry one) dropped, for
 /// messages and logs.
 pub fn redact_url(url: &str) -> String {
@@ -575,18 +588,22 @@ impl Store {
                 reason: "only postgres:// URLs are taken; omit --database for the embedded store in --data".into(),
             });
         }
-        let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| StoreError::BadUrl {
-            url: shown.clone(),
-            reason: format!("{e}; the form is postgres://user[:password]@host[:port]/database"),
-        })?;
-        if matches!(config.get_ssl_mode(), tokio_postgres::config::SslMode::Require) {
-            return Err(StoreError::BadUrl {
-                url: shown,
-                reason: "sslmode=require: TLS to PostgreSQL is not in this build; reach it over a private network or a local socket proxy (sslmode=disable)".into(),
-            });
+        let (plain_url, transport) =
+            pgtls::split_url(url).map_err(|reason| StoreError::BadUrl { url: shown.clone(), reason })?;
+        let config: tokio_postgres::Config =
+            plain_url.parse().map_err(|e: tokio_postgres::Error| StoreError::BadUrl {
+                url: shown.clone(),
+                reason: format!("{e}; the form is postgres://user[:password]@host[:port]/database"),
+            })?;
+        if matches!(transport, pgtls::Transport::Plain) && !local_hosts(&config) {
+            tracing::warn!(
+                database = %shown,
+                "the connection to PostgreSQL is not encrypted; add sslmode=verify-full&sslrootcert=/path/to/ca.pem \
+                 unless the network to it is private"
+            );
         }
-        let pg =
-            db::Pg::connect(config.clone()).map_err(|source| StoreError::Connect { url: shown.clone(), source })?;
+        let pg = db::Pg::connect(config.clone(), transport.clone())
+            .map_err(|source| StoreError::Connect { url: shown.clone(), source })?;
         let mut db = Db::Pg(Box::new(pg));
         db.lock_migrations(true).map_err(sql("take the migration lock"))?;
         let migrated = migrate(&mut db, PG_MIGRATIONS, Path::new(&shown));
@@ -594,7 +611,7 @@ impl Store {
         migrated?;
         unlocked?;
         let mut reader = Db::Pg(Box::new(
-            db::Pg::connect(config).map_err(|source| StoreError::Connect { url: shown.clone(), source })?,
+            db::Pg::connect(config, transport).map_err(|source| StoreError::Connect { url: shown.clone(), source })?,
         ));
         reader.batch("SET default_transaction_read_only = on").map_err(sql("make the reader read-only"))?;
         Ok(Store {

@@ -25,7 +25,9 @@ fn admin_url() -> String {
 
 fn connect(url: &str) -> Result<Db, String> {
     let config = url.parse().map_err(|e: tokio_postgres::Error| format!("{url}: {e}"))?;
-    Pg::connect(config).map(|pg| Db::Pg(Box::new(pg))).map_err(|e| format!("{}: {e}", super::redact_url(url)))
+    Pg::connect(config, super::pgtls::Transport::Plain)
+        .map(|pg| Db::Pg(Box::new(pg)))
+        .map_err(|e| format!("{}: {e}", super::redact_url(url)))
 }
 
 impl ScratchSchema {
