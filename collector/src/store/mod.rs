@@ -425,12 +425,13 @@ pub struct Store {
 ///
 /// A PASSIVE checkpoint never lets the log start over while commits keep coming (the writer only
 /// wraps to the start of a fully copied log), so under sustained ingest the log would grow without
-/// bound: 1.3 GB in 12 seconds of the benchmark. Once a PASSIVE checkpoint leaves more than
-/// [`WAL_RESTART_BYTES`] in the log, the thread asks the writer ([`Store::restart_wal_if_asked`]) to
-/// run a RESTART checkpoint between two commits: it copies only the frames written since, and the next
-/// commit writes from the start of the file again. (Run from this thread, RESTART would wait for a gap
-/// between commits that a busy writer never leaves.) `journal_size_limit` trims a log that grew past
-/// the limit.
+/// bound: 1.3 GB in 12 seconds of the benchmark. Once the log holds more than [`WAL_RESTART_BYTES`],
+/// the thread catches up and asks the writer ([`Store::restart_wal_if_asked`]) to finish the copy
+/// between two commits: with no commit running, that checkpoint completes, so the next commit writes
+/// from the start of the file again, and `journal_size_limit` trims the file. A RESTART checkpoint
+/// would do the same but wait (on the busy handler) for readers, up to the busy timeout, holding back
+/// every commit meanwhile; the writer's PASSIVE one leaves a log that a long read still needs for the
+/// next round.
 struct Checkpointer {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Set by the thread when the log should start over; taken by the writer.
@@ -439,11 +440,18 @@ struct Checkpointer {
 }
 
 /// The write-ahead log size past which the checkpoint thread makes the log start over.
-const WAL_RESTART_BYTES: i64 = 64 << 20;
+const WAL_RESTART_BYTES: i64 = 256 << 20;
 
-/// One checkpoint in `mode`: the number of frames in the log (-1 when the store is not in WAL mode).
-fn checkpoint(conn: &rusqlite::Connection, mode: &str) -> rusqlite::Result<i64> {
-    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get::<_, i64>(1))
+/// Frames the writer's checkpoint may be left to copy (1 MiB of 4 KiB pages): commits wait while it runs.
+const RESTART_BEHIND_FRAMES: i64 = 256;
+
+/// One checkpoint in `mode`: the frames in the log and those not yet copied into the database file
+/// (-1 each when the store is not in WAL mode).
+fn checkpoint(conn: &rusqlite::Connection, mode: &str) -> rusqlite::Result<(i64, i64)> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        let (log, done) = (r.get::<_, i64>(1)?, r.get::<_, i64>(2)?);
+        Ok((log, log - done))
+    })
 }
 
 impl Checkpointer {
@@ -470,8 +478,19 @@ impl Checkpointer {
                         continue;
                     }
                     waited = std::time::Duration::ZERO;
-                    match checkpoint(&conn, "PASSIVE") {
-                        Ok(frames) => ask.store(frames > restart_frames, Ordering::Relaxed),
+                    let mut r = checkpoint(&conn, "PASSIVE");
+                    // Before asking the writer, catch up with the commits made meanwhile, so its
+                    // checkpoint (during which commits wait) copies little.
+                    for _ in 0..4 {
+                        match r {
+                            Ok((log, behind)) if log > restart_frames && behind > RESTART_BEHIND_FRAMES => {
+                                r = checkpoint(&conn, "PASSIVE");
+                            }
+                            _ => break,
+                        }
+                    }
+                    match r {
+                        Ok((log, _)) => ask.store(log > restart_frames, Ordering::Relaxed),
                         Err(e) => tracing::warn!(error = %e, "store checkpoint failed; will retry"),
                     }
                 }
@@ -929,10 +948,21 @@ impl Store {
         if !c.restart.swap(false, std::sync::atomic::Ordering::Relaxed) {
             return;
         }
-        if let Db::Sqlite(sqlite) = conn
-            && let Err(e) = checkpoint(sqlite, "RESTART")
-        {
-            tracing::warn!(error = %e, "store checkpoint (restart of the log) failed; will retry");
+        let started = std::time::Instant::now();
+        if let Db::Sqlite(sqlite) = conn {
+            // PASSIVE: with this connection the writer, nothing can commit meanwhile, so it copies
+            // the whole log unless a reader still needs part of it; it never waits for one.
+            match checkpoint(sqlite, "PASSIVE") {
+                Ok((frames, behind)) => {
+                    tracing::debug!(
+                        frames,
+                        behind,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "store log restarted"
+                    );
+                }
+                Err(e) => tracing::warn!(error = %e, "store checkpoint (restart of the log) failed; will retry"),
+            }
         }
     }
 
