@@ -189,7 +189,7 @@ pub(super) fn account(
             u.unknown += unknown;
         }
     }
-    let mut ps = Vec::with_capacity(9 * usage.len());
+    let mut ps = Vec::with_capacity(10 * usage.len());
     for ((key, uuid), u) in &usage {
         ps.extend_from_slice(params![*key, host_id, *uuid, u.name, at, at, u.seconds, u.energy, u.ops, u.unknown]);
     }

@@ -62,6 +62,12 @@ pub fn split_url(url: &str) -> Result<(String, Transport), String> {
         match pair.split_once('=') {
             Some(("sslmode", v)) => mode = Some(v.to_string()),
             Some(("sslrootcert", v)) => root = Some(percent_decode(v)?),
+            Some((k @ ("sslcert" | "sslkey" | "sslpassword" | "sslcrl" | "sslcrldir"), _)) => {
+                return Err(format!(
+                    "{k} is not taken: the collector does not present a client certificate to PostgreSQL; \
+                     authenticate with a password (SCRAM) over verified TLS"
+                ));
+            }
             _ => rest.push(pair),
         }
     }
@@ -386,6 +392,9 @@ mod tests {
         std::fs::write(&huge, vec![b'a'; (MAX_CA_BYTES + 1) as usize]).expect("write");
         assert!(bad(&format!("{base}?sslrootcert={}", huge.display())).contains("larger than"));
         assert!(bad(&format!("{base}?sslrootcert=%zz")).contains("percent escape"));
+        assert!(
+            bad(&format!("{base}?sslmode=verify-full&sslcert=/c.pem&sslkey=/k.pem")).contains("client certificate")
+        );
     }
 
     #[test]
