@@ -407,13 +407,19 @@ impl std::fmt::Display for Location {
     }
 }
 
+/// Read-only connections per store (PostgreSQL: per replica, beside its one writing connection).
+pub const READERS: usize = 4;
+
 /// The store, on either backend.
 pub struct Store {
     /// Writes, and reads inside write transactions.
     conn: Mutex<Db>,
-    /// Reads outside transactions (the review UI, the API, exports): a second, read-only connection,
-    /// so they do not queue behind the group commit. They see committed data only.
-    reader: Mutex<Db>,
+    /// Reads outside transactions (the review UI, the API, exports): [`READERS`] read-only
+    /// connections, so they do not queue behind the group commit, and one long read (an export) does
+    /// not hold up the others. They see committed data only.
+    readers: Vec<Mutex<Db>>,
+    /// Where a read waits when every reader is busy.
+    next_reader: std::sync::atomic::AtomicUsize,
     location: Location,
     /// Stops the embedded store's checkpoint thread when the store is dropped.
     checkpointer: Option<Checkpointer>,
@@ -579,15 +585,20 @@ impl Store {
         conn.set_prepared_statement_cache_capacity(128);
         let mut db = Db::Sqlite(conn);
         migrate(&mut db, MIGRATIONS, &path)?;
-        let reader = rusqlite::Connection::open(&path).map_err(open_err)?;
-        reader.busy_timeout(std::time::Duration::from_secs(10)).map_err(open_err)?;
-        reader.pragma_update(None, "query_only", "ON").map_err(open_err)?;
-        reader.pragma_update(None, "cache_size", -16_384).map_err(open_err)?;
-        reader.set_prepared_statement_cache_capacity(64);
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let reader = rusqlite::Connection::open(&path).map_err(open_err)?;
+            reader.busy_timeout(std::time::Duration::from_secs(10)).map_err(open_err)?;
+            reader.pragma_update(None, "query_only", "ON").map_err(open_err)?;
+            reader.pragma_update(None, "cache_size", -16_384).map_err(open_err)?;
+            reader.set_prepared_statement_cache_capacity(64);
+            readers.push(Mutex::new(Db::Sqlite(reader)));
+        }
         let checkpointer = Checkpointer::start(&path, wal_restart_bytes).map_err(open_err)?;
         Ok(Store {
             conn: Mutex::new(db),
-            reader: Mutex::new(Db::Sqlite(reader)),
+            readers,
+            next_reader: std::sync::atomic::AtomicUsize::new(0),
             checkpointer: Some(checkpointer),
             location: Location::File(path),
         })
@@ -629,13 +640,19 @@ impl Store {
         let unlocked = db.lock_migrations(false).map_err(sql("release the migration lock"));
         migrated?;
         unlocked?;
-        let mut reader = Db::Pg(Box::new(
-            db::Pg::connect(config, transport).map_err(|source| StoreError::Connect { url: shown.clone(), source })?,
-        ));
-        reader.batch("SET default_transaction_read_only = on").map_err(sql("make the reader read-only"))?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let mut reader = Db::Pg(Box::new(
+                db::Pg::connect(config.clone(), transport.clone())
+                    .map_err(|source| StoreError::Connect { url: shown.clone(), source })?,
+            ));
+            reader.batch("SET default_transaction_read_only = on").map_err(sql("make the reader read-only"))?;
+            readers.push(Mutex::new(reader));
+        }
         Ok(Store {
             conn: Mutex::new(db),
-            reader: Mutex::new(reader),
+            readers,
+            next_reader: std::sync::atomic::AtomicUsize::new(0),
             checkpointer: None,
             location: Location::Postgres(shown),
         })
@@ -656,8 +673,18 @@ impl Store {
         self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// A free reader, or (all busy) the next one in turn, waited for.
     fn reader(&self) -> std::sync::MutexGuard<'_, Db> {
-        self.reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        use std::sync::TryLockError;
+        for r in &self.readers {
+            match r.try_lock() {
+                Ok(g) => return g,
+                Err(TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(TryLockError::WouldBlock) => {}
+            }
+        }
+        let i = self.next_reader.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.readers.len();
+        self.readers[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Where the store is.

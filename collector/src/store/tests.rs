@@ -512,8 +512,23 @@ fn reads_do_not_wait_for_an_open_write_and_cannot_write(b: &Backend) {
     assert_eq!(s.host(&h.host_id).expect("host").map(|h| h.last_seq), Some(0));
     drop(tx);
     drop(conn);
-    assert!(s.reader().execute("DELETE FROM tokens", params![]).is_err(), "the reader cannot write");
+    // Every reader is read-only (all are taken at once, so each is a different connection).
+    let all: Vec<_> = (0..super::READERS).map(|_| s.reader()).collect();
+    for mut r in all {
+        assert!(r.execute("DELETE FROM tokens", params![]).is_err(), "a reader cannot write");
+    }
     assert_eq!(s.token_by_hash(&gpuattest_proto::sha256(b"n1")).expect("token").map(|t| t.uses), Some(1));
+    // A long read (an export) holds one reader; the review UI's reads go on with the others.
+    let held = s.reader();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let _ = tx.send(s.hosts(None).map(|h| h.len()));
+        });
+        let answer = rx.recv_timeout(std::time::Duration::from_secs(10));
+        drop(held);
+        assert_eq!(answer.expect("a read waited for another read to finish").expect("hosts"), 1);
+    });
 }
 
 fn a_failed_commit_leaves_the_connection_usable(b: &Backend) {
