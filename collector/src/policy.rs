@@ -270,7 +270,8 @@ pub struct LoadedFile {
 /// rescinded AI Diffusion Rule used them. Operators should set their counsel's list.
 pub const DEFAULT_COUNTRIES_OF_CONCERN: &[&str] = &["CN", "MO", "RU", "BY", "IR", "KP", "SY", "CU", "VE"];
 
-fn read_bounded_file(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, String> {
+/// A regular file of at most `limit` bytes, or one line naming `what` and the path.
+pub(crate) fn read_bounded_file(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
     if !meta.is_file() {
         return Err(format!("{what} {}: not a regular file", path.display()));

@@ -487,13 +487,7 @@ impl Pg {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let pending = std::mem::take(&mut self.pending);
-        let params: Vec<Vec<P<'_>>> = pending.iter().map(|(_, ps)| ps.iter().map(Owned::borrow).collect()).collect();
-        let client = &self.client;
-        let refs: Vec<Vec<&(dyn ToSql + Sync)>> = params.iter().map(|ps| pg_params(ps)).collect();
-        let calls = pending.iter().zip(&refs).map(|((st, _), ps)| client.execute(st, ps.as_slice()));
-        block_on(futures_util::future::try_join_all(calls))?;
-        Ok(())
+        self.pipeline(None).map(drop)
     }
 
     /// Runs a query after the deferred writes, in the same pipeline: one round trip for both, where
@@ -504,17 +498,34 @@ impl Pg {
             return Ok(block_on(self.client.query(&st, &pg_params(params)))?);
         }
         let st = self.cached(sql)?;
+        self.pipeline(Some((&st, params)))
+    }
+
+    /// The deferred writes, in order, then `read` if given, as one pipeline (each call is queued on
+    /// the connection when first polled); the first write error wins, then the read's.
+    fn pipeline(
+        &mut self,
+        read: Option<(&tokio_postgres::Statement, &[P<'_>])>,
+    ) -> Result<Vec<tokio_postgres::Row>, DbError> {
         let pending = std::mem::take(&mut self.pending);
         let owned: Vec<Vec<P<'_>>> = pending.iter().map(|(_, ps)| ps.iter().map(Owned::borrow).collect()).collect();
         let client = &self.client;
         let refs: Vec<Vec<&(dyn ToSql + Sync)>> = owned.iter().map(|ps| pg_params(ps)).collect();
-        // Each call is queued on the connection when first polled, so the writes go first, in order.
         let writes = futures_util::future::try_join_all(
             pending.iter().zip(&refs).map(|((st, _), ps)| client.execute(st, ps.as_slice())),
         );
-        let (written, read) = block_on(futures_util::future::join(writes, client.query(&st, &pg_params(params))));
-        written?;
-        Ok(read?)
+        match read {
+            None => {
+                block_on(writes)?;
+                Ok(Vec::new())
+            }
+            Some((st, params)) => {
+                let (written, rows) =
+                    block_on(futures_util::future::join(writes, client.query(st, &pg_params(params))));
+                written?;
+                Ok(rows?)
+            }
+        }
     }
 
     /// A lost connection (server restart, failover) is replaced before the next statement; writes

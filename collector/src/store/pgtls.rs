@@ -132,7 +132,7 @@ impl PgTls {
     /// The file cannot be read, is too large, holds no certificate, or holds one rustls refuses.
     pub fn from_ca_file(path: &Path) -> Result<PgTls, String> {
         let shown = path.display();
-        let pem = read_bounded(path).map_err(|e| format!("sslrootcert {shown}: {e}"))?;
+        let pem = crate::policy::read_bounded_file(path, MAX_CA_BYTES, "sslrootcert")?;
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(&pem) {
             let cert = cert.map_err(|e| format!("sslrootcert {shown}: not PEM certificates ({e})"))?;
@@ -149,20 +149,6 @@ impl PgTls {
             .with_no_client_auth();
         Ok(PgTls { config: Arc::new(config) })
     }
-}
-
-fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
-    use std::io::Read;
-    let f = std::fs::File::open(path)?;
-    if !f.metadata()?.is_file() {
-        return Err(io::Error::other("not a regular file"));
-    }
-    let mut buf = Vec::new();
-    f.take(MAX_CA_BYTES + 1).read_to_end(&mut buf)?;
-    if buf.len() as u64 > MAX_CA_BYTES {
-        return Err(io::Error::other(format!("larger than {MAX_CA_BYTES} bytes")));
-    }
-    Ok(buf)
 }
 
 impl<S> MakeTlsConnect<S> for PgTls
