@@ -22,6 +22,8 @@ pub struct ReportContext {
     pub collector_nonce: Vec<u8>,
     /// Set on a gap record.
     pub gap: Option<pb::Gap>,
+    /// The observation interval, ms (signed, so the collector's silence rule can trust it).
+    pub interval_ms: u64,
 }
 
 fn fingerprint(m: &ModelFingerprint) -> pb::ModelFingerprint {
@@ -206,6 +208,7 @@ pub fn build(obs: &Observation, ctx: &ReportContext) -> pb::UsageReport {
                 }
             })
             .collect(),
+        interval_ms: ctx.interval_ms,
     }
 }
 

@@ -74,6 +74,8 @@ struct Shared {
     nonce: Mutex<Vec<u8>>,
     appended: Notify,
     ack_saved_at: Mutex<std::time::Instant>,
+    /// The observation interval, signed into every report.
+    interval_ms: u64,
 }
 
 impl Shared {
@@ -99,6 +101,7 @@ impl Shared {
                 agent_time_unix_ms: now_ms(),
                 collector_nonce: lock(&self.nonce).clone(),
                 gap: gap.take(),
+                interval_ms: self.interval_ms,
             };
             let (bytes, hash) = report::sign(self.identity.key(), &report::build(obs, &ctx));
             let dropped = spool.append(seq, bytes)?;
@@ -214,6 +217,7 @@ pub async fn run(cfg: RunConfig, mut observer: Observer, mut shutdown: watch::Re
     let host_id = chain.host_id.clone().unwrap_or_default();
     let holes = unaccounted(&chain, &spool);
     let shared = Arc::new(Shared {
+        interval_ms: cfg.interval.as_millis() as u64,
         state_dir: cfg.state_dir.clone(),
         identity,
         spool: Mutex::new(spool),

@@ -86,10 +86,19 @@ pub fn peak_for(name: &str) -> Option<&'static GpuPeak> {
     GPU_PEAKS.iter().find(|p| lower.contains(&p.name_contains.to_ascii_lowercase()))
 }
 
-/// The job a process belongs to, across hosts where the evidence allows: a Slurm job (per cluster),
-/// a torchrun rendezvous, a Kubernetes controller (Job, PyTorchJob, StatefulSet ...), then the pod, the
-/// container, and finally the process itself on its host.
-pub fn job_identity(host_id: &str, p: &pb::GpuProcess) -> String {
+/// The job a process belongs to: `TENANT|IDENTITY`, where the identity spans hosts where the evidence
+/// allows (see [`scheduler_identity`]) and the tenant is the process's (see `tenants::tenant_of`), empty
+/// for none. Scoping by tenant is what keeps two customers apart: scheduler job ids, rendezvous ids and
+/// namespaces repeat across customers and some come from the process's own environment, so without
+/// the tenant any customer could join (or bury its evidence in) another's job.
+pub fn job_identity(host_id: &str, tenant: Option<&str>, p: &pb::GpuProcess) -> String {
+    format!("{}|{}", tenant.unwrap_or_default(), scheduler_identity(host_id, p))
+}
+
+/// A job's identity within one tenant: a Slurm job (per cluster), a torchrun rendezvous, a Kubernetes
+/// controller (Job, PyTorchJob, StatefulSet ...), then the pod, the container, and finally the process
+/// itself on its host.
+pub fn scheduler_identity(host_id: &str, p: &pb::GpuProcess) -> String {
     let env = |k: &str| p.env.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
     if let Some(j) = p.slurm_job_id.as_deref().or_else(|| env("SLURM_JOB_ID")) {
         return match env("SLURM_CLUSTER_NAME") {
@@ -305,7 +314,7 @@ pub fn classify(e: &JobEvidence) -> Verdict {
 /// A job's totals across hosts and GPUs, as the policy and reviewers see them.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct JobSummary {
-    /// Job identity (see [`job_identity`]).
+    /// Job identity, `TENANT|IDENTITY` (see [`job_identity`]).
     pub job_key: String,
     /// Tenant of the hosts it ran on (first seen).
     pub tenant: Option<String>,
@@ -358,20 +367,29 @@ mod tests {
 
     #[test]
     fn job_identity_spans_hosts_where_the_evidence_allows() {
-        assert_eq!(job_identity("h", &process(&[("SLURM_JOB_ID", "88"), ("SLURM_CLUSTER_NAME", "c1")])), "slurm:c1/88");
+        let id = scheduler_identity;
+        assert_eq!(id("h", &process(&[("SLURM_JOB_ID", "88"), ("SLURM_CLUSTER_NAME", "c1")])), "slurm:c1/88");
         assert_eq!(
-            job_identity(
+            id(
                 "h",
                 &process(&[("TORCHELASTIC_RUN_ID", "ft-1"), ("MASTER_ADDR", "10.0.0.1"), ("MASTER_PORT", "29500")])
             ),
             "torchrun:ft-1@10.0.0.1:29500"
         );
-        assert_eq!(job_identity("h", &process(&[("TORCHELASTIC_RUN_ID", "none")])), "pid:h/7:0");
+        assert_eq!(id("h", &process(&[("TORCHELASTIC_RUN_ID", "none")])), "pid:h/7:0");
         let mut p = process(&[]);
         p.pod_uid = Some("u1".into());
-        assert_eq!(job_identity("h", &p), "pod:u1");
+        assert_eq!(id("h", &p), "pod:u1");
         p.pod = Some(pb::KubernetesPod { namespace: "ns".into(), owner: "PyTorchJob/ft".into(), ..Default::default() });
-        assert_eq!(job_identity("h", &p), "k8s:ns/PyTorchJob/ft");
+        assert_eq!(id("h", &p), "k8s:ns/PyTorchJob/ft");
+    }
+
+    #[test]
+    fn finding_1_job_keys_are_scoped_by_tenant() {
+        let p = process(&[("SLURM_JOB_ID", "777")]);
+        assert_eq!(job_identity("h", Some("acme"), &p), "acme|slurm:777");
+        assert_ne!(job_identity("h", Some("acme"), &p), job_identity("g", Some("globex"), &p));
+        assert_eq!(job_identity("h", None, &p), "|slurm:777");
     }
 
     #[test]

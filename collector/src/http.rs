@@ -1,7 +1,8 @@
 //! The HTTP side: the review UI, the JSON API with bearer tokens by role, `/healthz` and `/metrics`.
 //!
-//! Who may do what is one table ([`allowed`]); every handler asks it. A customer token is bound to one
-//! tenant and sees nothing else. The UI is static files with no build step; it renders every value as
+//! Who may do what is one table ([`allowed`]); every handler asks it. Every route is one row of
+//! [`ROUTES`]: the router is built from it and the authorization matrix test walks it, so a route
+//! without an entry cannot exist. A customer token is bound to one tenant and sees nothing else. The UI is static files with no build step; it renders every value as
 //! text, and sends the token only in the `Authorization` header, so there is no cookie to forge.
 
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use serde_json::json;
 
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::tokens::{self, Principal, Role};
+use crate::tokens::{self, Access, Principal, Role};
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
@@ -29,7 +30,106 @@ pub struct HttpState {
     pub export_key: Arc<crate::export::ExportKey>,
     /// The policy in force (its digest goes into exports).
     pub policy: Arc<std::sync::RwLock<crate::policy::Policy>>,
+    /// The transparency log's right edge, extended by the leaves appended since the last head.
+    pub log: Arc<std::sync::Mutex<LogHead>>,
+    /// The budget of the unauthenticated routes.
+    pub public_budget: Arc<std::sync::Mutex<Budget>>,
+    /// Exports running now (each holds the whole log's tree while it builds).
+    pub exports: Arc<tokio::sync::Semaphore>,
 }
+
+impl HttpState {
+    /// The state over a store, metrics, export key and policy.
+    pub fn new(
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        export_key: Arc<crate::export::ExportKey>,
+        policy: Arc<std::sync::RwLock<crate::policy::Policy>>,
+    ) -> Self {
+        HttpState {
+            store,
+            metrics,
+            export_key,
+            policy,
+            log: Arc::default(),
+            public_budget: Arc::new(std::sync::Mutex::new(Budget::new(PUBLIC_PER_SECOND, PUBLIC_BURST))),
+            exports: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_EXPORTS)),
+        }
+    }
+}
+
+/// Requests per second the unauthenticated routes answer together (beyond: 429).
+pub const PUBLIC_PER_SECOND: f64 = 20.0;
+/// Requests above that rate answered in a burst.
+pub const PUBLIC_BURST: f64 = 40.0;
+/// Exports built at once; a further request waits (the client's own timeout bounds the wait).
+pub const MAX_CONCURRENT_EXPORTS: usize = 2;
+
+/// A token bucket.
+#[derive(Debug)]
+pub struct Budget {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl Budget {
+    /// A full bucket.
+    pub fn new(rate: f64, burst: f64) -> Self {
+        Budget { rate, burst, tokens: burst, at: std::time::Instant::now() }
+    }
+
+    /// Takes one token if there is one.
+    pub fn try_take(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The log's frontier and the last head recorded, so a tree head reads only the new leaves and
+/// records a head only when the tree grew.
+#[derive(Debug, Default)]
+pub struct LogHead {
+    frontier: crate::export::merkle::Frontier,
+    recorded: Option<u64>,
+}
+
+/// One route: method, path (axum syntax), and what it takes. `None`: public (no token).
+#[derive(Debug, Clone, Copy)]
+pub struct RouteSpec {
+    /// `GET` or `POST`.
+    pub method: &'static str,
+    /// The path.
+    pub path: &'static str,
+    /// The action a token must be allowed; `None` for public routes.
+    pub action: Option<Action>,
+}
+
+/// Every route the HTTP listener serves. The router is built from this table alone.
+pub const ROUTES: &[RouteSpec] = &[
+    RouteSpec { method: "GET", path: "/", action: None },
+    RouteSpec { method: "GET", path: "/ui.js", action: None },
+    RouteSpec { method: "GET", path: "/ui.css", action: None },
+    RouteSpec { method: "GET", path: "/healthz", action: None },
+    RouteSpec { method: "GET", path: "/metrics", action: None },
+    RouteSpec { method: "GET", path: "/api/v1/log/head", action: None },
+    RouteSpec { method: "GET", path: "/api/v1/flags", action: Some(Action::ListFlags) },
+    RouteSpec { method: "GET", path: "/api/v1/flags/{id}", action: Some(Action::ShowFlag) },
+    RouteSpec { method: "POST", path: "/api/v1/flags/{id}/decision", action: Some(Action::Decide) },
+    RouteSpec { method: "POST", path: "/api/v1/flags/{id}/assign", action: Some(Action::Assign) },
+    RouteSpec { method: "GET", path: "/api/v1/reports/{host}/{seq}", action: Some(Action::ReadReport) },
+    RouteSpec { method: "GET", path: "/api/v1/hosts", action: Some(Action::ListHosts) },
+    RouteSpec { method: "GET", path: "/api/v1/audit", action: Some(Action::ReadAudit) },
+    RouteSpec { method: "GET", path: "/api/v1/export", action: Some(Action::Export) },
+];
 
 /// API actions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,8 +196,8 @@ async fn authorize(state: &HttpState, headers: &HeaderMap, action: Action) -> Re
         .await
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| error(StatusCode::UNAUTHORIZED, e))?;
-    if !allowed(p.role, action) {
-        return Err(error(StatusCode::FORBIDDEN, format!("role {} may not do this", p.role)));
+    if !allowed(p.role(), action) {
+        return Err(error(StatusCode::FORBIDDEN, format!("role {} may not do this", p.role())));
     }
     Ok(p)
 }
@@ -109,7 +209,7 @@ fn store_err(e: crate::store::StoreError) -> ApiError {
 
 /// Customer tokens see their tenant only; others see all.
 fn tenant_scope(p: &Principal) -> Option<&str> {
-    if p.role == Role::Customer { p.tenant.as_deref().or(Some("\u{0}no-tenant")) } else { None }
+    p.access.tenant_scope()
 }
 
 async fn list_flags(State(s): State<HttpState>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -304,14 +404,18 @@ async fn export(
     axum::extract::Query(q): axum::extract::Query<ExportQuery>,
 ) -> Result<Response, ApiError> {
     let p = authorize(&s, &headers, Action::Export).await?;
-    let tenant = match (p.role, q.tenant, p.tenant.clone()) {
-        (Role::Customer, Some(t), Some(own)) if t != own => {
+    let tenant = match (&p.access, q.tenant) {
+        (Access::Customer { tenant: own }, Some(t)) if t != *own => {
             return Err(error(StatusCode::FORBIDDEN, "a customer token exports its own tenant only"));
         }
-        (Role::Customer, _, Some(own)) => own,
-        (_, Some(t), _) => t,
+        (Access::Customer { tenant: own }, _) => own.clone(),
+        (_, Some(t)) => t,
         _ => return Err(error(StatusCode::BAD_REQUEST, "tenant=ID is required")),
     };
+    // Unredacted exports carry command lines and paths: only for the operator's own people.
+    if q.redact == Some(false) && !matches!(p.access, Access::Reviewer | Access::Operator) {
+        return Err(error(StatusCode::FORBIDDEN, "redact=false is for reviewer and operator tokens only"));
+    }
     let now = crate::now_ms();
     let parse = |v: Option<String>, default: i64| -> Result<i64, ApiError> {
         v.map(|t| crate::export::statement::parse_time(&t, now))
@@ -323,8 +427,10 @@ async fn export(
         tenant: tenant.clone(),
         since: parse(q.since, 0)?,
         until: parse(q.until, now + 1)?,
-        redact: q.redact.unwrap_or(p.role == Role::Customer),
+        redact: q.redact.unwrap_or(p.role() == Role::Customer),
     };
+    let _permit =
+        s.exports.clone().acquire_owned().await.map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let policy = s.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let (store, key, actor) = (s.store.clone(), s.export_key.clone(), format!("token:{}", p.token_id));
     let envelope = tokio::task::spawn_blocking(move || {
@@ -342,19 +448,40 @@ async fn export(
 }
 
 /// `GET /api/v1/log/head`: the current signed tree head (public, like a certificate-transparency log).
+/// Reads only the leaves appended since the last head (O(log n) to hash), records a head only when the
+/// tree grew, and shares a budget with the other public routes.
 async fn log_head(State(s): State<HttpState>) -> Result<Response, ApiError> {
-    let (store, key) = (s.store.clone(), s.export_key.clone());
+    public_budget_ok(&s)?;
+    let (store, key, log) = (s.store.clone(), s.export_key.clone(), s.log.clone());
     let head = tokio::task::spawn_blocking(move || {
-        let leaves = store.log_leaves(None)?;
-        let root = crate::export::merkle::root(&leaves);
-        let head = key.sign_head(leaves.len() as u64, &root);
-        store.record_head(head.tree_size, &root, head.signature.as_bytes(), crate::now_ms())?;
+        let mut log = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for leaf in store.log_leaves_after(log.frontier.size(), LOG_READ_BATCH)? {
+            log.frontier.push(leaf);
+        }
+        let (size, root) = (log.frontier.size(), log.frontier.root());
+        let head = key.sign_head(size, &root);
+        if log.recorded != Some(size) {
+            store.record_head(head.tree_size, &root, head.signature.as_bytes(), crate::now_ms())?;
+            log.recorded = Some(size);
+        }
         Ok::<_, crate::store::StoreError>(head)
     })
     .await
     .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
     .map_err(store_err)?;
     Ok(Json(head).into_response())
+}
+
+/// Most new leaves one head request reads; a head that falls further behind catches up over the next
+/// requests (each head is still a valid, signed, smaller tree).
+const LOG_READ_BATCH: u64 = 1_000_000;
+
+fn public_budget_ok(s: &HttpState) -> Result<(), ApiError> {
+    if s.public_budget.lock().unwrap_or_else(std::sync::PoisonError::into_inner).try_take() {
+        Ok(())
+    } else {
+        Err(error(StatusCode::TOO_MANY_REQUESTS, "too many requests to public routes; retry in a second"))
+    }
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
@@ -373,29 +500,44 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     r
 }
 
-/// The router.
+fn handler(spec: &RouteSpec) -> axum::routing::MethodRouter<HttpState> {
+    match (spec.method, spec.path) {
+        ("GET", "/") => get(|| async { asset("text/html; charset=utf-8", include_str!("ui/index.html")) }),
+        ("GET", "/ui.js") => get(|| async { asset("text/javascript; charset=utf-8", include_str!("ui/ui.js")) }),
+        ("GET", "/ui.css") => get(|| async { asset("text/css; charset=utf-8", include_str!("ui/ui.css")) }),
+        ("GET", "/healthz") => get(|| async { "ok\n" }),
+        ("GET", "/metrics") => get(metrics),
+        ("GET", "/api/v1/log/head") => get(log_head),
+        ("GET", "/api/v1/flags") => get(list_flags),
+        ("GET", "/api/v1/flags/{id}") => get(show_flag),
+        ("POST", "/api/v1/flags/{id}/decision") => post(decide),
+        ("POST", "/api/v1/flags/{id}/assign") => post(assign),
+        ("GET", "/api/v1/reports/{host}/{seq}") => get(read_report),
+        ("GET", "/api/v1/hosts") => get(list_hosts),
+        ("GET", "/api/v1/audit") => get(audit),
+        ("GET", "/api/v1/export") => get(export),
+        // A row of ROUTES without a handler is a build defect; the unit test below builds the router.
+        (m, p) => unreachable!("ROUTES names {m} {p}, which has no handler"),
+    }
+}
+
+/// The router, built from [`ROUTES`] alone.
 pub fn router(state: HttpState) -> Router {
-    Router::new()
-        .route("/", get(|| async { asset("text/html; charset=utf-8", include_str!("ui/index.html")) }))
-        .route("/ui.js", get(|| async { asset("text/javascript; charset=utf-8", include_str!("ui/ui.js")) }))
-        .route("/ui.css", get(|| async { asset("text/css; charset=utf-8", include_str!("ui/ui.css")) }))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/flags", get(list_flags))
-        .route("/api/v1/flags/{id}", get(show_flag))
-        .route("/api/v1/flags/{id}/decision", post(decide))
-        .route("/api/v1/flags/{id}/assign", post(assign))
-        .route("/api/v1/reports/{host}/{seq}", get(read_report))
-        .route("/api/v1/hosts", get(list_hosts))
-        .route("/api/v1/audit", get(audit))
-        .route("/api/v1/export", get(export))
-        .route("/api/v1/log/head", get(log_head))
-        .with_state(state)
+    ROUTES.iter().fold(Router::new(), |r, spec| r.route(spec.path, handler(spec))).with_state(state)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_route_in_the_table_has_a_handler() {
+        for spec in ROUTES {
+            let _ = handler(spec);
+        }
+        let paths: std::collections::BTreeSet<_> = ROUTES.iter().map(|r| (r.method, r.path)).collect();
+        assert_eq!(paths.len(), ROUTES.len(), "a route is listed twice");
+    }
 
     #[test]
     fn role_table_matches_the_contract() {

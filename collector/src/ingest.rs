@@ -10,8 +10,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use gpuattest_proto::pb::{self, collector_server::Collector};
-use gpuattest_proto::{SignError, verify_report};
-use prost::Message;
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -21,6 +19,7 @@ use tracing::{info, instrument, warn};
 use crate::metrics::{Metrics, Reject};
 use crate::policy::{HostContext, Policy};
 use crate::store::{Commit, HostRow, Store, StoreError};
+use crate::verify::Problem;
 
 /// The ingest service.
 #[derive(Clone)]
@@ -120,60 +119,31 @@ impl Ingest {
         let started = Instant::now();
         let refuse =
             |seq: u64, code: Code, kind: Reject, message: String| Ok(Err(Refusal { seq, code, message, kind }));
-        // A report may be signed by a key retired since (it waited in the spool); it must then fall
-        // within that key's validity.
-        let (public_key, valid_through) = if signed.key_id == host.key_id {
-            (host.public_key.clone(), u64::MAX)
-        } else {
-            match self.store.retired_key(&host.host_id, &signed.key_id).map_err(|e| internal(&e))? {
-                Some(k) => k,
-                None => (host.public_key.clone(), u64::MAX),
-            }
-        };
-        match verify_report(&public_key, &signed) {
-            Ok(()) => {}
-            Err(e @ SignError::UnknownKey { .. }) => {
-                return refuse(0, Code::Unauthenticated, Reject::UnknownKey, e.to_string());
-            }
-            Err(e) => {
-                return refuse(0, Code::InvalidArgument, Reject::BadSignature, e.to_string());
-            }
-        }
-        let report = match pb::UsageReport::decode(signed.report.as_slice()) {
+        // The key is looked up by the report's key id in the store now, never taken from the stream's
+        // copy of the host: a report may be signed by a key retired since (it waited in the spool) and
+        // must then fall within that key's validity; a key retired mid-stream stops working at once.
+        let key = self.store.signing_key(&host.host_id, &signed.key_id).map_err(|e| internal(&e))?;
+        let report = match crate::verify::report(key.as_ref(), &signed, &host.host_id, None) {
             Ok(r) => r,
-            Err(e) => {
-                return refuse(
-                    0,
-                    Code::InvalidArgument,
-                    Reject::Malformed,
-                    format!("signed bytes are not a UsageReport: {e}"),
-                );
+            Err(p) => {
+                let (seq, code, kind) = match &p {
+                    Problem::UnknownKey => (0, Code::Unauthenticated, Reject::UnknownKey),
+                    Problem::KeyRetired { seq, .. } => (*seq, Code::Unauthenticated, Reject::UnknownKey),
+                    Problem::BadSignature(_) => (0, Code::InvalidArgument, Reject::BadSignature),
+                    Problem::Malformed(_) | Problem::SeqZero | Problem::WrongSeq { .. } => {
+                        (0, Code::InvalidArgument, Reject::Malformed)
+                    }
+                    Problem::WrongHost { .. } => (0, Code::PermissionDenied, Reject::WrongHost),
+                };
+                return refuse(seq, code, kind, p.to_string());
             }
         };
-        if report.host_id != host.host_id {
-            return refuse(
-                report.seq,
-                Code::PermissionDenied,
-                Reject::WrongHost,
-                format!("report names host {:?} but this stream is host {}", report.host_id, host.host_id),
-            );
-        }
-        if report.seq == 0 {
-            return refuse(0, Code::InvalidArgument, Reject::Malformed, "sequence numbers start at 1".into());
-        }
-        if report.seq > valid_through {
-            return refuse(
-                report.seq,
-                Code::Unauthenticated,
-                Reject::UnknownKey,
-                format!("report {} is signed by a key retired after report {valid_through}", report.seq),
-            );
-        }
         let policy = self.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let received_at = now_ms();
         let nonce_fresh = !nonce.is_empty() && report.collector_nonce == nonce;
         let process_tenants = report.processes.iter().map(|p| policy.tenant_of(p, host.tenant.as_deref())).collect();
         let seq = report.seq;
+        let policy_reopens = policy.reopen_decided_flags();
         let (host_id, hostname, tenant) = (host.host_id.clone(), host.hostname.clone(), host.tenant.clone());
         // Rules that need only the report run here, on this verifying thread; the commit thread runs
         // only the ones that need the chain position and job totals.
@@ -190,6 +160,7 @@ impl Ingest {
             received_at,
             nonce_fresh,
             process_tenants,
+            reopen_decided: policy_reopens,
             flags_for,
         };
         Ok(Ok(Prepared { item, seq, started }))
@@ -218,6 +189,15 @@ impl Ingest {
             Commit::HostGone => {
                 refuse(seq, Code::PermissionDenied, Reject::HostGone, format!("host {host_id} is revoked or unknown"))
             }
+            Commit::KeyRetired { through } => refuse(
+                seq,
+                Code::Unauthenticated,
+                Reject::UnknownKey,
+                match through {
+                    Some(t) => format!("report {seq} is signed by a key host {host_id} retired after report {t}"),
+                    None => format!("report {seq} is signed by a key host {host_id} does not hold"),
+                },
+            ),
         }
     }
 
@@ -374,10 +354,9 @@ impl Collector for Ingest {
             warn!(host_id = %host.host_id, "stream with a key other than the enrolled one refused");
             return Err(Status::unauthenticated(format!("key is not the one enrolled for host {}", host.host_id)));
         }
-        if hello.interval_ms > 0 {
-            let (store, id, ms) = (self.store.clone(), host.host_id.clone(), hello.interval_ms);
-            let _ = tokio::task::spawn_blocking(move || store.set_interval(&id, ms)).await;
-        }
+        // Nothing the opening message says changes stored state: it is not signed, and anyone who
+        // knows a host id and key id can send it. `hello.interval_ms` is ignored; the interval arrives
+        // signed in each report.
         let (tx, rx) = mpsc::channel::<Result<pb::CollectorMessage, Status>>(64);
         let nonce = Self::new_nonce();
         let challenge = pb::CollectorMessage {

@@ -22,6 +22,7 @@
 //! - [`screening`]: restricted-party lists (OFAC SDN, trade.gov CSL, operator lists) and name matching.
 //! - [`render`]: human-readable tables for the CLI.
 //! - [`timefmt`]: RFC 3339 rendering.
+//! - [`verify`]: the one report verifier (ingest, `reports verify`, the review page).
 
 pub mod bench;
 pub mod cli;
@@ -43,6 +44,7 @@ pub mod store;
 pub mod tenants;
 pub mod timefmt;
 pub mod tokens;
+pub mod verify;
 
 /// The wall clock, Unix milliseconds.
 pub fn now_ms() -> i64 {

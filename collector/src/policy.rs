@@ -115,6 +115,10 @@ struct PolicyFile {
     integrity: IntegrityFile,
     #[serde(default)]
     compute: ComputeFile,
+    /// Re-open a flag a reviewer decided on any new occurrence; otherwise (the default) only evidence
+    /// of another kind re-opens it, and further occurrences are counted beside the decision.
+    #[serde(default)]
+    reopen_decided_flags: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -216,6 +220,7 @@ pub struct PolicyData {
     integrity: Integrity,
     compute: Compute,
     tenant_mapping: Vec<TenantMapping>,
+    reopen_decided_flags: bool,
     /// The operator's model families, then the shipped registry.
     families: Vec<crate::registry::Family>,
     /// Findings per tenant id, computed when the policy loads.
@@ -417,6 +422,7 @@ impl Policy {
             integrity: Integrity { max_clock_skew_ms: max_skew.as_millis() as i64, silence_intervals },
             compute,
             tenant_mapping: file.tenant_mapping,
+            reopen_decided_flags: file.reopen_decided_flags,
             families,
             findings,
             lists,
@@ -536,7 +542,7 @@ impl Policy {
                 }
             }
             for (pattern, model, source) in hits {
-                let job_key = crate::compute::job_identity(host.host_id, p);
+                let job_key = crate::compute::job_identity(host.host_id, self.tenant_of(p, host.tenant).as_deref(), p);
                 flags.push(NewFlag {
                     job_host: None,
                     tenant: self.tenant_of(p, host.tenant),
@@ -590,7 +596,7 @@ impl Policy {
                 }
                 // Weak identification (a path alone, a shared architecture) is worth a look, not an alarm.
                 let severity = if v.confidence < 0.5 { Severity::Low } else { v.severity };
-                let job_key = crate::compute::job_identity(host.host_id, p);
+                let job_key = crate::compute::job_identity(host.host_id, self.tenant_of(p, host.tenant).as_deref(), p);
                 flags.push(NewFlag {
                     rule: "model-developer".into(),
                     severity: severity.as_str().into(),
@@ -776,6 +782,11 @@ impl Policy {
     /// The tenant of a process under this policy's mapping (the host's tenant otherwise).
     pub fn tenant_of(&self, p: &pb::GpuProcess, host_tenant: Option<&str>) -> Option<String> {
         crate::tenants::tenant_of(&self.tenant_mapping, p, host_tenant)
+    }
+
+    /// Whether any new occurrence re-opens a decided flag (not only evidence of another kind).
+    pub fn reopen_decided_flags(&self) -> bool {
+        self.reopen_decided_flags
     }
 
     /// Compute-accounting settings.

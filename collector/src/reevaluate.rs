@@ -52,7 +52,7 @@ pub fn run(store: &Store, policy: &Policy, since: i64, now: i64) -> Result<Outco
         let pos = ChainPosition { last_seq: seq.saturating_sub(1), last_hash: Some(r.prev_report_sha256.clone()) };
         let mut jobs = Vec::new();
         for p in &r.processes {
-            let key = crate::compute::job_identity(host_id, p);
+            let key = crate::compute::job_identity(host_id, policy.tenant_of(p, h.tenant.as_deref()).as_deref(), p);
             if !jobs.iter().any(|j: &crate::compute::JobSummary| j.job_key == key)
                 && let Ok(Some(j)) = store.job(&key)
             {

@@ -184,7 +184,7 @@ impl Collector {
         grpc: TcpListener,
         http: TcpListener,
         tls: Option<&GrpcTls>,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) -> Result<(), ServeError> {
         let grpc_addr = grpc.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let http_addr = http.local_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -223,19 +223,75 @@ impl Collector {
         };
         let export_key = crate::export::ExportKey::load_or_create(&data_dir)
             .map_err(|reason| ServeError::Http { addr: http_addr.clone(), reason })?;
-        let app = router(HttpState {
-            store: self.store.clone(),
-            metrics: self.metrics.clone(),
-            export_key: Arc::new(export_key),
-            policy: self.policy.clone(),
-        });
-        let http_task = axum::serve(http, app).with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|v| *v).await;
-        });
+        let app =
+            router(HttpState::new(self.store.clone(), self.metrics.clone(), Arc::new(export_key), self.policy.clone()));
+        let http_task = serve_http(http, app, shutdown.clone());
         let monitor = self.clone().watch_silence(shutdown_for_monitor.clone());
         let reload = self.clone().watch_policy(shutdown_for_monitor);
         let (g, h, (), ()) = tokio::join!(grpc_task, http_task, monitor, reload);
         g.map_err(|e| ServeError::Grpc { addr: grpc_addr, reason: e.to_string() })?;
         h.map_err(|e| ServeError::Http { addr: http_addr, reason: e.to_string() })
     }
+}
+
+/// Resolves when `shutdown` turns true (or its sender is gone), holding no guard across the wait.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|v| *v).await.map(|_| ());
+}
+
+/// HTTP connections served at once; further clients wait in the listen queue.
+pub const MAX_HTTP_CONNECTIONS: usize = 1024;
+/// A request's headers, and the next request on an idle keep-alive connection, must arrive within
+/// this; a client that sends half a request is cut off (slowloris).
+pub const HTTP_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// On shutdown, how long open HTTP connections get to finish the request in hand.
+pub const HTTP_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves `app` on `listener`: HTTP/1.1, a header-read timeout, at most [`MAX_HTTP_CONNECTIONS`]
+/// connections, until `shutdown` turns true.
+async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => p.map_err(std::io::Error::other)?,
+            () = stopped(&mut shutdown) => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of descriptors and the like: say so, back off, keep serving.
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut shutdown) => break,
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut stop = shutdown.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HTTP_HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stopped(&mut stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(HTTP_DRAIN, conn).await;
+                }
+            }
+        });
+        while conns.try_join_next().is_some() {}
+    }
+    let _ = tokio::time::timeout(HTTP_DRAIN, async { while conns.join_next().await.is_some() {} }).await;
+    Ok(())
 }

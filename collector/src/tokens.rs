@@ -92,6 +92,13 @@ pub fn mint(
     if role == Role::Customer && tenant.is_none() {
         return Err(StoreError::Refused("a customer token is bound to one tenant: pass --tenant ID".into()));
     }
+    // Reviewers and operators see every tenant; a tenant on their token would promise a scope that
+    // nothing enforces, so it is refused rather than ignored.
+    if matches!(role, Role::Reviewer | Role::Operator) && tenant.is_some() {
+        return Err(StoreError::Refused(format!(
+            "a {role} token sees every tenant and takes no --tenant; mint a customer token for one tenant's view"
+        )));
+    }
     if let Some(t) = tenant
         && (t.is_empty() || t.len() > 128 || t.chars().any(char::is_control))
     {
@@ -115,15 +122,54 @@ pub fn mint(
     Ok(token)
 }
 
+/// What a verified credential may see: a customer's access carries its tenant, so a customer without
+/// one cannot be represented (and so cannot fall through to every tenant's data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Security reviewer: every tenant.
+    Reviewer,
+    /// Operator: every tenant.
+    Operator,
+    /// A customer: its own tenant only.
+    Customer {
+        /// The tenant it is bound to.
+        tenant: String,
+    },
+}
+
+impl Access {
+    /// The role.
+    pub fn role(&self) -> Role {
+        match self {
+            Access::Reviewer => Role::Reviewer,
+            Access::Operator => Role::Operator,
+            Access::Customer { .. } => Role::Customer,
+        }
+    }
+
+    /// The one tenant this access is limited to; `None`: every tenant.
+    pub fn tenant_scope(&self) -> Option<&str> {
+        match self {
+            Access::Customer { tenant } => Some(tenant),
+            _ => None,
+        }
+    }
+}
+
 /// A person's verified credential.
 #[derive(Debug, Clone)]
 pub struct Principal {
     /// Token id (for the audit log).
     pub token_id: String,
-    /// Role.
-    pub role: Role,
-    /// Tenant binding.
-    pub tenant: Option<String>,
+    /// What it may see.
+    pub access: Access,
+}
+
+impl Principal {
+    /// The role.
+    pub fn role(&self) -> Role {
+        self.access.role()
+    }
 }
 
 /// Checks a bearer token: known, not revoked, not expired, and not an enrollment token.
@@ -139,9 +185,12 @@ pub fn authenticate(store: &Store, token: &str, now: i64) -> Result<Principal, S
     if row.expires_at <= now {
         return Err(format!("token {} has expired", row.id));
     }
-    let role: Role = row.role.parse()?;
-    if role == Role::Enroll {
-        return Err("an enroll token cannot be used for the API".into());
-    }
-    Ok(Principal { token_id: row.id, role, tenant: row.tenant })
+    let access = match (row.role.parse::<Role>()?, row.tenant) {
+        (Role::Enroll, _) => return Err("an enroll token cannot be used for the API".into()),
+        (Role::Reviewer, _) => Access::Reviewer,
+        (Role::Operator, _) => Access::Operator,
+        (Role::Customer, Some(tenant)) => Access::Customer { tenant },
+        (Role::Customer, None) => return Err(format!("customer token {} names no tenant; mint a new one", row.id)),
+    };
+    Ok(Principal { token_id: row.id, access })
 }

@@ -64,6 +64,95 @@ pub fn inclusion_proof(index: usize, leaves: &[Hash]) -> Vec<Hash> {
     }
 }
 
+/// A tree built once, level by level (an odd node at the end of a level moves up unchanged, which is
+/// the RFC 6962 shape), so that every inclusion proof costs O(log n): an export proves many reports
+/// against one tree instead of rebuilding it for each (which cost reports x leaves).
+pub struct Tree {
+    levels: Vec<Vec<Hash>>,
+}
+
+impl Tree {
+    /// Builds the tree over `leaves` (leaf hashes): n - 1 node hashes.
+    pub fn new(leaves: Vec<Hash>) -> Tree {
+        let mut levels = vec![leaves];
+        while let Some(last) = levels.last().filter(|l| l.len() > 1) {
+            let next: Vec<Hash> =
+                last.chunks(2).map(|c| if c.len() == 2 { node_hash(&c[0], &c[1]) } else { c[0] }).collect();
+            levels.push(next);
+        }
+        Tree { levels }
+    }
+
+    /// Leaves.
+    pub fn size(&self) -> usize {
+        self.levels[0].len()
+    }
+
+    /// The root (SHA-256 of nothing for the empty tree).
+    pub fn root(&self) -> Hash {
+        match self.levels.last() {
+            Some(top) if top.len() == 1 => top[0],
+            _ => sha(&[]),
+        }
+    }
+
+    /// The audit path of leaf `index`, as [`inclusion_proof`] gives it.
+    pub fn inclusion_proof(&self, index: usize) -> Vec<Hash> {
+        let mut path = Vec::new();
+        if index >= self.size() {
+            return path;
+        }
+        let mut i = index;
+        for level in &self.levels[..self.levels.len() - 1] {
+            if let Some(sibling) = level.get(i ^ 1) {
+                path.push(*sibling);
+            }
+            i >>= 1;
+        }
+        path
+    }
+}
+
+/// The right edge of a growing tree: the roots of its perfect subtrees, largest first. Appending a
+/// leaf and computing the root each cost O(log n), so a tree head never reads the whole log.
+#[derive(Debug, Clone, Default)]
+pub struct Frontier {
+    /// (height, root) of each perfect subtree, left to right.
+    nodes: Vec<(u32, Hash)>,
+    size: u64,
+}
+
+impl Frontier {
+    /// Appends one leaf hash.
+    pub fn push(&mut self, leaf: Hash) {
+        let mut node = (0u32, leaf);
+        while let Some(&(h, left)) = self.nodes.last() {
+            if h != node.0 {
+                break;
+            }
+            self.nodes.pop();
+            node = (h + 1, node_hash(&left, &node.1));
+        }
+        self.nodes.push(node);
+        self.size += 1;
+    }
+
+    /// Leaves appended.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The RFC 6962 root of the leaves appended so far.
+    pub fn root(&self) -> Hash {
+        let mut it = self.nodes.iter().rev();
+        let Some(&(_, mut acc)) = it.next() else { return sha(&[]) };
+        for (_, left) in it {
+            acc = node_hash(left, &acc);
+        }
+        acc
+    }
+}
+
 /// Verifies that `leaf` is at `index` in a tree of `size` leaves with `root`.
 pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], root: &Hash) -> bool {
     if index >= size {
@@ -216,6 +305,23 @@ mod tests {
                     let fr1 = root(&forged[..m]);
                     assert!(!verify_consistency(m as u64, n as u64, &p, &fr1, &r2), "m={m} n={n}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn the_built_tree_and_the_frontier_agree_with_the_recursive_definition() {
+        for n in 0..70usize {
+            let leaves: Vec<Hash> = (0..n).map(|i| leaf_hash(&(i as u64).to_be_bytes())).collect();
+            let tree = Tree::new(leaves.clone());
+            let mut f = Frontier::default();
+            for l in &leaves {
+                f.push(*l);
+            }
+            assert_eq!(tree.root(), root(&leaves), "root, n={n}");
+            assert_eq!(f.root(), root(&leaves), "frontier, n={n}");
+            for i in 0..n {
+                assert_eq!(tree.inclusion_proof(i), inclusion_proof(i, &leaves), "proof {i} of {n}");
             }
         }
     }

@@ -52,6 +52,10 @@ struct HostAcc {
     energy: BTreeMap<String, (u64, u64)>,
 }
 
+/// Most reports one export holds: a bound on the work one request can ask for (a year of one host at
+/// a 10 s interval is 3.2 million; exports are per period, so a long history is several exports).
+pub const MAX_EXPORT_REPORTS: usize = 1_000_000;
+
 /// Builds the statement. `progress` is called with (done, total) as reports are processed.
 ///
 /// # Errors
@@ -72,9 +76,19 @@ pub fn build(
             rfc3339(req.until)
         ));
     }
-    let leaves = store.log_leaves(None).map_err(|e| e.to_string())?;
-    let size = leaves.len() as u64;
-    let root = merkle::root(&leaves);
+    if rows.len() > MAX_EXPORT_REPORTS {
+        return Err(format!(
+            "tenant {:?} has {} reports between {} and {}, more than one export holds ({MAX_EXPORT_REPORTS}); export a shorter period",
+            req.tenant,
+            rows.len(),
+            rfc3339(req.since),
+            rfc3339(req.until)
+        ));
+    }
+    // One tree for the whole export: each inclusion proof is then O(log n), not a rebuild.
+    let tree = merkle::Tree::new(store.log_leaves(None).map_err(|e| e.to_string())?);
+    let size = tree.size() as u64;
+    let root = tree.root();
     let head = key.sign_head(size, &root);
     let _ = store.record_head(size, &root, head.signature.as_bytes(), crate::now_ms());
 
@@ -92,7 +106,7 @@ pub fn build(
             json!({"name": subject_name(&row.host_id, row.seq), "digest": {"sha256": gpuattest_proto::hex(&digest)}}),
         );
         let path: Vec<String> =
-            merkle::inclusion_proof(row.log_index as usize, &leaves).iter().map(|h| gpuattest_proto::hex(h)).collect();
+            tree.inclusion_proof(row.log_index as usize).iter().map(|h| gpuattest_proto::hex(h)).collect();
         inclusion.push(json!({"index": row.log_index, "path": path}));
         let Ok(r) = pb::UsageReport::decode(row.signed.report.as_slice()) else { continue };
         let h = hosts.entry(row.host_id.clone()).or_default();
@@ -113,11 +127,12 @@ pub fn build(
             }
         }
         for p in &r.processes {
-            let key = format!("{}|{}", row.host_id, crate::compute::job_identity(&row.host_id, p));
+            let job = crate::compute::job_identity(&row.host_id, Some(&req.tenant), p);
+            let key = format!("{}|{job}", row.host_id);
             let entry = jobs.entry(key).or_insert_with(|| {
                 let launch = p.launch.clone().unwrap_or_default();
                 json!({
-                    "job": crate::compute::job_identity(&row.host_id, p),
+                    "job": job,
                     "host_id": row.host_id,
                     "pid": p.pid,
                     "cmdline": if req.redact { Value::Null } else { json!(p.cmdline) },
@@ -201,54 +216,12 @@ pub fn build(
     }))
 }
 
-/// Parses a period bound: RFC 3339 (`2026-11-28T10:00:00Z`), a date (`2026-11-28`), or a duration
-/// before now (`24h`, `7d` is written `168h`).
-///
-/// # Errors
-/// A sentence with the accepted forms.
-pub fn parse_time(s: &str, now: i64) -> Result<i64, String> {
-    if let Ok(d) = gpuattest_proto::units::parse_duration(s) {
-        return Ok(now - d.as_millis() as i64);
-    }
-    let bad =
-        || format!("`{s}` is not a time; write 2026-11-28, 2026-11-28T10:00:00Z or a duration before now like 24h");
-    let (date, time) = s.split_once('T').unwrap_or((s, "00:00:00Z"));
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (Some(Some(y)), Some(Some(m)), Some(Some(day))) = (d.next(), d.next(), d.next()) else { return Err(bad()) };
-    let time = time.strip_suffix('Z').ok_or_else(bad)?;
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = hms.split(':').map(|p| p.parse::<i64>().ok());
-    let (Some(Some(hh)), Some(Some(mm)), Some(Some(ss))) = (t.next(), t.next(), t.next()) else { return Err(bad()) };
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
-        return Err(bad());
-    }
-    let ms: i64 = format!("{frac:0<3}")[..3].parse().map_err(|_| bad())?;
-    // Days from civil (Howard Hinnant).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Ok(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + ms)
-}
+/// Re-exported where the export's callers look for it.
+pub use gpuattest_proto::units::parse_time;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times() {
-        assert_eq!(parse_time("1970-01-01", 0), Ok(0));
-        assert_eq!(parse_time("2026-11-28T22:33:54.123Z", 0), Ok(1_795_905_234_123));
-        assert_eq!(parse_time("2000-02-29T00:00:00Z", 0), Ok(951_782_400_000));
-        assert_eq!(parse_time("24h", 100_000_000), Ok(100_000_000 - 86_400_000));
-        for bad in ["", "2026-13-01", "yesterday", "2026-11-28T25:00:00Z", "2026-11-28T10:00:00"] {
-            assert!(parse_time(bad, 0).is_err(), "{bad}");
-        }
-        assert_eq!(rfc3339(parse_time("2026-11-28T22:33:54.123Z", 0).expect("t")), "2026-11-28T22:33:54.123Z");
-    }
 
     #[test]
     fn subjects_round_trip() {

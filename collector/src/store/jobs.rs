@@ -157,8 +157,8 @@ pub(super) fn account(
     let mut job_processes: BTreeMap<String, Vec<&pb::GpuProcess>> = BTreeMap::new();
     let mut job_tenant: BTreeMap<String, Option<String>> = BTreeMap::new();
     for (i, p) in r.processes.iter().enumerate() {
-        let key = job_identity(host_id, p);
         let t = process_tenants.get(i).cloned().flatten().or_else(|| tenant.map(str::to_string));
+        let key = job_identity(host_id, t.as_deref(), p);
         job_tenant.entry(key.clone()).or_insert(t);
         for u in &p.gpu_uuids {
             if let Some(&i) = parents.get(u.as_str()) {
@@ -246,8 +246,11 @@ pub(super) fn account(
     tx.defer_values(
         "INSERT INTO jobs (job_key, tenant, first_seen, last_seen, evidence) VALUES ",
         5,
+        // A job belongs to one tenant: the key carries it, and the guard keeps evidence of another
+        // tenant out even if two keys ever collided.
         " ON CONFLICT (job_key) DO UPDATE SET evidence = excluded.evidence, \
-           last_seen = CASE WHEN excluded.last_seen > jobs.last_seen THEN excluded.last_seen ELSE jobs.last_seen END",
+           last_seen = CASE WHEN excluded.last_seen > jobs.last_seen THEN excluded.last_seen ELSE jobs.last_seen END \
+           WHERE jobs.tenant IS NOT DISTINCT FROM excluded.tenant",
         &ps,
     )
     .map_err(sql("record jobs"))?;

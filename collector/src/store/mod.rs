@@ -14,6 +14,7 @@ use gpuattest_proto::pb;
 use serde::Serialize;
 
 use crate::timefmt::rfc3339;
+use crate::verify::SigningKey;
 
 pub mod db;
 mod group;
@@ -34,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migration3.sql"),
     include_str!("migration4.sql"),
     include_str!("migration5.sql"),
+    include_str!("migration6.sql"),
 ];
 
 /// The same migrations for PostgreSQL: the same tables, columns and keys, in its types.
@@ -43,6 +45,7 @@ const PG_MIGRATIONS: &[&str] = &[
     include_str!("pg/migration3.sql"),
     include_str!("pg/migration4.sql"),
     include_str!("pg/migration5.sql"),
+    include_str!("pg/migration6.sql"),
 ];
 
 /// Store failures.
@@ -214,6 +217,8 @@ pub struct IncomingReport<'a> {
     /// The tenant of each process (index-aligned with `decoded.processes`) under the policy's mapping;
     /// missing entries fall back to the host's tenant.
     pub process_tenants: &'a [Option<String>],
+    /// The policy re-opens a decided flag on any new occurrence (not only on evidence of a new kind).
+    pub reopen_decided: bool,
 }
 
 /// The policy's judgement of a report, run inside its commit.
@@ -234,6 +239,8 @@ pub struct PendingCommit {
     pub nonce_fresh: bool,
     /// Tenant per process.
     pub process_tenants: Vec<Option<String>>,
+    /// See [`IncomingReport::reopen_decided`].
+    pub reopen_decided: bool,
     /// The policy's flags for it.
     pub flags_for: FlagsFor,
 }
@@ -264,6 +271,12 @@ pub enum Commit {
     },
     /// The host is unknown or revoked.
     HostGone,
+    /// Signed by a key the host no longer holds for this sequence number (retired before it, or
+    /// never the host's).
+    KeyRetired {
+        /// The last sequence number the key may sign, where it is a retired key of the host.
+        through: Option<u64>,
+    },
 }
 
 /// A flag to raise or update.
@@ -331,6 +344,12 @@ pub struct FlagRow {
     pub updated_at: String,
     /// Who is working on it.
     pub assignee: Option<String>,
+    /// Occurrences since the last decision (counted once a flag has been decided).
+    pub after_decision: u64,
+    /// Times new evidence re-opened it after a decision.
+    pub reopened: u64,
+    /// When it last re-opened, RFC 3339.
+    pub reopened_at: Option<String>,
 }
 
 /// What re-verifying the stored reports found.
@@ -1056,18 +1075,31 @@ impl Store {
         Ok(new_key_id)
     }
 
-    /// A retired key of `host_id`: (public key, last sequence number it may sign).
+    /// The key `host_id` holds under `key_id` now: its current key, or a retired one with the last
+    /// sequence number it may sign. Read at every check, never cached by a stream.
     ///
     /// # Errors
     /// [`StoreError::Sql`].
-    pub fn retired_key(&self, host_id: &str, key_id: &[u8]) -> Result<Option<(Vec<u8>, u64)>> {
+    pub fn signing_key(&self, host_id: &str, key_id: &[u8]) -> Result<Option<SigningKey>> {
+        signing_key(&mut self.reader(), host_id, key_id)
+    }
+
+    /// Up to `limit` leaf hashes after the first `skip`, in log order (the leaves a frontier of `skip`
+    /// leaves has not seen). Log indexes are dense from 1, so this is a range read on the key.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn log_leaves_after(&self, skip: u64, limit: u64) -> Result<Vec<[u8; 32]>> {
         self.reader()
-            .row(
-                "SELECT public_key, valid_through_seq FROM host_keys WHERE host_id = ?1 AND key_id = ?2",
-                params![host_id, key_id],
-                |r| Ok((r.get(0)?, r.u64(1)?)),
+            .rows(
+                "SELECT leaf_hash FROM log_leaves WHERE idx > ?1 ORDER BY idx LIMIT ?2",
+                params![skip as i64, limit as i64],
+                |r| {
+                    let v: Vec<u8> = r.get(0)?;
+                    Ok(v.try_into().unwrap_or([0u8; 32]))
+                },
             )
-            .map_err(sql("read retired key"))
+            .map_err(sql("read log leaves"))
     }
 
     /// The first `size` leaf hashes of the transparency log (all of them for `None`).
@@ -1131,17 +1163,6 @@ impl Store {
             .map_err(sql("read reports for export"))
     }
 
-    /// Records the observation interval a host's agent announced.
-    ///
-    /// # Errors
-    /// [`StoreError::Sql`].
-    pub fn set_interval(&self, host_id: &str, interval_ms: u64) -> Result<()> {
-        self.conn()
-            .execute("UPDATE hosts SET interval_ms = ?1 WHERE host_id = ?2", params![interval_ms, host_id])
-            .map_err(sql("set interval"))?;
-        Ok(())
-    }
-
     /// Revokes a host: its streams and reports are refused from now on. Returns `false` when there is no
     /// such host.
     ///
@@ -1191,7 +1212,7 @@ impl Store {
             .row("SELECT tenant FROM hosts WHERE host_id = ?1", params![host_id], |r| r.get::<Option<String>>(0))
             .map_err(sql("read tenant"))?
             .flatten();
-        upsert_flag(&mut tx, host_id, tenant.as_deref(), seq, now, f)?;
+        upsert_flag(&mut tx, host_id, tenant.as_deref(), seq, now, f, false)?;
         tx.commit().map_err(sql("commit flag"))
     }
 
@@ -1257,37 +1278,33 @@ impl Store {
         self.reader()
             .for_each(
                 "SELECT r.host_id, r.seq, r.report, r.signature, r.key_id, \
-                   COALESCE((SELECT k.public_key FROM host_keys k WHERE k.host_id = r.host_id AND k.key_id = r.key_id), h.public_key) \
-                 FROM reports r JOIN hosts h ON h.host_id = r.host_id ORDER BY r.host_id, r.seq",
+                   CASE WHEN r.key_id = h.key_id THEN h.public_key ELSE k.public_key END, \
+                   CASE WHEN r.key_id = h.key_id THEN NULL ELSE k.valid_through_seq END \
+                 FROM reports r JOIN hosts h ON h.host_id = r.host_id \
+                 LEFT JOIN host_keys k ON k.host_id = r.host_id AND k.key_id = r.key_id ORDER BY r.host_id, r.seq",
                 params![],
                 |r| {
                     let host_id: String = r.get(0)?;
                     let seq = r.u64(1)?;
                     let signed = pb::SignedReport { report: r.get(2)?, signature: r.get(3)?, key_id: r.get(4)? };
-                    let public_key: Vec<u8> = r.get(5)?;
+                    let key = r.get::<Option<Vec<u8>>>(5)?.map(|public_key| SigningKey {
+                        public_key,
+                        valid_through: r.get::<Option<i64>>(6).ok().flatten().map(|v| v.max(0) as u64),
+                    });
                     summary.checked += 1;
-                    let mut problem =
-                        gpuattest_proto::verify_report(&public_key, &signed).err().map(|e| e.to_string());
-                    if problem.is_none() {
-                        match <pb::UsageReport as prost::Message>::decode(signed.report.as_slice()) {
-                            Err(e) => problem = Some(format!("stored bytes do not decode: {e}")),
-                            Ok(rep) if rep.seq != seq || rep.host_id != host_id => {
-                                problem = Some(format!(
-                                    "stored under ({host_id}, {seq}) but says ({}, {})",
-                                    rep.host_id, rep.seq
-                                ));
+                    let problem = match crate::verify::report(key.as_ref(), &signed, &host_id, Some(seq)) {
+                        Err(p) => Some(p.to_string()),
+                        Ok(rep) => {
+                            if let Some((ph, ps, phash)) = &prev
+                                && *ph == host_id
+                                && *ps + 1 == seq
+                                && rep.prev_report_sha256 != phash.as_slice()
+                            {
+                                summary.chain_breaks += 1;
                             }
-                            Ok(rep) => {
-                                if let Some((ph, ps, phash)) = &prev
-                                    && *ph == host_id
-                                    && *ps + 1 == seq
-                                    && rep.prev_report_sha256 != phash.as_slice()
-                                {
-                                    summary.chain_breaks += 1;
-                                }
-                            }
+                            None
                         }
-                    }
+                    };
                     match problem {
                         None => summary.valid += 1,
                         Some(reason) => {
@@ -1357,7 +1374,10 @@ impl Store {
         let mut conn = self.conn();
         let mut tx = conn.write().map_err(sql("begin"))?;
         let n = tx
-            .execute("UPDATE flags SET status = ?1, updated_at = ?2 WHERE id = ?3", params![status, now, id])
+            .execute(
+                "UPDATE flags SET status = ?1, updated_at = ?2, after_decision = 0 WHERE id = ?3",
+                params![status, now, id],
+            )
             .map_err(sql("decide flag"))?;
         if n == 0 {
             return Ok(None);
@@ -1433,6 +1453,17 @@ fn recorded_missing(conn: &mut Db, host_id: &str) -> Result<u64> {
     Ok(total)
 }
 
+/// The key `host_id` holds under `key_id` (see [`Store::signing_key`]), inside any transaction.
+fn signing_key(conn: &mut Db, host_id: &str, key_id: &[u8]) -> Result<Option<SigningKey>> {
+    conn.row(
+        "SELECT public_key, CAST(NULL AS BIGINT) FROM hosts WHERE host_id = ?1 AND key_id = ?2 \
+         UNION ALL SELECT public_key, valid_through_seq FROM host_keys WHERE host_id = ?1 AND key_id = ?2",
+        params![host_id, key_id],
+        |r| Ok(SigningKey { public_key: r.get(0)?, valid_through: r.get::<Option<i64>>(1)?.map(|v| v.max(0) as u64) }),
+    )
+    .map_err(sql("read signing key"))
+}
+
 /// A host's chain position and standing, read inside the report transaction.
 struct HostPosition {
     last_seq: i64,
@@ -1441,6 +1472,8 @@ struct HostPosition {
     tenant: Option<String>,
     /// This (host, seq) is already stored.
     stored: bool,
+    /// The host's current key id.
+    key_id: Vec<u8>,
 }
 
 fn token_row(conn: &mut Db, hash: &[u8]) -> Result<Option<TokenRow>> {
@@ -1472,13 +1505,44 @@ fn audit_tx(tx: &mut Db, at: i64, actor: &str, action: &str, target: &str, detai
     Ok(())
 }
 
-fn upsert_flag(tx: &mut Db, host_id: &str, tenant: Option<&str>, seq: u64, now: i64, f: &NewFlag) -> Result<()> {
+/// What a flag's evidence is about, for telling new evidence of another kind from more of the same:
+/// the rule and, where the evidence has them, the model's developer and family, the tenant and the
+/// threshold crossed. Process ids, hosts and counts are not part of it.
+fn flag_kind(f: &NewFlag) -> String {
+    let mut kind = f.rule.clone();
+    for key in ["developer", "family", "tenant", "threshold"] {
+        if let Some(v) = f.evidence.get(key).filter(|v| !v.is_null()) {
+            kind.push('|');
+            kind.push_str(&v.to_string());
+        }
+    }
+    kind
+}
+
+/// Raises a flag or adds an occurrence to it. A flag a reviewer has decided keeps its decision for
+/// more of the same evidence, counting it in `after_decision`; evidence of another kind (or, with
+/// `reopen_any`, any new occurrence) re-opens it, so a decision never silently absorbs what it did
+/// not decide on.
+fn upsert_flag(
+    tx: &mut Db,
+    host_id: &str,
+    tenant: Option<&str>,
+    seq: u64,
+    now: i64,
+    f: &NewFlag,
+    reopen_any: bool,
+) -> Result<()> {
     let gpus = serde_json::to_string(&f.gpu_uuids).unwrap_or_default();
     let evidence = f.evidence.to_string();
     tx.defer(
-        "INSERT INTO flags (rule, severity, host_id, tenant, job_key, summary, pid, gpu_uuids, evidence, policy_digest, first_seq, last_seq, occurrences, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, 1, ?12, ?12) \
+        "INSERT INTO flags (rule, severity, host_id, tenant, job_key, summary, pid, gpu_uuids, evidence, policy_digest, first_seq, last_seq, occurrences, created_at, updated_at, kind) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, 1, ?12, ?12, ?13) \
          ON CONFLICT (rule, host_id, job_key) DO UPDATE SET \
+           status = CASE WHEN flags.status <> 'open' AND (?14 = 1 OR flags.kind <> excluded.kind) THEN 'open' ELSE flags.status END, \
+           reopened = flags.reopened + CASE WHEN flags.status <> 'open' AND (?14 = 1 OR flags.kind <> excluded.kind) THEN 1 ELSE 0 END, \
+           reopened_at = CASE WHEN flags.status <> 'open' AND (?14 = 1 OR flags.kind <> excluded.kind) THEN excluded.updated_at ELSE flags.reopened_at END, \
+           after_decision = flags.after_decision + CASE WHEN flags.status <> 'open' OR flags.reopened > 0 THEN 1 ELSE 0 END, \
+           kind = excluded.kind, \
            last_seq = excluded.last_seq, occurrences = flags.occurrences + 1, updated_at = excluded.updated_at, \
            evidence = excluded.evidence, gpu_uuids = excluded.gpu_uuids, policy_digest = excluded.policy_digest, \
            summary = excluded.summary, \
@@ -1497,7 +1561,9 @@ fn upsert_flag(tx: &mut Db, host_id: &str, tenant: Option<&str>, seq: u64, now: 
             &evidence,
             &f.policy_digest,
             seq,
-            now
+            now,
+            &flag_kind(f),
+            i64::from(reopen_any)
         ],
     )
     .map_err(sql("upsert flag"))?;
@@ -1511,6 +1577,7 @@ fn incoming(item: &PendingCommit) -> IncomingReport<'_> {
         received_at: item.received_at,
         nonce_fresh: item.nonce_fresh,
         process_tenants: &item.process_tenants,
+        reopen_decided: item.reopen_decided,
     }
 }
 
@@ -1571,7 +1638,7 @@ fn commit_one(
     let host = tx
         .row(
             "SELECT last_seq, last_hash, revoked_at, tenant, \
-               (SELECT COUNT(*) FROM reports WHERE host_id = ?1 AND seq = ?2) FROM hosts WHERE host_id = ?1",
+               (SELECT COUNT(*) FROM reports WHERE host_id = ?1 AND seq = ?2), key_id FROM hosts WHERE host_id = ?1",
             params![host_id, seq],
             |row| {
                 Ok(HostPosition {
@@ -1580,15 +1647,24 @@ fn commit_one(
                     revoked: row.get::<Option<i64>>(2)?.is_some(),
                     tenant: row.get(3)?,
                     stored: row.get::<i64>(4)? > 0,
+                    key_id: row.get(5)?,
                 })
             },
         )
         .map_err(sql("read host position"))?;
-    let Some(HostPosition { last_seq, last_hash, revoked, tenant, stored }) = host else {
+    let Some(HostPosition { last_seq, last_hash, revoked, tenant, stored, key_id }) = host else {
         return Ok(Commit::HostGone);
     };
     if revoked {
         return Ok(Commit::HostGone);
+    }
+    // The key's standing now, inside this transaction: a rotation committed after the report was
+    // verified (or after its stream opened) still bites.
+    if incoming.signed.key_id != key_id {
+        match signing_key(tx, host_id, &incoming.signed.key_id)?.and_then(|k| k.valid_through) {
+            Some(through) if r.seq <= through => {}
+            through => return Ok(Commit::KeyRetired { through }),
+        }
     }
     if stored {
         return Ok(Commit::Duplicate);
@@ -1668,9 +1744,12 @@ fn commit_one(
         &ps,
     )
     .map_err(sql("insert processes"))?;
+    // The interval comes from the signed report (bounded), never from the stream's unauthenticated
+    // opening message; 0 (an older agent) keeps what is stored.
+    let interval = crate::verify::bounded_interval(r.interval_ms).map(|v| v as i64);
     tx.defer(
-        "UPDATE hosts SET last_seq = ?1, last_hash = ?2, last_seen = ?3 WHERE host_id = ?4",
-        params![seq, &hash, incoming.received_at, host_id],
+        "UPDATE hosts SET last_seq = ?1, last_hash = ?2, last_seen = ?3, interval_ms = COALESCE(?5, interval_ms) WHERE host_id = ?4",
+        params![seq, &hash, incoming.received_at, host_id, interval],
     )
     .map_err(sql("advance host"))?;
     // Log indexes are dense and in commit order: the write lock orders every appender, replicas included.
@@ -1696,7 +1775,7 @@ fn commit_one(
         jobs::account(tx, host_id, tenant.as_deref(), incoming.process_tenants, r, incoming.received_at)?;
     let flags = flags_for(&position, &CommitContext { jobs, moved_gpus: moved });
     for f in &flags {
-        upsert_flag(tx, host_id, tenant.as_deref(), r.seq, incoming.received_at, f)?;
+        upsert_flag(tx, host_id, tenant.as_deref(), r.seq, incoming.received_at, f, incoming.reopen_decided)?;
     }
     Ok(Commit::Stored { flags: flags.len() })
 }
@@ -1716,7 +1795,8 @@ fn audit_row(r: &Row<'_>) -> Result<AuditRow, DbError> {
 macro_rules! flag_columns {
     () => {
         "SELECT id, rule, severity, status, host_id, tenant, summary, job_key, pid, gpu_uuids, evidence, \
-         policy_digest, first_seq, last_seq, occurrences, created_at, updated_at, assignee FROM flags"
+         policy_digest, first_seq, last_seq, occurrences, created_at, updated_at, assignee, after_decision, reopened, \
+         reopened_at FROM flags"
     };
 }
 use flag_columns;
@@ -1741,6 +1821,9 @@ fn flag_row(r: &Row<'_>) -> Result<FlagRow, DbError> {
         created_at: rfc3339(r.get(15)?),
         updated_at: rfc3339(r.get(16)?),
         assignee: r.get(17)?,
+        after_decision: r.u64(18)?,
+        reopened: r.u64(19)?,
+        reopened_at: r.get::<Option<i64>>(20)?.map(rfc3339),
     })
 }
 

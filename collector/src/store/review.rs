@@ -176,28 +176,11 @@ impl Store {
     pub fn check_report(&self, host_id: &str, seq: u64) -> Result<Option<ReportCheck>> {
         use base64::Engine;
         let Some(signed) = self.signed_report(host_id, seq)? else { return Ok(None) };
-        let Some(host) = self.host(host_id)? else { return Ok(None) };
-        let key = if signed.key_id == host.key_id {
-            Some(host.public_key.clone())
-        } else {
-            self.retired_key(host_id, &signed.key_id)?.filter(|(_, through)| seq <= *through).map(|(k, _)| k)
-        };
-        let mut problem = match &key {
-            Some(k) => gpuattest_proto::verify_report(k, &signed).err().map(|e| e.to_string()),
-            None => {
-                Some("signed by a key that is neither the host's nor one it retired for this sequence number".into())
-            }
-        };
+        let key = self.signing_key(host_id, &signed.key_id)?;
+        let verdict = crate::verify::report(key.as_ref(), &signed, host_id, Some(seq));
+        let problem = verdict.as_ref().err().map(ToString::to_string);
+        // Shown for reading even when invalid, so a reviewer sees what the bad bytes claim.
         let decoded = <pb::UsageReport as prost::Message>::decode(signed.report.as_slice()).ok();
-        if problem.is_none() {
-            match &decoded {
-                None => problem = Some("the stored bytes do not decode as a UsageReport".into()),
-                Some(r) if r.host_id != host_id || r.seq != seq => {
-                    problem = Some(format!("stored as ({host_id}, {seq}) but says ({}, {})", r.host_id, r.seq));
-                }
-                Some(_) => {}
-            }
-        }
         let prev: Option<Vec<u8>> = if seq > 1 {
             self.reader()
                 .row(

@@ -45,7 +45,14 @@ fn signed(k: &Ed25519KeyPair, host: &str, seq: u64) -> (pb::SignedReport, pb::Us
 }
 
 fn commit(store: &Store, host: &str, s: &pb::SignedReport, r: &pb::UsageReport, flags: Vec<NewFlag>) -> Commit {
-    let inc = IncomingReport { signed: s, decoded: r, received_at: 100, nonce_fresh: true, process_tenants: &[] };
+    let inc = IncomingReport {
+        signed: s,
+        decoded: r,
+        received_at: 100,
+        nonce_fresh: true,
+        process_tenants: &[],
+        reopen_decided: false,
+    };
     store.commit_report(host, &inc, |_, _| flags).expect("commit")
 }
 
@@ -228,6 +235,7 @@ fn pending(host: &str, s: pb::SignedReport, r: pb::UsageReport) -> PendingCommit
         received_at: 100,
         nonce_fresh: true,
         process_tenants: Vec::new(),
+        reopen_decided: false,
         flags_for: Box::new(|_, _, _| vec![flag("j")]),
     }
 }
@@ -320,6 +328,7 @@ fn sign_and_commit(
         received_at: (r.seq as i64 + 1) * 10_000,
         nonce_fresh: true,
         process_tenants: &[],
+        reopen_decided: false,
     };
     (s.commit_report(host, &inc, flags_for), sr)
 }
@@ -347,19 +356,19 @@ fn jobs_are_accounted_across_reports_and_gpus(b: &Backend) {
     let jobs = s.jobs(None, 10).expect("jobs");
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     let j = &jobs[0];
-    assert_eq!((j.job_key.as_str(), j.gpus, j.tenant.as_deref()), ("slurm:77", 2, Some("t1")));
+    assert_eq!((j.job_key.as_str(), j.gpus, j.tenant.as_deref()), ("t1|slurm:77", 2, Some("t1")));
     // 3 windows of 10 s on 2 GPUs.
     assert!((j.gpu_hours - 60.0 / 3600.0).abs() < 1e-9, "{}", j.gpu_hours);
     // Energy: first window 400 W x 10 s per GPU (no earlier counter), then counter deltas of 1,000 J.
     assert!((j.energy_joules - 2.0 * (4000.0 + 1000.0 + 1000.0)).abs() < 1e-6, "{}", j.energy_joules);
     assert!(j.ops_upper_bound > 0.0);
     assert_eq!((j.first_seen, j.last_seen), (20_000, 40_000));
-    assert_eq!(s.job("slurm:77").expect("job").map(|j| j.gpus), Some(2));
+    assert_eq!(s.job("t1|slurm:77").expect("job").map(|j| j.gpus), Some(2));
     assert_eq!(s.jobs(Some("other"), 10).expect("jobs").len(), 0);
     // One flag for the job, seen three times; its timeline has every GPU sample.
     let flags = s.flags(Some("t1")).expect("flags");
     assert_eq!((flags.len(), flags[0].occurrences), (1, 3));
-    let t = s.timeline("slurm:77", &h.host_id, &[], (1, 3)).expect("timeline");
+    let t = s.timeline("t1|slurm:77", &h.host_id, &[], (1, 3)).expect("timeline");
     assert_eq!(t.len(), 6, "{t:?}");
     assert!(t.windows(2).all(|w| w[0].t <= w[1].t));
     assert_eq!((t[0].util, t[0].power_mw), (Some(50), Some(400_000)));
@@ -392,7 +401,7 @@ fn a_report_that_repeats_a_gpu_uuid_is_stored(b: &Backend) {
         assert_eq!(c.expect("commit"), Commit::Stored { flags: 0 });
         prev = gpuattest_proto::sha256(&sr.report).to_vec();
     }
-    let j = s.job("slurm:77").expect("job").expect("accounted");
+    let j = s.job("t1|slurm:77").expect("job").expect("accounted");
     // One GPU UUID, counted once per window: 2 windows of 10 s.
     assert_eq!(j.gpus, 1);
     assert!((j.gpu_hours - 20.0 / 3600.0).abs() < 1e-9, "{}", j.gpu_hours);
@@ -421,12 +430,12 @@ fn review_reads_and_writes_round_trip(b: &Backend) {
     let k2 = key();
     let new_id = s.rotate_key(&h.host_id, k2.public_key().as_ref(), 2, 8).expect("rotate");
     assert_eq!(new_id, gpuattest_proto::key_id(k2.public_key().as_ref()).to_vec());
-    let (old_pk, through) = s.retired_key(&h.host_id, &chain[0].key_id).expect("retired").expect("kept");
-    assert_eq!((old_pk.as_slice(), through), (k.public_key().as_ref(), 2));
+    let old = s.signing_key(&h.host_id, &chain[0].key_id).expect("retired").expect("kept");
+    assert_eq!((old.public_key.as_slice(), old.valid_through), (k.public_key().as_ref(), Some(2)));
     assert!(s.check_report(&h.host_id, 1).expect("check").expect("exists").valid);
     assert_eq!(s.verify_all().expect("verify").valid, 2);
     // Silence, revocation.
-    s.set_interval(&h.host_id, 1000).expect("interval");
+    s.conn().execute("UPDATE hosts SET interval_ms = 1000 WHERE host_id = ?1", params![&h.host_id]).expect("interval");
     assert_eq!(s.silent_hosts(30_000 + 2_500, 2).expect("silent").len(), 1);
     assert_eq!(s.silent_hosts(30_000 + 1_500, 2).expect("silent").len(), 0);
     assert!(s.revoke_host(&h.host_id, "cli", "decommissioned", 9).expect("revoke"));
@@ -549,7 +558,142 @@ fn a_failed_commit_leaves_the_connection_usable(b: &Backend) {
     assert!(s.token_by_hash(&[9u8; 32]).expect("read").is_none());
 }
 
+/// Commits `r` (signed with `k`) with each process's tenant given, and the flags `flags_for` makes.
+fn commit_for_tenants(
+    s: &Store,
+    k: &Ed25519KeyPair,
+    r: &pb::UsageReport,
+    tenants: &[Option<String>],
+    reopen_decided: bool,
+    flags_for: impl FnOnce(&ChainPosition, &CommitContext) -> Vec<NewFlag>,
+) -> Commit {
+    let sr = gpuattest_proto::sign_report(k, prost::Message::encode_to_vec(r));
+    let inc = IncomingReport {
+        signed: &sr,
+        decoded: r,
+        received_at: (r.seq as i64 + 1) * 10_000,
+        nonce_fresh: true,
+        process_tenants: tenants,
+        reopen_decided,
+    };
+    s.commit_report(&r.host_id, &inc, flags_for).expect("commit")
+}
+
+fn model_flag(job: &str, developer: &str) -> NewFlag {
+    NewFlag { rule: "model-developer".into(), evidence: serde_json::json!({ "developer": developer }), ..flag(job) }
+}
+
+/// Finding 1: two tenants whose processes carry the same Slurm job id get a job each, each job keeps
+/// its own tenant and hosts, and each tenant's flag stays its own.
+fn finding_1_two_tenants_with_one_slurm_job_id_never_share_a_job(b: &Backend) {
+    let s = b.open().expect("open");
+    let (ka, kg) = (key(), key());
+    let a = enrolled(&s, &ka, "acme-node");
+    let g = enrolled(&s, &kg, "globex-node");
+    for (k, h, t) in [(&ka, &a, "acme"), (&kg, &g, "globex")] {
+        let r = busy_report(&h.host_id, 1, &[], 1);
+        let c = commit_for_tenants(&s, k, &r, &[Some(t.to_string())], false, |_, ctx| {
+            ctx.jobs
+                .iter()
+                .map(|j| NewFlag { tenant: j.tenant.clone(), ..model_flag(&j.job_key, "DeepSeek") })
+                .collect()
+        });
+        assert_eq!(c, Commit::Stored { flags: 1 });
+    }
+    let mut jobs = s.jobs(None, 10).expect("jobs");
+    jobs.sort_by(|x, y| x.job_key.cmp(&y.job_key));
+    let seen: Vec<(&str, Option<&str>, Vec<String>)> =
+        jobs.iter().map(|j| (j.job_key.as_str(), j.tenant.as_deref(), j.hosts.clone())).collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("acme|slurm:77", Some("acme"), vec![a.host_id.clone()]),
+            ("globex|slurm:77", Some("globex"), vec![g.host_id.clone()]),
+        ]
+    );
+    for (t, h) in [("acme", &a), ("globex", &g)] {
+        let f = s.flags(Some(t)).expect("flags");
+        assert_eq!(f.len(), 1, "{t}: {f:?}");
+        assert_eq!((f[0].host_id.as_str(), f[0].job.as_str()), (h.host_id.as_str(), format!("{t}|slurm:77").as_str()));
+    }
+}
+
+/// Finding 1: after a decision, more of the same evidence is counted beside it; evidence of another
+/// kind re-opens the flag; with the policy's `reopen_decided_flags`, any new occurrence does.
+fn finding_1_a_decided_flag_does_not_absorb_new_evidence_silently(b: &Backend) {
+    let s = b.open().expect("open");
+    let k = key();
+    let h = enrolled(&s, &k, "n1");
+    let mut prev = Vec::new();
+    let mut seq = 0;
+    let mut send = |developer: &str, reopen: bool| {
+        seq += 1;
+        let r = busy_report(&h.host_id, seq, &prev, 1);
+        prev = gpuattest_proto::sha256(&prost::Message::encode_to_vec(&r)).to_vec();
+        let c = commit_for_tenants(&s, &k, &r, &[], reopen, |_, _| vec![model_flag("j", developer)]);
+        assert_eq!(c, Commit::Stored { flags: 1 });
+        s.flags(None).expect("flags").remove(0)
+    };
+    let f = send("DeepSeek", false);
+    s.decide_flag(f.id, "dismissed", "token:r", "licensed research", 1).expect("decide").expect("flag");
+    let f = send("DeepSeek", false);
+    assert_eq!((f.status.as_str(), f.after_decision, f.reopened), ("dismissed", 1, 0), "{f:?}");
+    let f = send("DeepSeek", false);
+    assert_eq!((f.status.as_str(), f.after_decision), ("dismissed", 2));
+    let f = send("Moonshot AI", false);
+    assert_eq!((f.status.as_str(), f.reopened), ("open", 1), "another developer re-opens: {f:?}");
+    assert!(f.reopened_at.is_some());
+    s.decide_flag(f.id, "dismissed", "token:r", "also licensed", 2).expect("decide").expect("flag");
+    let f = send("Moonshot AI", true);
+    assert_eq!((f.status.as_str(), f.reopened, f.after_decision), ("open", 2, 1), "policy: any occurrence: {f:?}");
+}
+
+/// Finding 3: a report signed by a key retired before its sequence number is refused at commit,
+/// whatever the stream saw when it opened; the new key signs on.
+fn finding_3_a_retired_key_signs_nothing_after_its_last_report(b: &Backend) {
+    let s = b.open().expect("open");
+    let (old, new) = (key(), key());
+    let h = enrolled(&s, &old, "n1");
+    let (sr, r) = signed(&old, &h.host_id, 1);
+    assert_eq!(commit(&s, &h.host_id, &sr, &r, vec![]), Commit::Stored { flags: 0 });
+    s.rotate_key(&h.host_id, new.public_key().as_ref(), 1, 5).expect("rotate");
+    let old_id = gpuattest_proto::key_id(old.public_key().as_ref());
+    assert_eq!(s.signing_key(&h.host_id, &old_id).expect("key").and_then(|k| k.valid_through), Some(1));
+    let (sr, r) = signed(&old, &h.host_id, 2);
+    assert_eq!(commit(&s, &h.host_id, &sr, &r, vec![]), Commit::KeyRetired { through: Some(1) });
+    let (sr, r) = signed(&new, &h.host_id, 2);
+    assert_eq!(commit(&s, &h.host_id, &sr, &r, vec![]), Commit::Stored { flags: 0 });
+    let v = s.verify_all().expect("verify");
+    assert_eq!((v.checked, v.valid), (2, 2), "{v:?}");
+}
+
+/// Finding 2: the interval the silence rule uses comes from the signed report, bounded to 1 s .. 1 h.
+fn finding_2_the_silence_interval_is_signed_and_bounded(b: &Backend) {
+    let s = b.open().expect("open");
+    let k = key();
+    let h = enrolled(&s, &k, "n1");
+    let interval = |s: &Store| -> Option<i64> {
+        s.conn()
+            .row("SELECT interval_ms FROM hosts WHERE host_id = ?1", params![&h.host_id], |r| r.get(0))
+            .expect("read")
+            .flatten()
+    };
+    let mut r = pb::UsageReport { host_id: h.host_id.clone(), seq: 1, interval_ms: 1, ..Default::default() };
+    let sr = gpuattest_proto::sign_report(&k, prost::Message::encode_to_vec(&r));
+    commit(&s, &h.host_id, &sr, &r, vec![]);
+    assert_eq!(interval(&s), Some(1_000));
+    r.seq = 2;
+    r.interval_ms = 9_000_000_000_000_000_000;
+    let sr = gpuattest_proto::sign_report(&k, prost::Message::encode_to_vec(&r));
+    commit(&s, &h.host_id, &sr, &r, vec![]);
+    assert_eq!(interval(&s), Some(3_600_000));
+}
+
 on_both_backends!(
+    finding_1_two_tenants_with_one_slurm_job_id_never_share_a_job,
+    finding_1_a_decided_flag_does_not_absorb_new_evidence_silently,
+    finding_3_a_retired_key_signs_nothing_after_its_last_report,
+    finding_2_the_silence_interval_is_signed_and_bounded,
     a_failed_commit_leaves_the_connection_usable,
     reads_do_not_wait_for_an_open_write_and_cannot_write,
     a_report_that_fails_in_a_batch_leaves_the_others_stored,

@@ -1,0 +1,10 @@
+-- Migration 6: a decided flag no longer absorbs new evidence silently. `kind` is what the evidence is
+-- about (the rule and, where it has them, the developer, family or threshold); `after_decision` counts
+-- occurrences since the last decision; a flag re-opens when evidence of another kind arrives after a
+-- decision (or on any new occurrence, where the policy says so), counted in `reopened`, last at
+-- `reopened_at`.
+
+ALTER TABLE flags ADD COLUMN kind TEXT NOT NULL DEFAULT '';
+ALTER TABLE flags ADD COLUMN after_decision INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE flags ADD COLUMN reopened INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE flags ADD COLUMN reopened_at INTEGER;

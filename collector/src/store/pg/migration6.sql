@@ -1,0 +1,7 @@
+-- Migration 6 for PostgreSQL (as ../migration6.sql): a decided flag no longer absorbs new evidence
+-- silently.
+
+ALTER TABLE flags ADD COLUMN kind TEXT NOT NULL DEFAULT '';
+ALTER TABLE flags ADD COLUMN after_decision BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE flags ADD COLUMN reopened BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE flags ADD COLUMN reopened_at BIGINT;
