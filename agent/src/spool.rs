@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
@@ -248,7 +249,8 @@ impl Spool {
                 self.segments.push(Segment { path, last: seq.saturating_sub(1), bytes: 0 });
             }
             let Some(seg) = self.segments.last() else { unreachable!("a segment was just pushed") };
-            let mut f = OpenOptions::new().create(true).append(true).open(&seg.path).map_err(io_err(&seg.path))?;
+            let mut f =
+                OpenOptions::new().create(true).append(true).mode(0o600).open(&seg.path).map_err(io_err(&seg.path))?;
             f.seek(SeekFrom::End(0)).map_err(io_err(&seg.path))?;
             if let Some(dir) = seg.path.parent() {
                 File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;

@@ -461,7 +461,15 @@ pub fn export(at: &Place, a: &ExportArgs) -> Result {
     let envelope = crate::export::seal(&statement, &key);
     let text = serde_json::to_vec_pretty(&envelope).map_err(runtime)?;
     let tmp = a.out.with_extension("tmp");
-    std::fs::write(&tmp, &text)
+    // 0600: an export may be unredacted (command lines, paths).
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &text))
         .and_then(|()| std::fs::rename(&tmp, &a.out))
         .map_err(|e| runtime(format!("{}: {e}", a.out.display())))?;
     store

@@ -85,8 +85,10 @@ pub fn parse(text: &str) -> Result<Vec<Tenant>, String> {
     Ok(f.tenant)
 }
 
-/// How a job maps to a tenant; the first rule that applies wins, and the host's enrollment tenant (its
-/// pool) is the fallback.
+/// How a process on a shared host (one enrolled without a tenant) maps to a tenant; the first rule that
+/// applies wins. On a host enrolled for a tenant, every process is that tenant's and no rule applies:
+/// the enrollment is the operator's word, and a process must not be able to name itself into another
+/// tenant.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TenantMapping {
@@ -102,6 +104,11 @@ pub struct TenantMapping {
     /// The tenant (with a namespace or account).
     #[serde(default)]
     pub tenant: Option<String>,
+    /// `slurm_account` reads `SLURM_JOB_ACCOUNT` from the process's own environment, which the process
+    /// controls: a claim, not the scheduler's record. The rule is refused unless this says the operator
+    /// accepts that (on shared hosts only, like every rule).
+    #[serde(default)]
+    pub trust_process_environment: bool,
 }
 
 impl TenantMapping {
@@ -117,6 +124,11 @@ impl TenantMapping {
         if sources != 1 {
             return Err(format!(
                 "tenant_mapping {i}: give exactly one of kubernetes_label, kubernetes_namespace, slurm_account"
+            ));
+        }
+        if self.slurm_account.is_some() && !self.trust_process_environment {
+            return Err(format!(
+                "tenant_mapping {i}: slurm_account is read from SLURM_JOB_ACCOUNT in the process's own environment, which the process can set; add trust_process_environment = true to accept that claim, or enroll the Slurm nodes for their tenant"
             ));
         }
         match (&self.kubernetes_label, &self.tenant) {
@@ -142,9 +154,14 @@ impl TenantMapping {
     }
 }
 
-/// The tenant of a process: the first mapping rule that applies, else the host's tenant.
+/// The tenant of a process: the host's, where it was enrolled for one (a dedicated host); on a shared
+/// host, the first mapping rule that applies (the kubelet's pod record first in the shipped example);
+/// `None` where nothing says.
 pub fn tenant_of(rules: &[TenantMapping], p: &pb::GpuProcess, host_tenant: Option<&str>) -> Option<String> {
-    rules.iter().find_map(|r| r.apply(p)).or_else(|| host_tenant.map(str::to_string))
+    match host_tenant {
+        Some(t) => Some(t.to_string()),
+        None => rules.iter().find_map(|r| r.apply(p)),
+    }
 }
 
 /// Something known against a tenant, turned into a flag whenever the tenant's jobs report.
@@ -239,6 +256,7 @@ mod tests {
             TenantMapping {
                 slurm_account: Some("acct-c".into()),
                 tenant: Some("c".into()),
+                trust_process_environment: true,
                 ..TenantMapping::default()
             },
         ];
@@ -246,13 +264,18 @@ mod tests {
             r.validate(i + 1).expect("valid");
         }
         let mut p = pb::GpuProcess::default();
-        assert_eq!(tenant_of(&rules, &p, Some("pool")), Some("pool".into()));
+        assert_eq!(tenant_of(&rules, &p, None), None);
         p.env.insert("SLURM_JOB_ACCOUNT".into(), "acct-c".into());
-        assert_eq!(tenant_of(&rules, &p, Some("pool")), Some("c".into()));
+        assert_eq!(tenant_of(&rules, &p, None), Some("c".into()));
         p.pod = Some(pb::KubernetesPod { namespace: "team-b".into(), ..Default::default() });
-        assert_eq!(tenant_of(&rules, &p, Some("pool")), Some("b".into()));
+        assert_eq!(tenant_of(&rules, &p, None), Some("b".into()));
         p.pod.as_mut().expect("pod").labels.insert("gpuattest.io/tenant".into(), "a".into());
-        assert_eq!(tenant_of(&rules, &p, Some("pool")), Some("a".into()));
+        assert_eq!(tenant_of(&rules, &p, None), Some("a".into()));
+        // Finding 4: on a host enrolled for a tenant, no claim moves a process to another tenant.
+        assert_eq!(tenant_of(&rules, &p, Some("acme")), Some("acme".into()));
+        let claim =
+            TenantMapping { slurm_account: Some("x".into()), tenant: Some("t".into()), ..TenantMapping::default() };
+        assert!(claim.validate(3).expect_err("claim").contains("trust_process_environment"));
         let bad =
             TenantMapping { kubernetes_label: Some("x".into()), tenant: Some("t".into()), ..TenantMapping::default() };
         assert!(bad.validate(4).expect_err("bad").contains("tenant_mapping 4"));

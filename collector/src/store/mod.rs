@@ -583,12 +583,8 @@ impl Store {
     fn open_sqlite(data_dir: &Path, wal_restart_bytes: i64) -> Result<Store> {
         let path = data_dir.join("gpuattest.db");
         let open_err = |source: rusqlite::Error| StoreError::Open { path: path.clone(), source: source.into() };
-        if !data_dir.exists() {
-            std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Open {
-                path: path.clone(),
-                source: DbError::Value(format!("cannot create the directory: {e}")),
-            })?;
-        }
+        private_file(data_dir, &path)
+            .map_err(|e| StoreError::Open { path: path.clone(), source: DbError::Value(e) })?;
         let conn = rusqlite::Connection::open(&path).map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
@@ -724,6 +720,11 @@ impl Store {
             return Err(StoreError::Refused(
                 "the shared store is backed up with PostgreSQL's tools (pg_dump or base backups); `backup` copies the embedded store".into(),
             ));
+        }
+        // Created 0600 first: VACUUM INTO writes into an existing empty file with its mode.
+        let dest_path = Path::new(dest);
+        if let Some(dir) = dest_path.parent() {
+            private_file(dir, dest_path).map_err(StoreError::Refused)?;
         }
         conn.execute("VACUUM INTO ?1", params![dest]).map_err(sql("back up the store"))?;
         Ok(())
@@ -1825,6 +1826,34 @@ fn flag_row(r: &Row<'_>) -> Result<FlagRow, DbError> {
         reopened: r.u64(19)?,
         reopened_at: r.get::<Option<i64>>(20)?.map(rfc3339),
     })
+}
+
+/// Makes `dir` (0700, where it does not exist) and `file` in it readable by the owner alone: created
+/// 0600 where missing, tightened to 0600 where group or others could read it. SQLite gives its log and
+/// shared-memory files the database file's mode, so they follow.
+fn private_file(dir: &Path, file: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create the directory {}: {e}", dir.display()))?;
+    }
+    match std::fs::symlink_metadata(file) {
+        Ok(meta) if meta.permissions().mode() & 0o077 != 0 && meta.is_file() => {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("cannot make {} private (0600): {e}", file.display()))
+        }
+        Ok(_) => Ok(()),
+        Err(_) => std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(file)
+            .map(drop)
+            .map_err(|e| format!("cannot create {}: {e}", file.display())),
+    }
 }
 
 /// `<hostname>-<first 6 hex of key id>`, sanitised: readable in flags, unique per key.

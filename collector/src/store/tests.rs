@@ -845,3 +845,29 @@ fn the_embedded_stores_log_starts_over_under_sustained_commits() {
     let v = again.verify_all().expect("verify");
     assert_eq!((v.valid, v.chain_breaks, v.invalid.len()), (committed, 0, 0), "{v:?}");
 }
+
+/// Finding 11: the embedded store and its backups are the owner's alone, whatever the umask.
+#[test]
+fn finding_11_the_store_and_its_backups_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+    let t = tempfile::tempdir().expect("tmp");
+    let data = t.path().join("data");
+    let s = Store::open(&data).expect("open");
+    let k = key();
+    let h = enrolled(&s, &k, "n1");
+    let (sr, r) = signed(&k, &h.host_id, 1);
+    commit(&s, &h.host_id, &sr, &r, vec![]);
+    assert_eq!(mode(&data), 0o700);
+    for f in ["gpuattest.db", "gpuattest.db-wal", "gpuattest.db-shm"] {
+        assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+    }
+    s.backup_into(&t.path().join("backup/gpuattest.db")).expect("backup");
+    assert_eq!(mode(&t.path().join("backup")), 0o700);
+    assert_eq!(mode(&t.path().join("backup/gpuattest.db")), 0o600);
+    drop(s);
+    // A store left world-readable by an older version is tightened when opened.
+    std::fs::set_permissions(data.join("gpuattest.db"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    drop(Store::open(&data).expect("reopen"));
+    assert_eq!(mode(&data.join("gpuattest.db")), 0o600);
+}
