@@ -54,7 +54,10 @@ fn a_two_host_training_job_is_one_job_and_an_inference_server_is_inference() {
     }
 
     let all = jobs(&data);
-    let train = all.iter().find(|j| j["job_key"].as_str().is_some_and(|k| k.ends_with("|torchrun:ft-42@node-a:29500"))).expect("the torchrun job");
+    let train = all
+        .iter()
+        .find(|j| j["job_key"].as_str().is_some_and(|k| k.ends_with("|torchrun:ft-42@node-a:29500")))
+        .expect("the torchrun job");
     assert_eq!(train["hosts"].as_array().map(Vec::len), Some(2), "one job across both hosts: {train}");
     assert_eq!(train["gpus"], 2, "{train}");
     assert_eq!(train["verdict"]["kind"], "training", "{train}");

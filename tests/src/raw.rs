@@ -82,13 +82,23 @@ pub struct RawStream {
 impl RawStream {
     /// Opens a stream as `host_id` with `key_id`; the collector's refusal is returned as is.
     pub async fn open(url: &str, host_id: &str, key_id: &[u8]) -> Result<RawStream, tonic::Status> {
+        Self::open_with_interval(url, host_id, key_id, 1000).await
+    }
+
+    /// As [`RawStream::open`], announcing `interval_ms` in the (unsigned) opening message.
+    pub async fn open_with_interval(
+        url: &str,
+        host_id: &str,
+        key_id: &[u8],
+        interval_ms: u64,
+    ) -> Result<RawStream, tonic::Status> {
         let (tx, rx) = mpsc::channel(16);
         tx.send(pb::AgentMessage {
             msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
                 host_id: host_id.to_string(),
                 key_id: key_id.to_vec(),
                 agent_version: "raw-test".into(),
-                interval_ms: 1000,
+                interval_ms,
             })),
         })
         .await

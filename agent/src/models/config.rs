@@ -34,7 +34,11 @@ const SIGNATURE_KEYS: &[&str] = &[
 ];
 
 fn read_json(path: &Path) -> Result<(Vec<u8>, Value), ModelError> {
-    let (mut f, meta) = open_regular(path)?;
+    read_json_with(path, false)
+}
+
+fn read_json_with(path: &Path, no_follow: bool) -> Result<(Vec<u8>, Value), ModelError> {
+    let (mut f, meta) = super::open_regular_with(path, no_follow)?;
     if meta.len() > MAX_CONFIG_BYTES {
         return Err(ModelError::Invalid(format!("{} is larger than {MAX_CONFIG_BYTES} bytes", path.display())));
     }
@@ -64,13 +68,21 @@ fn apply_config(fp: &mut Fingerprint, cfg: &Value) {
 }
 
 /// Adds what `config.json` and `tokenizer_config.json` in `dir` say to a weight file's fingerprint.
-/// Missing or invalid files add nothing (the weight file's own header still stands).
+/// Missing or invalid files add nothing (the weight file's own header still stands). For a directory
+/// the operator names (`inspect`); a process's directory goes through [`enrich_with`] and its root.
 pub fn enrich_from_dir(fp: &mut Fingerprint, dir: &Path) {
-    if let Ok((bytes, cfg)) = read_json(&dir.join("config.json")) {
+    enrich_with(fp, |name| Some(dir.join(name)), false);
+}
+
+/// As [`enrich_from_dir`], with each file found by `locate` (for a process: resolved inside its
+/// root) and, with `no_follow`, opened without following a link at the last step.
+pub fn enrich_with(fp: &mut Fingerprint, locate: impl Fn(&str) -> Option<std::path::PathBuf>, no_follow: bool) {
+    let read = |name: &str| locate(name).ok_or(ModelError::Unknown).and_then(|p| read_json_with(&p, no_follow));
+    if let Ok((bytes, cfg)) = read("config.json") {
         apply_config(fp, &cfg);
         fp.metadata.insert("config.sha256".into(), super::sha256_hex(&[&bytes]));
     }
-    if let Ok((_, tok)) = read_json(&dir.join("tokenizer_config.json"))
+    if let Ok((_, tok)) = read("tokenizer_config.json")
         && let Some(c) = tok.get("tokenizer_class").and_then(Value::as_str)
     {
         fp.metadata.insert("tokenizer.class".into(), clip(c, 128));

@@ -107,11 +107,22 @@ pub(crate) fn read_exact_bounded(r: &mut impl Read, n: usize, what: &str) -> Res
 /// Opens a path read-only without blocking (a FIFO would otherwise hang the agent) and without
 /// acquiring a controlling terminal, then refuses anything that is not a regular file.
 pub fn open_regular(path: &Path) -> Result<(File, std::fs::Metadata), ModelError> {
+    open_regular_with(path, false)
+}
+
+/// As [`open_regular`]; with `no_follow`, a link at the last step is refused (O_NOFOLLOW), so a path
+/// resolved inside a process's root cannot be swapped for a link between resolving and opening.
+pub fn open_regular_with(path: &Path, no_follow: bool) -> Result<(File, std::fs::Metadata), ModelError> {
     const O_NONBLOCK: i32 = 0o4000;
     const O_NOCTTY: i32 = 0o400;
+    // Linux's value differs by architecture (asm-generic vs arm, arm64 and powerpc).
+    #[cfg(any(target_arch = "aarch64", target_arch = "arm", target_arch = "powerpc", target_arch = "powerpc64"))]
+    const O_NOFOLLOW: i32 = 0o100000;
+    #[cfg(not(any(target_arch = "aarch64", target_arch = "arm", target_arch = "powerpc", target_arch = "powerpc64")))]
+    const O_NOFOLLOW: i32 = 0o400000;
     let f = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(O_NONBLOCK | O_NOCTTY)
+        .custom_flags(O_NONBLOCK | O_NOCTTY | if no_follow { O_NOFOLLOW } else { 0 })
         .open(path)
         .map_err(|e| ModelError::Io(e.to_string()))?;
     let meta = f.metadata().map_err(|e| ModelError::Io(e.to_string()))?;
@@ -201,8 +212,27 @@ pub struct Candidate {
     pub open: PathBuf,
     /// For maps entries: the (device, inode) the kernel listed, checked after opening.
     pub expect: Option<(u64, u64)>,
-    /// The directory that holds it, resolved in the process's root (for config.json).
-    pub dir_in_root: Option<PathBuf>,
+    /// The directory that holds it, as the process sees it, inside the process's root (for
+    /// config.json and tokenizer_config.json beside the weights).
+    pub dir_in_root: Option<InRoot>,
+}
+
+/// A directory as a process sees it, and that process's root: every file in it is resolved inside the
+/// root (links, absolute or relative, and `..` never leave it) and opened without following a link
+/// at the last step, so a tenant's `config.json -> /etc/...` names nothing of the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InRoot {
+    /// `/proc/<pid>/root`.
+    pub root: PathBuf,
+    /// The directory's path as the process sees it.
+    pub dir: String,
+}
+
+impl InRoot {
+    /// Where `name` in this directory is, inside the root; `None` if it does not exist there.
+    pub fn resolve(&self, name: &str) -> Option<PathBuf> {
+        resolve_in_root(&self.root, &format!("{}/{name}", self.dir.trim_end_matches('/')))
+    }
 }
 
 /// Resolves `path` (absolute, as the process sees it) inside `root` the way `openat2(RESOLVE_IN_ROOT)`
@@ -256,9 +286,9 @@ pub fn discover(proc_root: &Path, pid: u32) -> Vec<Candidate> {
     let pdir = proc_root.join(pid.to_string());
     let root = pdir.join("root");
     let mut out: Vec<Candidate> = Vec::new();
-    let in_root_dir = |shown: &str| -> Option<PathBuf> {
+    let in_root_dir = |shown: &str| -> Option<InRoot> {
         let parent = Path::new(shown.trim_end_matches(" (deleted)")).parent()?.to_string_lossy().into_owned();
-        resolve_in_root(&root, &parent)
+        Some(InRoot { root: root.clone(), dir: parent })
     };
     if let Ok(fds) = std::fs::read_dir(pdir.join("fd")) {
         for e in fds.flatten().take(65_536) {
@@ -330,7 +360,7 @@ impl Cache {
             .or_insert_with(|| {
                 let mut fp = fingerprint_file(&mut f, meta.len(), &c.shown)?;
                 if let Some(dir) = &c.dir_in_root {
-                    config::enrich_from_dir(&mut fp, dir);
+                    config::enrich_with(&mut fp, |name| dir.resolve(name), true);
                 }
                 Ok(fp)
             })
@@ -345,6 +375,38 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finding_9_config_files_beside_weights_resolve_inside_the_process_root() {
+        let t = tempfile::tempdir().expect("tmp");
+        let root = t.path().join("proc/77/root");
+        let model = root.join("models/m");
+        std::fs::create_dir_all(&model).expect("mkdir");
+        std::fs::create_dir_all(root.join("models/blobs")).expect("mkdir");
+        // Outside the tenant's root, a host file that looks like a config.
+        let host_file = t.path().join("host-secret.json");
+        std::fs::write(&host_file, br#"{"model_type": "host-secret"}"#).expect("write");
+        std::os::unix::fs::symlink(&host_file, model.join("config.json")).expect("absolute link out");
+        std::os::unix::fs::symlink("../../../../../host-secret.json", model.join("tokenizer_config.json"))
+            .expect("climbing link out");
+        // What the agent did before: the directory resolved in the root, the file joined to it and
+        // opened by the host's rules, so the tenant's absolute link read the host's file.
+        let mut leaked = Fingerprint::default();
+        config::enrich_from_dir(&mut leaked, &model);
+        assert_eq!(leaked.model_type.as_deref(), Some("host-secret"), "the naive join follows the link out");
+        let dir = InRoot { root: root.clone(), dir: "/models/m".into() };
+        assert_eq!(dir.resolve("config.json"), None, "the absolute link is read inside the root");
+        assert_eq!(dir.resolve("tokenizer_config.json"), None, "the climbing link stops at the root");
+        let mut fp = Fingerprint::default();
+        config::enrich_with(&mut fp, |n| dir.resolve(n), true);
+        assert_eq!(fp.model_type, None, "nothing of the host file: {fp:?}");
+        // The Hugging Face cache's own links (snapshot -> ../blobs) still work inside the root.
+        std::fs::remove_file(model.join("config.json")).expect("rm");
+        std::fs::write(root.join("models/blobs/cfg"), br#"{"model_type": "deepseek_v3"}"#).expect("write");
+        std::os::unix::fs::symlink("../blobs/cfg", model.join("config.json")).expect("link in");
+        config::enrich_with(&mut fp, |n| dir.resolve(n), true);
+        assert_eq!(fp.model_type.as_deref(), Some("deepseek_v3"));
+    }
 
     #[test]
     fn resolve_in_root_never_escapes() {

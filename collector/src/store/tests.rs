@@ -321,14 +321,27 @@ fn sign_and_commit(
     r: &pb::UsageReport,
     flags_for: impl FnOnce(&ChainPosition, &CommitContext) -> Vec<NewFlag>,
 ) -> (Result<Commit>, pb::SignedReport) {
+    sign_and_commit_as(s, k, host, r, &[], false, flags_for)
+}
+
+/// As [`sign_and_commit`], with each process's tenant and the policy's re-opening rule given.
+fn sign_and_commit_as(
+    s: &Store,
+    k: &Ed25519KeyPair,
+    host: &str,
+    r: &pb::UsageReport,
+    tenants: &[Option<String>],
+    reopen_decided: bool,
+    flags_for: impl FnOnce(&ChainPosition, &CommitContext) -> Vec<NewFlag>,
+) -> (Result<Commit>, pb::SignedReport) {
     let sr = gpuattest_proto::sign_report(k, prost::Message::encode_to_vec(r));
     let inc = IncomingReport {
         signed: &sr,
         decoded: r,
         received_at: (r.seq as i64 + 1) * 10_000,
         nonce_fresh: true,
-        process_tenants: &[],
-        reopen_decided: false,
+        process_tenants: tenants,
+        reopen_decided,
     };
     (s.commit_report(host, &inc, flags_for), sr)
 }
@@ -567,16 +580,7 @@ fn commit_for_tenants(
     reopen_decided: bool,
     flags_for: impl FnOnce(&ChainPosition, &CommitContext) -> Vec<NewFlag>,
 ) -> Commit {
-    let sr = gpuattest_proto::sign_report(k, prost::Message::encode_to_vec(r));
-    let inc = IncomingReport {
-        signed: &sr,
-        decoded: r,
-        received_at: (r.seq as i64 + 1) * 10_000,
-        nonce_fresh: true,
-        process_tenants: tenants,
-        reopen_decided,
-    };
-    s.commit_report(&r.host_id, &inc, flags_for).expect("commit")
+    sign_and_commit_as(s, k, &r.host_id, r, tenants, reopen_decided, flags_for).0.expect("commit")
 }
 
 fn model_flag(job: &str, developer: &str) -> NewFlag {

@@ -6,6 +6,14 @@ const $ = (id) => document.getElementById(id);
 let token = sessionStorage.getItem("gpuattest-token") || "";
 let allFlags = [];
 
+// A decision never hides later evidence: occurrences since it, and re-openings, are shown with it.
+function statusText(f) {
+  let t = f.status;
+  if (f.after_decision > 0) t += " (+" + f.after_decision + " since decision)";
+  if (f.reopened > 0) t += " (re-opened " + f.reopened + "x)";
+  return t;
+}
+
 async function api(path, opts = {}) {
   const res = await fetch(path, { ...opts, headers: { ...(opts.headers || {}), Authorization: "Bearer " + token, "Content-Type": "application/json" } });
   if (!res.ok) throw new Error(path + ": " + res.status + " " + (await res.text()));
@@ -55,7 +63,7 @@ function renderFlags() {
   body.replaceChildren();
   for (const f of shown) {
     const tr = document.createElement("tr");
-    cell(tr, f.id); cell(tr, f.severity, "sev-" + f.severity); cell(tr, f.rule); cell(tr, f.status);
+    cell(tr, f.id); cell(tr, f.severity, "sev-" + f.severity); cell(tr, f.rule); cell(tr, statusText(f));
     cell(tr, f.host_id); cell(tr, f.tenant); cell(tr, f.assignee); cell(tr, f.summary).className = "summary";
     const td = document.createElement("td");
     const open = el("a", "open", "open");
@@ -77,7 +85,7 @@ async function showFlag(id) {
   $("d-severity").textContent = f.severity;
   $("d-severity").className = "sev-" + f.severity;
   $("d-rule").textContent = f.rule;
-  $("d-status").textContent = f.status;
+  $("d-status").textContent = statusText(f);
   $("d-host").textContent = f.host_id;
   $("d-tenant").textContent = f.tenant == null ? "-" : f.tenant;
   $("d-job").textContent = f.job;
