@@ -338,6 +338,19 @@ mod tests {
     }
 
     #[test]
+    fn finding_11_spool_segments_are_the_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().expect("tmp");
+        let (mut s, _) = Spool::open(t.path(), 0, 1 << 30).expect("open");
+        s.append(1, vec![7; 10]).expect("append");
+        let dir = t.path().join("spool");
+        assert_eq!(fs::metadata(&dir).expect("dir").permissions().mode() & 0o777, 0o700);
+        for e in fs::read_dir(&dir).expect("list").flatten() {
+            assert_eq!(e.metadata().expect("meta").permissions().mode() & 0o777, 0o600, "{:?}", e.path());
+        }
+    }
+
+    #[test]
     fn holes_are_found() {
         let t = tempfile::tempdir().expect("tmp");
         let (mut s, _) = Spool::open(t.path(), 0, 1 << 30).expect("open");

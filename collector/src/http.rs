@@ -36,6 +36,8 @@ pub struct HttpState {
     pub public_budget: Arc<std::sync::Mutex<Budget>>,
     /// Exports running now (each holds the whole log's tree while it builds).
     pub exports: Arc<tokio::sync::Semaphore>,
+    /// Each token's export budget.
+    pub export_budgets: Arc<std::sync::Mutex<std::collections::HashMap<String, Budget>>>,
 }
 
 impl HttpState {
@@ -54,6 +56,7 @@ impl HttpState {
             log: Arc::default(),
             public_budget: Arc::new(std::sync::Mutex::new(Budget::new(PUBLIC_PER_SECOND, PUBLIC_BURST))),
             exports: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_EXPORTS)),
+            export_budgets: Arc::default(),
         }
     }
 }
@@ -64,6 +67,8 @@ pub const PUBLIC_PER_SECOND: f64 = 20.0;
 pub const PUBLIC_BURST: f64 = 40.0;
 /// Exports built at once; a further request waits (the client's own timeout bounds the wait).
 pub const MAX_CONCURRENT_EXPORTS: usize = 2;
+/// Exports one token may start in a burst; then one a minute (beyond: 429).
+pub const EXPORT_BURST_PER_TOKEN: f64 = 10.0;
 
 /// A token bucket.
 #[derive(Debug)]
@@ -404,6 +409,19 @@ async fn export(
     axum::extract::Query(q): axum::extract::Query<ExportQuery>,
 ) -> Result<Response, ApiError> {
     let p = authorize(&s, &headers, Action::Export).await?;
+    {
+        let mut budgets = s.export_budgets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if budgets.len() > 100_000 {
+            budgets.clear();
+        }
+        let b = budgets.entry(p.token_id.clone()).or_insert_with(|| Budget::new(1.0 / 60.0, EXPORT_BURST_PER_TOKEN));
+        if !b.try_take() {
+            return Err(error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "this token has started too many exports; one a minute after a burst of 10",
+            ));
+        }
+    }
     let tenant = match (&p.access, q.tenant) {
         (Access::Customer { tenant: own }, Some(t)) if t != *own => {
             return Err(error(StatusCode::FORBIDDEN, "a customer token exports its own tenant only"));

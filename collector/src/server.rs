@@ -6,7 +6,6 @@ use std::sync::{Arc, RwLock};
 use gpuattest_proto::pb::collector_server::CollectorServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
 use crate::http::{HttpState, router};
@@ -200,7 +199,8 @@ impl Collector {
         let mut builder = tonic::transport::Server::builder();
         if let Some(t) = tls {
             let mut cfg = tonic::transport::ServerTlsConfig::new()
-                .identity(tonic::transport::Identity::from_pem(&t.cert_pem, &t.key_pem));
+                .identity(tonic::transport::Identity::from_pem(&t.cert_pem, &t.key_pem))
+                .timeout(GRPC_HANDSHAKE_TIMEOUT);
             if let Some(ca) = &t.client_ca_pem {
                 cfg = cfg
                     .client_ca_root(tonic::transport::Certificate::from_pem(ca))
@@ -212,8 +212,11 @@ impl Collector {
         }
         let grpc_task = builder
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            // A peer that answers no keep-alive ping for this long is gone: its connection (and slot) freed.
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+            .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
             .add_service(svc)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+            .serve_with_incoming_shutdown(limited_incoming(grpc, MAX_GRPC_CONNECTIONS), async move {
                 let _ = s1.wait_for(|v| *v).await;
             });
         let data_dir = match (&self.data_dir, self.store.location()) {
@@ -232,6 +235,96 @@ impl Collector {
         g.map_err(|e| ServeError::Grpc { addr: grpc_addr, reason: e.to_string() })?;
         h.map_err(|e| ServeError::Http { addr: http_addr, reason: e.to_string() })
     }
+}
+
+/// gRPC connections held at once (one per agent, with room for reconnects); further agents wait in
+/// the listen queue and retry.
+pub const MAX_GRPC_CONNECTIONS: usize = 32_768;
+/// A TLS handshake on the gRPC listener must finish within this.
+pub const GRPC_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A TCP connection that holds one of the listener's slots until it is dropped.
+struct Limited {
+    io: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for Limited {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Limited {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Limited {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+/// The listener's connections, at most `max` open at once: the next is accepted only when a slot is
+/// free, so a flood of idle connections cannot take every descriptor the process has.
+fn limited_incoming(
+    listener: TcpListener,
+    max: usize,
+) -> impl futures_util::Stream<Item = std::io::Result<Limited>> + Send + 'static {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    futures_util::stream::unfold((listener, slots), |(listener, slots)| async move {
+        let slot = slots.clone().acquire_owned().await.ok()?;
+        loop {
+            match listener.accept().await {
+                Ok((io, _)) => {
+                    let _ = io.set_nodelay(true);
+                    return Some((Ok(Limited { io, _slot: slot }), (listener, slots)));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "gRPC accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
 }
 
 /// Resolves when `shutdown` turns true (or its sender is gone), holding no guard across the wait.

@@ -238,3 +238,44 @@ fn the_authorization_matrix_holds_for_every_route_role_and_tenant() {
     let (code, text) = http_request(&c.http, "GET", "/api/v1/export?tenant=acme&redact=false", customer, None);
     assert_eq!(code, 403, "{text}");
 }
+
+#[test]
+fn finding_7_a_half_sent_request_is_cut_off() {
+    use std::io::{Read, Write};
+    let t = tempfile::tempdir().expect("tmp");
+    let c = Collector::start(&t.path().join("data"));
+    let mut s = std::net::TcpStream::connect(&c.http).expect("connect");
+    s.write_all(b"GET /api/v1/log/head HTTP/1.1\r\nHost: x\r\n").expect("half a request");
+    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    // The server closes (0 bytes, or a 408 and then 0) once the header timeout passes.
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(20), "a half-sent request held its connection for {waited:?}");
+}
+
+#[test]
+fn findings_8_and_10_the_cli_refuses_in_one_line() {
+    let t = tempfile::tempdir().expect("tmp");
+    let data = t.path().join("data");
+    token(&data, "enroll", Some("acme"));
+    let one_line = |args: &[&str]| {
+        let (code, _, err) = gpuattest_tests::run(gpuattest_tests::collector_cmd(&data).args(args));
+        assert_eq!(code, 64, "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        err
+    };
+    let e = one_line(&["token", "create", "--role", "reviewer", "--tenant", "acme"]);
+    assert!(e.contains("--tenant"), "{e}");
+    let out = t.path().join("x.json");
+    let out = out.to_str().expect("utf-8");
+    let e = one_line(&["export", "--tenant", "acme", "--since", "2026-01-01T00:00:00.a\u{20ac}Z", "--out", out]);
+    assert!(e.contains("not a time"), "{e}");
+}
