@@ -135,7 +135,12 @@ pub fn run(flags: Flags, config: Option<&Path>, check_config: bool) -> Result {
         if let Some(k) = settings.kubelet.clone() {
             observer = observer.with_pods(Box::new(crate::kubelet::Kubelet::new(k).map_err(|e| fail(78, e))?));
         }
-        crate::run::run(settings.run, observer, rx).await.map_err(|e| fail(1, e))
+        crate::run::run(settings.run, observer, rx).await.map_err(|e| match e {
+            // A revoked host is a configuration state, not a crash: 78 stops systemd's restarts
+            // (RestartPreventExitStatus=78) and names the reason in Kubernetes' CrashLoop.
+            e @ crate::run::RunError::Revoked(_) => fail(78, e),
+            e => fail(1, e),
+        })
     })
 }
 

@@ -213,7 +213,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("gpuattest-agent: {}", e.message);
+            eprintln!("{}", gpuattest_agent::logging::fatal_line("gpuattest-agent", &e.message));
             ExitCode::from(e.code)
         }
     }

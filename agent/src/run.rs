@@ -55,6 +55,9 @@ pub enum RunError {
     /// Observation failed at start-up.
     #[error(transparent)]
     Gpu(#[from] crate::gpu::GpuError),
+    /// The collector revoked this host: the agent stops for good (its spool and state are kept).
+    #[error("{0}; the agent stops (exit 78) and keeps its spool; enroll a new identity to report again")]
+    Revoked(String),
 }
 
 /// The wall clock, Unix milliseconds.
@@ -229,7 +232,8 @@ pub async fn run(cfg: RunConfig, mut observer: Observer, mut shutdown: watch::Re
 
     // The sender has its own stop signal: on shutdown it first gets a moment to drain the spool.
     let (sender_stop_tx, sender_stop) = watch::channel(false);
-    let sender = tokio::spawn(send_loop(shared.clone(), cfg.clone(), host_id, sender_stop));
+    let mut sender = tokio::spawn(send_loop(shared.clone(), cfg.clone(), host_id, sender_stop));
+    let mut revoked: Option<String> = None;
     // Reports lost to a damaged spool are accounted for with signed gap records: loss is never silent.
     for (first, last) in holes {
         let obs = crate::observe::Observation {
@@ -254,6 +258,10 @@ pub async fn run(cfg: RunConfig, mut observer: Observer, mut shutdown: watch::Re
         tokio::select! {
             _ = ticker.tick() => {}
             _ = shutdown.changed() => break,
+            r = &mut sender => {
+                revoked = r.ok().flatten();
+                break;
+            }
         }
         let obs_handle = observer.clone();
         let now = now_ms();
@@ -281,12 +289,21 @@ pub async fn run(cfg: RunConfig, mut observer: Observer, mut shutdown: watch::Re
         }
         window_start = end;
     }
+    if let Some(why) = revoked {
+        // Nothing more is observed or signed; what is spooled stays on disk as evidence.
+        let chain = lock(&shared.chain).clone();
+        chain.save(&cfg.state_dir)?;
+        error!(last_seq = chain.last_seq, acked_seq = chain.acked_seq, "host revoked: {why}");
+        return Err(RunError::Revoked(why));
+    }
     let drain_until = tokio::time::Instant::now() + cfg.drain_timeout;
     while !lock(&shared.spool).pending().is_empty() && tokio::time::Instant::now() < drain_until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = sender_stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(2), sender).await;
+    if !sender.is_finished() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), sender).await;
+    }
     let chain = lock(&shared.chain).clone();
     chain.save(&cfg.state_dir)?;
     info!(last_seq = chain.last_seq, acked_seq = chain.acked_seq, "agent stopped");
@@ -358,13 +375,21 @@ impl Backoff {
     }
 }
 
-async fn send_loop(shared: Arc<Shared>, cfg: RunConfig, host_id: String, mut shutdown: watch::Receiver<bool>) {
+/// Streams the spool to the collectors until shutdown (`None`) or until one says the host is revoked
+/// (`Some(its sentence)`).
+async fn send_loop(
+    shared: Arc<Shared>,
+    cfg: RunConfig,
+    host_id: String,
+    mut shutdown: watch::Receiver<bool>,
+) -> Option<String> {
     let mut backoff = Backoff::new();
     let mut idx = 0usize;
     loop {
         let addr = cfg.collectors[idx % cfg.collectors.len()].clone();
         match session(&shared, &addr, &cfg.tls, &host_id, cfg.interval, cfg.window, &mut shutdown, &mut backoff).await {
-            Ok(()) => return,
+            Ok(()) => return None,
+            Err(e @ TransportError::Revoked { .. }) => return Some(e.to_string()),
             Err(e) => {
                 warn!(collector = %addr, error = %e, "stream ended; reconnecting");
                 idx += 1;
@@ -372,7 +397,7 @@ async fn send_loop(shared: Arc<Shared>, cfg: RunConfig, host_id: String, mut shu
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff.next_delay()) => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => return None,
         }
     }
 }
@@ -434,7 +459,7 @@ async fn session(
                         shared.ack(a.seq).map_err(|e| proto_err(e.to_string()))?;
                     }
                     Some(pb::collector_message::Msg::Rejection(r)) => {
-                        error!(seq = r.seq, code = r.code, message = %r.message, "collector rejected a report; it is dropped from the spool");
+                        error!(seq = r.seq, code = r.code, reason = %r.message, "collector rejected a report; it is dropped from the spool");
                         lock(&shared.spool).discard(r.seq);
                     }
                     None => return Err(proto_err("empty message".into())),

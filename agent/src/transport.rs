@@ -42,13 +42,21 @@ pub enum TransportError {
         /// What it did.
         reason: String,
     },
+    /// The collector says this host is revoked: reporting is over for this identity.
+    #[error("collector {addr}: {message}")]
+    Revoked {
+        /// The address.
+        addr: String,
+        /// The collector's sentence (with the reason).
+        message: String,
+    },
 }
 
 impl TransportError {
     /// Whether retrying later (or another collector) can help.
     pub fn is_retryable(&self) -> bool {
         match self {
-            TransportError::Address { .. } => false,
+            TransportError::Address { .. } | TransportError::Revoked { .. } => false,
             TransportError::Refused { code, .. } => !matches!(
                 code,
                 tonic::Code::PermissionDenied | tonic::Code::Unauthenticated | tonic::Code::InvalidArgument
@@ -169,6 +177,9 @@ pub async fn connect(addr: &str, tls: &Tls) -> Result<CollectorClient<Channel>, 
 
 /// Converts a gRPC status into a [`TransportError`].
 pub fn refused(addr: &str, s: &tonic::Status) -> TransportError {
+    if s.metadata().get(gpuattest_proto::REVOKED_METADATA).is_some() {
+        return TransportError::Revoked { addr: addr.to_string(), message: s.message().to_string() };
+    }
     TransportError::Refused { addr: addr.to_string(), status: s.message().to_string(), code: s.code() }
 }
 

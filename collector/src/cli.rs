@@ -313,7 +313,13 @@ pub fn serve(flags: crate::config::ServeFlags, config_file: Option<&Path>, check
             .await
             .map_err(|e| runtime(format!("cannot listen on {http_listen} (HTTP): {e}")))?;
         let addr = |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        println!("listening grpc={} http={}", addr(&grpc), addr(&http));
+        // The contract's start-up line on stdout (tests and scripts read the ports from it); in JSON
+        // mode it is a JSON object like every other line.
+        if crate::logging::json_mode() {
+            println!("{}", serde_json::json!({"level": "INFO", "fields": {"message": "listening", "grpc": addr(&grpc), "http": addr(&http)}, "target": "gpuattest_collector"}));
+        } else {
+            println!("listening grpc={} http={}", addr(&grpc), addr(&http));
+        }
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             crate::logging::shutdown_signal().await;
@@ -322,6 +328,7 @@ pub fn serve(flags: crate::config::ServeFlags, config_file: Option<&Path>, check
         Collector::new(store, policy)
             .with_policy_source(source)
             .with_data_dir(s.data.clone())
+            .with_shutdown_grace(s.shutdown_grace)
             .serve(grpc, http, tls.as_ref(), rx)
             .await
             .map_err(runtime)

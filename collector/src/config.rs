@@ -33,6 +33,8 @@ pub struct FileConfig {
     pub database: Option<String>,
     /// TLS for the gRPC listener.
     pub tls: Option<TlsConfig>,
+    /// On SIGTERM, how long streams and requests get to finish (`10s`).
+    pub shutdown_grace: Option<String>,
 }
 
 /// The `[tls]` table.
@@ -121,6 +123,8 @@ pub struct ServeFlags {
     pub client_ca: Option<PathBuf>,
     /// `--require-client-cert`.
     pub require_client_cert: bool,
+    /// `--shutdown-grace`.
+    pub shutdown_grace: Option<String>,
 }
 
 /// `serve`'s settings after merging flags over the file.
@@ -138,6 +142,8 @@ pub struct ServeSettings {
     pub database: Option<String>,
     /// TLS material.
     pub tls: TlsConfig,
+    /// On SIGTERM, how long streams and requests get to finish.
+    pub shutdown_grace: std::time::Duration,
 }
 
 impl ServeSettings {
@@ -159,6 +165,16 @@ impl ServeSettings {
                 key: flags.tls_key.or(ftls.key),
                 client_ca: flags.client_ca.or(ftls.client_ca),
                 require_client_cert: flags.require_client_cert || ftls.require_client_cert,
+            },
+            shutdown_grace: match flags.shutdown_grace.or(file.shutdown_grace) {
+                None => crate::server::DEFAULT_SHUTDOWN_GRACE,
+                Some(g) => gpuattest_proto::units::parse_duration(&g)
+                    .ok()
+                    .filter(|d| *d <= std::time::Duration::from_secs(3600))
+                    .ok_or_else(|| ConfigError {
+                        path: "command line or config".into(),
+                        reason: format!("shutdown grace `{}`: write a duration up to 1h, like 10s", g.escape_debug()),
+                    })?,
             },
         };
         for (flag, a) in [("--grpc-listen", &s.grpc_listen), ("--http-listen", &s.http_listen)] {

@@ -124,6 +124,7 @@ pub const ROUTES: &[RouteSpec] = &[
     RouteSpec { method: "GET", path: "/ui.js", action: None },
     RouteSpec { method: "GET", path: "/ui.css", action: None },
     RouteSpec { method: "GET", path: "/healthz", action: None },
+    RouteSpec { method: "GET", path: "/readyz", action: None },
     RouteSpec { method: "GET", path: "/metrics", action: None },
     RouteSpec { method: "GET", path: "/api/v1/log/head", action: None },
     RouteSpec { method: "GET", path: "/api/v1/flags", action: Some(Action::ListFlags) },
@@ -502,6 +503,25 @@ fn public_budget_ok(s: &HttpState) -> Result<(), ApiError> {
     }
 }
 
+/// `GET /readyz`: 200 when the store answers (the database, for a shared store) and a policy is in
+/// force; 503 with the reason otherwise. Liveness (`/healthz`) stays a constant: a slow database must
+/// take a replica out of the Service, not restart it.
+async fn readyz(State(s): State<HttpState>) -> Response {
+    let store = s.store.clone();
+    let ping =
+        tokio::time::timeout(std::time::Duration::from_secs(2), tokio::task::spawn_blocking(move || store.ping()))
+            .await;
+    let policy = s.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner).digest().to_string();
+    let (code, problem) = match ping {
+        Ok(Ok(Ok(()))) => (StatusCode::OK, None),
+        Ok(Ok(Err(e))) => (StatusCode::SERVICE_UNAVAILABLE, Some(e.to_string())),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, Some(e.to_string())),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Some("the store did not answer within 2 s".to_string())),
+    };
+    let body = json!({"ready": problem.is_none(), "store": s.store.location().to_string(), "policy": policy, "problem": problem});
+    (code, Json(body)).into_response()
+}
+
 async fn metrics(State(s): State<HttpState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
 }
@@ -524,6 +544,7 @@ fn handler(spec: &RouteSpec) -> axum::routing::MethodRouter<HttpState> {
         ("GET", "/ui.js") => get(|| async { asset("text/javascript; charset=utf-8", include_str!("ui/ui.js")) }),
         ("GET", "/ui.css") => get(|| async { asset("text/css; charset=utf-8", include_str!("ui/ui.css")) }),
         ("GET", "/healthz") => get(|| async { "ok\n" }),
+        ("GET", "/readyz") => get(readyz),
         ("GET", "/metrics") => get(metrics),
         ("GET", "/api/v1/log/head") => get(log_head),
         ("GET", "/api/v1/flags") => get(list_flags),

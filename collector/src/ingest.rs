@@ -32,6 +32,40 @@ pub struct Ingest {
     /// (one per core): under thousands of streams the CPU work queues here instead of spreading over
     /// hundreds of threads, and waiting for a commit holds no thread at all.
     cpu: Arc<tokio::sync::Semaphore>,
+    /// Hosts revoked while their streams are open: (host id, reason), from [`Ingest::watch_revocations`].
+    revocations: tokio::sync::broadcast::Sender<(String, String)>,
+    /// The collector's shutdown: every stream is closed with "reconnect elsewhere" when it turns true.
+    shutdown: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+/// How often the collector looks for hosts revoked since its last look (a revocation may come from
+/// the CLI or another replica, so it is read from the store).
+pub const REVOCATION_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The status that closes or refuses a revoked host's stream, marked so the agent stops for good.
+fn revoked_status(host_id: &str, reason: &str) -> Status {
+    let mut s = Status::permission_denied(format!(
+        "host {host_id} is revoked ({}); its stored evidence is kept; enroll a new identity to report again",
+        if reason.is_empty() { "no reason given" } else { reason }
+    ));
+    let value: String = reason.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(256).collect();
+    let value = if value.trim().is_empty() { "revoked".to_string() } else { value };
+    if let Ok(v) = tonic::metadata::MetadataValue::try_from(value.as_str()) {
+        s.metadata_mut().insert(gpuattest_proto::REVOKED_METADATA, v);
+    }
+    s
+}
+
+/// Resolves when `shutdown` turns true (never without one), holding no guard across the wait.
+async fn stopping(shutdown: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    match shutdown {
+        Some(rx) => {
+            if rx.wait_for(|v| *v).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// A verified report ready for its group commit, with what its answer needs.
@@ -102,7 +136,57 @@ impl Ingest {
     pub fn new(store: Arc<Store>, policy: Arc<RwLock<Policy>>, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         let committer = crate::store::GroupCommitter::start(store.clone())?;
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        Ok(Ingest { store, policy, metrics, committer, cpu: Arc::new(tokio::sync::Semaphore::new(cores)) })
+        let (revocations, _) = tokio::sync::broadcast::channel(1024);
+        Ok(Ingest {
+            store,
+            policy,
+            metrics,
+            committer,
+            cpu: Arc::new(tokio::sync::Semaphore::new(cores)),
+            revocations,
+            shutdown: None,
+        })
+    }
+
+    /// Closes every stream (telling agents to reconnect elsewhere) when `shutdown` turns true; the
+    /// report in hand is committed and answered first.
+    #[must_use]
+    pub fn with_shutdown(mut self, shutdown: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.shutdown = Some(shutdown);
+        self
+    }
+
+    /// Looks for revoked hosts every [`REVOCATION_POLL`] until shutdown, and closes their open streams.
+    pub async fn watch_revocations(self) {
+        let mut shutdown = self.shutdown.clone();
+        let mut since = crate::now_ms();
+        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(REVOCATION_POLL) => {}
+                () = stopping(&mut shutdown) => return,
+            }
+            let store = self.store.clone();
+            // A revoking clock a little behind ours is still seen; `seen` keeps each one announced once.
+            let from = since - 60_000;
+            since = crate::now_ms();
+            match tokio::task::spawn_blocking(move || store.revoked_since(from)).await {
+                Ok(Ok(hosts)) => {
+                    if seen.len() > 100_000 {
+                        seen.clear();
+                    }
+                    for (host, reason) in hosts {
+                        if seen.insert(host.clone()) {
+                            let _ = self.revocations.send((host, reason));
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot read revocations; streams of revoked hosts close at their next report")
+                }
+                Err(e) => warn!(error = %e, "revocation check failed"),
+            }
+        }
     }
 
     /// The CPU part of ingest: verifies the signature, decodes, checks identity and sequence, and runs
@@ -348,7 +432,7 @@ impl Collector for Ingest {
                 ))
             })?;
         if host.revoked_at.is_some() {
-            return Err(Status::permission_denied(format!("host {} is revoked", host.host_id)));
+            return Err(revoked_status(&host.host_id, host.revoked_reason.as_deref().unwrap_or_default()));
         }
         if hello.key_id != host.key_id {
             warn!(host_id = %host.host_id, "stream with a key other than the enrolled one refused");
@@ -370,6 +454,8 @@ impl Collector for Ingest {
         info!(host_id = %host.host_id, stored_seq = host.last_seq, "stream open");
         self.metrics.stream(true);
         let this = self.clone();
+        let mut revoked = self.revocations.subscribe();
+        let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let host = Arc::new(host);
             let nonce = Arc::new(nonce);
@@ -378,7 +464,35 @@ impl Collector for Ingest {
                 // Per-host rate limit: a host over its rate is simply read more slowly, so HTTP/2 flow
                 // control pushes back on the agent; nothing is refused or lost.
                 bucket.take().await;
-                let msg = match inbound.message().await {
+                let next = tokio::select! {
+                    m = inbound.message() => m,
+                    r = revoked.recv() => {
+                        let reason = match r {
+                            Ok((id, reason)) if id == host.host_id => Some(reason),
+                            Ok(_) => None,
+                            // Missed some: ask the store about this host.
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                                let (store, id) = (this.store.clone(), host.host_id.clone());
+                                match tokio::task::spawn_blocking(move || store.host(&id)).await {
+                                    Ok(Ok(Some(h))) if h.revoked_at.is_some() => Some(h.revoked_reason.unwrap_or_default()),
+                                    _ => None,
+                                }
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+                        };
+                        if let Some(reason) = reason {
+                            info!(host_id = %host.host_id, "host revoked; closing its stream");
+                            let _ = tx.send(Err(revoked_status(&host.host_id, &reason))).await;
+                            break;
+                        }
+                        continue;
+                    }
+                    () = stopping(&mut shutdown) => {
+                        let _ = tx.send(Err(Status::unavailable("the collector is shutting down; reconnect (to another replica where there is one) and resend what is unacknowledged"))).await;
+                        break;
+                    }
+                };
+                let msg = match next {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
                     // tonic reports a protobuf decode failure as INTERNAL; anything else is the
@@ -413,6 +527,14 @@ impl Collector for Ingest {
                 };
                 let reply = match this.ingest(&host, signed, &nonce).await {
                     Ok(Ok(seq)) => pb::collector_message::Msg::Ack(pb::Ack { seq }),
+                    Ok(Err(r)) if r.kind == Reject::HostGone => {
+                        this.metrics.rejected(r.kind);
+                        let reason = this.store.host(&host.host_id).ok().flatten().and_then(|h| h.revoked_reason);
+                        info!(host_id = %host.host_id, "report from a revoked host; closing its stream");
+                        let _ =
+                            tx.send(Err(revoked_status(&host.host_id, reason.as_deref().unwrap_or_default()))).await;
+                        break;
+                    }
                     Ok(Err(r)) => {
                         this.metrics.rejected(r.kind);
                         warn!(host_id = %host.host_id, seq = r.seq, code = ?r.code, reason = %r.message, "report rejected");

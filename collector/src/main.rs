@@ -51,6 +51,9 @@ enum Cmd {
         /// Refuse agents without a client certificate signed by --client-ca.
         #[arg(long)]
         require_client_cert: bool,
+        /// On SIGTERM: how long streams and requests get to finish before the collector exits [default: 10s].
+        #[arg(long)]
+        shutdown_grace: Option<String>,
     },
     /// The whole system on one machine with simulated GPUs.
     Demo {
@@ -349,6 +352,7 @@ fn main() -> ExitCode {
             tls_key,
             client_ca,
             require_client_cert,
+            shutdown_grace,
         } => {
             let flags = gpuattest_collector::config::ServeFlags {
                 data: data_flag,
@@ -360,6 +364,7 @@ fn main() -> ExitCode {
                 tls_key,
                 client_ca,
                 require_client_cert,
+                shutdown_grace,
             };
             cli::serve(flags, config.as_deref(), check_config)
         }
@@ -404,7 +409,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("gpuattest-collector: {}", e.message);
+            eprintln!("{}", gpuattest_collector::logging::fatal_line("gpuattest-collector", &e.message));
             ExitCode::from(e.code)
         }
     }

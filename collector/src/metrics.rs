@@ -99,7 +99,12 @@ impl Metrics {
         if ok { &self.enrollments } else { &self.enroll_refused }.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A stream opened (`true`) or closed.
+    /// Streams open now.
+    pub fn streams_active(&self) -> u64 {
+        self.streams_active.load(Ordering::Relaxed)
+    }
+
+    /// Counts a stream opening (`true`) or closing.
     pub fn stream(&self, open: bool) {
         if open {
             self.streams_active.fetch_add(1, Ordering::Relaxed);

@@ -27,7 +27,12 @@ pub struct Collector {
     pub policy_source: Option<crate::policy::PolicySource>,
     /// `--data`: the export key lives there (beside the embedded store, or alone with a shared one).
     pub data_dir: Option<std::path::PathBuf>,
+    /// On shutdown, how long streams and HTTP requests get to finish before serving stops anyway.
+    pub shutdown_grace: std::time::Duration,
 }
+
+/// The default of [`Collector::shutdown_grace`]: inside Kubernetes' default 30 s and systemd's 90 s.
+pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// TLS for the gRPC listener.
 #[derive(Clone)]
@@ -98,7 +103,15 @@ impl Collector {
             metrics: Arc::new(Metrics::default()),
             policy_source: None,
             data_dir: None,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
+    }
+
+    /// Sets [`Collector::shutdown_grace`].
+    #[must_use]
+    pub fn with_shutdown_grace(mut self, grace: std::time::Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
     }
 
     /// Sets the data directory (export key); by default the embedded store's directory.
@@ -188,9 +201,13 @@ impl Collector {
         let grpc_addr = grpc.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let http_addr = http.local_addr().map(|a| a.to_string()).unwrap_or_default();
         info!(grpc = %grpc_addr, http = %http_addr, store = %self.store.location(), "collector serving");
-        let ingest = Ingest::new(self.store.clone(), self.policy.clone(), self.metrics.clone()).map_err(|e| {
-            ServeError::Grpc { addr: grpc_addr.clone(), reason: format!("cannot start the commit thread: {e}") }
-        })?;
+        let ingest = Ingest::new(self.store.clone(), self.policy.clone(), self.metrics.clone())
+            .map_err(|e| ServeError::Grpc {
+                addr: grpc_addr.clone(),
+                reason: format!("cannot start the commit thread: {e}"),
+            })?
+            .with_shutdown(shutdown.clone());
+        let revocations = tokio::spawn(ingest.clone().watch_revocations());
         let svc = CollectorServer::new(ingest)
             .max_decoding_message_size(gpuattest_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(gpuattest_proto::MAX_MESSAGE_BYTES);
@@ -229,9 +246,23 @@ impl Collector {
         let app =
             router(HttpState::new(self.store.clone(), self.metrics.clone(), Arc::new(export_key), self.policy.clone()));
         let http_task = serve_http(http, app, shutdown.clone());
+        let shutdown_for_monitor_grace = shutdown_for_monitor.clone();
         let monitor = self.clone().watch_silence(shutdown_for_monitor.clone());
         let reload = self.clone().watch_policy(shutdown_for_monitor);
-        let (g, h, (), ()) = tokio::join!(grpc_task, http_task, monitor, reload);
+        let all = async { tokio::join!(grpc_task, http_task, monitor, reload) };
+        tokio::pin!(all);
+        let mut stop = shutdown_for_monitor_grace;
+        let grace = self.shutdown_grace;
+        let (g, h, (), ()) = tokio::select! {
+            r = &mut all => r,
+            () = async { stopped(&mut stop).await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(grace_s = grace.as_secs_f64(), streams = self.metrics.streams_active(), "shutdown grace passed with connections still open; stopping anyway (unacknowledged reports are resent by their agents)");
+                revocations.abort();
+                return Ok(());
+            }
+        };
+        revocations.abort();
+        info!("collector stopped");
         g.map_err(|e| ServeError::Grpc { addr: grpc_addr, reason: e.to_string() })?;
         h.map_err(|e| ServeError::Http { addr: http_addr, reason: e.to_string() })
     }

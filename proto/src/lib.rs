@@ -25,6 +25,11 @@ pub use signing::{
     verify_rotation,
 };
 
+/// gRPC metadata the collector sets on the status that closes (or refuses) a stream because the host is
+/// revoked: the agent then stops for good (exit 78) instead of reconnecting forever. Its value is the
+/// revocation's reason.
+pub const REVOKED_METADATA: &str = "x-gpuattest-host-revoked";
+
 /// Largest encoded message either side accepts on the wire, in bytes. A report for a host with many
 /// GPUs, processes and model fingerprints is tens of kilobytes; anything near this bound is hostile.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;

@@ -15,6 +15,7 @@ mod jobs;
 mod kubelet;
 mod models;
 mod nvml;
+mod operations;
 mod policy;
 mod replicas;
 mod review;

@@ -174,7 +174,15 @@ impl Collector {
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("read listen line");
+        // `listening grpc=ADDR http=ADDR`, or its JSON form under GPUATTEST_LOG_FORMAT=json.
+        let json: Option<Value> = serde_json::from_str(&line).ok();
         let grab = |key: &str| {
+            if let Some(v) = &json {
+                return v["fields"][key.trim_end_matches('=')]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("collector printed {line:?}, expected fields.{key}"))
+                    .to_string();
+            }
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(key))
                 .unwrap_or_else(|| panic!("collector printed {line:?}, expected {key}ADDR"))

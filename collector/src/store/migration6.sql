@@ -8,3 +8,6 @@ ALTER TABLE flags ADD COLUMN kind TEXT NOT NULL DEFAULT '';
 ALTER TABLE flags ADD COLUMN after_decision INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE flags ADD COLUMN reopened INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE flags ADD COLUMN reopened_at INTEGER;
+
+-- The collector looks for hosts revoked since its last look every few seconds, to close their streams.
+CREATE INDEX hosts_revoked_at ON hosts (revoked_at) WHERE revoked_at IS NOT NULL;

@@ -174,6 +174,8 @@ pub struct HostRow {
     pub last_seq: u64,
     /// Revoked at (Unix ms).
     pub revoked_at: Option<i64>,
+    /// Why it was revoked.
+    pub revoked_reason: Option<String>,
 }
 
 /// What `hosts list` shows.
@@ -884,6 +886,7 @@ impl Store {
             key_id: key_id.to_vec(),
             last_seq: 0,
             revoked_at: None,
+            revoked_reason: None,
         })
     }
 
@@ -894,7 +897,7 @@ impl Store {
     pub fn host(&self, host_id: &str) -> Result<Option<HostRow>> {
         self.reader()
             .row(
-                "SELECT host_id, hostname, tenant, public_key, key_id, last_seq, revoked_at FROM hosts WHERE host_id = ?1",
+                "SELECT host_id, hostname, tenant, public_key, key_id, last_seq, revoked_at, revoked_reason FROM hosts WHERE host_id = ?1",
                 params![host_id],
                 |r| {
                     Ok(HostRow {
@@ -905,6 +908,7 @@ impl Store {
                         key_id: r.get(4)?,
                         last_seq: r.u64(5)?,
                         revoked_at: r.get(6)?,
+                        revoked_reason: r.get(7)?,
                     })
                 },
             )
@@ -1183,6 +1187,31 @@ impl Store {
         }
         tx.commit().map_err(sql("commit revocation"))?;
         Ok(n == 1)
+    }
+
+    /// Checks that the store answers a query (readiness): the embedded file, or the shared database.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn ping(&self) -> Result<()> {
+        self.reader()
+            .row("SELECT COUNT(*) FROM schema_migrations", params![], |r| r.get::<i64>(0))
+            .map_err(sql("ping"))?;
+        Ok(())
+    }
+
+    /// Hosts revoked at or after `since` (Unix ms, the revoking clock): (host id, reason).
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn revoked_since(&self, since: i64) -> Result<Vec<(String, String)>> {
+        self.reader()
+            .rows(
+                "SELECT host_id, COALESCE(revoked_reason, '') FROM hosts WHERE revoked_at >= ?1",
+                params![since],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(sql("read revocations"))
     }
 
     /// Hosts (not revoked, with a known interval) whose last report is older than `intervals` times

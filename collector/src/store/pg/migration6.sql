@@ -5,3 +5,5 @@ ALTER TABLE flags ADD COLUMN kind TEXT NOT NULL DEFAULT '';
 ALTER TABLE flags ADD COLUMN after_decision BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE flags ADD COLUMN reopened BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE flags ADD COLUMN reopened_at BIGINT;
+
+CREATE INDEX hosts_revoked_at ON hosts (revoked_at) WHERE revoked_at IS NOT NULL;

@@ -1,0 +1,118 @@
+//! Operator readiness (issue 21), on real processes: SIGTERM with agents connected ends in a clean
+//! exit within the grace and loses no acknowledged report; JSON logs are one object per line and text
+//! logs carry no colour codes off a terminal; a revoked agent stops with exit 78 and keeps its spool.
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use gpuattest_tests::{Collector, collector_cmd, collector_json, host, http_get, run, token, wait_for};
+use serde_json::Value;
+
+use crate::streaming::{node, reports, start_agent};
+
+fn sigterm(child: &Child) {
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+}
+
+/// Waits up to `limit` for `child` to exit: its exit code and how long it took.
+fn exit_within(child: &mut Child, limit: Duration) -> (Option<i32>, Duration) {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let Ok(Some(status)) = child.try_wait() {
+            return (status.code(), started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (None, started.elapsed())
+}
+
+#[test]
+fn sigterm_with_20_connected_agents_exits_0_within_the_grace_and_loses_no_acknowledged_report() {
+    let t = tempfile::tempdir().expect("tmp");
+    let data = t.path().join("data");
+    let mut c = Collector::start_with(&data, "127.0.0.1:0", &["--shutdown-grace", "10s"]);
+    let names: Vec<&'static str> = (0..20).map(|i| &*Box::leak(format!("drain-{i:02}").into_boxed_str())).collect();
+    let nodes: Vec<_> = names.iter().map(|n| node(t.path(), n, &[])).collect();
+    let mut agents: Vec<_> =
+        nodes.iter().map(|n| start_agent(&c.url(), n, &token(&data, "enroll", Some("acme")), "500ms", &[])).collect();
+    wait_for("2 reports from each of 20 agents", Duration::from_secs(120), || {
+        names.iter().all(|n| reports(&data, n) >= 2).then_some(())
+    });
+    let (_, streams) = http_get(&c.http, "/metrics", None);
+    assert!(streams.contains("gpuattest_streams_active 20"), "{streams}");
+    sigterm(&c.child);
+    let (code, took) = exit_within(&mut c.child, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "the collector exits 0 on SIGTERM (after {took:?})");
+    assert!(took < Duration::from_secs(12), "within the 10 s grace: {took:?}");
+    // Every report an agent holds as acknowledged is in the store, and every stored report verifies.
+    for (a, n) in agents.iter_mut().zip(&names) {
+        a.kill9();
+        let st = a.status();
+        let h = host(&data, n).expect("host listed");
+        assert!(st["acked_seq"].as_u64() <= h["last_seq"].as_u64(), "{n}: agent {st} vs stored {h}");
+    }
+    let v = collector_json(&data, &["reports", "verify", "--json"]);
+    assert_eq!(v["checked"], v["valid"], "{v}");
+}
+
+#[test]
+fn logs_are_one_json_object_per_line_and_text_logs_have_no_colour_off_a_terminal() {
+    let t = tempfile::tempdir().expect("tmp");
+    let data = t.path().join("data");
+    token(&data, "enroll", Some("acme"));
+    let log = t.path().join("collector.log");
+    let mut child = collector_cmd(&data)
+        .args(["serve", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .env("GPUATTEST_LOG_FORMAT", "json")
+        .env("GPUATTEST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("collector");
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut first)
+        .expect("listening line");
+    let listening: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{first:?}: {e}"));
+    let http = listening["fields"]["http"].as_str().expect("http address").to_string();
+    assert_eq!(http_get(&http, "/readyz", None).0, 200);
+    sigterm(&child);
+    assert_eq!(exit_within(&mut child, Duration::from_secs(20)).0, Some(0));
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.lines().count() >= 2, "{text}");
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"]["message"].is_string(), "{line}");
+    }
+    // A fatal error in JSON mode is JSON too; in text mode, one plain line without escape codes.
+    let (code, _, err) = run(collector_cmd(&data)
+        .args(["serve", "--grpc-listen", "not-an-address"])
+        .env("GPUATTEST_LOG_FORMAT", "json"));
+    assert_ne!(code, 0);
+    let v: Value = serde_json::from_str(err.trim()).unwrap_or_else(|e| panic!("fatal line not JSON ({e}): {err}"));
+    assert_eq!(v["level"], "ERROR", "{err}");
+    let (_, _, err) =
+        run(collector_cmd(&data).args(["serve", "--grpc-listen", "not-an-address"]).env("GPUATTEST_LOG", "info"));
+    assert!(!err.contains('\u{1b}'), "escape codes off a terminal: {err:?}");
+}
+
+#[test]
+fn a_revoked_agent_stops_with_exit_78_and_keeps_its_spool() {
+    let t = tempfile::tempdir().expect("tmp");
+    let data = t.path().join("data");
+    let c = Collector::start(&data);
+    let n = node(t.path(), "diverted-node", &[]);
+    let mut a = start_agent(&c.url(), &n, &token(&data, "enroll", Some("acme")), "200ms", &[]);
+    wait_for("3 reports", Duration::from_secs(30), || (reports(&data, "diverted-node") >= 3).then_some(()));
+    let h = host(&data, "diverted-node").expect("host");
+    let host_id = h["host_id"].as_str().expect("id").to_string();
+    let (code, _, err) = run(collector_cmd(&data).args(["hosts", "revoke", &host_id, "--reason", "diverted"]));
+    assert_eq!(code, 0, "{err}");
+    let (exit, took) = exit_within(&mut a.child, Duration::from_secs(20));
+    assert_eq!(exit, Some(78), "the agent stops for good (after {took:?})");
+    let st = a.status();
+    assert_eq!(st["host_id"], host_id.as_str(), "state kept: {st}");
+    assert!(n.state.join("spool").is_dir(), "the spool is kept");
+    let (_, m) = http_get(&c.http, "/metrics", None);
+    assert!(m.contains("gpuattest_streams_active 0"), "the revoked host's stream is closed: {m}");
+}
