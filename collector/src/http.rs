@@ -38,7 +38,13 @@ pub struct HttpState {
     pub exports: Arc<tokio::sync::Semaphore>,
     /// Each token's export budget.
     pub export_budgets: Arc<std::sync::Mutex<std::collections::HashMap<String, Budget>>>,
+    /// The fleet's gauges as last read from the store, and when.
+    pub fleet: Arc<tokio::sync::Mutex<Option<(std::time::Instant, String)>>>,
 }
+
+/// How long the fleet's gauges on `/metrics` are reused: scrapes (public) cost at most one store
+/// read per this period.
+pub const FLEET_GAUGES_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl HttpState {
     /// The state over a store, metrics, export key and policy.
@@ -57,6 +63,7 @@ impl HttpState {
             public_budget: Arc::new(std::sync::Mutex::new(Budget::new(PUBLIC_PER_SECOND, PUBLIC_BURST))),
             exports: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_EXPORTS)),
             export_budgets: Arc::default(),
+            fleet: Arc::default(),
         }
     }
 }
@@ -522,8 +529,31 @@ async fn readyz(State(s): State<HttpState>) -> Response {
     (code, Json(body)).into_response()
 }
 
+/// `GET /metrics`: the collector's counters, the process's, and the fleet's gauges from the store
+/// (read at most once per [`FLEET_GAUGES_TTL`]; a store failure leaves them out and is logged).
 async fn metrics(State(s): State<HttpState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+    let mut text = s.metrics.render();
+    let mut cached = s.fleet.lock().await;
+    let fresh = cached.as_ref().is_some_and(|(at, _)| at.elapsed() < FLEET_GAUGES_TTL);
+    if !fresh {
+        let store = s.store.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>(crate::metrics::FleetGauges {
+                flags_open: store.open_flag_counts()?,
+                hosts: store.host_gauges()?,
+            })
+        })
+        .await;
+        match read {
+            Ok(Ok(g)) => *cached = Some((std::time::Instant::now(), g.render())),
+            Ok(Err(e)) => tracing::warn!(error = %e, "fleet gauges not read for /metrics"),
+            Err(e) => tracing::warn!(error = %e, "fleet gauges task failed"),
+        }
+    }
+    if let Some((_, fleet)) = cached.as_ref() {
+        text.push_str(fleet);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

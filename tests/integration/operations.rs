@@ -116,3 +116,49 @@ fn a_revoked_agent_stops_with_exit_78_and_keeps_its_spool() {
     let (_, m) = http_get(&c.http, "/metrics", None);
     assert!(m.contains("gpuattest_streams_active 0"), "the revoked host's stream is closed: {m}");
 }
+
+#[test]
+fn metrics_name_the_fleet_and_pass_the_linters() {
+    let t = tempfile::tempdir().expect("tmp");
+    let data = t.path().join("data");
+    let c = Collector::start(&data);
+    let n = node(t.path(), "metered-node", &[]);
+    let mut a = start_agent(&c.url(), &n, &token(&data, "enroll", Some("acme")), "200ms", &[]);
+    wait_for("3 reports", Duration::from_secs(30), || (reports(&data, "metered-node") >= 3).then_some(()));
+    a.kill9();
+    let (code, text) = http_get(&c.http, "/metrics", None);
+    assert_eq!(code, 200);
+    gpuattest_collector::metrics::lint(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    for family in [
+        "gpuattest_build_info{version=",
+        "gpuattest_streams_active ",
+        "# TYPE gpuattest_flags_open gauge",
+        "gpuattest_host_last_report_timestamp_seconds{host_id=\"metered-node-",
+        "gpuattest_host_sequence_gaps{host_id=\"metered-node-",
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+    ] {
+        assert!(text.contains(family), "{family} missing from /metrics:\n{text}");
+    }
+    assert!(text.contains("tenant=\"acme\""), "{text}");
+    // Prometheus's own linter, where it is installed (CI installs it: Debian's prometheus package).
+    let promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    match promtool {
+        Ok(mut child) => {
+            std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), text.as_bytes()).expect("write");
+            let out = child.wait_with_output().expect("promtool");
+            let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}");
+        }
+        Err(e) => {
+            assert!(std::env::var_os("GPUATTEST_REQUIRE_PROMTOOL").is_none(), "promtool is required here: {e}");
+            eprintln!("promtool not installed ({e}); /metrics checked by the built-in linter only");
+        }
+    }
+}

@@ -1189,6 +1189,47 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Open flags counted by (severity, rule), for `/metrics`.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn open_flag_counts(&self) -> Result<Vec<(String, String, u64)>> {
+        self.reader()
+            .rows(
+                "SELECT severity, rule, COUNT(*) FROM flags WHERE status = 'open' GROUP BY severity, rule ORDER BY severity, rule",
+                params![],
+                |r| Ok((r.get(0)?, r.get(1)?, r.u64(2)?)),
+            )
+            .map_err(sql("count open flags"))
+    }
+
+    /// Every host not revoked: (host id, tenant, last report Unix ms, sequence numbers missing and not
+    /// covered by a signed gap record), for `/metrics`.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn host_gauges(&self) -> Result<Vec<(String, Option<String>, Option<i64>, u64)>> {
+        let mut conn = self.reader();
+        let rows: Vec<(String, Option<String>, Option<i64>, u64, u64)> = conn
+            .rows(
+                "SELECT h.host_id, h.tenant, h.last_seen, h.last_seq, \
+                   (SELECT COUNT(*) FROM reports r WHERE r.host_id = h.host_id) \
+                 FROM hosts h WHERE h.revoked_at IS NULL ORDER BY h.host_id",
+                params![],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.u64(3)?, r.u64(4)?)),
+            )
+            .map_err(sql("read host gauges"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, tenant, last_seen, last_seq, stored) in rows {
+            let mut gaps = last_seq.saturating_sub(stored);
+            if gaps > 0 {
+                gaps -= recorded_missing(&mut conn, &id)?.min(gaps);
+            }
+            out.push((id, tenant, last_seen, gaps));
+        }
+        Ok(out)
+    }
+
     /// Checks that the store answers a query (readiness): the embedded file, or the shared database.
     ///
     /// # Errors
