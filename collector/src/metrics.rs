@@ -169,9 +169,8 @@ impl Metrics {
 pub struct FleetGauges {
     /// Open flags: (severity, rule, count).
     pub flags_open: Vec<(String, String, u64)>,
-    /// Hosts not revoked: (host id, tenant, last report Unix ms, sequence numbers missing and not
-    /// accounted for by a signed gap record).
-    pub hosts: Vec<(String, Option<String>, Option<i64>, u64)>,
+    /// Hosts not revoked.
+    pub hosts: Vec<crate::store::HostGauge>,
 }
 
 /// A label value in the text format: backslash, double quote and newline escaped.
@@ -193,14 +192,14 @@ impl FleetGauges {
             "# HELP gpuattest_host_last_report_timestamp_seconds When each host's last stored report arrived."
         );
         let _ = writeln!(s, "# TYPE gpuattest_host_last_report_timestamp_seconds gauge");
-        for (id, tenant, last, _) in &self.hosts {
-            if let Some(ms) = last {
+        for h in &self.hosts {
+            if let Some(ms) = h.last_report_ms {
                 let _ = writeln!(
                     s,
                     "gpuattest_host_last_report_timestamp_seconds{{host_id=\"{}\",tenant=\"{}\"}} {}",
-                    label(id),
-                    label(tenant.as_deref().unwrap_or_default()),
-                    *ms as f64 / 1000.0
+                    label(&h.host_id),
+                    label(h.tenant.as_deref().unwrap_or_default()),
+                    ms as f64 / 1000.0
                 );
             }
         }
@@ -209,8 +208,8 @@ impl FleetGauges {
             "# HELP gpuattest_host_sequence_gaps Sequence numbers missing from a host's chain and not covered by a signed gap record."
         );
         let _ = writeln!(s, "# TYPE gpuattest_host_sequence_gaps gauge");
-        for (id, _, _, gaps) in &self.hosts {
-            let _ = writeln!(s, "gpuattest_host_sequence_gaps{{host_id=\"{}\"}} {gaps}", label(id));
+        for h in &self.hosts {
+            let _ = writeln!(s, "gpuattest_host_sequence_gaps{{host_id=\"{}\"}} {}", label(&h.host_id), h.gaps);
         }
         s
     }
@@ -406,7 +405,12 @@ mod tests {
         m.stream(true);
         let fleet = FleetGauges {
             flags_open: vec![("high".into(), "model-developer".into(), 3)],
-            hosts: vec![("node-\"a\"\\b".into(), Some("acme\nai".into()), Some(1_795_000_000_000), 2)],
+            hosts: vec![crate::store::HostGauge {
+                host_id: "node-\"a\"\\b".into(),
+                tenant: Some("acme\nai".into()),
+                last_report_ms: Some(1_795_000_000_000),
+                gaps: 2,
+            }],
         };
         let text = format!("{}{}", m.render(), fleet.render());
         lint(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));

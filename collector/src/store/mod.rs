@@ -178,6 +178,19 @@ pub struct HostRow {
     pub revoked_reason: Option<String>,
 }
 
+/// One host on `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostGauge {
+    /// Host id.
+    pub host_id: String,
+    /// Tenant it was enrolled for.
+    pub tenant: Option<String>,
+    /// When its last stored report arrived, Unix ms.
+    pub last_report_ms: Option<i64>,
+    /// Sequence numbers missing and not covered by a signed gap record.
+    pub gaps: u64,
+}
+
 /// What `hosts list` shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct HostSummary {
@@ -1203,31 +1216,32 @@ impl Store {
             .map_err(sql("count open flags"))
     }
 
-    /// Every host not revoked: (host id, tenant, last report Unix ms, sequence numbers missing and not
-    /// covered by a signed gap record), for `/metrics`.
+    /// Every host not revoked, with its last report and unexplained gaps, for `/metrics`.
     ///
     /// # Errors
     /// [`StoreError::Sql`].
-    pub fn host_gauges(&self) -> Result<Vec<(String, Option<String>, Option<i64>, u64)>> {
+    pub fn host_gauges(&self) -> Result<Vec<HostGauge>> {
         let mut conn = self.reader();
-        let rows: Vec<(String, Option<String>, Option<i64>, u64, u64)> = conn
+        let mut hosts = conn
             .rows(
                 "SELECT h.host_id, h.tenant, h.last_seen, h.last_seq, \
                    (SELECT COUNT(*) FROM reports r WHERE r.host_id = h.host_id) \
                  FROM hosts h WHERE h.revoked_at IS NULL ORDER BY h.host_id",
                 params![],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.u64(3)?, r.u64(4)?)),
+                |r| {
+                    Ok(HostGauge {
+                        host_id: r.get(0)?,
+                        tenant: r.get(1)?,
+                        last_report_ms: r.get(2)?,
+                        gaps: r.u64(3)?.saturating_sub(r.u64(4)?),
+                    })
+                },
             )
             .map_err(sql("read host gauges"))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (id, tenant, last_seen, last_seq, stored) in rows {
-            let mut gaps = last_seq.saturating_sub(stored);
-            if gaps > 0 {
-                gaps -= recorded_missing(&mut conn, &id)?.min(gaps);
-            }
-            out.push((id, tenant, last_seen, gaps));
+        for h in hosts.iter_mut().filter(|h| h.gaps > 0) {
+            h.gaps -= recorded_missing(&mut conn, &h.host_id)?.min(h.gaps);
         }
-        Ok(out)
+        Ok(hosts)
     }
 
     /// Checks that the store answers a query (readiness): the embedded file, or the shared database.
