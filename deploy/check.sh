@@ -48,7 +48,29 @@ grep -q "gpuattest-collector" "$tmp/sysusers" || fail "sysusers created no gpuat
 systemd-sysusers --root="$root" >/dev/null 2>&1
 systemd-tmpfiles --root="$root" --create "$root/usr/lib/tmpfiles.d/gpuattest.conf" 2>&1 | tee "$tmp/tmpfiles"
 [ ! -s "$tmp/tmpfiles" ] || fail "tmpfiles: $(cat "$tmp/tmpfiles")"
-[ "$(stat -c %a "$root/etc/gpuattest")" = 750 ] || fail "tmpfiles: /etc/gpuattest is not 0750"
+[ "$(stat -c %a "$root/etc/gpuattest")" = 755 ] || fail "tmpfiles: /etc/gpuattest is not 0755"
+# Each daemon, as its own user, reads its own config and not the other's secret: setpriv over the tree
+# sysusers and tmpfiles made (the scratch root's users, by number).
+if command -v setpriv >/dev/null; then
+  chmod 755 "$tmp" "$root" "$root/etc"
+  id_of() { awk -F: -v u="$1" '$1 == u {print $3 ":" $4}' "$root/etc/passwd"; }
+  gid_of() { awk -F: -v g="$1" '$1 == g {print $3}' "$root/etc/group"; }
+  cp deploy/config/collector.toml "$root/etc/gpuattest/collector.toml"
+  printf 'gpa_test\n' >"$root/etc/gpuattest/enroll-token"
+  systemd-tmpfiles --root="$root" --create "$root/usr/lib/tmpfiles.d/gpuattest.conf"
+  as() { local ug; ug=$(id_of "$1"); setpriv --reuid="${ug%%:*}" --regid="${ug##*:}" --clear-groups "${@:2}"; }
+  as gpuattest-collector cat "$root/etc/gpuattest/collector.toml" >/dev/null \
+    || fail "the collector's user cannot read /etc/gpuattest/collector.toml"
+  if as gpuattest-collector cat "$root/etc/gpuattest/enroll-token" >/dev/null 2>&1; then
+    fail "the collector's user can read the agent's enroll token"
+  fi
+  ug=$(id_of gpuattest)
+  setpriv --reuid="${ug%%:*}" --regid="${ug##*:}" --groups="$(gid_of gpuattest)" cat "$root/etc/gpuattest/enroll-token" >/dev/null \
+    || fail "the agent's user cannot read /etc/gpuattest/enroll-token"
+  echo "systemd: each daemon's user reads its own file under /etc/gpuattest (setpriv)"
+else
+  echo "setpriv not installed: file access as the service users not checked"
+fi
 echo "systemd: units verified, users and directories created in a scratch root"
 
 echo "-- Helm chart: rendered, every manifest checked against the Kubernetes schemas (strict)"

@@ -40,6 +40,8 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     /// On shutdown, how long to keep delivering the spool, e.g. `5s`.
     pub drain_timeout: Option<String>,
+    /// A local listener for `/metrics` and `/healthz`, e.g. `127.0.0.1:9108`. Off when absent.
+    pub metrics_listen: Option<String>,
     /// The kubelet's pod list for Kubernetes enrichment, e.g. `https://127.0.0.1:10250/pods`. Off when absent.
     pub kubelet_url: Option<String>,
     /// Bearer token file for the kubelet (the agent's service-account token).
@@ -117,6 +119,8 @@ pub struct Flags {
     pub tls_key: Option<PathBuf>,
     /// `--drain-timeout`.
     pub drain_timeout: Option<String>,
+    /// `--metrics-listen`.
+    pub metrics_listen: Option<String>,
     /// `--kubelet-*`.
     pub kubelet: KubeletFlags,
 }
@@ -238,10 +242,17 @@ impl Settings {
         let drain_text = flags.drain_timeout.or(file.drain_timeout).unwrap_or_else(|| "5s".into());
         let drain_timeout =
             gpuattest_proto::units::parse_duration(&drain_text).map_err(|e| err(format!("drain_timeout: {e}")))?;
+        let metrics_listen = match flags.metrics_listen.or(file.metrics_listen) {
+            None => None,
+            Some(a) => Some(a.parse::<std::net::SocketAddr>().map_err(|_| {
+                err(format!("metrics_listen `{}` is not an address; write it like 127.0.0.1:9108", a.escape_debug()))
+            })?),
+        };
         Ok(Settings {
             run: crate::run::RunConfig {
                 tls,
                 drain_timeout,
+                metrics_listen,
                 collectors,
                 enroll_token,
                 state_dir,

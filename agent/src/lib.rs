@@ -21,6 +21,7 @@
 //! - [`transport`]: address policy, enrollment and gRPC connection.
 //! - [`run`]: the daemon (producer and sender) and `status`.
 //! - [`logging`]: tracing set-up and the shutdown signal for the binary.
+//! - [`metrics`]: the optional local `/metrics` and `/healthz` listener.
 //! - [`config`]: the agent's configuration, from flags and an optional TOML file.
 
 pub mod accelerators;
@@ -32,6 +33,7 @@ pub mod identity;
 pub mod jobs;
 pub mod kubelet;
 pub mod logging;
+pub mod metrics;
 pub mod models;
 pub mod observe;
 pub mod report;

@@ -153,6 +153,9 @@ struct RunArgs {
     /// On SIGTERM, how long to keep delivering spooled reports before exiting [default: 5s].
     #[arg(long)]
     drain_timeout: Option<String>,
+    /// Serve /metrics and /healthz on this local address, e.g. 127.0.0.1:9108 [default: off].
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// A TOML file with the same settings; flags win.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -206,6 +209,7 @@ fn main() -> ExitCode {
                 tls_cert: a.tls_cert,
                 tls_key: a.tls_key,
                 drain_timeout: a.drain_timeout,
+                metrics_listen: a.metrics_listen,
             };
             cli::run(flags, a.config.as_deref(), a.check_config)
         }

@@ -41,6 +41,8 @@ pub struct RunConfig {
     pub tls: crate::transport::Tls,
     /// On shutdown, how long to keep sending the spool before stopping.
     pub drain_timeout: Duration,
+    /// Where `/metrics` and `/healthz` are served (off when `None`).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Why the daemon stopped.
@@ -79,9 +81,20 @@ struct Shared {
     ack_saved_at: Mutex<std::time::Instant>,
     /// The observation interval, signed into every report.
     interval_ms: u64,
+    /// Counters for `/metrics`.
+    metrics: crate::metrics::AgentMetrics,
 }
 
 impl Shared {
+    /// `/metrics` for this agent.
+    fn metrics_text(&self) -> String {
+        let (unacked, bytes) = {
+            let spool = lock(&self.spool);
+            (spool.pending().len() as u64, spool.disk_bytes())
+        };
+        self.metrics.render(unacked, bytes)
+    }
+
     /// Signs and spools one report, then advances the chain. A dropped range (spool overflow) is
     /// followed at once by a signed gap record.
     fn produce(
@@ -143,6 +156,7 @@ impl Shared {
         let seq = seq.min(chain.last_seq);
         lock(&self.spool).ack(seq)?;
         chain.acked_seq = seq;
+        self.metrics.acked(now_ms());
         chain.recorded_gaps.retain(|(_, last)| *last > seq);
         let mut saved = lock(&self.ack_saved_at);
         if saved.elapsed() >= Duration::from_secs(1) {
@@ -220,6 +234,7 @@ pub async fn run(cfg: RunConfig, mut observer: Observer, mut shutdown: watch::Re
     let host_id = chain.host_id.clone().unwrap_or_default();
     let holes = unaccounted(&chain, &spool);
     let shared = Arc::new(Shared {
+        metrics: crate::metrics::AgentMetrics::default(),
         interval_ms: cfg.interval.as_millis() as u64,
         state_dir: cfg.state_dir.clone(),
         identity,
@@ -230,6 +245,24 @@ pub async fn run(cfg: RunConfig, mut observer: Observer, mut shutdown: watch::Re
         ack_saved_at: Mutex::new(std::time::Instant::now()),
     });
 
+    if let Some(addr) = cfg.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            RunError::Enroll(format!("cannot listen on {addr} for /metrics: {e}; pick another --metrics-listen"))
+        })?;
+        info!(%addr, "serving /metrics and /healthz");
+        let s = shared.clone();
+        let stop = shutdown.clone();
+        let healthy_within = cfg.interval * 3 + Duration::from_secs(10);
+        tokio::spawn(crate::metrics::serve(listener, stop, move |path| match path {
+            "/metrics" => Some((200, s.metrics_text())),
+            "/healthz" => Some(if s.metrics.observed_within(healthy_within, now_ms()) {
+                (200, "ok\n".to_string())
+            } else {
+                (503, "no observation recently; see the agent's log\n".to_string())
+            }),
+            _ => None,
+        }));
+    }
     // The sender has its own stop signal: on shutdown it first gets a moment to drain the spool.
     let (sender_stop_tx, sender_stop) = watch::channel(false);
     let mut sender = tokio::spawn(send_loop(shared.clone(), cfg.clone(), host_id, sender_stop));
@@ -268,8 +301,12 @@ pub async fn run(cfg: RunConfig, mut observer: Observer, mut shutdown: watch::Re
         // The collector's latest nonce: GPUs in confidential-computing mode attest to it once.
         let nonce = <[u8; 32]>::try_from(lock(&shared.nonce).as_slice()).ok();
         let obs = match tokio::task::spawn_blocking(move || lock(&obs_handle).observe_with(now, nonce)).await {
-            Ok(Ok(o)) => o,
+            Ok(Ok(o)) => {
+                shared.metrics.observed(&o, now_ms());
+                o
+            }
             Ok(Err(e)) => {
+                shared.metrics.nvml_error("observe");
                 error!(error = %e, "observation failed; retrying at the next interval");
                 continue;
             }

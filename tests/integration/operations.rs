@@ -162,3 +162,74 @@ fn metrics_name_the_fleet_and_pass_the_linters() {
         }
     }
 }
+
+#[test]
+fn the_agents_local_listener_serves_its_metrics_and_health() {
+    let t = tempfile::tempdir().expect("tmp");
+    let data = t.path().join("data");
+    let c = Collector::start(&data);
+    let n = node(t.path(), "self-aware-node", &[]);
+    let listen = gpuattest_tests::free_addr();
+    let mut a =
+        start_agent(&c.url(), &n, &token(&data, "enroll", Some("acme")), "200ms", &["--metrics-listen", &listen]);
+    wait_for("3 reports", Duration::from_secs(30), || (reports(&data, "self-aware-node") >= 3).then_some(()));
+    let text = wait_for("the agent's /metrics", Duration::from_secs(10), || {
+        let (code, text) = http_get(&listen, "/metrics", None);
+        (code == 200 && text.contains("gpuattest_agent_last_ack_timestamp_seconds 1")).then_some(text)
+    });
+    gpuattest_collector::metrics::lint(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    for family in [
+        "gpuattest_agent_spool_bytes ",
+        "gpuattest_agent_reports_unacked ",
+        "# TYPE gpuattest_agent_nvml_errors_total counter",
+    ] {
+        assert!(text.contains(family), "{family} missing:\n{text}");
+    }
+    assert_eq!(http_get(&listen, "/healthz", None).0, 200);
+    assert_eq!(http_get(&listen, "/nothing", None).0, 404);
+    a.kill9();
+}
+
+/// The Grafana dashboard is a dashboard model Grafana loads (the fields its schema requires, panels
+/// on the 24-column grid, unique ids) and every series it queries is one the binaries export.
+#[test]
+fn the_grafana_dashboard_queries_only_series_that_exist() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/gpuattest-dashboard.json");
+    let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard")).expect("JSON");
+    for key in ["uid", "title", "schemaVersion", "panels", "templating", "time"] {
+        assert!(!d[key].is_null(), "{key} missing");
+    }
+    assert!(d["schemaVersion"].as_u64().is_some_and(|v| v >= 36), "a current schema version");
+    let fleet = gpuattest_collector::metrics::FleetGauges {
+        flags_open: vec![("high".into(), "r".into(), 1)],
+        hosts: vec![gpuattest_collector::store::HostGauge { last_report_ms: Some(1), ..Default::default() }],
+    };
+    let exported = format!(
+        "{}{}{}",
+        gpuattest_collector::metrics::Metrics::default().render(),
+        fleet.render(),
+        gpuattest_agent::metrics::AgentMetrics::default().render(0, 0)
+    );
+    let families: std::collections::BTreeSet<&str> = exported
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for p in d["panels"].as_array().expect("panels") {
+        assert!(ids.insert(p["id"].as_u64().expect("id")), "duplicate panel id: {p}");
+        assert!(p["type"].is_string() && p["title"].is_string(), "{p}");
+        let g = &p["gridPos"];
+        let (x, w) = (g["x"].as_u64().expect("x"), g["w"].as_u64().expect("w"));
+        assert!(x + w <= 24 && g["h"].as_u64().is_some() && g["y"].as_u64().is_some(), "{p}");
+        for t in p["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("expr");
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("gpuattest_") || word.starts_with("process_") {
+                    let family = word.strip_suffix("_bucket").unwrap_or(word);
+                    assert!(families.contains(family), "panel {:?} queries {word}, which nothing exports", p["title"]);
+                }
+            }
+        }
+    }
+}
