@@ -58,9 +58,18 @@ pub struct Place {
     pub data: std::path::PathBuf,
     /// `--database` (a `postgres://` URL), else the embedded store in `data`.
     pub database: Option<String>,
+    /// `--data` (or `GPUATTEST_DATA`) was given; otherwise `data` is the default `./gpuattest-data`,
+    /// and a command other than `serve` and `demo` refuses to create a store there.
+    pub data_given: bool,
 }
 
 fn open(at: &Place) -> Result<Arc<Store>> {
+    if !at.data_given && at.database.is_none() && !at.data.join("gpuattest.db").exists() {
+        return Err(config(format!(
+            "no store in {}: pass --data DIR (env GPUATTEST_DATA), the collector's data directory, or --database URL",
+            at.data.display()
+        )));
+    }
     Store::open_at(&at.data, at.database.as_deref()).map(Arc::new).map_err(config)
 }
 
@@ -82,6 +91,18 @@ pub fn token_create(
 ) -> Result {
     let ttl = ttl.map(gpuattest_proto::units::parse_duration).transpose().map_err(|e| usage(format!("--ttl: {e}")))?;
     let store = open(at)?;
+    // Where the policy names a tenant file, a token is only for a tenant in it (a typo would mint
+    // credentials for a tenant no screening or mapping knows).
+    if let Some(t) = tenant {
+        let source = crate::policy::PolicySource { path: at.data.join("policy.toml"), explicit: false };
+        if let Ok(policy) = source.load()
+            && policy.knows_tenant(t) == Some(false)
+        {
+            return Err(usage(format!(
+                "--tenant {t:?} is not in the policy's tenant file; add it there first (or check the spelling)"
+            )));
+        }
+    }
     let t = tokens::mint(&store, role, tenant, ttl, uses, "cli", crate::now_ms()).map_err(usage)?;
     let id = gpuattest_proto::hex(&tokens::hash(&t)[..6]);
     if json {
@@ -91,6 +112,31 @@ pub fn token_create(
     } else {
         out(&format!("{t}\n"))
     }
+}
+
+/// `token list`: every token's id, role, tenant, lifetime and use (never the token or its hash).
+///
+/// # Errors
+/// Configuration errors for the store.
+pub fn token_list(at: &Place, json: bool) -> Result {
+    let tokens = open(at)?.tokens().map_err(runtime)?;
+    if json {
+        return print_json(&tokens);
+    }
+    let mut text = String::from("ID            ROLE      TENANT            EXPIRES                   USES  STATE\n");
+    for t in &tokens {
+        text.push_str(&format!(
+            "{:<13} {:<9} {:<17} {:<25} {:>2}/{:<2} {}\n",
+            t.id,
+            t.role,
+            t.tenant.as_deref().unwrap_or("-"),
+            t.expires_at,
+            t.uses,
+            t.max_uses,
+            if t.revoked_at.is_some() { "revoked" } else { "live" }
+        ));
+    }
+    out(&text)
 }
 
 /// `token revoke ID`: the token (by the id `token create --json` printed) stops working at once.
@@ -299,7 +345,28 @@ pub fn serve(flags: crate::config::ServeFlags, config_file: Option<&Path>, check
     };
     let policy = source.load().map_err(config)?;
     let tls = grpc_tls(&s.grpc_listen, &s.tls)?;
-    let store = open(&Place { data: s.data.clone(), database: s.database.clone() })?;
+    // A check creates nothing: with no embedded store yet, it checks that one can be created.
+    if check_config && s.database.is_none() && !s.data.join("gpuattest.db").exists() {
+        let mut dir = s.data.as_path();
+        while !dir.exists() {
+            dir = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        }
+        let meta = std::fs::metadata(dir).map_err(|e| config(format!("{}: {e}", dir.display())))?;
+        if !meta.is_dir() || meta.permissions().readonly() {
+            return Err(config(format!(
+                "--data {}: {} is not a writable directory, so the store cannot be created",
+                s.data.display(),
+                dir.display()
+            )));
+        }
+        println!(
+            "configuration is valid (no store yet: {} is created at the first start; policy {})",
+            s.data.join("gpuattest.db").display(),
+            policy.digest()
+        );
+        return Ok(());
+    }
+    let store = open(&Place { data: s.data.clone(), database: s.database.clone(), data_given: true })?;
     if check_config {
         println!("configuration is valid (store {}, policy {})", store.location(), policy.digest());
         return Ok(());

@@ -177,8 +177,13 @@ enum TokenCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a token by its id (printed by `token create --json`); audited.
+    /// Revoke a token by its id (printed by `token create --json` and `token list`); audited.
     Revoke { id: String },
+    /// Every token: id, role, tenant, expiry, uses, revoked (never the token itself).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -340,7 +345,7 @@ fn main() -> ExitCode {
     let data_flag = args.data.clone();
     let default_data = args.data.unwrap_or_else(|| gpuattest_collector::config::DEFAULT_DATA.into());
     let data = default_data.as_path();
-    let at = cli::Place { data: data.to_path_buf(), database: args.database.clone() };
+    let at = cli::Place { data: data.to_path_buf(), database: args.database.clone(), data_given: data_flag.is_some() };
     let result = match args.cmd {
         Cmd::Serve {
             grpc_listen,
@@ -376,6 +381,7 @@ fn main() -> ExitCode {
             cli::token_create(&at, role, tenant.as_deref(), ttl.as_deref(), uses, json)
         }
         Cmd::Token { cmd: TokenCmd::Revoke { id } } => cli::token_revoke(&at, &id),
+        Cmd::Token { cmd: TokenCmd::List { json } } => cli::token_list(&at, json),
         Cmd::Hosts { cmd: HostsCmd::List { json } } => cli::hosts_list(&at, json),
         Cmd::Hosts { cmd: HostsCmd::Revoke { host_id, reason } } => cli::hosts_revoke(&at, &host_id, &reason),
         Cmd::Flags { cmd: FlagsCmd::List { json } } => cli::flags_list(&at, json),

@@ -221,6 +221,8 @@ pub struct PolicyData {
     compute: Compute,
     tenant_mapping: Vec<TenantMapping>,
     reopen_decided_flags: bool,
+    /// The tenant file's ids, where the policy names one.
+    tenant_ids: Option<std::collections::BTreeSet<String>>,
     /// The operator's model families, then the shipped registry.
     families: Vec<crate::registry::Family>,
     /// Findings per tenant id, computed when the policy loads.
@@ -393,6 +395,7 @@ impl Policy {
             return Err(err(format!("countries_of_concern: `{bad}` is not an ISO 3166 code like CN")));
         }
         let mut findings = std::collections::BTreeMap::new();
+        let mut tenant_ids: Option<std::collections::BTreeSet<String>> = None;
         if let Some(t) = &file.tenants {
             let path = resolve(t);
             sources.push(path.clone());
@@ -403,6 +406,7 @@ impl Policy {
                 crate::tenants::parse(text).map_err(|e| err(format!("tenant file {}: {e}", path.display())))?;
             let sha = format!("sha256:{}", gpuattest_proto::hex(&gpuattest_proto::sha256(&bytes)));
             digest_input.extend_from_slice(format!("\n{}\0{sha}", t.display()).as_bytes());
+            tenant_ids = Some(tenants.iter().map(|t| t.id.clone()).collect());
             for tenant in &tenants {
                 let f = crate::tenants::assess(tenant, &entries, threshold, &concern);
                 if !f.is_empty() {
@@ -423,6 +427,7 @@ impl Policy {
             compute,
             tenant_mapping: file.tenant_mapping,
             reopen_decided_flags: file.reopen_decided_flags,
+            tenant_ids,
             families,
             findings,
             lists,
@@ -782,6 +787,11 @@ impl Policy {
     /// The tenant of a process under this policy's mapping (the host's tenant otherwise).
     pub fn tenant_of(&self, p: &pb::GpuProcess, host_tenant: Option<&str>) -> Option<String> {
         crate::tenants::tenant_of(&self.tenant_mapping, p, host_tenant)
+    }
+
+    /// Whether `tenant` is in the tenant file: `None` when the policy names no tenant file.
+    pub fn knows_tenant(&self, tenant: &str) -> Option<bool> {
+        self.tenant_ids.as_ref().map(|ids| ids.contains(tenant))
     }
 
     /// Whether any new occurrence re-opens a decided flag (not only evidence of another kind).

@@ -8,6 +8,7 @@ mod browser;
 mod delivery;
 mod demo;
 mod deploy;
+mod docs;
 mod export;
 mod hostile;
 mod inspect;

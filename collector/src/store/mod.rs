@@ -157,6 +157,31 @@ pub struct TokenRow {
     pub revoked_at: Option<i64>,
 }
 
+/// What `token list` shows of a token (never its hash).
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenSummary {
+    /// Short public id (for `token revoke`).
+    pub id: String,
+    /// Role.
+    pub role: String,
+    /// Tenant binding.
+    pub tenant: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub expires_at: String,
+    /// Last enrollment made with it, RFC 3339.
+    pub last_used_at: Option<String>,
+    /// RFC 3339, for revoked tokens.
+    pub revoked_at: Option<String>,
+    /// Enrollments made with it.
+    pub uses: u64,
+    /// Enrollments it allows.
+    pub max_uses: u64,
+    /// Who minted it.
+    pub created_by: String,
+}
+
 /// An enrolled host.
 #[derive(Debug, Clone)]
 pub struct HostRow {
@@ -743,6 +768,34 @@ impl Store {
         }
         conn.execute("VACUUM INTO ?1", params![dest]).map_err(sql("back up the store"))?;
         Ok(())
+    }
+
+    /// Every token, newest first (hashes are never returned).
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn tokens(&self) -> Result<Vec<TokenSummary>> {
+        self.reader()
+            .rows(
+                "SELECT id, role, tenant, created_at, expires_at, used_at, revoked_at, uses, max_uses, created_by \
+                 FROM tokens ORDER BY created_at DESC, id",
+                params![],
+                |r| {
+                    Ok(TokenSummary {
+                        id: r.get(0)?,
+                        role: r.get(1)?,
+                        tenant: r.get(2)?,
+                        created_at: rfc3339(r.get(3)?),
+                        expires_at: rfc3339(r.get(4)?),
+                        last_used_at: r.get::<Option<i64>>(5)?.map(rfc3339),
+                        revoked_at: r.get::<Option<i64>>(6)?.map(rfc3339),
+                        uses: r.u64(7)?,
+                        max_uses: r.u64(8)?,
+                        created_by: r.get(9)?,
+                    })
+                },
+            )
+            .map_err(sql("list tokens"))
     }
 
     /// Inserts a token (by hash) and audits it.
