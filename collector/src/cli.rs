@@ -313,12 +313,17 @@ fn is_loopback(addr: &str) -> bool {
 
 fn grpc_tls(grpc_listen: &str, t: &crate::config::TlsConfig) -> Result<Option<crate::server::GrpcTls>> {
     match (&t.cert, &t.key) {
-        (Some(c), Some(k)) => Ok(Some(crate::server::GrpcTls {
-            cert_pem: read_pem(c)?,
-            key_pem: read_pem(k)?,
-            client_ca_pem: t.client_ca.as_deref().map(read_pem).transpose()?,
-            require_client_cert: t.require_client_cert,
-        })),
+        (Some(c), Some(k)) => {
+            let tls = crate::server::GrpcTls {
+                cert_pem: read_pem(c)?,
+                key_pem: read_pem(k)?,
+                client_ca_pem: t.client_ca.as_deref().map(read_pem).transpose()?,
+                require_client_cert: t.require_client_cert,
+            };
+            // Checked now, so --check-config and a start both fail with the reason (exit 78).
+            tls.server_config().map_err(config)?;
+            Ok(Some(tls))
+        }
         (None, None) if t.client_ca.is_some() || t.require_client_cert => {
             Err(config("--client-ca and --require-client-cert need --tls-cert and --tls-key"))
         }

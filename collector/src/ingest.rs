@@ -56,6 +56,11 @@ fn revoked_status(host_id: &str, reason: &str) -> Status {
     s
 }
 
+/// SHA-256 of the public key of the client certificate on this request's connection (mTLS), if any.
+fn client_key<T>(req: &Request<T>) -> Option<[u8; 32]> {
+    req.peer_certs().and_then(|certs| certs.first().and_then(|c| crate::x509::public_key_sha256(c.as_ref())))
+}
+
 /// Resolves when `shutdown` turns true (never without one), holding no guard across the wait.
 async fn stopping(shutdown: &mut Option<tokio::sync::watch::Receiver<bool>>) {
     match shutdown {
@@ -320,6 +325,7 @@ impl Ingest {
 impl Collector for Ingest {
     #[instrument(skip_all)]
     async fn enroll(&self, req: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
+        let client_key = client_key(&req);
         let req = req.into_inner();
         if req.public_key.len() != 32 {
             self.metrics.enrollment(false);
@@ -345,7 +351,16 @@ impl Collector for Ingest {
         let pk = req.public_key.clone();
         let name = hostname.clone();
         let result = tokio::task::spawn_blocking(move || {
-            store.enroll(&token_hash, &pk, &key_id, &name, &machine_id, &facts_json, now_ms())
+            store.enroll_bound(
+                &token_hash,
+                &pk,
+                &key_id,
+                &name,
+                &machine_id,
+                &facts_json,
+                client_key.as_ref().map(|k| k.as_slice()),
+                now_ms(),
+            )
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
@@ -411,6 +426,8 @@ impl Collector for Ingest {
 
     #[instrument(skip_all)]
     async fn stream(&self, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Self::StreamStream>, Status> {
+        let presented = client_key(&req);
+        let peer = req.remote_addr();
         let mut inbound = req.into_inner();
         let hello = match inbound.message().await? {
             Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Hello(h)) }) => h,
@@ -433,6 +450,18 @@ impl Collector for Ingest {
             })?;
         if host.revoked_at.is_some() {
             return Err(revoked_status(&host.host_id, host.revoked_reason.as_deref().unwrap_or_default()));
+        }
+        // A host enrolled over mTLS is bound to its certificate's key: another node's certificate (or
+        // none) cannot speak for it, even with its Ed25519 key.
+        if let Some(bound) = &host.client_key
+            && presented.as_ref().map(|k| k.as_slice()) != Some(bound.as_slice())
+        {
+            warn!(host_id = %host.host_id, peer = ?peer, presented = presented.is_some(), "stream refused: client certificate is not the one the host enrolled with");
+            return Err(Status::permission_denied(format!(
+                "host {} is bound to the client certificate key it enrolled with; this connection presents {}; each node needs its own certificate",
+                host.host_id,
+                if presented.is_some() { "another one" } else { "none" }
+            )));
         }
         if hello.key_id != host.key_id {
             warn!(host_id = %host.host_id, "stream with a key other than the enrolled one refused");

@@ -23,6 +23,7 @@
 //! - [`render`]: human-readable tables for the CLI.
 //! - [`timefmt`]: RFC 3339 rendering.
 //! - [`verify`]: the one report verifier (ingest, `reports verify`, the review page).
+//! - [`x509`]: a client certificate's public key, to bind a host to it.
 
 pub mod bench;
 pub mod cli;
@@ -45,6 +46,7 @@ pub mod tenants;
 pub mod timefmt;
 pub mod tokens;
 pub mod verify;
+pub mod x509;
 
 /// The wall clock, Unix milliseconds.
 pub fn now_ms() -> i64 {

@@ -47,6 +47,48 @@ pub struct GrpcTls {
     pub require_client_cert: bool,
 }
 
+impl GrpcTls {
+    /// The rustls server configuration: the certificate chain and key, HTTP/2 by ALPN, and client
+    /// certificates verified against the client CA (required, or optional where not required).
+    ///
+    /// # Errors
+    /// A sentence naming what in the PEM material is unusable.
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("--tls-cert: not a PEM certificate chain ({e})"))?;
+        if certs.is_empty() {
+            return Err("--tls-cert: no certificate in the file".into());
+        }
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem)
+            .map_err(|e| format!("--tls-key: not a PEM private key ({e})"))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS versions: {e}"))?;
+        let builder = match &self.client_ca_pem {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in CertificateDer::pem_slice_iter(ca) {
+                    let c = c.map_err(|e| format!("--client-ca: not a PEM certificate ({e})"))?;
+                    roots.add(c).map_err(|e| format!("--client-ca: {e}"))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                let verifier = if self.require_client_cert { verifier } else { verifier.allow_unauthenticated() };
+                builder.with_client_cert_verifier(verifier.build().map_err(|e| format!("--client-ca: {e}"))?)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut cfg = builder
+            .with_single_cert(certs, key)
+            .map_err(|e| format!("--tls-cert and --tls-key do not make a usable identity: {e}"))?;
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+}
+
 /// Why serving stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -213,29 +255,31 @@ impl Collector {
             .max_encoding_message_size(gpuattest_proto::MAX_MESSAGE_BYTES);
         let mut s1 = shutdown.clone();
         let shutdown_for_monitor = shutdown.clone();
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(t) = tls {
-            let mut cfg = tonic::transport::ServerTlsConfig::new()
-                .identity(tonic::transport::Identity::from_pem(&t.cert_pem, &t.key_pem))
-                .timeout(GRPC_HANDSHAKE_TIMEOUT);
-            if let Some(ca) = &t.client_ca_pem {
-                cfg = cfg
-                    .client_ca_root(tonic::transport::Certificate::from_pem(ca))
-                    .client_auth_optional(!t.require_client_cert);
-            }
-            builder = builder
-                .tls_config(cfg)
-                .map_err(|e| ServeError::Grpc { addr: grpc_addr.clone(), reason: format!("TLS set-up: {e}") })?;
-        }
-        let grpc_task = builder
+        let grpc_router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             // A peer that answers no keep-alive ping for this long is gone: its connection (and slot) freed.
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
-            .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
-            .add_service(svc)
-            .serve_with_incoming_shutdown(limited_incoming(grpc, MAX_GRPC_CONNECTIONS), async move {
-                let _ = s1.wait_for(|v| *v).await;
-            });
+            .add_service(svc);
+        let stop_grpc = async move {
+            let _ = s1.wait_for(|v| *v).await;
+        };
+        // TLS is done here rather than by tonic, so that a failed handshake is logged with its peer
+        // and reason (an operator debugging mTLS sees why a node is refused).
+        let grpc_task: std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+        > = match tls {
+            Some(t) => {
+                let cfg = t.server_config().map_err(|reason| ServeError::Grpc {
+                    addr: grpc_addr.clone(),
+                    reason: format!("TLS set-up: {reason}"),
+                })?;
+                let incoming = tls_incoming(grpc, MAX_GRPC_CONNECTIONS, tokio_rustls::TlsAcceptor::from(cfg));
+                Box::pin(grpc_router.serve_with_incoming_shutdown(incoming, stop_grpc))
+            }
+            None => Box::pin(
+                grpc_router.serve_with_incoming_shutdown(limited_incoming(grpc, MAX_GRPC_CONNECTIONS), stop_grpc),
+            ),
+        };
         let data_dir = match (&self.data_dir, self.store.location()) {
             (Some(d), _) => d.clone(),
             (None, crate::store::Location::File(p)) => p.parent().map(std::path::Path::to_path_buf).unwrap_or_default(),
@@ -356,6 +400,41 @@ fn limited_incoming(
             }
         }
     })
+}
+
+/// The listener's TLS connections: TCP slots as [`limited_incoming`], each handshake on a task of
+/// its own within [`GRPC_HANDSHAKE_TIMEOUT`] (a slow client holds up nobody else), and every failed
+/// handshake logged with the peer's address and the reason.
+fn tls_incoming(
+    listener: TcpListener,
+    max: usize,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<Limited>>> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(async move {
+        let mut tcp = std::pin::pin!(limited_incoming(listener, max));
+        loop {
+            let next = tokio::select! {
+                n = futures_util::StreamExt::next(&mut tcp) => n,
+                () = tx.closed() => return,
+            };
+            let Some(Ok(conn)) = next else { return };
+            let peer = conn.io.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "unknown".into());
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(GRPC_HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::warn!(%peer, reason = %e, "TLS handshake failed on the gRPC listener"),
+                    Err(_) => {
+                        tracing::warn!(%peer, timeout_s = GRPC_HANDSHAKE_TIMEOUT.as_secs(), "TLS handshake timed out on the gRPC listener")
+                    }
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Resolves when `shutdown` turns true (or its sender is gone), holding no guard across the wait.

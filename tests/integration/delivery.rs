@@ -324,3 +324,50 @@ fn re_enrolling_a_known_machine_needs_an_operator() {
     third.stop();
     again.kill9();
 }
+
+/// Issue 21 item 8: with mTLS, a host is bound to its client certificate's key at enrollment; a
+/// second node presenting the first node's certificate cannot enroll, and the first host's identity
+/// cannot stream over another node's certificate.
+#[test]
+fn mtls_binds_each_host_to_its_own_client_certificate() {
+    let t = tempfile::tempdir().expect("tmp");
+    let pki_dir = t.path().join("pki");
+    std::fs::create_dir_all(&pki_dir).expect("mkdir");
+    let Some(pki) = gpuattest_tests::make_pki(&pki_dir) else { return };
+    let data = t.path().join("data");
+    let s = |p: &std::path::Path| p.display().to_string();
+    let (cert, key, ca) = (s(&pki.server.0), s(&pki.server.1), s(&pki.ca));
+    let c = Collector::start_with(
+        &data,
+        "127.0.0.1:0",
+        &["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &ca, "--require-client-cert"],
+    );
+    let port = c.grpc.rsplit(':').next().expect("port").to_string();
+    let https = format!("https://localhost:{port}");
+    let first_cert = ["--tls-ca", &ca, "--tls-cert", &s(&pki.client.0), "--tls-key", &s(&pki.client.1)];
+    let second_cert = ["--tls-ca", &ca, "--tls-cert", &s(&pki.client2.0), "--tls-key", &s(&pki.client2.1)];
+    let one = node(t.path(), "node-one", &[]);
+    let mut a = start_agent(&https, &one, &token(&data, "enroll", None), "100ms", &first_cert);
+    wait_for("reports over mTLS", Duration::from_secs(30), || (reports(&data, "node-one") >= 3).then_some(()));
+    // Another node (its own Ed25519 key) with node-one's certificate: refused at enrollment.
+    let two = node(t.path(), "node-two", &[]);
+    let mut b = start_agent(&https, &two, &token(&data, "enroll", None), "100ms", &first_cert);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Ok(Some(st)) = b.child.try_wait() {
+            break st.code();
+        }
+        assert!(std::time::Instant::now() < deadline, "the second node was neither refused nor stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_ne!(exit, Some(0));
+    assert!(host(&data, "node-two").is_none(), "a second host with the first host's certificate never enrolls");
+    // node-one's identity over node-two's certificate: its stream is refused, nothing more is stored.
+    a.kill9();
+    let stored = reports(&data, "node-one");
+    let mut a2 = start_agent(&https, &one, "", "100ms", &second_cert);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(reports(&data, "node-one"), stored, "a stream over another node's certificate stored reports");
+    a2.kill9();
+    b.kill9();
+}

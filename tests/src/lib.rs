@@ -439,6 +439,8 @@ pub struct Pki {
     pub server: (PathBuf, PathBuf),
     /// Client certificate and key.
     pub client: (PathBuf, PathBuf),
+    /// A second node's client certificate and key.
+    pub client2: (PathBuf, PathBuf),
 }
 
 /// Makes a [`Pki`] in `dir` (P-256 keys, valid two days). `None` when the `openssl` command is not
@@ -458,9 +460,11 @@ pub fn make_pki(dir: &Path) -> Option<Pki> {
     ca.extend(key);
     ca.extend(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=gpuattest-test-ca"]);
     ossl(&ca);
-    for (name, usage, san) in
-        [("server", "serverAuth", "DNS:localhost,IP:127.0.0.1"), ("client", "clientAuth", "DNS:gpu-node-01")]
-    {
+    for (name, usage, san) in [
+        ("server", "serverAuth", "DNS:localhost,IP:127.0.0.1"),
+        ("client", "clientAuth", "DNS:gpu-node-01"),
+        ("client2", "clientAuth", "DNS:gpu-node-02"),
+    ] {
         let (k, csr, pem, ext) =
             (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
         let mut req = vec!["req"];
@@ -494,5 +498,6 @@ pub fn make_pki(dir: &Path) -> Option<Pki> {
         ca: dir.join("ca.pem"),
         server: (dir.join("server.pem"), dir.join("server.key")),
         client: (dir.join("client.pem"), dir.join("client.key")),
+        client2: (dir.join("client2.pem"), dir.join("client2.key")),
     })
 }

@@ -11,3 +11,7 @@ ALTER TABLE flags ADD COLUMN reopened_at INTEGER;
 
 -- The collector looks for hosts revoked since its last look every few seconds, to close their streams.
 CREATE INDEX hosts_revoked_at ON hosts (revoked_at) WHERE revoked_at IS NOT NULL;
+
+-- mTLS: the SHA-256 of the public key of the client certificate a host enrolled with; its streams must
+-- present the same key, and no second live host may enroll with it.
+ALTER TABLE hosts ADD COLUMN client_key_sha256 BLOB;

@@ -201,6 +201,8 @@ pub struct HostRow {
     pub revoked_at: Option<i64>,
     /// Why it was revoked.
     pub revoked_reason: Option<String>,
+    /// SHA-256 of the public key of the client certificate it enrolled with (mTLS), if any.
+    pub client_key: Option<Vec<u8>>,
 }
 
 /// One host on `/metrics`.
@@ -863,6 +865,27 @@ impl Store {
         facts_json: &str,
         now: i64,
     ) -> Result<HostRow> {
+        self.enroll_bound(token_hash, public_key, key_id, hostname, machine_id, facts_json, None, now)
+    }
+
+    /// [`Store::enroll`], binding the host to `client_key` (SHA-256 of the public key of the client
+    /// certificate it enrolled over mTLS): its streams must present that key. A key another live host
+    /// is bound to is refused: two nodes sharing one certificate could not be told apart.
+    ///
+    /// # Errors
+    /// As [`Store::enroll`], and [`StoreError::Refused`] for a client key already bound.
+    #[allow(clippy::too_many_arguments)] // The enrollment's facts, each from the request; a struct would only rename them.
+    pub fn enroll_bound(
+        &self,
+        token_hash: &[u8],
+        public_key: &[u8],
+        key_id: &[u8],
+        hostname: &str,
+        machine_id: &str,
+        facts_json: &str,
+        client_key: Option<&[u8]>,
+        now: i64,
+    ) -> Result<HostRow> {
         let mut conn = self.conn();
         let mut tx = conn.write().map_err(sql("begin"))?;
         let Some(TokenRow { id: token_id, role, tenant, expires_at, used_at, uses, max_uses, revoked_at }) =
@@ -908,6 +931,29 @@ impl Store {
                 "this key is already enrolled as host {h}; re-enrolling a known host needs an operator's action"
             )));
         }
+        if let Some(ck) = client_key {
+            let bound: Option<String> = tx
+                .row(
+                    "SELECT host_id FROM hosts WHERE client_key_sha256 = ?1 AND revoked_at IS NULL",
+                    params![ck],
+                    |r| r.get(0),
+                )
+                .map_err(sql("look up client key"))?;
+            if let Some(h) = bound {
+                audit_tx(
+                    &mut tx,
+                    now,
+                    "agent",
+                    "enroll.refused",
+                    &token_id,
+                    &format!("client certificate key bound to {h}; host {hostname}"),
+                )?;
+                tx.commit().map_err(sql("commit refusal"))?;
+                return Err(StoreError::Refused(format!(
+                    "this client certificate's key is already bound to host {h}: give each node a certificate (and key) of its own"
+                )));
+            }
+        }
         // The same machine (machine id and hostname) enrolling again with a new key is a re-enrollment:
         // it needs an operator's action, so a stolen token cannot quietly take over a host's identity.
         if !machine_id.is_empty() {
@@ -935,9 +981,9 @@ impl Store {
         }
         let host_id = new_host_id(hostname, key_id);
         tx.execute(
-            "INSERT INTO hosts (host_id, hostname, machine_id, tenant, public_key, key_id, enrolled_at, enroll_token_id, facts) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![&host_id, hostname, machine_id, &tenant, public_key, key_id, now, &token_id, facts_json],
+            "INSERT INTO hosts (host_id, hostname, machine_id, tenant, public_key, key_id, enrolled_at, enroll_token_id, facts, client_key_sha256) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![&host_id, hostname, machine_id, &tenant, public_key, key_id, now, &token_id, facts_json, client_key],
         )
         .map_err(sql("insert host"))?;
         tx.execute("UPDATE tokens SET used_at = ?1, uses = uses + 1 WHERE id = ?2", params![now, &token_id])
@@ -953,6 +999,7 @@ impl Store {
             last_seq: 0,
             revoked_at: None,
             revoked_reason: None,
+            client_key: client_key.map(<[u8]>::to_vec),
         })
     }
 
@@ -963,7 +1010,7 @@ impl Store {
     pub fn host(&self, host_id: &str) -> Result<Option<HostRow>> {
         self.reader()
             .row(
-                "SELECT host_id, hostname, tenant, public_key, key_id, last_seq, revoked_at, revoked_reason FROM hosts WHERE host_id = ?1",
+                "SELECT host_id, hostname, tenant, public_key, key_id, last_seq, revoked_at, revoked_reason, client_key_sha256 FROM hosts WHERE host_id = ?1",
                 params![host_id],
                 |r| {
                     Ok(HostRow {
@@ -975,6 +1022,7 @@ impl Store {
                         last_seq: r.u64(5)?,
                         revoked_at: r.get(6)?,
                         revoked_reason: r.get(7)?,
+                        client_key: r.get(8)?,
                     })
                 },
             )
