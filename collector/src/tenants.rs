@@ -271,15 +271,34 @@ mod tests {
         assert_eq!(tenant_of(&rules, &p, None), Some("b".into()));
         p.pod.as_mut().expect("pod").labels.insert("gpuattest.io/tenant".into(), "a".into());
         assert_eq!(tenant_of(&rules, &p, None), Some("a".into()));
-        // Finding 4: on a host enrolled for a tenant, no claim moves a process to another tenant.
-        assert_eq!(tenant_of(&rules, &p, Some("acme")), Some("acme".into()));
-        let claim =
-            TenantMapping { slurm_account: Some("x".into()), tenant: Some("t".into()), ..TenantMapping::default() };
-        assert!(claim.validate(3).expect_err("claim").contains("trust_process_environment"));
         let bad =
             TenantMapping { kubernetes_label: Some("x".into()), tenant: Some("t".into()), ..TenantMapping::default() };
         assert!(bad.validate(4).expect_err("bad").contains("tenant_mapping 4"));
         assert!(TenantMapping::default().validate(1).is_err());
+    }
+
+    #[test]
+    fn finding_4_a_process_cannot_name_itself_into_another_tenant() {
+        let rules = vec![
+            TenantMapping { kubernetes_label: Some("gpuattest.io/tenant".into()), ..TenantMapping::default() },
+            TenantMapping {
+                slurm_account: Some("globex".into()),
+                tenant: Some("globex".into()),
+                trust_process_environment: true,
+                ..TenantMapping::default()
+            },
+        ];
+        // What acme's process says about itself: another tenant's account and label.
+        let mut p = pb::GpuProcess::default();
+        p.env.insert("SLURM_JOB_ACCOUNT".into(), "globex".into());
+        p.pod = Some(pb::KubernetesPod { namespace: "x".into(), ..Default::default() });
+        p.pod.as_mut().expect("pod").labels.insert("gpuattest.io/tenant".into(), "globex".into());
+        assert_eq!(tenant_of(&rules, &p, Some("acme")), Some("acme".into()), "the host's enrollment decides");
+        assert_eq!(tenant_of(&rules, &p, None), Some("globex".into()), "on a shared host the pod record does");
+        // An environment claim is accepted only where the operator says so.
+        let claim =
+            TenantMapping { slurm_account: Some("x".into()), tenant: Some("t".into()), ..TenantMapping::default() };
+        assert!(claim.validate(3).expect_err("claim").contains("trust_process_environment"));
     }
 
     #[test]

@@ -194,3 +194,37 @@ pub fn authenticate(store: &Store, token: &str, now: i64) -> Result<Principal, S
     };
     Ok(Principal { token_id: row.id, access })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finding_12_a_customer_token_without_a_tenant_opens_nothing() {
+        let t = tempfile::tempdir().expect("tmp");
+        let store = Store::open(t.path()).expect("store");
+        // A row no `mint` makes (a customer without a tenant), as an older version or a hand edit might.
+        let token = "gpa_no_tenant";
+        let h = hash(token);
+        store
+            .insert_token(&NewToken {
+                id: gpuattest_proto::hex(&h[..6]),
+                hash: h,
+                role: "customer".into(),
+                tenant: None,
+                created_at: 0,
+                expires_at: i64::MAX,
+                created_by: "test".into(),
+                max_uses: 1,
+            })
+            .expect("insert");
+        let e = authenticate(&store, token, 1).expect_err("refused");
+        assert!(e.contains("names no tenant"), "{e}");
+        // Minted ones carry their tenant in their access, and reviewers take none.
+        let c = mint(&store, Role::Customer, Some("acme"), None, 1, "test", 1).expect("customer");
+        let p = authenticate(&store, &c, 2).expect("valid");
+        assert_eq!(p.access, Access::Customer { tenant: "acme".into() });
+        assert_eq!(p.access.tenant_scope(), Some("acme"));
+        assert!(mint(&store, Role::Reviewer, Some("acme"), None, 1, "test", 1).is_err(), "finding 10");
+    }
+}

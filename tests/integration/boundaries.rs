@@ -223,9 +223,19 @@ fn the_authorization_matrix_holds_for_every_route_role_and_tenant() {
                     _ => 200,
                 };
                 assert_eq!(code, expected, "{who} {} {path}: {text}", route.method);
-                if *role == Some(Role::Customer) {
-                    for leak in secrets("globex") {
-                        assert!(!text.contains(&leak), "{who} {} {path} shows {leak}: {text}", route.method);
+                // Every body a token or anyone can read: no other tenant's command lines or paths,
+                // and no other tenant's hostnames except on /metrics, whose per-host series name hosts
+                // and tenants by the contract (an operator endpoint: the threat model says to keep it
+                // off tenant networks).
+                if *role == Some(Role::Customer) || role.is_none() {
+                    let [hostname, private_path] = secrets("globex");
+                    assert!(
+                        !text.contains(&private_path),
+                        "{who} {} {path} shows {private_path}: {text}",
+                        route.method
+                    );
+                    if route.path != "/metrics" {
+                        assert!(!text.contains(&hostname), "{who} {} {path} shows {hostname}: {text}", route.method);
                     }
                 }
                 checked += 1;
@@ -278,4 +288,28 @@ fn findings_8_and_10_the_cli_refuses_in_one_line() {
     let out = out.to_str().expect("utf-8");
     let e = one_line(&["export", "--tenant", "acme", "--since", "2026-01-01T00:00:00.a\u{20ac}Z", "--out", out]);
     assert!(e.contains("not a time"), "{e}");
+}
+
+/// Finding 5: the public tree head is cheap (it reads only new leaves) and budgeted: a flood gets 429
+/// while the collector keeps answering. Finding 6: one token cannot start exports without end.
+#[test]
+fn findings_5_and_6_public_heads_and_exports_are_budgeted() {
+    let t = tempfile::tempdir().expect("tmp");
+    let data = t.path().join("data");
+    let c = Collector::start(&data);
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    rt.block_on(async {
+        first_report(&c, "budget-host", "acme", "python serve.py", 10_000).await;
+    });
+    let codes: Vec<u16> = (0..80).map(|_| http_request(&c.http, "GET", "/api/v1/log/head", None, None).0).collect();
+    assert!(codes.iter().take(20).all(|c| *c == 200), "{codes:?}");
+    assert!(codes.contains(&429), "80 head requests at once were all answered: {codes:?}");
+    let customer = token(&data, "customer", Some("acme"));
+    let codes: Vec<u16> =
+        (0..12).map(|_| http_request(&c.http, "GET", "/api/v1/export", Some(&customer), None).0).collect();
+    assert_eq!(&codes[..10], &[200; 10], "{codes:?}");
+    assert_eq!(codes[11], 429, "{codes:?}");
+    // Another token is not held up by the first one's budget.
+    let other = token(&data, "customer", Some("acme"));
+    assert_eq!(http_request(&c.http, "GET", "/api/v1/export", Some(&other), None).0, 200);
 }

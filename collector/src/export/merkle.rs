@@ -153,6 +153,129 @@ impl Frontier {
     }
 }
 
+/// Where a [`Stored`] tree finds its hashes: ranges of leaf hashes, and perfect subtrees' roots
+/// computed before (the log is append-only, so a perfect subtree's root never changes).
+pub trait SubtreeSource {
+    /// Leaf hashes `start .. start + count` (0-based), all of them or an error.
+    ///
+    /// # Errors
+    /// A sentence when they cannot be read.
+    fn leaves(&mut self, start: u64, count: u64) -> Result<Vec<Hash>, String>;
+    /// The root of the perfect subtree of `2^level` leaves starting at `index * 2^level`, if known.
+    ///
+    /// # Errors
+    /// A sentence when the store cannot be read.
+    fn known(&mut self, level: u32, index: u64) -> Result<Option<Hash>, String>;
+    /// Records a root computed now.
+    fn learned(&mut self, level: u32, index: u64, hash: Hash);
+}
+
+/// Subtrees of at least this many levels are remembered (each covers 256 leaves or more, so the
+/// remembered roots number at most 2n / 256); smaller ones are hashed from their leaves.
+pub const REMEMBERED_LEVEL: u32 = 8;
+
+/// The RFC 6962 tree over a log of any size, computed from remembered perfect subtrees: a root or an
+/// inclusion proof costs O(log n) subtree lookups once the subtrees are known, and each subtree is
+/// computed once in the log's life, not once per request.
+pub struct Stored<S: SubtreeSource> {
+    source: S,
+    memo: std::collections::HashMap<(u32, u64), Hash>,
+}
+
+impl<S: SubtreeSource> Stored<S> {
+    /// A tree over `source`.
+    pub fn new(source: S) -> Self {
+        Stored { source, memo: std::collections::HashMap::new() }
+    }
+
+    /// The source, with what it learned.
+    pub fn into_source(self) -> S {
+        self.source
+    }
+
+    fn subtree(&mut self, level: u32, index: u64) -> Result<Hash, String> {
+        if let Some(h) = self.memo.get(&(level, index)) {
+            return Ok(*h);
+        }
+        let h = if level < REMEMBERED_LEVEL {
+            let leaves = self.source.leaves(index << level, 1 << level)?;
+            if leaves.len() != 1 << level {
+                return Err(format!("the log has fewer leaves than its size says (at {})", index << level));
+            }
+            root(&leaves)
+        } else if let Some(h) = self.source.known(level, index)? {
+            h
+        } else {
+            let h = if level == REMEMBERED_LEVEL {
+                let leaves = self.source.leaves(index << level, 1 << level)?;
+                if leaves.len() != 1 << level {
+                    return Err(format!("the log has fewer leaves than its size says (at {})", index << level));
+                }
+                Tree::new(leaves).root()
+            } else {
+                let (l, r) = (self.subtree(level - 1, 2 * index)?, self.subtree(level - 1, 2 * index + 1)?);
+                node_hash(&l, &r)
+            };
+            self.source.learned(level, index, h);
+            h
+        };
+        self.memo.insert((level, index), h);
+        Ok(h)
+    }
+
+    /// The root of leaves `start .. start + len`, where `start` is a multiple of the largest power of
+    /// two below `len` (as every range of the RFC's recursion is).
+    fn range(&mut self, start: u64, len: u64) -> Result<Hash, String> {
+        if len == 0 {
+            return Ok(sha(&[]));
+        }
+        if len.is_power_of_two() && start.is_multiple_of(len) {
+            return self.subtree(len.trailing_zeros(), start / len);
+        }
+        let k = split(len as usize) as u64;
+        let (l, r) = (self.range(start, k)?, self.range(start + k, len - k)?);
+        Ok(node_hash(&l, &r))
+    }
+
+    /// The root of the first `size` leaves.
+    ///
+    /// # Errors
+    /// When the source cannot be read.
+    pub fn root(&mut self, size: u64) -> Result<Hash, String> {
+        self.range(0, size)
+    }
+
+    /// The audit path of leaf `index` in the tree of the first `size` leaves, as [`inclusion_proof`].
+    ///
+    /// # Errors
+    /// When the source cannot be read.
+    pub fn inclusion_proof(&mut self, index: u64, size: u64) -> Result<Vec<Hash>, String> {
+        let mut path = Vec::new();
+        if index >= size {
+            return Ok(path);
+        }
+        let (mut start, mut len, mut m) = (0u64, size, index);
+        let mut upper = Vec::new();
+        while len > 1 {
+            let k = split(len as usize) as u64;
+            if m < k {
+                upper.push((start + k, len - k));
+                len = k;
+            } else {
+                upper.push((start, k));
+                start += k;
+                len -= k;
+                m -= k;
+            }
+        }
+        // The recursion's complements, innermost first.
+        for (s, l) in upper.into_iter().rev() {
+            path.push(self.range(s, l)?);
+        }
+        Ok(path)
+    }
+}
+
 /// Verifies that `leaf` is at `index` in a tree of `size` leaves with `root`.
 pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], root: &Hash) -> bool {
     if index >= size {
@@ -310,7 +433,7 @@ mod tests {
     }
 
     #[test]
-    fn the_built_tree_and_the_frontier_agree_with_the_recursive_definition() {
+    fn finding_5_the_frontier_and_the_built_tree_agree_with_the_recursive_definition() {
         for n in 0..70usize {
             let leaves: Vec<Hash> = (0..n).map(|i| leaf_hash(&(i as u64).to_be_bytes())).collect();
             let tree = Tree::new(leaves.clone());
@@ -324,5 +447,50 @@ mod tests {
                 assert_eq!(tree.inclusion_proof(i), inclusion_proof(i, &leaves), "proof {i} of {n}");
             }
         }
+    }
+
+    /// A source over leaves in memory, counting what it is asked, remembering in a map.
+    struct Counting {
+        leaves: Vec<Hash>,
+        read: u64,
+        known: std::collections::HashMap<(u32, u64), Hash>,
+    }
+
+    impl SubtreeSource for Counting {
+        fn leaves(&mut self, start: u64, count: u64) -> Result<Vec<Hash>, String> {
+            self.read += count;
+            Ok(self.leaves.iter().skip(start as usize).take(count as usize).copied().collect())
+        }
+        fn known(&mut self, level: u32, index: u64) -> Result<Option<Hash>, String> {
+            Ok(self.known.get(&(level, index)).copied())
+        }
+        fn learned(&mut self, level: u32, index: u64, hash: Hash) {
+            self.known.insert((level, index), hash);
+        }
+    }
+
+    #[test]
+    fn finding_6_stored_subtrees_give_the_same_proofs_and_each_costs_log_n_once_known() {
+        for n in [0usize, 1, 2, 3, 255, 256, 257, 511, 512, 513, 1000, 4097] {
+            let leaves: Vec<Hash> = (0..n).map(|i| leaf_hash(&(i as u64).to_be_bytes())).collect();
+            let mut t = Stored::new(Counting { leaves: leaves.clone(), read: 0, known: Default::default() });
+            assert_eq!(t.root(n as u64), Ok(root(&leaves)), "root, n={n}");
+            for i in (0..n).step_by(37).chain(n.checked_sub(1)) {
+                assert_eq!(t.inclusion_proof(i as u64, n as u64), Ok(inclusion_proof(i, &leaves)), "{i} of {n}");
+            }
+        }
+        // Once the subtrees are remembered, a fresh tree over the same source reads at most a few
+        // leaf ranges below the remembered level per proof, never the log.
+        let n = 1u64 << 16;
+        let leaves: Vec<Hash> = (0..n).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let mut first = Stored::new(Counting { leaves, read: 0, known: Default::default() });
+        first.root(n).expect("root");
+        let mut source = first.into_source();
+        assert_eq!(source.read, n, "the first pass reads the log once");
+        source.read = 0;
+        let mut again = Stored::new(source);
+        let proof = again.inclusion_proof(12_345, n).expect("proof");
+        assert_eq!(proof.len(), 16);
+        assert!(again.into_source().read <= 2 * 256, "a proof reads only its own leaf block");
     }
 }

@@ -52,6 +52,24 @@ struct HostAcc {
     energy: BTreeMap<String, (u64, u64)>,
 }
 
+/// The store as the log tree's source of leaves and remembered subtrees.
+struct StoreSubtrees<'a> {
+    store: &'a Store,
+    learned: Vec<(u32, u64, merkle::Hash)>,
+}
+
+impl merkle::SubtreeSource for StoreSubtrees<'_> {
+    fn leaves(&mut self, start: u64, count: u64) -> Result<Vec<merkle::Hash>, String> {
+        self.store.log_leaves_after(start, count).map_err(|e| e.to_string())
+    }
+    fn known(&mut self, level: u32, index: u64) -> Result<Option<merkle::Hash>, String> {
+        self.store.log_subtree(level, index).map_err(|e| e.to_string())
+    }
+    fn learned(&mut self, level: u32, index: u64, hash: merkle::Hash) {
+        self.learned.push((level, index, hash));
+    }
+}
+
 /// Most reports one export holds: a bound on the work one request can ask for (a year of one host at
 /// a 10 s interval is 3.2 million; exports are per period, so a long history is several exports).
 pub const MAX_EXPORT_REPORTS: usize = 1_000_000;
@@ -85,10 +103,11 @@ pub fn build(
             rfc3339(req.until)
         ));
     }
-    // One tree for the whole export: each inclusion proof is then O(log n), not a rebuild.
-    let tree = merkle::Tree::new(store.log_leaves(None).map_err(|e| e.to_string())?);
-    let size = tree.size() as u64;
-    let root = tree.root();
+    // The tree from remembered subtrees: each inclusion proof is O(log n) lookups; subtrees no export
+    // needed before are computed now, once, and remembered for every later one.
+    let size = store.log_size().map_err(|e| e.to_string())?;
+    let mut tree = merkle::Stored::new(StoreSubtrees { store, learned: Vec::new() });
+    let root = tree.root(size)?;
     let head = key.sign_head(size, &root);
     let _ = store.record_head(size, &root, head.signature.as_bytes(), crate::now_ms());
 
@@ -106,7 +125,7 @@ pub fn build(
             json!({"name": subject_name(&row.host_id, row.seq), "digest": {"sha256": gpuattest_proto::hex(&digest)}}),
         );
         let path: Vec<String> =
-            tree.inclusion_proof(row.log_index as usize).iter().map(|h| gpuattest_proto::hex(h)).collect();
+            tree.inclusion_proof(row.log_index, size)?.iter().map(|h| gpuattest_proto::hex(h)).collect();
         inclusion.push(json!({"index": row.log_index, "path": path}));
         let Ok(r) = pb::UsageReport::decode(row.signed.report.as_slice()) else { continue };
         let h = hosts.entry(row.host_id.clone()).or_default();
@@ -189,6 +208,11 @@ pub fn build(
         .filter(|f| hosts.contains_key(&f.host_id))
         .map(|f| json!({"id": f.id, "rule": f.rule, "severity": f.severity, "status": f.status, "host_id": f.host_id, "summary": f.summary, "updated_at": f.updated_at}))
         .collect();
+    // Remembered for later exports; failing to remember costs only time, never the export.
+    let learned = tree.into_source().learned;
+    if let Err(e) = store.put_log_subtrees(&learned) {
+        tracing::warn!(error = %e, subtrees = learned.len(), "log subtrees not remembered; the next export computes them again");
+    }
     Ok(json!({
         "_type": STATEMENT_TYPE,
         "subject": subjects,

@@ -1221,6 +1221,61 @@ impl Store {
             .map_err(sql("read log leaves"))
     }
 
+    /// Leaves in the transparency log (its indexes are dense from 1).
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn log_size(&self) -> Result<u64> {
+        self.reader()
+            .row("SELECT COALESCE(MAX(idx), 0) FROM log_leaves", params![], |r| r.u64(0))
+            .map_err(sql("read log size"))
+            .map(Option::unwrap_or_default)
+    }
+
+    /// A remembered perfect subtree root of the log (see `export::merkle::Stored`).
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn log_subtree(&self, level: u32, index: u64) -> Result<Option<[u8; 32]>> {
+        self.reader()
+            .row(
+                "SELECT hash FROM log_subtrees WHERE level = ?1 AND idx = ?2",
+                params![i64::from(level), index as i64],
+                |r| {
+                    let v: Vec<u8> = r.get(0)?;
+                    Ok(<[u8; 32]>::try_from(v.as_slice()).ok())
+                },
+            )
+            .map_err(sql("read log subtree"))
+            .map(Option::flatten)
+    }
+
+    /// Remembers perfect subtree roots of the log (level, index, root); known ones are kept as they are.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn put_log_subtrees(&self, subtrees: &[(u32, u64, [u8; 32])]) -> Result<()> {
+        if subtrees.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let mut tx = conn.write().map_err(sql("begin"))?;
+        for chunk in subtrees.chunks(500) {
+            let mut ps = Vec::with_capacity(3 * chunk.len());
+            for (level, index, hash) in chunk {
+                ps.extend_from_slice(params![i64::from(*level), *index as i64, hash.as_slice()]);
+            }
+            tx.defer_values(
+                "INSERT INTO log_subtrees (level, idx, hash) VALUES ",
+                3,
+                " ON CONFLICT (level, idx) DO NOTHING",
+                &ps,
+            )
+            .map_err(sql("remember log subtrees"))?;
+        }
+        tx.commit().map_err(sql("commit log subtrees"))
+    }
+
     /// The first `size` leaf hashes of the transparency log (all of them for `None`).
     ///
     /// # Errors
