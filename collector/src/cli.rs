@@ -469,6 +469,34 @@ pub fn backup(at: &Place, out_dir: &Path) -> Result {
             .map_err(|e| runtime(format!("{}: {e}", to.display())))?;
         copied.push(rel.to_string());
     }
+    // The files the policy names (tenant file, screening lists), wherever they live: a restore
+    // without them would judge the same evidence by another policy. Kept under policy-files/ with
+    // their original paths in a manifest, to be put back where the policy expects them.
+    let policy_file = at.data.join("policy.toml");
+    if policy_file.exists() {
+        let source = crate::policy::PolicySource { path: policy_file, explicit: true };
+        let policy = source
+            .load()
+            .map_err(|e| runtime(format!("the policy does not load, so its files are not backed up: {e}")))?;
+        let mut manifest = String::new();
+        for (i, from) in policy.sources().iter().enumerate() {
+            let name = from.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
+            let rel = format!("policy-files/{i:02}-{name}");
+            let to = out_dir.join(&rel);
+            if let Some(parent) = to.parent() {
+                mkdir(parent)?;
+            }
+            std::fs::copy(from, &to).map_err(|e| runtime(format!("copying {}: {e}", from.display())))?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| runtime(format!("{}: {e}", to.display())))?;
+            manifest.push_str(&format!("{rel}\t{}\n", from.display()));
+            copied.push(rel);
+        }
+        if !manifest.is_empty() {
+            std::fs::write(out_dir.join("policy-files/MANIFEST.tsv"), manifest)
+                .map_err(|e| runtime(format!("writing the manifest: {e}")))?;
+        }
+    }
     out(&format!(
         "backup written to {} ({}); to restore, stop the collector, copy these into an empty --data directory, then run `gpuattest-collector reports verify`\n",
         out_dir.display(),

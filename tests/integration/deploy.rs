@@ -133,6 +133,17 @@ fn online_backup_restores_to_a_verifiable_store() {
 
     let tmp = tempfile::tempdir().expect("tmp");
     let data = tmp.path().join("data");
+    // A policy whose tenant file lives outside the data directory: the backup must carry it.
+    let elsewhere = tmp.path().join("etc-policy");
+    std::fs::create_dir_all(&elsewhere).expect("dir");
+    std::fs::write(elsewhere.join("tenants.toml"), "[[tenant]]\nid = \"acme\"\nlegal_name = \"Acme\"\n")
+        .expect("tenants");
+    std::fs::create_dir_all(&data).expect("data");
+    std::fs::write(
+        data.join("policy.toml"),
+        format!("extend_builtin = true\ntenants = \"{}\"\n", elsewhere.join("tenants.toml").display()),
+    )
+    .expect("policy");
     let c = Collector::start(&data);
     let n = node(tmp.path(), "backup-node", &[]);
     let tok = token(&data, "enroll", Some("acme"));
@@ -142,6 +153,9 @@ fn online_backup_restores_to_a_verifiable_store() {
     let (code, text, err) = run(collector_cmd(&data).args(["backup", "--out"]).arg(&out));
     assert_eq!(code, 0, "{err}");
     assert!(text.contains("keys/export.pk8"), "{text}");
+    let manifest = std::fs::read_to_string(out.join("policy-files/MANIFEST.tsv")).expect("manifest");
+    assert!(manifest.contains(&elsewhere.join("tenants.toml").display().to_string()), "{manifest}");
+    assert!(std::fs::read_to_string(out.join("policy-files/00-tenants.toml")).expect("copy").contains("acme"));
     let (code, _, err) = run(collector_cmd(&data).args(["backup", "--out"]).arg(&out));
     assert_eq!(code, 64, "a second backup into the same directory is refused: {err}");
     a.stop();
