@@ -139,5 +139,6 @@ for d in yaml.safe_load_all(open(sys.argv[1])):
 PY
 "$bin/gpuattest-agent" run --check-config --config "$tmp/agent.toml" --tls-ca "$tmp/tls.crt"
 "$bin/gpuattest-collector" serve --check-config --config "$tmp/collector.toml" --data "$tmp/data" \
-  --tls-cert "$tmp/tls.crt" --tls-key "$tmp/tls.key" --client-ca "$tmp/tls.crt"
+  --tls-cert "$tmp/tls.crt" --tls-key "$tmp/tls.key" --client-ca "$tmp/tls.crt" \
+  --http-tls-cert "$tmp/tls.crt" --http-tls-key "$tmp/tls.key"
 echo "deploy checks passed"

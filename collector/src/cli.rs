@@ -350,6 +350,15 @@ pub fn serve(flags: crate::config::ServeFlags, config_file: Option<&Path>, check
     };
     let policy = source.load().map_err(config)?;
     let tls = grpc_tls(&s.grpc_listen, &s.tls)?;
+    let http_tls = match &s.http_tls {
+        Some((c, k)) => Some(crate::server::http_tls_config(&read_pem(c)?, &read_pem(k)?).map_err(config)?),
+        None => {
+            if !is_loopback(&s.http_listen) {
+                tracing::warn!(listen = %s.http_listen, "the review UI and API are served without TLS off loopback; bearer tokens cross the network in the clear unless a TLS proxy fronts this listener (--http-tls-cert/--http-tls-key)");
+            }
+            None
+        }
+    };
     // A check creates nothing: with no embedded store yet, it checks that one can be created.
     if check_config && s.database.is_none() && !s.data.join("gpuattest.db").exists() {
         let mut dir = s.data.as_path();
@@ -401,6 +410,7 @@ pub fn serve(flags: crate::config::ServeFlags, config_file: Option<&Path>, check
             .with_policy_source(source)
             .with_data_dir(s.data.clone())
             .with_shutdown_grace(s.shutdown_grace)
+            .with_http_tls_opt(http_tls)
             .serve(grpc, http, tls.as_ref(), rx)
             .await
             .map_err(runtime)

@@ -35,6 +35,18 @@ pub struct FileConfig {
     pub tls: Option<TlsConfig>,
     /// On SIGTERM, how long streams and requests get to finish (`10s`).
     pub shutdown_grace: Option<String>,
+    /// TLS for the HTTP listener (review UI, API, `/metrics`).
+    pub http_tls: Option<HttpTlsConfig>,
+}
+
+/// The `[http_tls]` table: the review UI and API over HTTPS.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTlsConfig {
+    /// Certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM).
+    pub key: Option<PathBuf>,
 }
 
 /// The `[tls]` table.
@@ -125,6 +137,10 @@ pub struct ServeFlags {
     pub require_client_cert: bool,
     /// `--shutdown-grace`.
     pub shutdown_grace: Option<String>,
+    /// `--http-tls-cert`.
+    pub http_tls_cert: Option<PathBuf>,
+    /// `--http-tls-key`.
+    pub http_tls_key: Option<PathBuf>,
 }
 
 /// `serve`'s settings after merging flags over the file.
@@ -144,6 +160,8 @@ pub struct ServeSettings {
     pub tls: TlsConfig,
     /// On SIGTERM, how long streams and requests get to finish.
     pub shutdown_grace: std::time::Duration,
+    /// HTTPS for the HTTP listener: certificate and key (PEM).
+    pub http_tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl ServeSettings {
@@ -154,6 +172,17 @@ impl ServeSettings {
     pub fn merge(flags: ServeFlags, file: Option<FileConfig>) -> Result<ServeSettings, ConfigError> {
         let file = file.unwrap_or_default();
         let ftls = file.tls.unwrap_or_default();
+        let fhttp = file.http_tls.unwrap_or_default();
+        let http_tls = match (flags.http_tls_cert.or(fhttp.cert), flags.http_tls_key.or(fhttp.key)) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError {
+                    path: "command line or config".into(),
+                    reason: "--http-tls-cert and --http-tls-key ([http_tls] cert and key) go together".into(),
+                });
+            }
+        };
         let s = ServeSettings {
             data: flags.data.or(file.data).unwrap_or_else(|| DEFAULT_DATA.into()),
             grpc_listen: flags.grpc_listen.or(file.grpc_listen).unwrap_or_else(|| DEFAULT_GRPC_LISTEN.into()),
@@ -176,6 +205,7 @@ impl ServeSettings {
                         reason: format!("shutdown grace `{}`: write a duration up to 1h, like 10s", g.escape_debug()),
                     })?,
             },
+            http_tls,
         };
         for (flag, a) in [("--grpc-listen", &s.grpc_listen), ("--http-listen", &s.http_listen)] {
             check_listen(a).map_err(|e| ConfigError { path: "command line".into(), reason: format!("{flag}: {e}") })?;

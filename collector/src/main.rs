@@ -54,6 +54,12 @@ enum Cmd {
         /// On SIGTERM: how long streams and requests get to finish before the collector exits [default: 10s].
         #[arg(long)]
         shutdown_grace: Option<String>,
+        /// HTTPS for the review UI, API and /metrics: certificate chain (PEM).
+        #[arg(long)]
+        http_tls_cert: Option<PathBuf>,
+        /// Its private key (PEM).
+        #[arg(long)]
+        http_tls_key: Option<PathBuf>,
     },
     /// The whole system on one machine with simulated GPUs.
     Demo {
@@ -358,6 +364,8 @@ fn main() -> ExitCode {
             client_ca,
             require_client_cert,
             shutdown_grace,
+            http_tls_cert,
+            http_tls_key,
         } => {
             let flags = gpuattest_collector::config::ServeFlags {
                 data: data_flag,
@@ -370,6 +378,8 @@ fn main() -> ExitCode {
                 client_ca,
                 require_client_cert,
                 shutdown_grace,
+                http_tls_cert,
+                http_tls_key,
             };
             cli::serve(flags, config.as_deref(), check_config)
         }

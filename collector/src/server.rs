@@ -29,6 +29,34 @@ pub struct Collector {
     pub data_dir: Option<std::path::PathBuf>,
     /// On shutdown, how long streams and HTTP requests get to finish before serving stops anyway.
     pub shutdown_grace: std::time::Duration,
+    /// HTTPS for the HTTP listener.
+    pub http_tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// The HTTP listener's rustls configuration from PEM certificate chain and key: HTTP/1.1 by ALPN, no
+/// client certificates (people sign in with bearer tokens).
+///
+/// # Errors
+/// A sentence naming what in the PEM material is unusable.
+pub fn http_tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("--http-tls-cert: not a PEM certificate chain ({e})"))?;
+    if certs.is_empty() {
+        return Err("--http-tls-cert: no certificate in the file".into());
+    }
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("--http-tls-key: not a PEM private key ({e})"))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS versions: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("--http-tls-cert and --http-tls-key do not make a usable identity: {e}"))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
 }
 
 /// The default of [`Collector::shutdown_grace`]: inside Kubernetes' default 30 s and systemd's 90 s.
@@ -146,7 +174,24 @@ impl Collector {
             policy_source: None,
             data_dir: None,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            http_tls: None,
         }
+    }
+
+    /// [`Collector::with_http_tls`] where a configuration is given.
+    #[must_use]
+    pub fn with_http_tls_opt(self, config: Option<Arc<rustls::ServerConfig>>) -> Self {
+        match config {
+            Some(c) => self.with_http_tls(c),
+            None => self,
+        }
+    }
+
+    /// Serves the HTTP listener over TLS with `config` (see [`http_tls_config`]).
+    #[must_use]
+    pub fn with_http_tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.http_tls = Some(config);
+        self
     }
 
     /// Sets [`Collector::shutdown_grace`].
@@ -289,7 +334,7 @@ impl Collector {
             .map_err(|reason| ServeError::Http { addr: http_addr.clone(), reason })?;
         let app =
             router(HttpState::new(self.store.clone(), self.metrics.clone(), Arc::new(export_key), self.policy.clone()));
-        let http_task = serve_http(http, app, shutdown.clone());
+        let http_task = serve_http(http, app, self.http_tls.clone(), shutdown.clone());
         let shutdown_for_monitor_grace = shutdown_for_monitor.clone();
         let monitor = self.clone().watch_silence(shutdown_for_monitor.clone());
         let reload = self.clone().watch_policy(shutdown_for_monitor);
@@ -437,6 +482,28 @@ fn tls_incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+/// One HTTP/1.1 connection with the header-read timeout, drained on shutdown.
+async fn serve_http_conn<IO>(
+    io: IO,
+    svc: hyper_util::service::TowerToHyperService<axum::Router>,
+    mut stop: watch::Receiver<bool>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HTTP_HEADER_TIMEOUT)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(HTTP_DRAIN, conn).await;
+        }
+    }
+}
+
 /// Resolves when `shutdown` turns true (or its sender is gone), holding no guard across the wait.
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|v| *v).await.map(|_| ());
@@ -450,13 +517,15 @@ pub const HTTP_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// On shutdown, how long open HTTP connections get to finish the request in hand.
 pub const HTTP_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Serves `app` on `listener`: HTTP/1.1, a header-read timeout, at most [`MAX_HTTP_CONNECTIONS`]
-/// connections, until `shutdown` turns true.
+/// Serves `app` on `listener`: HTTP/1.1 (over TLS with `tls`), a header-read timeout, at most
+/// [`MAX_HTTP_CONNECTIONS`] connections, until `shutdown` turns true.
 async fn serve_http(
     listener: TcpListener,
     app: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -477,19 +546,19 @@ async fn serve_http(
             () = stopped(&mut shutdown) => break,
         };
         let svc = hyper_util::service::TowerToHyperService::new(app.clone());
-        let mut stop = shutdown.clone();
+        let stop = shutdown.clone();
+        let acceptor = acceptor.clone();
         conns.spawn(async move {
             let _permit = permit;
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HTTP_HEADER_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = stopped(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(HTTP_DRAIN, conn).await;
+            match acceptor {
+                None => serve_http_conn(stream, svc, stop).await,
+                Some(a) => {
+                    let peer = stream.peer_addr().map(|p| p.to_string()).unwrap_or_default();
+                    match tokio::time::timeout(HTTP_HEADER_TIMEOUT, a.accept(stream)).await {
+                        Ok(Ok(tls)) => serve_http_conn(tls, svc, stop).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, reason = %e, "HTTPS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "HTTPS handshake timed out"),
+                    }
                 }
             }
         });

@@ -233,3 +233,45 @@ fn the_grafana_dashboard_queries_only_series_that_exist() {
         }
     }
 }
+
+/// Issue 21 item 8: the review UI and API over HTTPS, verified against the CA (openssl s_client), and
+/// no plaintext answer on the same port.
+#[test]
+fn the_review_ui_and_api_are_served_over_https() {
+    let t = tempfile::tempdir().expect("tmp");
+    let pki_dir = t.path().join("pki");
+    std::fs::create_dir_all(&pki_dir).expect("mkdir");
+    let Some(pki) = gpuattest_tests::make_pki(&pki_dir) else { return };
+    let data = t.path().join("data");
+    let s = |p: &std::path::Path| p.display().to_string();
+    let c = Collector::start_with(
+        &data,
+        "127.0.0.1:0",
+        &["--http-tls-cert", &s(&pki.server.0), "--http-tls-key", &s(&pki.server.1)],
+    );
+    let mut client = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &c.http, "-servername", "localhost", "-CAfile", &s(&pki.ca)])
+        .args(["-verify_return_error", "-quiet"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    std::io::Write::write_all(
+        &mut client.stdin.take().expect("stdin"),
+        b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .expect("request");
+    let out = client.wait_with_output().expect("response");
+    let response = String::from_utf8_lossy(&out.stdout);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(response.contains("\"ready\":true"), "{response}");
+    // Plaintext on the HTTPS port gets no HTTP answer.
+    use std::io::{Read, Write};
+    let mut plain = std::net::TcpStream::connect(&c.http).expect("connect");
+    plain.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+    plain.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
+    let mut buf = [0u8; 64];
+    let n = plain.read(&mut buf).unwrap_or(0);
+    assert!(!String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "a plaintext request was answered");
+}
