@@ -183,6 +183,32 @@ pub fn bench(nvml_lib: &Path, paths: HostPaths, iterations: u32, scratch: &Path)
     print_json(&figures)
 }
 
+/// `rotate-key` from its flags, each defaulting to the daemon's config file where one is given: the
+/// state directory, the first collector and the TLS files.
+///
+/// # Errors
+/// Usage (64) for a missing state directory or collector; configuration (78) for the file and TLS.
+pub fn rotate_key_with(
+    config: Option<&Path>,
+    state_dir: Option<std::path::PathBuf>,
+    collector: Option<String>,
+    [tls_ca, tls_cert, tls_key]: [Option<std::path::PathBuf>; 3],
+) -> Result {
+    let file = config.map(FileConfig::load).transpose().map_err(|e| fail(78, e))?.unwrap_or_default();
+    let state_dir =
+        state_dir.or(file.state_dir).ok_or_else(|| fail(64, "--state-dir (or --config with state_dir) is needed"))?;
+    let collector = collector
+        .or_else(|| file.collector.as_ref().and_then(|c| c.first().cloned()))
+        .ok_or_else(|| fail(64, "--collector (or --config with collector) is needed"))?;
+    let tls = crate::transport::Tls::load(
+        tls_ca.or(file.tls_ca).as_deref(),
+        tls_cert.or(file.tls_cert).as_deref(),
+        tls_key.or(file.tls_key).as_deref(),
+    )
+    .map_err(|e| fail(78, e))?;
+    rotate_key(&state_dir, &collector, &tls)
+}
+
 /// `rotate-key`: the current key vouches for a new one at the collector, then the new key becomes
 /// current. Stop the daemon first; restart it afterwards.
 ///

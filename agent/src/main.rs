@@ -42,10 +42,13 @@ enum Cmd {
     },
     /// Replace this host's signing key: the current key vouches for the new one. Stop the daemon first.
     RotateKey {
+        /// The daemon's config file: its state_dir, first collector and TLS files, unless given here.
         #[arg(long)]
-        state_dir: PathBuf,
+        config: Option<PathBuf>,
         #[arg(long)]
-        collector: String,
+        state_dir: Option<PathBuf>,
+        #[arg(long)]
+        collector: Option<String>,
         #[arg(long)]
         tls_ca: Option<PathBuf>,
         #[arg(long)]
@@ -178,11 +181,8 @@ fn main() -> ExitCode {
     let result = match args.cmd {
         Cmd::Status { state_dir, json } => cli::status(&state_dir, json),
         Cmd::Fingerprint { path, json } => cli::fingerprint(&path, json),
-        Cmd::RotateKey { state_dir, collector, tls_ca, tls_cert, tls_key } => {
-            match gpuattest_agent::transport::Tls::load(tls_ca.as_deref(), tls_cert.as_deref(), tls_key.as_deref()) {
-                Ok(tls) => cli::rotate_key(&state_dir, &collector, &tls),
-                Err(e) => Err(cli::CliError { code: 78, message: e }),
-            }
+        Cmd::RotateKey { config, state_dir, collector, tls_ca, tls_cert, tls_key } => {
+            cli::rotate_key_with(config.as_deref(), state_dir, collector, [tls_ca, tls_cert, tls_key])
         }
         Cmd::Inspect { host, attest_nonce, json } => {
             let kubelet = host.kubelet();

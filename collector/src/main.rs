@@ -16,6 +16,10 @@ struct Cli {
     /// A shared PostgreSQL store instead of the embedded one.
     #[arg(long, global = true, env = "GPUATTEST_DATABASE", hide_env_values = true)]
     database: Option<String>,
+    /// The collector's TOML config (deploy/config/collector-full.toml): `serve` takes its settings from
+    /// it, and every other command its `data` and `database`; flags win.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -30,9 +34,6 @@ enum Cmd {
         /// Listener for the review UI, the API and /metrics [default: 127.0.0.1:7080].
         #[arg(long)]
         http_listen: Option<String>,
-        /// A TOML file with the same settings (deploy/config/collector-full.toml); flags win.
-        #[arg(long)]
-        config: Option<PathBuf>,
         /// A policy file instead of <data>/policy.toml.
         #[arg(long)]
         policy: Option<PathBuf>,
@@ -349,14 +350,29 @@ fn main() -> ExitCode {
     };
     gpuattest_collector::logging::init(if matches!(args.cmd, Cmd::Serve { .. }) { "info" } else { "warn" });
     let data_flag = args.data.clone();
-    let default_data = args.data.unwrap_or_else(|| gpuattest_collector::config::DEFAULT_DATA.into());
+    let config = args.config.clone();
+    // Commands other than serve read the store's place from the daemon's config where one is given.
+    let file = match (&config, matches!(args.cmd, Cmd::Serve { .. })) {
+        (Some(p), false) => match gpuattest_collector::config::FileConfig::load(p) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("{}", gpuattest_collector::logging::fatal_line("gpuattest-collector", &e.to_string()));
+                return ExitCode::from(78);
+            }
+        },
+        _ => None,
+    };
+    let (file_data, file_database) = file.map(|f| (f.data, f.database)).unwrap_or_default();
+    let data_given = data_flag.is_some() || file_data.is_some();
+    let default_data =
+        args.data.or(file_data).unwrap_or_else(|| gpuattest_collector::config::DEFAULT_DATA.into());
     let data = default_data.as_path();
-    let at = cli::Place { data: data.to_path_buf(), database: args.database.clone(), data_given: data_flag.is_some() };
+    let database = args.database.clone().or(file_database);
+    let at = cli::Place { data: data.to_path_buf(), database: database.clone(), data_given };
     let result = match args.cmd {
         Cmd::Serve {
             grpc_listen,
             http_listen,
-            config,
             policy,
             check_config,
             tls_cert,

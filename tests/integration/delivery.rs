@@ -235,10 +235,14 @@ fn key_rotation_keeps_spooled_reports_valid_and_history_verifiable() {
     agent.kill9();
     let old_key = agent.status()["key_id"].clone();
     let _c = Collector::start_with(&data, &addr, &[]);
+    // From the daemon's own config file: no flag repeated.
+    let config = t.path().join("agent.toml");
+    std::fs::write(&config, format!("collector = [\"{}\"]\nstate_dir = \"{}\"\n", url(&addr), n.state.display()))
+        .expect("config");
     let (code, out, err) = gpuattest_tests::run(
         std::process::Command::new(gpuattest_tests::bin("gpuattest-agent"))
-            .args(["rotate-key", "--collector", &url(&addr), "--state-dir"])
-            .arg(&n.state),
+            .args(["rotate-key", "--config"])
+            .arg(&config),
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("key rotated"), "{out}");
