@@ -13,6 +13,9 @@ pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7443";
 /// Default HTTP listener.
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7080";
+/// On SIGTERM, how long streams and requests get to finish by default: inside Kubernetes' default
+/// 30 s and systemd's 90 s.
+pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 /// Default data directory.
 pub const DEFAULT_DATA: &str = "./gpuattest-data";
 
@@ -196,7 +199,7 @@ impl ServeSettings {
                 require_client_cert: flags.require_client_cert || ftls.require_client_cert,
             },
             shutdown_grace: match flags.shutdown_grace.or(file.shutdown_grace) {
-                None => crate::server::DEFAULT_SHUTDOWN_GRACE,
+                None => DEFAULT_SHUTDOWN_GRACE,
                 Some(g) => gpuattest_proto::units::parse_duration(&g)
                     .ok()
                     .filter(|d| *d <= std::time::Duration::from_secs(3600))

@@ -364,8 +364,7 @@ fn main() -> ExitCode {
     };
     let (file_data, file_database) = file.map(|f| (f.data, f.database)).unwrap_or_default();
     let data_given = data_flag.is_some() || file_data.is_some();
-    let default_data =
-        args.data.or(file_data).unwrap_or_else(|| gpuattest_collector::config::DEFAULT_DATA.into());
+    let default_data = args.data.or(file_data).unwrap_or_else(|| gpuattest_collector::config::DEFAULT_DATA.into());
     let data = default_data.as_path();
     let database = args.database.clone().or(file_database);
     let at = cli::Place { data: data.to_path_buf(), database: database.clone(), data_given };

@@ -59,8 +59,7 @@ pub fn http_tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::Se
     Ok(Arc::new(cfg))
 }
 
-/// The default of [`Collector::shutdown_grace`]: inside Kubernetes' default 30 s and systemd's 90 s.
-pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+pub use crate::config::DEFAULT_SHUTDOWN_GRACE;
 
 /// TLS for the gRPC listener.
 #[derive(Clone)]
