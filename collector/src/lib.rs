@@ -2,6 +2,7 @@
 //! beside their decoded fields, evaluates policy, raises flags, and serves the review UI and API.
 //!
 //! # Layout
+//! - [`attestation`]: NVIDIA GPU attestation reports (SPDM measurements), parsed and checked.
 //! - [`bench`]: the end-to-end ingest benchmark beside the signature-verification ceiling.
 //! - [`cli`]: the commands behind the binary, with their exit codes.
 //! - [`compute`]: jobs across hosts: identity, GPU peak table, operations, training or inference.
@@ -25,6 +26,7 @@
 //! - [`verify`]: the one report verifier (ingest, `reports verify`, the review page).
 //! - [`x509`]: a client certificate's public key, to bind a host to it.
 
+pub mod attestation;
 pub mod bench;
 pub mod cli;
 pub mod compute;

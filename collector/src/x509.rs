@@ -4,7 +4,7 @@
 //! bytes that remain; anything malformed is `None`.
 
 /// One DER element: (tag, the whole element's bytes, its contents).
-fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+pub(crate) fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = input.split_first()?;
     let (&first, rest) = rest.split_first()?;
     let (len, header) = if first < 0x80 {
@@ -47,6 +47,23 @@ pub fn subject_public_key_info(cert: &[u8]) -> Option<&[u8]> {
         index += 1;
     }
     None
+}
+
+/// The uncompressed P-384 point (0x04 || X || Y, 97 bytes) of a certificate whose key is an
+/// id-ecPublicKey on secp384r1, as ring's ECDSA_P384 verifiers take it; `None` for any other key.
+pub fn p384_public_key(cert: &[u8]) -> Option<&[u8]> {
+    /// 1.2.840.10045.2.1 id-ecPublicKey, then 1.3.132.0.34 secp384r1, as DER.
+    const ALGORITHM: &[u8] =
+        &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+    let (_, _, spki) = element(subject_public_key_info(cert)?)?;
+    let (tag, whole, algorithm) = element(spki)?;
+    if tag != 0x30 || algorithm != ALGORITHM {
+        return None;
+    }
+    let (tag, _, bits) = element(&spki[whole.len()..])?;
+    // BIT STRING: no unused bits, then the point.
+    let point = bits.strip_prefix(&[0u8])?;
+    (tag == 0x03 && point.len() == 97 && point[0] == 0x04).then_some(point)
 }
 
 /// SHA-256 of a DER certificate's SubjectPublicKeyInfo: what a host is bound to.
