@@ -349,11 +349,11 @@ mod tests {
         // The chain without its root: the pinned root is not reached.
         let text = String::from_utf8(chain).expect("pem");
         let cut = text.rfind("-----BEGIN").expect("root");
-        let v = verify(&report, text[..cut].as_bytes(), &unhex(SAMPLE_NONCE));
+        let v = verify(&report, &text.as_bytes()[..cut], &unhex(SAMPLE_NONCE));
         assert!(!v.checks["x-nvidia-gpu-attestation-report-cert-chain-root-pinned"], "{v:?}");
         // Another leaf (the intermediate in its place): its key did not sign.
         let first_end = text.find("-----END CERTIFICATE-----").expect("end") + 26;
-        let v = verify(&report, text[first_end..].as_bytes(), &unhex(SAMPLE_NONCE));
+        let v = verify(&report, &text.as_bytes()[first_end..], &unhex(SAMPLE_NONCE));
         assert!(!v.checks["x-nvidia-gpu-attestation-report-signature-verified"], "{v:?}");
     }
 
