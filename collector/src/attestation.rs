@@ -3,11 +3,14 @@
 //! and the ECDSA P-384 / SHA-384 signature over request || response-without-signature with the key of
 //! the chain's leaf certificate.
 //!
-//! What this module checks today: the report's structure (every length bounded by the bytes that
-//! remain), the nonce in the request against the one the collector issued, the signature with the
-//! leaf certificate's P-384 key, and that the chain ends at the pinned NVIDIA Device Identity CA root
-//! (by its SHA-256 fingerprint). What it does not check yet, and so never calls a report valid: the
-//! certificate chain's own signatures, validity and constraints, golden measurements (RIMs), OCSP/CRL.
+//! What this module checks: the report's structure (every length bounded by the bytes that remain),
+//! the nonce in the request against the one the collector issued, the signature with the leaf
+//! certificate's P-384 key, and the chain: each certificate signed (ECDSA P-384 / SHA-384) by the
+//! next, issuer names matching subjects, every certificate within its validity, issuers marked CA
+//! with keyCertSign, the root self-signed and either the pinned NVIDIA Device Identity CA (by its
+//! SHA-256 fingerprint) or an anchor the operator configured. What it does not check yet: golden
+//! measurements (RIMs and their XML signatures), OCSP/CRL revocation, the FWID and device-identity
+//! extensions against the report, Blackwell specifics.
 
 use std::collections::BTreeMap;
 
@@ -220,7 +223,7 @@ pub fn chain_from_pem(pem: &[u8]) -> Result<Vec<Vec<u8>>, AttestationError> {
 /// Every check, by NVIDIA's claim names where one exists, and what the report says.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Verdict {
-    /// Every mandatory check passed. Always `false` until the chain's own signatures are verified.
+    /// Every mandatory check passed: parsed, nonce, signature, chain.
     pub valid: bool,
     /// Check name -> passed.
     pub checks: BTreeMap<&'static str, bool>,
@@ -232,12 +235,75 @@ pub struct Verdict {
     pub driver_version: Option<String>,
     /// From the opaque data.
     pub vbios_version: Option<String>,
+    /// The leaf certificate's subject serialNumber: the device's identity.
+    pub device_serial: Option<String>,
     /// Sentences for what failed or was not checked.
     pub errors: Vec<String>,
 }
 
-/// Checks a report and its chain against the nonce the collector issued.
+/// Checks a chain (leaf first) at `now` (Unix seconds): each certificate signed by the next with
+/// ECDSA P-384 / SHA-384, names chained, validity, CA constraints, the leaf allowed to sign, and the
+/// last certificate self-signed and trusted (its SHA-256 is the pinned root's or one of `anchors`').
+///
+/// # Errors
+/// The first problem, as a sentence naming the certificate by its position.
+pub fn check_chain(certs: &[Vec<u8>], now: i64, anchors: &[[u8; 32]]) -> Result<(), String> {
+    use crate::x509::{DIGITAL_SIGNATURE, ECDSA_WITH_SHA384, KEY_CERT_SIGN, certificate, p384_public_key};
+    if certs.len() > 8 {
+        return Err(format!("{} certificates, more than a device chain has (8)", certs.len()));
+    }
+    let parsed: Vec<_> = certs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| certificate(c).ok_or_else(|| format!("certificate {i} is not a readable X.509 certificate")))
+        .collect::<Result<_, _>>()?;
+    let Some(root) = parsed.last() else { return Err("no certificate".into()) };
+    for (i, c) in parsed.iter().enumerate() {
+        if now < c.not_before || now > c.not_after {
+            return Err(format!("certificate {i} is outside its validity period"));
+        }
+        if c.signature_algorithm != ECDSA_WITH_SHA384 {
+            return Err(format!("certificate {i} is not signed with ECDSA P-384 / SHA-384"));
+        }
+        let issuer = parsed.get(i + 1).unwrap_or(root);
+        if i + 1 < parsed.len() {
+            if issuer.is_ca != Some(true) || issuer.key_usage.is_some_and(|k| k & KEY_CERT_SIGN == 0) {
+                return Err(format!("certificate {} signs certificate {i} but is not a CA allowed to", i + 1));
+            }
+        } else if root.is_ca == Some(false) {
+            return Err("the root is not a CA".into());
+        }
+        if c.issuer != issuer.subject {
+            return Err(format!("certificate {i} names an issuer other than the next certificate"));
+        }
+        let key =
+            p384_public_key(issuer.der).ok_or_else(|| format!("the issuer of certificate {i} has no P-384 key"))?;
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P384_SHA384_ASN1, key)
+            .verify(c.tbs, c.signature)
+            .map_err(|_| format!("certificate {i}'s signature does not verify with its issuer's key"))?;
+    }
+    if parsed[0].key_usage.is_some_and(|k| k & DIGITAL_SIGNATURE == 0) {
+        return Err("the leaf certificate may not sign (keyUsage)".into());
+    }
+    let root_sha = gpuattest_proto::sha256(root.der);
+    let pinned = gpuattest_proto::hex(&root_sha) == NVIDIA_DEVICE_IDENTITY_ROOT_SHA256;
+    if !pinned && !anchors.contains(&root_sha) {
+        return Err(
+            "the chain ends at a root that is neither the pinned NVIDIA Device Identity CA nor a configured anchor"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Checks a report and its chain against the nonce the collector issued, now.
 pub fn verify(report: &[u8], chain_pem: &[u8], expected_nonce: &[u8]) -> Verdict {
+    verify_at(report, chain_pem, expected_nonce, crate::now_ms() / 1000, &[])
+}
+
+/// [`verify`] at `now` (Unix seconds), trusting `anchors` (SHA-256 of root certificates) beside the
+/// pinned NVIDIA root.
+pub fn verify_at(report: &[u8], chain_pem: &[u8], expected_nonce: &[u8], now: i64, anchors: &[[u8; 32]]) -> Verdict {
     let mut checks = BTreeMap::new();
     let mut errors = Vec::new();
     let parsed = Report::parse(report);
@@ -252,6 +318,7 @@ pub fn verify(report: &[u8], chain_pem: &[u8], expected_nonce: &[u8]) -> Verdict
             measurements: Vec::new(),
             driver_version: None,
             vbios_version: None,
+            device_serial: None,
             errors,
         };
     };
@@ -264,7 +331,7 @@ pub fn verify(report: &[u8], chain_pem: &[u8], expected_nonce: &[u8]) -> Verdict
             gpuattest_proto::hex(expected_nonce)
         ));
     }
-    let (mut signed, mut root_pinned) = (false, false);
+    let (mut signed, mut root_pinned, mut chain_ok) = (false, false, false);
     match &chain {
         Ok(certs) => {
             match certs.first().and_then(|c| crate::x509::p384_public_key(c)) {
@@ -277,23 +344,24 @@ pub fn verify(report: &[u8], chain_pem: &[u8], expected_nonce: &[u8]) -> Verdict
             root_pinned = certs.last().is_some_and(|root| {
                 gpuattest_proto::hex(&gpuattest_proto::sha256(root)) == NVIDIA_DEVICE_IDENTITY_ROOT_SHA256
             });
-            if !root_pinned {
-                errors.push("the chain does not end at the pinned NVIDIA Device Identity CA root".into());
+            match check_chain(certs, now, anchors) {
+                Ok(()) => chain_ok = true,
+                Err(e) => errors.push(format!("certificate chain: {e}")),
             }
         }
         Err(e) => errors.push(e.to_string()),
     }
     checks.insert("x-nvidia-gpu-attestation-report-signature-verified", signed);
     checks.insert("x-nvidia-gpu-attestation-report-cert-chain-root-pinned", root_pinned);
-    checks.insert("x-nvidia-gpu-attestation-report-cert-chain-validated", false);
-    errors.push("the certificate chain's own signatures, validity and constraints are not verified yet".into());
+    checks.insert("x-nvidia-gpu-attestation-report-cert-chain-validated", chain_ok);
     Verdict {
-        valid: false,
+        valid: nonce_ok && signed && chain_ok,
         checks,
         nonce: gpuattest_proto::hex(&r.request_nonce),
         measurements: r.measurements.iter().map(|m| (m.index, gpuattest_proto::hex(&m.value))).collect(),
         driver_version: r.driver_version(),
         vbios_version: r.vbios_version(),
+        device_serial: chain.as_ref().ok().and_then(|c| c.first()).and_then(|c| crate::x509::subject_serial_number(c)),
         errors,
     }
 }
@@ -329,11 +397,41 @@ mod tests {
         assert_eq!(r.driver_version().as_deref(), Some("550.90.07"));
         assert_eq!(r.vbios_version().as_deref(), Some("96.00.9F.00.01"));
         assert_eq!(r.fwid().map(|f| f.len()), Some(96));
-        let v = verify(&report, &chain, &unhex(SAMPLE_NONCE));
+        let v = verify_at(&report, &chain, &unhex(SAMPLE_NONCE), 1_800_000_000, &[]);
         assert!(v.checks["x-nvidia-gpu-attestation-report-signature-verified"], "{v:?}");
         assert!(v.checks["x-nvidia-gpu-attestation-report-nonce-match"], "{v:?}");
         assert!(v.checks["x-nvidia-gpu-attestation-report-cert-chain-root-pinned"], "{v:?}");
-        assert!(!v.valid, "never valid while the chain itself is not verified: {v:?}");
+        assert!(v.checks["x-nvidia-gpu-attestation-report-cert-chain-validated"], "{v:?}");
+        assert!(v.valid && v.errors.is_empty(), "{v:?}");
+        assert_eq!(v.device_serial.as_deref(), Some("53C22BA15E5D68088282DA074ED9FB37AA585771"));
+    }
+
+    #[test]
+    fn the_chain_is_checked_link_by_link() {
+        let (_, chain) = sample();
+        let certs = chain_from_pem(&chain).expect("chain");
+        let now = 1_800_000_000;
+        assert_eq!(check_chain(&certs, now, &[]), Ok(()));
+        // Before the leaf's notBefore (2020-10-17).
+        assert!(check_chain(&certs, 1_500_000_000, &[]).expect_err("early").contains("validity"));
+        // A byte of the intermediate's signature flipped.
+        let mut tampered = certs.clone();
+        let n = tampered[1].len();
+        tampered[1][n - 5] ^= 1;
+        assert!(check_chain(&tampered, now, &[]).is_err());
+        // The intermediate taken out: the leaf's issuer is no longer next.
+        let mut gap = certs.clone();
+        gap.remove(1);
+        assert!(check_chain(&gap, now, &[]).expect_err("gap").contains("issuer"));
+        // Not ending at a trusted root: the pinned root dropped, then its issuer trusted as an anchor
+        // fails too (it is not self-signed).
+        let mut short = certs.clone();
+        short.pop();
+        assert!(check_chain(&short, now, &[]).is_err());
+        // A leaf used as a CA: the leaf twice.
+        let mut leaf_ca = certs.clone();
+        leaf_ca.insert(1, certs[0].clone());
+        assert!(check_chain(&leaf_ca, now, &[]).is_err());
     }
 
     #[test]

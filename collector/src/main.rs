@@ -142,6 +142,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// GPU attestation: `attestation verify --report FILE --certs FILE --nonce HEX [--anchor PEM] [--json]`.
+    Attestation {
+        #[command(subcommand)]
+        cmd: AttestationCmd,
+    },
     /// The transparency log: `log head`, `log consistency --from N`, `log verify-consistency FILE --key PEM`.
     Log {
         #[command(subcommand)]
@@ -306,6 +311,27 @@ enum ScreenCmd {
 }
 
 #[derive(Subcommand)]
+enum AttestationCmd {
+    /// Verify one GPU attestation report with its certificate chain against the pinned NVIDIA root.
+    Verify {
+        /// The SPDM request and response, hex or binary.
+        #[arg(long)]
+        report: PathBuf,
+        /// The certificate chain, PEM, leaf first.
+        #[arg(long)]
+        certs: PathBuf,
+        /// The nonce the report must answer, 64 hex digits.
+        #[arg(long)]
+        nonce: String,
+        /// Roots trusted beside the pinned NVIDIA root (PEM; tests use a generated one).
+        #[arg(long)]
+        anchor: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum LogCmd {
     /// Sign and print the current tree head.
     Head,
@@ -420,6 +446,9 @@ fn main() -> ExitCode {
             cli::export(&at, &cli::ExportArgs { tenant, out, since, until, redact })
         }
         Cmd::ExportKey => cli::export_key(&at),
+        Cmd::Attestation { cmd: AttestationCmd::Verify { report, certs, nonce, anchor, json } } => {
+            cli::attestation_verify(&report, &certs, &nonce, &anchor, json)
+        }
         Cmd::Backup { out } => cli::backup(&at, &out),
         Cmd::Bench { agents, seconds, interval, json } => {
             cli::bench(agents, seconds, interval.as_deref(), at.database.as_deref(), json)

@@ -66,6 +66,162 @@ pub fn p384_public_key(cert: &[u8]) -> Option<&[u8]> {
     (tag == 0x03 && point.len() == 97 && point[0] == 0x04).then_some(point)
 }
 
+/// The parts of a certificate a chain check needs. Borrowed from the DER; nothing is verified here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certificate<'a> {
+    /// The whole certificate.
+    pub der: &'a [u8],
+    /// The signed part (tbsCertificate, tag and length included).
+    pub tbs: &'a [u8],
+    /// The outer signature algorithm's contents (its OID and parameters).
+    pub signature_algorithm: &'a [u8],
+    /// The signature, as the BIT STRING carries it (DER ECDSA-Sig-Value for ECDSA).
+    pub signature: &'a [u8],
+    /// Issuer name (DER).
+    pub issuer: &'a [u8],
+    /// Subject name (DER).
+    pub subject: &'a [u8],
+    /// notBefore, Unix seconds.
+    pub not_before: i64,
+    /// notAfter, Unix seconds.
+    pub not_after: i64,
+    /// basicConstraints cA, where the extension is present.
+    pub is_ca: Option<bool>,
+    /// keyUsage bits (bit 0 = digitalSignature, bit 5 = keyCertSign), where the extension is present.
+    pub key_usage: Option<u16>,
+}
+
+/// ecdsa-with-SHA384 (1.2.840.10045.4.3.3), as DER.
+pub const ECDSA_WITH_SHA384: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03];
+/// keyUsage bit digitalSignature.
+pub const DIGITAL_SIGNATURE: u16 = 1 << 0;
+/// keyUsage bit keyCertSign.
+pub const KEY_CERT_SIGN: u16 = 1 << 5;
+
+/// UTCTime (tag 0x17, `YYMMDDHHMMSSZ`) or GeneralizedTime (0x18, `YYYYMMDDHHMMSSZ`) as Unix seconds.
+fn time(tag: u8, v: &[u8]) -> Option<i64> {
+    let digits = v.strip_suffix(b"Z")?;
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = |s: &[u8]| s.iter().fold(0i64, |a, d| a * 10 + i64::from(d - b'0'));
+    let (y, rest) = match (tag, digits.len()) {
+        (0x17, 12) => {
+            let yy = n(&digits[..2]);
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &digits[2..])
+        }
+        (0x18, 14) => (n(&digits[..4]), &digits[4..]),
+        _ => return None,
+    };
+    let (m, d, hh, mm, ss) = (n(&rest[..2]), n(&rest[2..4]), n(&rest[4..6]), n(&rest[6..8]), n(&rest[8..10]));
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+/// Reads a DER certificate's parts; `None` for anything malformed.
+pub fn certificate(der: &[u8]) -> Option<Certificate<'_>> {
+    let (tag, whole, body) = element(der)?;
+    if tag != 0x30 || whole.len() != der.len() {
+        return None;
+    }
+    let (tag, tbs, tbs_body) = element(body)?;
+    let rest = &body[tbs.len()..];
+    let (alg_tag, alg_whole, signature_algorithm) = element(rest)?;
+    let (sig_tag, _, sig_bits) = element(&rest[alg_whole.len()..])?;
+    if tag != 0x30 || alg_tag != 0x30 || sig_tag != 0x03 {
+        return None;
+    }
+    let signature = sig_bits.strip_prefix(&[0u8])?;
+    let mut fields = Vec::new();
+    let mut t = tbs_body;
+    while !t.is_empty() {
+        let (tag, whole, content) = element(t)?;
+        fields.push((tag, whole, content));
+        t = &t[whole.len()..];
+    }
+    let skip = usize::from(fields.first()?.0 == 0xa0);
+    let get = |i: usize| fields.get(skip + i).copied();
+    let (_, issuer, _) = get(2)?;
+    let (_, _, validity) = get(3)?;
+    let (_, subject, _) = get(4)?;
+    let (t1, w1, v1) = element(validity)?;
+    let (t2, _, v2) = element(&validity[w1.len()..])?;
+    let (not_before, not_after) = (time(t1, v1)?, time(t2, v2)?);
+    let (mut is_ca, mut key_usage) = (None, None);
+    let after_key = fields.get(skip + 6..).unwrap_or_default();
+    if let Some((_, _, explicit)) = after_key.iter().copied().find(|(tag, _, _)| *tag == 0xa3) {
+        let (_, _, mut exts) = element(explicit)?;
+        while !exts.is_empty() {
+            let (_, whole, ext) = element(exts)?;
+            exts = &exts[whole.len()..];
+            let (_, oid, _) = element(ext)?;
+            let mut r = &ext[oid.len()..];
+            // An optional `critical` BOOLEAN, then the value as an OCTET STRING.
+            if let Some((0x01, critical, _)) = element(r) {
+                r = &r[critical.len()..];
+            }
+            let (tag, _, value) = element(r)?;
+            if tag != 0x04 {
+                return None;
+            }
+            match oid {
+                // 2.5.29.19 basicConstraints: SEQUENCE { cA BOOLEAN DEFAULT FALSE, ... }
+                [0x06, 0x03, 0x55, 0x1d, 0x13] => {
+                    let (_, _, seq) = element(value)?;
+                    is_ca = Some(matches!(element(seq), Some((0x01, _, [b])) if *b != 0));
+                }
+                // 2.5.29.15 keyUsage: BIT STRING, first byte the unused bits, bit 0 the top bit.
+                [0x06, 0x03, 0x55, 0x1d, 0x0f] => {
+                    let (_, _, bits) = element(value)?;
+                    let (_, b) = bits.split_first()?;
+                    let hi = u16::from(*b.first().unwrap_or(&0));
+                    let lo = u16::from(*b.get(1).unwrap_or(&0));
+                    let raw = (hi << 8) | lo;
+                    key_usage = Some((0..16).filter(|i| raw & (0x8000 >> i) != 0).fold(0, |a, i| a | (1 << i)));
+                }
+                _ => {}
+            }
+        }
+    }
+    Some(Certificate {
+        der,
+        tbs,
+        signature_algorithm,
+        signature,
+        issuer,
+        subject,
+        not_before,
+        not_after,
+        is_ca,
+        key_usage,
+    })
+}
+
+/// The subject's serialNumber attribute (2.5.4.5), where it is printable text: an NVIDIA device
+/// certificate's device serial.
+pub fn subject_serial_number(cert: &[u8]) -> Option<String> {
+    const SERIAL_NUMBER: &[u8] = &[0x06, 0x03, 0x55, 0x04, 0x05];
+    let (_, _, mut rdns) = element(certificate(cert)?.subject)?;
+    while !rdns.is_empty() {
+        let (_, whole, set) = element(rdns)?;
+        rdns = &rdns[whole.len()..];
+        let (_, _, attr) = element(set)?;
+        let (_, oid, _) = element(attr)?;
+        if oid == SERIAL_NUMBER {
+            let (_, _, value) = element(&attr[oid.len()..])?;
+            return value.iter().all(|b| b.is_ascii_graphic()).then(|| String::from_utf8_lossy(value).into_owned());
+        }
+    }
+    None
+}
+
 /// SHA-256 of a DER certificate's SubjectPublicKeyInfo: what a host is bound to.
 pub fn public_key_sha256(cert: &[u8]) -> Option<[u8; 32]> {
     subject_public_key_info(cert).map(gpuattest_proto::sha256)
@@ -109,5 +265,27 @@ mod tests {
         assert!(subject_public_key_info(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_none());
         assert!(subject_public_key_info(&[0x04, 0x00]).is_none());
         assert!(subject_public_key_info(&[0x30, 0x02, 0x30, 0x00]).is_none());
+    }
+
+    #[test]
+    fn certificates_are_read_and_hostile_ones_are_none() {
+        let der = unhex(CERT);
+        let c = certificate(&der).expect("certificate");
+        assert_eq!(c.is_ca, Some(true), "openssl's self-signed certificates are CAs");
+        assert!(c.not_after > c.not_before && c.not_before > 1_700_000_000);
+        assert_eq!(c.issuer, c.subject, "self-signed");
+        for cut in 0..der.len() {
+            assert!(certificate(&der[..cut]).is_none(), "a certificate cut at {cut} was read");
+        }
+        let mut bad_time = der.clone();
+        if let Some(i) = bad_time.windows(2).position(|w| w == [0x17, 0x0d]) {
+            bad_time[i + 2] = b'x';
+            assert!(certificate(&bad_time).is_none(), "a malformed time");
+        }
+        assert_eq!(time(0x17, b"491231235959Z"), Some(2_524_607_999));
+        assert_eq!(time(0x18, b"99991231235959Z"), Some(253_402_300_799));
+        for bad in [&b"2012312359Z"[..], b"99991331235959Z", b"9999123123595Z", b"991231235959"] {
+            assert!(time(0x18, bad).is_none() && time(0x17, bad).is_none(), "{bad:?}");
+        }
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! Run `cargo build --workspace` first: the tests start the built binaries.
 
+mod attestation;
 mod boundaries;
 mod browser;
 mod delivery;
