@@ -142,8 +142,12 @@ async fn reviewer_dismisses_a_flag_in_the_browser_and_finds_it_audited() {
     d.find("#flag-rows tr a.open");
     d.screenshot(&shots, "1-queue");
     d.click("#flag-rows tr a.open");
+    // The detail is filled in when its fetch returns: wait for it rather than read the empty panel.
     let evidence = d.find("#d-evidence");
-    let text = d.call("GET", &format!("/element/{evidence}/text"), None);
+    let text = wait_for("the flag's evidence to render", Duration::from_secs(15), || {
+        let t = d.call("GET", &format!("/element/{evidence}/text"), None);
+        t.as_str().is_some_and(|t| !t.is_empty()).then_some(t)
+    });
     assert!(
         text.as_str().is_some_and(|t| t.contains("<script>window.__xss=1</script>")),
         "the command line is shown as text: {text}"
