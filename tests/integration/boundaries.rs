@@ -301,9 +301,15 @@ fn findings_5_and_6_public_heads_and_exports_are_budgeted() {
     rt.block_on(async {
         first_report(&c, "budget-host", "acme", "python serve.py", 10_000).await;
     });
-    let codes: Vec<u16> = (0..80).map(|_| http_request(&c.http, "GET", "/api/v1/log/head", None, None).0).collect();
-    assert!(codes.iter().take(20).all(|c| *c == 200), "{codes:?}");
-    assert!(codes.contains(&429), "80 head requests at once were all answered: {codes:?}");
+    // 120 requests at once (a budget of 40 plus 20/s cannot answer them all, however slow the machine).
+    let codes: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> =
+            (0..120).map(|_| scope.spawn(|| http_request(&c.http, "GET", "/api/v1/log/head", None, None).0)).collect();
+        handles.into_iter().map(|h| h.join().expect("request")).collect()
+    });
+    assert!(codes.iter().filter(|c| **c == 200).count() >= 20, "{codes:?}");
+    assert!(codes.contains(&429), "120 head requests at once were all answered: {codes:?}");
+    assert!(codes.iter().all(|c| *c == 200 || *c == 429), "{codes:?}");
     let customer = token(&data, "customer", Some("acme"));
     let codes: Vec<u16> =
         (0..12).map(|_| http_request(&c.http, "GET", "/api/v1/export", Some(&customer), None).0).collect();
