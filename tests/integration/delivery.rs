@@ -156,22 +156,30 @@ fn a_revoked_host_is_cut_off_at_once() {
     agent.kill9();
 }
 
-#[test]
-fn mtls_required_refuses_agents_without_a_client_certificate() {
-    let t = tempfile::tempdir().expect("tmp");
-    let pki_dir = t.path().join("pki");
+/// A throwaway PKI in `dir/pki` and a collector on `dir/data` that requires client certificates
+/// signed by its CA: (PKI, collector, its `https://localhost:PORT` URL). `None` without openssl.
+fn mtls_collector(dir: &std::path::Path) -> Option<(gpuattest_tests::Pki, Collector, String)> {
+    let pki_dir = dir.join("pki");
     std::fs::create_dir_all(&pki_dir).expect("mkdir");
-    let Some(pki) = gpuattest_tests::make_pki(&pki_dir) else { return };
-    let data = t.path().join("data");
+    let pki = gpuattest_tests::make_pki(&pki_dir)?;
     let s = |p: &std::path::Path| p.display().to_string();
     let (cert, key, ca) = (s(&pki.server.0), s(&pki.server.1), s(&pki.ca));
     let c = Collector::start_with(
-        &data,
+        &dir.join("data"),
         "127.0.0.1:0",
         &["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &ca, "--require-client-cert"],
     );
     let port = c.grpc.rsplit(':').next().expect("port").to_string();
-    let https = format!("https://localhost:{port}");
+    Some((pki, c, format!("https://localhost:{port}")))
+}
+
+#[test]
+fn mtls_required_refuses_agents_without_a_client_certificate() {
+    let t = tempfile::tempdir().expect("tmp");
+    let Some((pki, c, https)) = mtls_collector(t.path()) else { return };
+    let data = c.data.clone();
+    let s = |p: &std::path::Path| p.display().to_string();
+    let ca = s(&pki.ca);
 
     let bare = node(t.path(), "node-bare", &[]);
     let mut refused = start_agent(&https, &bare, &token(&data, "enroll", None), "100ms", &["--tls-ca", &ca]);
@@ -335,19 +343,10 @@ fn re_enrolling_a_known_machine_needs_an_operator() {
 #[test]
 fn mtls_binds_each_host_to_its_own_client_certificate() {
     let t = tempfile::tempdir().expect("tmp");
-    let pki_dir = t.path().join("pki");
-    std::fs::create_dir_all(&pki_dir).expect("mkdir");
-    let Some(pki) = gpuattest_tests::make_pki(&pki_dir) else { return };
-    let data = t.path().join("data");
+    let Some((pki, c, https)) = mtls_collector(t.path()) else { return };
+    let data = c.data.clone();
     let s = |p: &std::path::Path| p.display().to_string();
-    let (cert, key, ca) = (s(&pki.server.0), s(&pki.server.1), s(&pki.ca));
-    let c = Collector::start_with(
-        &data,
-        "127.0.0.1:0",
-        &["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &ca, "--require-client-cert"],
-    );
-    let port = c.grpc.rsplit(':').next().expect("port").to_string();
-    let https = format!("https://localhost:{port}");
+    let ca = s(&pki.ca);
     let first_cert = ["--tls-ca", &ca, "--tls-cert", &s(&pki.client.0), "--tls-key", &s(&pki.client.1)];
     let second_cert = ["--tls-ca", &ca, "--tls-cert", &s(&pki.client2.0), "--tls-key", &s(&pki.client2.1)];
     let one = node(t.path(), "node-one", &[]);
