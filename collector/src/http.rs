@@ -289,7 +289,8 @@ async fn list_hosts(State(s): State<HttpState>, headers: HeaderMap) -> Result<Re
     let store = s.store.clone();
     let hosts = blocking(move || {
         let mut out = Vec::new();
-        for h in store.hosts(None)? {
+        for mut h in store.hosts(None)? {
+            h.gpu_evidence = store.gpu_evidence_states(&h.host_id, h.last_seq)?;
             let latest = store
                 .signed_report(&h.host_id, h.last_seq)?
                 .and_then(|r| <gpuattest_proto::pb::UsageReport as prost::Message>::decode(r.report.as_slice()).ok());
@@ -319,7 +320,7 @@ async fn list_hosts(State(s): State<HttpState>, headers: HeaderMap) -> Result<Re
 }
 
 /// `GET /api/v1/flags/{id}`: the flag, its decision history, the reports behind it, its job's verdict
-/// and compute, the job's GPU timeline, and what is known against its tenant.
+/// and compute, the job's GPU timeline, what is known against its tenant, and the host's GPU evidence.
 async fn show_flag(State(s): State<HttpState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Response, ApiError> {
     let p = authorize(&s, &headers, Action::ShowFlag).await?;
     let scope = tenant_scope(&p).map(str::to_string);
@@ -332,7 +333,10 @@ async fn show_flag(State(s): State<HttpState>, headers: HeaderMap, Path(id): Pat
         let job = store.job(&f.job)?.map(|j| policy.estimate(j));
         let timeline = store.timeline(&f.job, &f.host_id, &f.gpu_uuids, (f.first_seq, f.last_seq))?;
         let screening = f.tenant.as_deref().map(|t| policy.tenant_findings(t)).unwrap_or_default();
-        Ok(Some(json!({"flag": f, "history": history, "reports": reports, "job": job, "timeline": timeline, "screening": screening})))
+        let last_seq = store.host(&f.host_id)?.map_or(0, |h| h.last_seq);
+        let gpu_evidence = store.gpu_evidence_states(&f.host_id, last_seq)?;
+        Ok(Some(json!({"flag": f, "history": history, "reports": reports, "job": job, "timeline": timeline,
+            "screening": screening, "gpu_evidence": gpu_evidence})))
     })
     .await?;
     match detail {

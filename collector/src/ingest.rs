@@ -58,7 +58,8 @@ fn revoked_status(host_id: &str, reason: &str) -> Status {
 
 /// SHA-256 of the public key of the client certificate on this request's connection (mTLS), if any.
 fn client_key<T>(req: &Request<T>) -> Option<[u8; 32]> {
-    req.peer_certs().and_then(|certs| certs.first().and_then(|c| crate::x509::public_key_sha256(c.as_ref())))
+    req.peer_certs()
+        .and_then(|certs| certs.first().and_then(|c| gpuattest_evidence::x509::public_key_sha256(c.as_ref())))
 }
 
 /// Resolves when `shutdown` turns true (never without one), holding no guard across the wait.
@@ -237,7 +238,9 @@ impl Ingest {
         // Rules that need only the report run here, on this verifying thread; the commit thread runs
         // only the ones that need the chain position and job totals.
         let ctx = HostContext { host_id: &host_id, hostname: &hostname, tenant: tenant.as_deref() };
-        let pre = policy.report_flags(&ctx, &report, crate::policy::Receipt { received_at, nonce_fresh });
+        let mut pre = policy.report_flags(&ctx, &report, crate::policy::Receipt { received_at, nonce_fresh });
+        let evidence = self.evidence(host, &report, &policy, received_at)?;
+        pre.extend(policy.evidence_flags(&ctx, &report, &evidence));
         let flags_for: crate::store::FlagsFor = Box::new(move |report, pos, commit| {
             let ctx = HostContext { host_id: &host_id, hostname: &hostname, tenant: tenant.as_deref() };
             policy.commit_flags(&ctx, report, pos, commit, pre.clone())
@@ -250,9 +253,31 @@ impl Ingest {
             nonce_fresh,
             process_tenants,
             reopen_decided: policy_reopens,
+            evidence,
             flags_for,
         };
         Ok(Ok(Prepared { item, seq, started }))
+    }
+
+    /// Each GPU's attestation evidence in `report`, checked against where its nonce stands (one store
+    /// read, only for reports with evidence or from hosts in confidential-computing mode).
+    fn evidence(
+        &self,
+        host: &HostRow,
+        report: &pb::UsageReport,
+        policy: &crate::policy::Policy,
+        now: i64,
+    ) -> Result<Vec<crate::evidence::GpuEvidence>, Status> {
+        let cc_on = report.confidential_compute.as_ref().is_some_and(|c| c.enabled == Some(true));
+        if report.attestations.is_empty() && !cc_on {
+            return Ok(Vec::new());
+        }
+        let standing = if report.collector_nonce.is_empty() {
+            crate::evidence::NonceStanding::Unknown
+        } else {
+            self.store.nonce_standing(&host.host_id, &report.collector_nonce).map_err(|e| internal(&e))?
+        };
+        Ok(policy.evidence().check(report, standing, now))
     }
 
     /// The answer to a committed report: its sequence number, or why it was not stored.
@@ -472,6 +497,8 @@ impl Collector for Ingest {
         // signed in each report.
         let (tx, rx) = mpsc::channel::<Result<pb::CollectorMessage, Status>>(64);
         let nonce = Self::new_nonce();
+        // Recorded before the agent sees it: GPU evidence counts only over a nonce issued to this host.
+        self.store.issue_nonce(&host.host_id, &nonce, now_ms()).map_err(|e| internal(&e))?;
         let challenge = pb::CollectorMessage {
             msg: Some(pb::collector_message::Msg::Challenge(pb::Challenge {
                 nonce: nonce.clone(),
@@ -487,7 +514,11 @@ impl Collector for Ingest {
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let host = Arc::new(host);
-            let nonce = Arc::new(nonce);
+            let mut nonce = Arc::new(nonce);
+            let mut rotate = tokio::time::interval_at(
+                tokio::time::Instant::now() + crate::evidence::NONCE_ROTATION,
+                crate::evidence::NONCE_ROTATION,
+            );
             let mut bucket = RateLimit::new(REPORTS_PER_SECOND, REPORT_BURST);
             loop {
                 // Per-host rate limit: a host over its rate is simply read more slowly, so HTTP/2 flow
@@ -512,6 +543,20 @@ impl Collector for Ingest {
                         if let Some(reason) = reason {
                             info!(host_id = %host.host_id, "host revoked; closing its stream");
                             let _ = tx.send(Err(revoked_status(&host.host_id, &reason))).await;
+                            break;
+                        }
+                        continue;
+                    }
+                    _ = rotate.tick() => {
+                        // A fresh nonce: GPUs in confidential-computing mode attest again to it.
+                        let fresh = Self::new_nonce();
+                        if let Err(e) = this.store.issue_nonce(&host.host_id, &fresh, now_ms()) {
+                            warn!(host_id = %host.host_id, error = %e, "cannot record a new nonce; keeping the current one");
+                            continue;
+                        }
+                        nonce = Arc::new(fresh.clone());
+                        let c = pb::Challenge { nonce: fresh, stored_seq: 0, collector_time_unix_ms: now_ms() };
+                        if tx.send(Ok(pb::CollectorMessage { msg: Some(pb::collector_message::Msg::Challenge(c)) })).await.is_err() {
                             break;
                         }
                         continue;

@@ -2,7 +2,6 @@
 //! beside their decoded fields, evaluates policy, raises flags, and serves the review UI and API.
 //!
 //! # Layout
-//! - [`attestation`]: NVIDIA GPU attestation reports (SPDM measurements), parsed and checked.
 //! - [`bench`]: the end-to-end ingest benchmark beside the signature-verification ceiling.
 //! - [`cli`]: the commands behind the binary, with their exit codes.
 //! - [`compute`]: jobs across hosts: identity, GPU peak table, operations, training or inference.
@@ -24,14 +23,15 @@
 //! - [`render`]: human-readable tables for the CLI.
 //! - [`timefmt`]: RFC 3339 rendering.
 //! - [`verify`]: the one report verifier (ingest, `reports verify`, the review page).
-//! - [`x509`]: a client certificate's public key, to bind a host to it.
+//! - [`evidence`]: GPU attestation evidence in reports: verified (`gpuattest-evidence`) against the
+//!   nonces the collector issued, compared with the report and the operator's golden values.
 
-pub mod attestation;
 pub mod bench;
 pub mod cli;
 pub mod compute;
 pub mod config;
 pub mod demo;
+pub mod evidence;
 pub mod export;
 pub mod http;
 pub mod ingest;
@@ -48,7 +48,6 @@ pub mod tenants;
 pub mod timefmt;
 pub mod tokens;
 pub mod verify;
-pub mod x509;
 
 /// The wall clock, Unix milliseconds.
 pub fn now_ms() -> i64 {

@@ -328,6 +328,10 @@ enum AttestationCmd {
         anchor: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// Instead of the verdict, time N verifications (chain checked in full, then from the cache)
+        /// and print the figures as JSON.
+        #[arg(long, value_name = "N")]
+        bench: Option<u32>,
     },
 }
 
@@ -446,8 +450,8 @@ fn main() -> ExitCode {
             cli::export(&at, &cli::ExportArgs { tenant, out, since, until, redact })
         }
         Cmd::ExportKey => cli::export_key(&at),
-        Cmd::Attestation { cmd: AttestationCmd::Verify { report, certs, nonce, anchor, json } } => {
-            cli::attestation_verify(&report, &certs, &nonce, &anchor, json)
+        Cmd::Attestation { cmd: AttestationCmd::Verify { report, certs, nonce, anchor, json, bench } } => {
+            cli::attestation_verify(&report, &certs, &nonce, &anchor, json, bench)
         }
         Cmd::Backup { out } => cli::backup(&at, &out),
         Cmd::Bench { agents, seconds, interval, json } => {

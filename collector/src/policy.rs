@@ -119,6 +119,9 @@ struct PolicyFile {
     /// of another kind re-opens it, and further occurrences are counted beside the decision.
     #[serde(default)]
     reopen_decided_flags: bool,
+    /// GPU attestation: extra trusted roots and golden measurements.
+    #[serde(default)]
+    attestation: crate::evidence::AttestationFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -231,6 +234,8 @@ pub struct PolicyData {
     lists: Vec<LoadedFile>,
     /// Files the policy was read from (resolved), watched for hot reload.
     sources: Vec<std::path::PathBuf>,
+    /// GPU attestation: the verifier with its anchors and chain cache, and golden values.
+    evidence: crate::evidence::EvidencePolicy,
     digest: String,
 }
 
@@ -414,6 +419,17 @@ impl Policy {
                 }
             }
         }
+        let mut attestation = file.attestation.clone();
+        attestation.anchors = attestation.anchors.as_deref().map(resolve);
+        attestation.golden = attestation.golden.as_deref().map(resolve);
+        let evidence = crate::evidence::EvidencePolicy::load(&attestation, |path, limit, what| {
+            sources.push(path.to_path_buf());
+            let bytes = read_bounded_file(path, limit, what)?;
+            let sha = format!("sha256:{}", gpuattest_proto::hex(&gpuattest_proto::sha256(&bytes)));
+            digest_input.extend_from_slice(format!("\n{}\0{sha}", path.display()).as_bytes());
+            Ok(bytes)
+        })
+        .map_err(&err)?;
         let mut patterns = file.model_patterns;
         if file.extend_builtin {
             let builtin = Policy::builtin();
@@ -432,6 +448,7 @@ impl Policy {
             findings,
             lists,
             sources,
+            evidence,
             digest: format!("sha256:{}", gpuattest_proto::hex(&gpuattest_proto::sha256(&digest_input))),
         })))
     }
@@ -674,25 +691,6 @@ impl Policy {
             }
         }
         flags.extend(self.gpu_change_flags(host, report));
-        // A GPU attestation must answer this collector's nonce; one that answers another was replayed.
-        for a in report.attestations.iter().filter(|a| a.error.is_empty() && a.nonce != report.collector_nonce) {
-            flags.push(NewFlag {
-                rule: "gpu-attestation".into(),
-                severity: Severity::High.as_str().into(),
-                job_key: format!("attestation:{}", a.gpu_uuid),
-                summary: format!(
-                    "{}: GPU {}'s attestation report answers a nonce the collector did not give this report: replayed or forged evidence",
-                    host.hostname, a.gpu_uuid
-                ),
-                pid: None,
-                gpu_uuids: vec![a.gpu_uuid.clone()],
-                evidence: json!({"gpu_uuid": a.gpu_uuid, "attested_nonce": gpuattest_proto::hex(&a.nonce),
-                    "report_nonce": gpuattest_proto::hex(&report.collector_nonce), "report_seq": report.seq}),
-                policy_digest: self.digest.clone(),
-                job_host: None,
-                tenant: None,
-            });
-        }
         let skew = report.agent_time_unix_ms - receipt.received_at;
         if receipt.nonce_fresh && skew.abs() > self.integrity.max_clock_skew_ms {
             flags.push(NewFlag {
@@ -761,7 +759,76 @@ impl Policy {
             tenant: None,
             });
         }
+        for m in &ctx.moved_devices {
+            flags.push(NewFlag {
+                rule: "gpu-evidence-moved".into(),
+                severity: Severity::High.as_str().into(),
+                job_key: format!("device:{}", m.device_serial),
+                summary: format!(
+                    "the GPU with device identity {} (proven by its own NVIDIA certificate) was on host {} as {} until {} and now attests on {} as {}: the chip moved; confirm the move was authorised",
+                    m.device_serial,
+                    m.from_host,
+                    m.from_gpu_uuid,
+                    crate::timefmt::rfc3339(m.from_last_seen),
+                    host.hostname,
+                    m.gpu_uuid
+                ),
+                pid: None,
+                gpu_uuids: vec![m.gpu_uuid.clone()],
+                evidence: json!({"device_serial": m.device_serial, "gpu_uuid": m.gpu_uuid, "from_host": m.from_host,
+                    "from_gpu_uuid": m.from_gpu_uuid, "from_last_seen": crate::timefmt::rfc3339(m.from_last_seen),
+                    "to_host": host.host_id, "report_seq": report.seq}),
+                policy_digest: self.digest.clone(),
+                job_host: None,
+                tenant: None,
+            });
+        }
         flags
+    }
+
+    /// The GPU attestation checks this policy configures (anchors, golden values, the chain cache).
+    pub fn evidence(&self) -> &crate::evidence::EvidencePolicy {
+        &self.evidence
+    }
+
+    /// Flags for a report's GPU evidence: evidence that fails to verify or was replayed, contradicts the
+    /// report, or differs from the golden values (high); a GPU in confidential-computing mode without
+    /// evidence (medium).
+    pub fn evidence_flags(
+        &self,
+        host: &HostContext<'_>,
+        report: &pb::UsageReport,
+        evidence: &[crate::evidence::GpuEvidence],
+    ) -> Vec<NewFlag> {
+        use crate::evidence::{Failure, State};
+        evidence
+            .iter()
+            .filter(|e| e.state != State::Verified)
+            .map(|e| {
+                let (rule, severity, what) = match (e.state, e.failure) {
+                    (State::Missing, _) => ("gpu-evidence-missing", Severity::Medium, "sent no attestation evidence"),
+                    (_, Some(Failure::Contradicts)) => {
+                        ("gpu-evidence-mismatch", Severity::High, "attests to something other than the report says")
+                    }
+                    (_, Some(Failure::Golden)) => {
+                        ("gpu-evidence-golden", Severity::High, "measures differently from the golden values")
+                    }
+                    _ => ("gpu-evidence-failed", Severity::High, "sent attestation evidence that does not verify"),
+                };
+                NewFlag {
+                    rule: rule.into(),
+                    severity: severity.as_str().into(),
+                    job_key: format!("gpu:{}", e.gpu_uuid),
+                    summary: format!("{}: GPU {} {what}: {}", host.hostname, e.gpu_uuid, e.reasons.join("; ")),
+                    pid: None,
+                    gpu_uuids: vec![e.gpu_uuid.clone()],
+                    evidence: json!({"gpu_evidence": e, "report_seq": report.seq}),
+                    policy_digest: self.digest.clone(),
+                    job_host: None,
+                    tenant: None,
+                }
+            })
+            .collect()
     }
 
     /// The registry's verdict on a fingerprint, with the operator's families first.

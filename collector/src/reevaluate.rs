@@ -59,7 +59,7 @@ pub fn run(store: &Store, policy: &Policy, since: i64, now: i64) -> Result<Outco
                 jobs.push(j);
             }
         }
-        let ctx = CommitContext { jobs, moved_gpus: Vec::new() };
+        let ctx = CommitContext { jobs, ..CommitContext::default() };
         let receipt = Receipt { received_at: r.agent_time_unix_ms, nonce_fresh: false };
         for mut f in policy.evaluate(&ctx_host, &r, &pos, &ctx, receipt) {
             if !RULES.contains(&f.rule.as_str()) {

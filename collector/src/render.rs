@@ -60,6 +60,18 @@ pub fn hosts(rows: &[HostSummary]) -> String {
             h.last_seen.as_deref().unwrap_or("never"),
             if h.revoked { "  (revoked)" } else { "" }
         );
+        // GPU evidence: counted by state, then each GPU that failed or sent none, with why.
+        let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+        for e in &h.gpu_evidence {
+            *counts.entry(e.state.as_str()).or_default() += 1;
+        }
+        if !counts.is_empty() {
+            let text: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+            let _ = writeln!(s, "    GPU evidence: {}", text.join(", "));
+        }
+        for e in h.gpu_evidence.iter().filter(|e| e.state == "failed" || e.state == "missing") {
+            let _ = writeln!(s, "      {} {}: {}", e.gpu_uuid, e.state, e.reasons.join("; "));
+        }
     }
     s
 }

@@ -1,5 +1,5 @@
 //! `gpuattest-collector attestation verify` on NVIDIA's public H100 sample (nvtrust; kept in
-//! `collector/test-data/nvidia/`): valid with the pinned root, and refused in one line when a
+//! `evidence/test-data/`): valid with the pinned root, and refused in one line when a
 //! measurement byte is flipped, the nonce differs, or the input is hostile.
 
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ use serde_json::Value;
 const NONCE: &str = "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb";
 
 fn sample(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../collector/test-data/nvidia").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../evidence/test-data").join(name)
 }
 
 fn verify(report: &Path, certs: &Path, nonce: &str) -> (i32, String, String) {

@@ -10,6 +10,7 @@ mod delivery;
 mod demo;
 mod deploy;
 mod docs;
+mod evidence;
 mod export;
 mod hostile;
 mod inspect;

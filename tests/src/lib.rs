@@ -501,3 +501,124 @@ pub fn make_pki(dir: &Path) -> Option<Pki> {
         client2: (dir.join("client2.pem"), dir.join("client2.key")),
     })
 }
+
+/// The device identity the test PKI gives GPU `uuid`: 40 upper-case hex digits, like NVIDIA's.
+pub fn device_serial(uuid: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, uuid.as_bytes());
+    gpuattest_proto::hex(&d.as_ref()[..20]).to_uppercase()
+}
+
+/// Attestation keys and chains for simulated GPUs, made with `openssl`: a P-384 test root and
+/// intermediate (never NVIDIA's), and per GPU `<uuid>.pk8` (its key), `<uuid>.pem` (leaf with the
+/// device serial and the simulator's FWID in a TcbInfo extension, intermediate, root) and
+/// `<uuid>.untrusted.pem` (the same key under a root nobody trusts). `None` without openssl, as
+/// [`make_pki`].
+pub fn make_gpu_pki(dir: &Path, uuids: &[&str]) -> Option<PathBuf> {
+    if Command::new("openssl").arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
+        assert!(std::env::var_os("GPUATTEST_REQUIRE_OPENSSL").is_none(), "the openssl command is required here");
+        eprintln!("the openssl command is not installed; the GPU evidence test was skipped (.ci/run installs it)");
+        return None;
+    }
+    std::fs::create_dir_all(dir).expect("pki dir");
+    let ossl = |args: &[&str]| {
+        let (code, _, err) = run(Command::new("openssl").args(args).current_dir(dir));
+        assert_eq!(code, 0, "openssl {args:?}: {err}");
+    };
+    let ext = |name: &str, text: &str| std::fs::write(dir.join(name), text).expect("ext");
+    ext("ca.ext", "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n");
+    for root in ["root", "untrusted-root"] {
+        let subj = format!("/CN=gpuattest test {root}");
+        ossl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-nodes",
+            "-sha384",
+            "-keyout",
+            &format!("{root}.key"),
+            "-out",
+            &format!("{root}.pem"),
+            "-days",
+            "2",
+            "-subj",
+            &subj,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+    }
+    let issue = |csr: &str, ca: &str, out: &str, extfile: &str| {
+        ossl(&[
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-sha384",
+            "-days",
+            "2",
+            "-extfile",
+            extfile,
+            "-out",
+            out,
+        ]);
+    };
+    ossl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-384",
+        "-nodes",
+        "-keyout",
+        "intermediate.key",
+        "-out",
+        "intermediate.csr",
+        "-subj",
+        "/CN=gpuattest test device CA",
+    ]);
+    issue("intermediate.csr", "root", "intermediate.pem", "ca.ext");
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).expect("pem");
+    for uuid in uuids {
+        let (key, csr) = (format!("{uuid}.key"), format!("{uuid}.csr"));
+        ossl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384", "-out", &key]);
+        ossl(&["pkcs8", "-topk8", "-nocrypt", "-in", &key, "-outform", "DER", "-out", &format!("{uuid}.pk8")]);
+        let subj = format!("/CN=GH100 A01 FSP BROM/serialNumber={}", device_serial(uuid));
+        ossl(&["req", "-new", "-key", &key, "-out", &csr, "-subj", &subj]);
+        // TcbInfo: SEQUENCE { fwids [6] SEQUENCE OF SEQUENCE { id-sha384, OCTET STRING } }.
+        let fwid = gpuattest_nvml_sim::spdm::fwid(uuid);
+        let mut der = vec![0x30, 0x41, 0xa6, 0x3f, 0x30, 0x3d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04];
+        der.extend_from_slice(&[0x02, 0x02, 0x04, 0x30]);
+        der.extend_from_slice(&fwid);
+        let der: Vec<String> = der.iter().map(|b| format!("{b:02X}")).collect();
+        let leaf_ext = format!("{uuid}.ext");
+        ext(
+            &leaf_ext,
+            &format!(
+                "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n2.23.133.5.4.1=DER:{}\n",
+                der.join(":")
+            ),
+        );
+        issue(&csr, "intermediate", &format!("{uuid}.leaf.pem"), &leaf_ext);
+        issue(&csr, "untrusted-root", &format!("{uuid}.untrusted-leaf.pem"), &leaf_ext);
+        let leaf = read(&format!("{uuid}.leaf.pem"));
+        std::fs::write(
+            dir.join(format!("{uuid}.pem")),
+            format!("{leaf}{}{}", read("intermediate.pem"), read("root.pem")),
+        )
+        .expect("chain");
+        let other = read(&format!("{uuid}.untrusted-leaf.pem"));
+        std::fs::write(dir.join(format!("{uuid}.untrusted.pem")), format!("{other}{}", read("untrusted-root.pem")))
+            .expect("chain");
+    }
+    Some(dir.join("root.pem"))
+}

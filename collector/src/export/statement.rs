@@ -50,6 +50,8 @@ struct HostAcc {
     gpus: BTreeMap<String, (String, String)>,
     gpu_ms: u128,
     energy: BTreeMap<String, (u64, u64)>,
+    /// Each GPU's attestation verdicts in the period: (report seq, verdict).
+    evidence: Vec<Value>,
 }
 
 /// The store as the log tree's source of leaves and remembered subtrees.
@@ -133,6 +135,13 @@ pub fn build(
         h.reports += 1;
         h.first_seq = if h.first_seq == 0 { row.seq } else { h.first_seq.min(row.seq) };
         h.last_seq = h.last_seq.max(row.seq);
+        if !r.attestations.is_empty() {
+            for e in store.report_evidence(&row.host_id, row.seq).map_err(|e| e.to_string())? {
+                h.evidence.push(json!({"report_seq": row.seq, "gpu_uuid": e.gpu_uuid, "state": e.state,
+                    "failure": e.failure, "reasons": e.reasons, "device_serial": e.device_serial, "hwmodel": e.hwmodel,
+                    "driver_version": e.driver_version, "vbios_version": e.vbios_version, "checks": e.checks}));
+            }
+        }
         let window = (r.window_end_unix_ms - r.window_start_unix_ms).max(0) as u128;
         for g in &r.gpus {
             h.gpus.entry(g.uuid.clone()).or_insert_with(|| (g.serial.clone(), g.name.clone()));
@@ -198,6 +207,8 @@ pub fn build(
                 "host_id": id, "hostname": h.hostname, "reports": h.reports, "first_seq": h.first_seq, "last_seq": h.last_seq,
                 "gpus": h.gpus.iter().map(|(u, (s, n))| json!({"uuid": u, "serial": s, "name": n})).collect::<Vec<_>>(),
                 "gpu_hours": gpu_hours, "energy_kwh": kwh,
+                // The GPUs' own attestation evidence, verified at ingest (state per GPU per report).
+                "gpu_evidence": h.evidence,
             })
         })
         .collect();

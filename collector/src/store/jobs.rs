@@ -36,6 +36,8 @@ pub struct CommitContext {
     pub jobs: Vec<JobSummary>,
     /// GPUs in this report last seen on another host.
     pub moved_gpus: Vec<MovedGpu>,
+    /// Device identities proven by this report's evidence and last proven on another host.
+    pub moved_devices: Vec<super::MovedDevice>,
 }
 
 /// A GPU whose UUID was last reported by another host.

@@ -17,11 +17,13 @@ use crate::timefmt::rfc3339;
 use crate::verify::SigningKey;
 
 pub mod db;
+mod evidence;
 mod group;
 mod jobs;
 pub mod pgtls;
 mod review;
 pub mod scratch;
+pub use evidence::{GpuEvidenceState, HostEvidence, MovedDevice};
 pub use group::{GroupCommitter, MAX_BATCH};
 pub use jobs::{CommitContext, MovedGpu};
 pub use review::{ReportCheck, ReportRef, TimelinePoint};
@@ -36,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migration4.sql"),
     include_str!("migration5.sql"),
     include_str!("migration6.sql"),
+    include_str!("migration7.sql"),
 ];
 
 /// The same migrations for PostgreSQL: the same tables, columns and keys, in its types.
@@ -46,6 +49,7 @@ const PG_MIGRATIONS: &[&str] = &[
     include_str!("pg/migration4.sql"),
     include_str!("pg/migration5.sql"),
     include_str!("pg/migration6.sql"),
+    include_str!("pg/migration7.sql"),
 ];
 
 /// Store failures.
@@ -243,6 +247,8 @@ pub struct HostSummary {
     pub enrolled_at: String,
     /// Revoked.
     pub revoked: bool,
+    /// Each GPU's attestation evidence state (filled by `hosts list` and the hosts API).
+    pub gpu_evidence: Vec<GpuEvidenceState>,
 }
 
 /// A verified, decoded report to commit.
@@ -261,6 +267,8 @@ pub struct IncomingReport<'a> {
     pub process_tenants: &'a [Option<String>],
     /// The policy re-opens a decided flag on any new occurrence (not only on evidence of a new kind).
     pub reopen_decided: bool,
+    /// Each GPU's attestation evidence, checked before the commit.
+    pub evidence: &'a [crate::evidence::GpuEvidence],
 }
 
 /// The policy's judgement of a report, run inside its commit.
@@ -283,6 +291,8 @@ pub struct PendingCommit {
     pub process_tenants: Vec<Option<String>>,
     /// See [`IncomingReport::reopen_decided`].
     pub reopen_decided: bool,
+    /// See [`IncomingReport::evidence`].
+    pub evidence: Vec<crate::evidence::GpuEvidence>,
     /// The policy's flags for it.
     pub flags_for: FlagsFor,
 }
@@ -1055,6 +1065,7 @@ impl Store {
                         last_seen: r.get::<Option<i64>>(5)?.map(rfc3339),
                         enrolled_at: rfc3339(r.get(6)?),
                         revoked: r.get::<Option<i64>>(7)?.is_some(),
+                        gpu_evidence: Vec::new(),
                     })
                 },
             )
@@ -1819,6 +1830,7 @@ fn incoming(item: &PendingCommit) -> IncomingReport<'_> {
         nonce_fresh: item.nonce_fresh,
         process_tenants: &item.process_tenants,
         reopen_decided: item.reopen_decided,
+        evidence: &item.evidence,
     }
 }
 
@@ -2014,7 +2026,8 @@ fn commit_one(
     }
     let (jobs, moved) =
         jobs::account(tx, host_id, tenant.as_deref(), incoming.process_tenants, r, incoming.received_at)?;
-    let flags = flags_for(&position, &CommitContext { jobs, moved_gpus: moved });
+    let moved_devices = evidence::record(tx, host_id, r, incoming.evidence, incoming.received_at)?;
+    let flags = flags_for(&position, &CommitContext { jobs, moved_gpus: moved, moved_devices });
     for f in &flags {
         upsert_flag(tx, host_id, tenant.as_deref(), r.seq, incoming.received_at, f, incoming.reopen_decided)?;
     }

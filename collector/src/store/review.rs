@@ -65,6 +65,8 @@ pub struct ReportCheck {
     pub signature_base64: String,
     /// The decoded report, for reading.
     pub decoded: Option<serde_json::Value>,
+    /// Each GPU's attestation verdict, as checked when the report arrived.
+    pub gpu_evidence: Vec<crate::evidence::GpuEvidence>,
 }
 
 impl Store {
@@ -206,6 +208,7 @@ impl Store {
             report_base64: b64.encode(&signed.report),
             signature_base64: b64.encode(&signed.signature),
             decoded: decoded.map(|r| crate::render::report_json(&r)),
+            gpu_evidence: self.report_evidence(host_id, seq)?,
         }))
     }
 }

@@ -51,6 +51,7 @@ fn commit(store: &Store, host: &str, s: &pb::SignedReport, r: &pb::UsageReport, 
         received_at: 100,
         nonce_fresh: true,
         process_tenants: &[],
+        evidence: Default::default(),
         reopen_decided: false,
     };
     store.commit_report(host, &inc, |_, _| flags).expect("commit")
@@ -235,6 +236,7 @@ fn pending(host: &str, s: pb::SignedReport, r: pb::UsageReport) -> PendingCommit
         received_at: 100,
         nonce_fresh: true,
         process_tenants: Vec::new(),
+        evidence: Default::default(),
         reopen_decided: false,
         flags_for: Box::new(|_, _, _| vec![flag("j")]),
     }
@@ -342,6 +344,7 @@ fn sign_and_commit_as(
         nonce_fresh: true,
         process_tenants: tenants,
         reopen_decided,
+        evidence: &[],
     };
     (s.commit_report(host, &inc, flags_for), sr)
 }

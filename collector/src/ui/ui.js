@@ -96,6 +96,7 @@ async function showFlag(id) {
   showJob(d.job);
   drawTimeline(d.timeline || []);
   showModels(f.evidence || {});
+  showGpuEvidence(d.gpu_evidence || []);
   const s = $("s-rows");
   s.replaceChildren();
   for (const x of d.screening || []) s.appendChild(el("li", x.severity + " · " + x.rule + ": " + x.summary));
@@ -106,6 +107,24 @@ async function showFlag(id) {
   for (const a of d.history || []) { const tr = document.createElement("tr"); for (const k of ["at", "actor", "action", "detail"]) cell(tr, a[k]); h.appendChild(tr); }
   $("detail").hidden = false;
   $("detail").scrollIntoView();
+}
+
+// Each GPU's attestation state: verified, failed (why), missing, awaiting, not in CC mode, not supported.
+function showGpuEvidence(rows) {
+  const body = $("e-rows");
+  body.replaceChildren();
+  for (const e of rows) {
+    const tr = document.createElement("tr");
+    for (const v of [e.gpu_uuid, e.state.replaceAll("_", " "), e.device_serial || "-", e.seq == null ? "-" : String(e.seq), (e.reasons || []).join("; ")]) cell(tr, v);
+    body.appendChild(tr);
+  }
+  if (!rows.length) { const tr = document.createElement("tr"); cell(tr, "no GPUs reported"); body.appendChild(tr); }
+}
+
+function evidenceText(h) {
+  const counts = {};
+  for (const e of h.gpu_evidence || []) counts[e.state] = (counts[e.state] || 0) + 1;
+  return Object.entries(counts).map(([k, n]) => n + " " + k.replaceAll("_", " ")).join(", ") || "-";
 }
 
 function showJob(j) {
@@ -256,7 +275,7 @@ async function refresh() {
   $("error").textContent = "";
   try {
     await loadFlags();
-    await loadTable("/api/v1/hosts", "host-rows", ["host_id", "hostname", "tenant", "last_seq", "reports", "gaps", "last_seen", gpuText, accText]);
+    await loadTable("/api/v1/hosts", "host-rows", ["host_id", "hostname", "tenant", "last_seq", "reports", "gaps", "last_seen", gpuText, evidenceText, accText]);
     await loadTable("/api/v1/audit", "audit-rows", ["at", "actor", "action", "target", "detail"]);
   } catch (e) { $("error").textContent = e.message; }
 }

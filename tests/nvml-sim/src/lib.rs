@@ -8,11 +8,13 @@
 //!
 //! # Layout
 //! - [`scenario`]: the JSON format and its defaults.
+//! - [`spdm`]: the attestation reports of GPUs in confidential-computing mode.
 //! - this file: the exported `nvml*` functions and the state between `nvmlInit` and `nvmlShutdown`.
 
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
 pub mod scenario;
+pub mod spdm;
 
 use std::ffi::{c_char, c_int, c_uint, c_ulonglong};
 use std::sync::Mutex;
@@ -771,16 +773,57 @@ pub unsafe extern "C" fn nvmlSystemGetConfComputeGpusReadyState(ready: *mut c_ui
     done(r.and_then(|v| unsafe { write_out(ready, v) }))
 }
 
-/// The UUID of a GPU on a host in CC mode (`NOT_SUPPORTED` otherwise), through the usual fault checks.
-fn cc_gpu_uuid(device: nvmlDevice_t, call: &str) -> Result<String, nvmlReturn_t> {
-    with_gpu(device, call, "confidential_compute", |t, s| {
-        s.scenario.confidential_compute.as_ref().filter(|c| c.enabled).map(|_| t.gpu.uuid.clone())
-    })
-    .and_then(|u| u.ok_or(sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED))
+/// A GPU on a host in CC mode (`NOT_SUPPORTED` otherwise), through the usual fault checks: its UUID,
+/// attestation fault, the next GPU's UUID (for `foreign_chain`), the evidence directory, and the
+/// driver and VBIOS versions.
+struct CcGpu {
+    uuid: String,
+    name: String,
+    fault: Option<String>,
+    next_uuid: String,
+    evidence_dir: Option<String>,
+    driver: String,
+    vbios: String,
 }
 
-/// The simulated SPDM report: a marker that nobody could mistake for NVIDIA's, the GPU's UUID and the
-/// caller's nonce, so a test can check the report is bound to the nonce it asked with.
+fn cc_gpu(device: nvmlDevice_t, call: &str) -> Result<CcGpu, nvmlReturn_t> {
+    with_gpu(device, call, "confidential_compute", |t, s| {
+        let cc = s.scenario.confidential_compute.as_ref().filter(|c| c.enabled)?;
+        let next = s.gpus.iter().map(|g| g.uuid.clone()).cycle().nth(t.gpu.index as usize + 1);
+        Some(CcGpu {
+            uuid: t.gpu.uuid.clone(),
+            name: t.gpu.name.clone(),
+            fault: t.gpu.attestation_fault.clone(),
+            next_uuid: next.unwrap_or_default(),
+            evidence_dir: cc.evidence_dir.clone(),
+            driver: s.scenario.driver_version.clone(),
+            vbios: t.gpu.vbios_version.clone(),
+        })
+    })
+    .and_then(|u| u.ok_or(sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED))
+    .and_then(|g| match &g.fault {
+        Some(f) if !spdm::FAULTS.contains(&f.as_str()) => {
+            eprintln!("gpuattest-nvml-sim: unknown attestation_fault `{f}`; use one of {:?}", spdm::FAULTS);
+            Err(sys::nvmlReturn_enum_NVML_ERROR_UNKNOWN)
+        }
+        _ => Ok(g),
+    })
+}
+
+/// Reads a file of the evidence directory, at most 64 KiB.
+fn evidence_file(dir: &str, name: &str) -> Result<Vec<u8>, nvmlReturn_t> {
+    use std::io::Read;
+    let path = std::path::Path::new(dir).join(name);
+    let mut out = Vec::new();
+    std::fs::File::open(&path).and_then(|f| f.take(64 * 1024).read_to_end(&mut out)).map_err(|e| {
+        eprintln!("gpuattest-nvml-sim: {}: {e}", path.display());
+        sys::nvmlReturn_enum_NVML_ERROR_UNKNOWN
+    })?;
+    Ok(out)
+}
+
+/// The marker report of a scenario without an evidence directory: the GPU's UUID and the caller's
+/// nonce, which nobody could mistake for NVIDIA's (and no verifier accepts).
 pub const SIM_REPORT_MARKER: &[u8] = b"GPUATTEST-SIMULATED-ATTESTATION-REPORT;uuid=";
 
 /// `nvmlDeviceGetConfComputeGpuAttestationReport`: the caller sets `nonce`.
@@ -792,16 +835,39 @@ pub unsafe extern "C" fn nvmlDeviceGetConfComputeGpuAttestationReport(
     if report.is_null() {
         return sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT;
     }
-    let uuid = match cc_gpu_uuid(device, "nvmlDeviceGetConfComputeGpuAttestationReport") {
-        Ok(u) => u,
+    let gpu = match cc_gpu(device, "nvmlDeviceGetConfComputeGpuAttestationReport") {
+        Ok(g) => g,
         Err(e) => return e,
     };
     // SAFETY: non-null, valid for reads and writes of one struct by NVML's contract.
     let out = unsafe { &mut *report };
-    let mut body = SIM_REPORT_MARKER.to_vec();
-    body.extend_from_slice(uuid.as_bytes());
-    body.extend_from_slice(b";nonce=");
-    body.extend_from_slice(&out.nonce);
+    let body = match &gpu.evidence_dir {
+        Some(dir) => {
+            let key = match evidence_file(dir, &format!("{}.pk8", gpu.uuid)) {
+                Ok(k) => k,
+                Err(e) => return e,
+            };
+            match spdm::report(
+                &out.nonce,
+                spdm::Signer { uuid: &gpu.uuid, name: &gpu.name, driver: &gpu.driver, vbios: &gpu.vbios },
+                &key,
+                gpu.fault.as_deref(),
+            ) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("gpuattest-nvml-sim: {e}");
+                    return sys::nvmlReturn_enum_NVML_ERROR_UNKNOWN;
+                }
+            }
+        }
+        None => {
+            let mut body = SIM_REPORT_MARKER.to_vec();
+            body.extend_from_slice(gpu.uuid.as_bytes());
+            body.extend_from_slice(b";nonce=");
+            body.extend_from_slice(&out.nonce);
+            body
+        }
+    };
     let n = body.len().min(out.attestationReport.len());
     out.attestationReport[..n].copy_from_slice(&body[..n]);
     out.attestationReportSize = n as c_uint;
@@ -819,22 +885,44 @@ pub unsafe extern "C" fn nvmlDeviceGetConfComputeGpuCertificate(
     if cert.is_null() {
         return sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT;
     }
-    let uuid = match cc_gpu_uuid(device, "nvmlDeviceGetConfComputeGpuCertificate") {
-        Ok(u) => u,
+    let gpu = match cc_gpu(device, "nvmlDeviceGetConfComputeGpuCertificate") {
+        Ok(g) => g,
         Err(e) => return e,
     };
     // SAFETY: as above.
     let out = unsafe { &mut *cert };
-    let chain =
-        format!("-----BEGIN CERTIFICATE-----\nSIMULATED DEVICE CERTIFICATE FOR {uuid}\n-----END CERTIFICATE-----\n");
-    let att = format!(
-        "-----BEGIN CERTIFICATE-----\nSIMULATED ATTESTATION CERTIFICATE FOR {uuid}\n-----END CERTIFICATE-----\n"
-    );
+    let (chain, att) = match &gpu.evidence_dir {
+        Some(dir) => {
+            let name = match gpu.fault.as_deref() {
+                Some("foreign_chain") => format!("{}.pem", gpu.next_uuid),
+                Some("unknown_root") => format!("{}.untrusted.pem", gpu.uuid),
+                _ => format!("{}.pem", gpu.uuid),
+            };
+            match evidence_file(dir, &name) {
+                // NVML returns the device chain and the attestation chain; the simulated GPU signs
+                // its reports with its device key, so both are the same chain.
+                Ok(pem) => (pem.clone(), pem),
+                Err(e) => return e,
+            }
+        }
+        None => (
+            format!(
+                "-----BEGIN CERTIFICATE-----\nSIMULATED DEVICE CERTIFICATE FOR {}\n-----END CERTIFICATE-----\n",
+                gpu.uuid
+            )
+            .into_bytes(),
+            format!(
+                "-----BEGIN CERTIFICATE-----\nSIMULATED ATTESTATION CERTIFICATE FOR {}\n-----END CERTIFICATE-----\n",
+                gpu.uuid
+            )
+            .into_bytes(),
+        ),
+    };
     let n = chain.len().min(out.certChain.len());
-    out.certChain[..n].copy_from_slice(&chain.as_bytes()[..n]);
+    out.certChain[..n].copy_from_slice(&chain[..n]);
     out.certChainSize = n as c_uint;
     let m = att.len().min(out.attestationCertChain.len());
-    out.attestationCertChain[..m].copy_from_slice(&att.as_bytes()[..m]);
+    out.attestationCertChain[..m].copy_from_slice(&att[..m]);
     out.attestationCertChainSize = m as c_uint;
     SUCCESS
 }

@@ -36,11 +36,16 @@ pub struct ConfComputeSpec {
     pub accepting_work: bool,
     /// `prod` or `sim` (`environment`).
     pub environment: String,
+    /// A directory with each GPU's attestation key and chain: `<uuid>.pk8` (P-384, PKCS#8 DER) and
+    /// `<uuid>.pem` (leaf first), plus `<uuid>.untrusted.pem` for the `unknown_root` fault. With it the
+    /// library returns structurally real SPDM reports signed with that key; without it, a marker
+    /// report no verifier accepts.
+    pub evidence_dir: Option<String>,
 }
 
 impl Default for ConfComputeSpec {
     fn default() -> Self {
-        ConfComputeSpec { enabled: true, accepting_work: true, environment: "prod".into() }
+        ConfComputeSpec { enabled: true, accepting_work: true, environment: "prod".into(), evidence_dir: None }
     }
 }
 
@@ -99,6 +104,10 @@ pub struct GpuSpec {
     pub missing: Vec<String>,
     /// Every call on this GPU sleeps this long first (a slow or hung driver).
     pub slow_ms: u64,
+    /// Corrupts this GPU's attestation (with `confidential_compute.evidence_dir`): one of
+    /// `bad_signature`, `wrong_nonce`, `truncated`, `foreign_chain` (another GPU's chain),
+    /// `unknown_root` (`<uuid>.untrusted.pem`), `wrong_driver`, `wrong_measurement`.
+    pub attestation_fault: Option<String>,
     /// `steady` (default) or `bursty` (on 2 s of every 10 s, like request-driven inference).
     pub utilization_pattern: Option<String>,
     /// `nvmlDeviceGetBrand` value (14 = NVIDIA).
@@ -198,6 +207,8 @@ pub struct Gpu {
     pub missing: Vec<String>,
     /// Delay per call.
     pub slow_ms: u64,
+    /// Attestation corruption.
+    pub attestation_fault: Option<String>,
     /// `steady` or `bursty`.
     pub utilization_pattern: String,
     /// Brand code.
@@ -301,6 +312,7 @@ impl Scenario {
                     unsupported: s.unsupported,
                     missing: s.missing,
                     slow_ms: s.slow_ms,
+                    attestation_fault: s.attestation_fault,
                     utilization_pattern: s.utilization_pattern.unwrap_or_else(|| "steady".into()),
                     brand: s.brand.unwrap_or(14),
                     architecture: s.architecture.unwrap_or(9),

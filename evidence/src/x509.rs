@@ -89,6 +89,9 @@ pub struct Certificate<'a> {
     pub is_ca: Option<bool>,
     /// keyUsage bits (bit 0 = digitalSignature, bit 5 = keyCertSign), where the extension is present.
     pub key_usage: Option<u16>,
+    /// The SHA-384 FWIDs of the TCG DICE TcbInfo extension (2.23.133.5.4.1), where there is one: an
+    /// NVIDIA device certificate's firmware identity.
+    pub fwids: Vec<&'a [u8]>,
 }
 
 /// ecdsa-with-SHA384 (1.2.840.10045.4.3.3), as DER.
@@ -154,7 +157,7 @@ pub fn certificate(der: &[u8]) -> Option<Certificate<'_>> {
     let (t1, w1, v1) = element(validity)?;
     let (t2, _, v2) = element(&validity[w1.len()..])?;
     let (not_before, not_after) = (time(t1, v1)?, time(t2, v2)?);
-    let (mut is_ca, mut key_usage) = (None, None);
+    let (mut is_ca, mut key_usage, mut fwids) = (None, None, Vec::new());
     let after_key = fields.get(skip + 6..).unwrap_or_default();
     if let Some((_, _, explicit)) = after_key.iter().copied().find(|(tag, _, _)| *tag == 0xa3) {
         let (_, _, mut exts) = element(explicit)?;
@@ -186,6 +189,8 @@ pub fn certificate(der: &[u8]) -> Option<Certificate<'_>> {
                     let raw = (hi << 8) | lo;
                     key_usage = Some((0..16).filter(|i| raw & (0x8000 >> i) != 0).fold(0, |a, i| a | (1 << i)));
                 }
+                // 2.23.133.5.4.1 tcg-dice-TcbInfo: its fwids, each SEQUENCE { hashAlg, digest }.
+                [0x06, 0x06, 0x67, 0x81, 0x05, 0x05, 0x04, 0x01] => fwids = sha384_fwids(value),
                 _ => {}
             }
         }
@@ -201,22 +206,59 @@ pub fn certificate(der: &[u8]) -> Option<Certificate<'_>> {
         not_after,
         is_ca,
         key_usage,
+        fwids,
     })
 }
 
+/// Every `SEQUENCE { id-sha384, OCTET STRING (48) }` inside `value`, read element by element at every
+/// depth (TcbInfo's fields are context-tagged and mostly optional; the FWID list is the only place
+/// such a pair occurs).
+fn sha384_fwids(value: &[u8]) -> Vec<&[u8]> {
+    const SHA384: &[u8] = &[0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02];
+    fn walk<'a>(mut input: &'a [u8], depth: u8, out: &mut Vec<&'a [u8]>) {
+        while let Some((tag, whole, content)) = element(input) {
+            input = &input[whole.len()..];
+            if tag == 0x30
+                && let Some(rest) = content.strip_prefix(SHA384)
+                && let Some((0x04, _, digest)) = element(rest)
+                && digest.len() == 48
+            {
+                out.push(digest);
+            } else if tag & 0x20 != 0 && depth < 8 {
+                walk(content, depth + 1, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(value, 0, &mut out);
+    out
+}
+
 /// The subject's serialNumber attribute (2.5.4.5), where it is printable text: an NVIDIA device
-/// certificate's device serial.
+/// certificate's device identity (its UEID).
 pub fn subject_serial_number(cert: &[u8]) -> Option<String> {
-    const SERIAL_NUMBER: &[u8] = &[0x06, 0x03, 0x55, 0x04, 0x05];
+    subject_attribute(cert, &[0x06, 0x03, 0x55, 0x04, 0x05])
+}
+
+/// The subject's commonName (2.5.4.3), where it is printable text: an NVIDIA device certificate's
+/// hardware model (`GH100 A01 FSP BROM`).
+pub fn subject_common_name(cert: &[u8]) -> Option<String> {
+    subject_attribute(cert, &[0x06, 0x03, 0x55, 0x04, 0x03])
+}
+
+fn subject_attribute(cert: &[u8], wanted: &[u8]) -> Option<String> {
     let (_, _, mut rdns) = element(certificate(cert)?.subject)?;
     while !rdns.is_empty() {
         let (_, whole, set) = element(rdns)?;
         rdns = &rdns[whole.len()..];
         let (_, _, attr) = element(set)?;
         let (_, oid, _) = element(attr)?;
-        if oid == SERIAL_NUMBER {
+        if oid == wanted {
             let (_, _, value) = element(&attr[oid.len()..])?;
-            return value.iter().all(|b| b.is_ascii_graphic()).then(|| String::from_utf8_lossy(value).into_owned());
+            return value
+                .iter()
+                .all(|b| b.is_ascii_graphic() || *b == b' ')
+                .then(|| String::from_utf8_lossy(value).into_owned());
         }
     }
     None
@@ -224,7 +266,7 @@ pub fn subject_serial_number(cert: &[u8]) -> Option<String> {
 
 /// SHA-256 of a DER certificate's SubjectPublicKeyInfo: what a host is bound to.
 pub fn public_key_sha256(cert: &[u8]) -> Option<[u8; 32]> {
-    subject_public_key_info(cert).map(gpuattest_proto::sha256)
+    subject_public_key_info(cert).map(crate::sha256)
 }
 
 #[cfg(test)]
