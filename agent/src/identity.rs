@@ -94,7 +94,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 
 /// The agent's signing identity.
 pub struct Identity {
-    key: Ed25519KeyPair,
+    key: std::sync::Arc<Ed25519KeyPair>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -128,13 +128,13 @@ impl Identity {
             .ok_or_else(|| StateError::Io { path: path.clone(), source: std::io::Error::other("cannot read") })?;
         let key = Ed25519KeyPair::from_pkcs8(&bytes)
             .map_err(|e| StateError::BadKey { path: path.clone(), reason: e.to_string() })?;
-        Ok(Identity { key })
+        Ok(Identity { key: std::sync::Arc::new(key) })
     }
 
     /// Loads an existing key without creating one; `None` when there is none or it is unusable.
     pub fn load_existing(state_dir: &Path) -> Option<Identity> {
         let bytes = crate::jobs::read_bounded(&state_dir.join("agent.key"), 4096)?;
-        Ed25519KeyPair::from_pkcs8(&bytes).ok().map(|key| Identity { key })
+        Ed25519KeyPair::from_pkcs8(&bytes).ok().map(|key| Identity { key: std::sync::Arc::new(key) })
     }
 
     /// Prepares the next key for a rotation in `<state_dir>/agent.key.next` (mode 0600), reusing one
@@ -153,7 +153,7 @@ impl Identity {
         let bytes = crate::jobs::read_bounded(&path, 4096)
             .ok_or_else(|| StateError::Io { path: path.clone(), source: std::io::Error::other("cannot read") })?;
         let key = Ed25519KeyPair::from_pkcs8(&bytes).map_err(|e| StateError::BadKey { path, reason: e.to_string() })?;
-        Ok(Identity { key })
+        Ok(Identity { key: std::sync::Arc::new(key) })
     }
 
     /// Makes the next key current once the collector accepted it; the old key is kept, renamed, for
@@ -178,6 +178,11 @@ impl Identity {
     /// The key pair, for signing.
     pub fn key(&self) -> &Ed25519KeyPair {
         &self.key
+    }
+
+    /// The signing key, shared with tasks that answer landmark challenges.
+    pub fn shared_key(&self) -> std::sync::Arc<Ed25519KeyPair> {
+        self.key.clone()
     }
 
     /// The raw 32-byte public key.

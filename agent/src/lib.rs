@@ -11,6 +11,7 @@
 //! - [`gpu`]: the [`gpu::GpuSource`] trait and the NVML backend.
 //! - [`jobs`]: process facts from `/proc`, cgroup job attribution, command-line redaction.
 //! - [`kubelet`]: optional pod namespace, name, labels and owner from the kubelet's pod list.
+//! - [`landmarks`]: answers location landmarks' timed challenges; keeps their signed records for reports.
 //! - [`models`]: model files a process has open, identified from their headers.
 //! - [`accelerators`]: non-NVML accelerators (Huawei Ascend, AMD, Gaudi, ...) from sysfs.
 //! - [`observe`]: one observation of the host, and change detection between observations.
@@ -32,6 +33,7 @@ pub mod gpu;
 pub mod identity;
 pub mod jobs;
 pub mod kubelet;
+pub mod landmarks;
 pub mod logging;
 pub mod metrics;
 pub mod models;

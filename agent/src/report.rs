@@ -24,6 +24,8 @@ pub struct ReportContext {
     pub gap: Option<pb::Gap>,
     /// The observation interval, ms (signed, so the collector's silence rule can trust it).
     pub interval_ms: u64,
+    /// Landmark measurement records received since the last report.
+    pub location_records: Vec<pb::SignedLocationRecord>,
 }
 
 fn fingerprint(m: &ModelFingerprint) -> pb::ModelFingerprint {
@@ -209,6 +211,7 @@ pub fn build(obs: &Observation, ctx: &ReportContext) -> pb::UsageReport {
             })
             .collect(),
         interval_ms: ctx.interval_ms,
+        location_records: ctx.location_records.clone(),
     }
 }
 

@@ -83,6 +83,10 @@ struct Shared {
     interval_ms: u64,
     /// Counters for `/metrics`.
     metrics: crate::metrics::AgentMetrics,
+    /// The landmarks the collector names (its latest challenge), for the landmark tasks.
+    landmarks: tokio::sync::watch::Sender<Vec<pb::Landmark>>,
+    /// Signed landmark records waiting for the next report.
+    location: Arc<crate::landmarks::Records>,
 }
 
 impl Shared {
@@ -118,6 +122,7 @@ impl Shared {
                 collector_nonce: lock(&self.nonce).clone(),
                 gap: gap.take(),
                 interval_ms: self.interval_ms,
+                location_records: self.location.drain(),
             };
             let (bytes, hash) = report::sign(self.identity.key(), &report::build(obs, &ctx));
             let dropped = spool.append(seq, bytes)?;
@@ -243,7 +248,15 @@ pub async fn run(cfg: RunConfig, mut observer: Observer, mut shutdown: watch::Re
         nonce: Mutex::new(Vec::new()),
         appended: Notify::new(),
         ack_saved_at: Mutex::new(std::time::Instant::now()),
+        landmarks: tokio::sync::watch::Sender::new(Vec::new()),
+        location: Arc::new(crate::landmarks::Records::default()),
     });
+    tokio::spawn(crate::landmarks::supervise(
+        shared.landmarks.subscribe(),
+        Arc::new(crate::landmarks::HostKey { host_id: host_id.clone(), key: shared.identity.shared_key() }),
+        shared.location.clone(),
+        shutdown.clone(),
+    ));
 
     if let Some(addr) = cfg.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -484,6 +497,13 @@ async fn session(
                 match msg.msg {
                     Some(pb::collector_message::Msg::Challenge(c)) => {
                         *lock(&shared.nonce) = c.nonce;
+                        shared.landmarks.send_if_modified(|l| {
+                            let changed = *l != c.landmarks;
+                            if changed {
+                                l.clone_from(&c.landmarks);
+                            }
+                            changed
+                        });
                         if !got_challenge {
                             got_challenge = true;
                             backoff.reset();

@@ -34,6 +34,8 @@ pub fn runtime(m: impl std::fmt::Display) -> CliError {
     CliError { code: 1, message: m.to_string() }
 }
 
+pub mod location;
+
 type Result<T = ()> = std::result::Result<T, CliError>;
 
 /// Writes to stdout; a closed pipe (`... | head`) ends the output quietly instead of panicking.
@@ -87,8 +89,12 @@ pub fn token_create(
     tenant: Option<&str>,
     ttl: Option<&str>,
     uses: u32,
+    site: Option<crate::store::Site>,
     json: bool,
 ) -> Result {
+    if site.is_some() && role != tokens::Role::Enroll {
+        return Err(usage("--site-lat/--site-lon belong to enroll tokens: the hosts they enroll are registered there"));
+    }
     let ttl = ttl.map(gpuattest_proto::units::parse_duration).transpose().map_err(|e| usage(format!("--ttl: {e}")))?;
     let store = open(at)?;
     // Where the policy names a tenant file, a token is only for a tenant in it (a typo would mint
@@ -105,6 +111,9 @@ pub fn token_create(
     }
     let t = tokens::mint(&store, role, tenant, ttl, uses, "cli", crate::now_ms()).map_err(usage)?;
     let id = gpuattest_proto::hex(&tokens::hash(&t)[..6]);
+    if let Some(site) = &site {
+        store.set_token_site(&id, site).map_err(|e| usage(e.to_string()))?;
+    }
     if json {
         print_json(
             &serde_json::json!({"token": t, "id": id, "role": role.as_str(), "tenant": tenant, "max_uses": uses}),
@@ -158,8 +167,15 @@ pub fn token_revoke(at: &Place, id: &str) -> Result {
 pub fn hosts_list(at: &Place, json: bool) -> Result {
     let store = open(at)?;
     let mut h = store.hosts(None).map_err(runtime)?;
+    let policy = crate::policy::PolicySource { path: at.data.join("policy.toml"), explicit: false }
+        .load()
+        .unwrap_or_else(|_| crate::policy::Policy::builtin());
+    let landmarks = store.landmarks().map_err(runtime)?;
     for host in &mut h {
         host.gpu_evidence = store.gpu_evidence_states(&host.host_id, host.last_seq).map_err(runtime)?;
+        let v = crate::location::host_verdict(&store, policy.location(), &host.host_id, &landmarks, crate::now_ms())
+            .map_err(runtime)?;
+        host.location = serde_json::to_value(v).ok();
     }
     if json {
         return print_json(&h);

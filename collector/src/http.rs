@@ -287,10 +287,14 @@ async fn blocking<T: Send + 'static>(
 async fn list_hosts(State(s): State<HttpState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&s, &headers, Action::ListHosts).await?;
     let store = s.store.clone();
+    let policy = s.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let hosts = blocking(move || {
         let mut out = Vec::new();
+        let landmarks = store.landmarks()?;
         for mut h in store.hosts(None)? {
             h.gpu_evidence = store.gpu_evidence_states(&h.host_id, h.last_seq)?;
+            let v = crate::location::host_verdict(&store, policy.location(), &h.host_id, &landmarks, crate::now_ms())?;
+            h.location = serde_json::to_value(v).ok();
             let latest = store
                 .signed_report(&h.host_id, h.last_seq)?
                 .and_then(|r| <gpuattest_proto::pb::UsageReport as prost::Message>::decode(r.report.as_slice()).ok());

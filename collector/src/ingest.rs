@@ -79,6 +79,8 @@ pub struct Prepared {
     item: crate::store::PendingCommit,
     seq: u64,
     started: Instant,
+    /// Verified landmark measurements the report carried, kept once it is stored.
+    measurements: Vec<crate::store::Measurement>,
 }
 
 /// Sustained reports per second one host may send (a spool drains at this rate after an outage).
@@ -241,6 +243,13 @@ impl Ingest {
         let mut pre = policy.report_flags(&ctx, &report, crate::policy::Receipt { received_at, nonce_fresh });
         let evidence = self.evidence(host, &report, &policy, received_at)?;
         pre.extend(policy.evidence_flags(&ctx, &report, &evidence));
+        let measurements = if report.location_records.is_empty() {
+            Vec::new()
+        } else {
+            let (keep, flags) = self.location(host, &signed.key_id, &report, &policy, &ctx, received_at)?;
+            pre.extend(flags);
+            keep
+        };
         let flags_for: crate::store::FlagsFor = Box::new(move |report, pos, commit| {
             let ctx = HostContext { host_id: &host_id, hostname: &hostname, tenant: tenant.as_deref() };
             policy.commit_flags(&ctx, report, pos, commit, pre.clone())
@@ -256,7 +265,7 @@ impl Ingest {
             evidence,
             flags_for,
         };
-        Ok(Ok(Prepared { item, seq, started }))
+        Ok(Ok(Prepared { item, seq, started, measurements }))
     }
 
     /// Each GPU's attestation evidence in `report`, checked against where its nonce stands (one store
@@ -278,6 +287,35 @@ impl Ingest {
             self.store.nonce_standing(&host.host_id, &report.collector_nonce).map_err(|e| internal(&e))?
         };
         Ok(policy.evidence().check(report, standing, now))
+    }
+
+    /// The landmark records in `report`, checked, and the flags the host's new location verdict and
+    /// any refused record raise.
+    fn location(
+        &self,
+        host: &HostRow,
+        key_id: &[u8],
+        report: &pb::UsageReport,
+        policy: &crate::policy::Policy,
+        ctx: &HostContext<'_>,
+        now: i64,
+    ) -> Result<(Vec<crate::store::Measurement>, Vec<crate::store::NewFlag>), Status> {
+        let landmarks = self.store.landmarks().map_err(|e| internal(&e))?;
+        let keys = [host.key_id.clone(), key_id.to_vec()];
+        let (keep, refused) = crate::location::check_records(report, &host.host_id, &keys, &landmarks, now);
+        for r in &refused {
+            warn!(host_id = %host.host_id, reason = %r, "location record refused");
+        }
+        let mut all = self.store.measurements(&host.host_id).map_err(|e| internal(&e))?;
+        for m in &keep {
+            all.retain(|o| o.landmark != m.landmark || o.measured_at > m.measured_at);
+            if !all.iter().any(|o| o.landmark == m.landmark) {
+                all.push(m.clone());
+            }
+        }
+        let site = self.store.site(&host.host_id).map_err(|e| internal(&e))?;
+        let v = crate::location::verdict(policy.location(), site.as_ref(), &landmarks, &all, now);
+        Ok((keep, policy.location_flags(ctx, report, &v, &refused)))
     }
 
     /// The answer to a committed report: its sequence number, or why it was not stored.
@@ -334,7 +372,32 @@ impl Ingest {
             Err(r) => Ok(Err(r)),
             Ok(p) => {
                 let outcome = self.committer.commit_async(p.item).await.map_err(|e| internal(&e))?;
+                if matches!(outcome, Commit::Stored { .. }) && !p.measurements.is_empty() {
+                    let (store, id, ms) = (self.store.clone(), host.host_id.clone(), p.measurements);
+                    // Signed by the landmarks, so keeping them is safe on its own; a failure here costs
+                    // one measurement (the next round brings another), never the report.
+                    match tokio::task::spawn_blocking(move || store.put_measurements(&id, &ms)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => warn!(host_id = %host.host_id, error = %e, "location measurements not kept"),
+                        Err(e) => warn!(host_id = %host.host_id, error = %e, "location measurements not kept"),
+                    }
+                }
                 Ok(self.answer(&host.host_id, p.seq, p.started, outcome))
+            }
+        }
+    }
+
+    /// The registered landmarks, as agents dial them (none when the store cannot say: location is
+    /// then not measured until the next nonce, and nothing else is affected).
+    fn landmarks_for_agents(&self) -> Vec<pb::Landmark> {
+        match self.store.landmarks() {
+            Ok(ls) => ls
+                .into_iter()
+                .map(|l| pb::Landmark { name: l.name, address: l.address, public_key: l.public_key })
+                .collect(),
+            Err(e) => {
+                warn!(error = %e, "cannot read landmarks");
+                Vec::new()
             }
         }
     }
@@ -499,11 +562,13 @@ impl Collector for Ingest {
         let nonce = Self::new_nonce();
         // Recorded before the agent sees it: GPU evidence counts only over a nonce issued to this host.
         self.store.issue_nonce(&host.host_id, &nonce, now_ms()).map_err(|e| internal(&e))?;
+        let landmarks = self.landmarks_for_agents();
         let challenge = pb::CollectorMessage {
             msg: Some(pb::collector_message::Msg::Challenge(pb::Challenge {
                 nonce: nonce.clone(),
                 stored_seq: host.last_seq,
                 collector_time_unix_ms: now_ms(),
+                landmarks: landmarks.clone(),
             })),
         };
         let _ = tx.send(Ok(challenge)).await;
@@ -555,7 +620,12 @@ impl Collector for Ingest {
                             continue;
                         }
                         nonce = Arc::new(fresh.clone());
-                        let c = pb::Challenge { nonce: fresh, stored_seq: 0, collector_time_unix_ms: now_ms() };
+                        let c = pb::Challenge {
+                            nonce: fresh,
+                            stored_seq: 0,
+                            collector_time_unix_ms: now_ms(),
+                            landmarks: this.landmarks_for_agents(),
+                        };
                         if tx.send(Ok(pb::CollectorMessage { msg: Some(pb::collector_message::Msg::Challenge(c)) })).await.is_err() {
                             break;
                         }

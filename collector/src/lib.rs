@@ -7,6 +7,8 @@
 //! - [`compute`]: jobs across hosts: identity, GPU peak table, operations, training or inference.
 //! - [`config`]: `serve --config FILE`, merged under the flags.
 //! - [`store`]: the embedded SQLite store, its migrations, and every query.
+//! - [`location`]: where a host is, from landmark round-trip times: discs, verdicts, record checks.
+//! - [`landmark`]: `landmark serve`, the service that times signed challenges.
 //! - [`ingest`]: gRPC enrollment and the report stream (verify, check, commit, acknowledge).
 //! - [`policy`]: the rules that turn evidence into flags, from TOML.
 //! - [`tenants`]: the tenant file, job-to-tenant mapping, screening and parent-country findings.
@@ -35,6 +37,8 @@ pub mod evidence;
 pub mod export;
 pub mod http;
 pub mod ingest;
+pub mod landmark;
+pub mod location;
 pub mod logging;
 pub mod metrics;
 pub mod policy;

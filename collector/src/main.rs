@@ -142,6 +142,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Location landmarks: `landmark serve`, `landmark key`, `landmark add`, `landmark list`.
+    Landmark {
+        #[command(subcommand)]
+        cmd: LandmarkCmd,
+    },
     /// GPU attestation: `attestation verify --report FILE --certs FILE --nonce HEX [--anchor PEM] [--json]`.
     Attestation {
         #[command(subcommand)]
@@ -186,6 +191,13 @@ enum TokenCmd {
         /// How many hosts an enroll token may enroll (a fleet token for a DaemonSet).
         #[arg(long, default_value_t = 1)]
         uses: u32,
+        /// Hosts this enroll token enrolls are registered at this site (with --site-lon).
+        #[arg(long, allow_hyphen_values = true, requires = "site_lon")]
+        site_lat: Option<f64>,
+        #[arg(long, allow_hyphen_values = true, requires = "site_lat")]
+        site_lon: Option<f64>,
+        #[arg(long)]
+        site_name: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -219,6 +231,66 @@ enum HostsCmd {
         host_id: String,
         #[arg(long)]
         reason: String,
+    },
+    /// Register where a host is to be (its location is checked against this site).
+    SetSite {
+        host_id: String,
+        #[arg(long, allow_hyphen_values = true)]
+        lat: f64,
+        #[arg(long, allow_hyphen_values = true)]
+        lon: f64,
+        /// The site's name, e.g. iad-2.
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LandmarkCmd {
+    /// Run a landmark: agents connect to it and answer timed challenges.
+    Serve {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, allow_hyphen_values = true)]
+        lat: f64,
+        #[arg(long, allow_hyphen_values = true)]
+        lon: f64,
+        /// Its Ed25519 key (PKCS#8), created if absent.
+        #[arg(long)]
+        key: PathBuf,
+        /// Challenges per measurement (the minimum round trip counts).
+        #[arg(long, default_value_t = 10)]
+        rounds: u32,
+        /// Pause between challenges.
+        #[arg(long, default_value = "100ms")]
+        spacing: String,
+        /// Pause between measurements of one host.
+        #[arg(long, default_value = "60s")]
+        every: String,
+    },
+    /// Print the landmark key's public half as SPKI PEM (creating the key if absent).
+    Key {
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Register a landmark: its position, public key and the address agents dial.
+    Add {
+        name: String,
+        #[arg(long, allow_hyphen_values = true)]
+        lat: f64,
+        #[arg(long, allow_hyphen_values = true)]
+        lon: f64,
+        #[arg(long)]
+        key_pem: PathBuf,
+        #[arg(long)]
+        address: String,
+    },
+    /// The registered landmarks.
+    List {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -432,12 +504,37 @@ fn main() -> ExitCode {
             "--database: the demo runs on the embedded store in --data; omit --database (serve and the other commands take it)",
         )),
         Cmd::Demo { seconds, http_listen, interval } => cli::demo(data, seconds, http_listen, &interval),
-        Cmd::Token { cmd: TokenCmd::Create { role, tenant, ttl, uses, json } } => {
-            cli::token_create(&at, role, tenant.as_deref(), ttl.as_deref(), uses, json)
+        Cmd::Token { cmd: TokenCmd::Create { role, tenant, ttl, uses, site_lat, site_lon, site_name, json } } => {
+            let site =
+                site_lat.zip(site_lon).map(|(lat, lon)| gpuattest_collector::store::Site { name: site_name, lat, lon });
+            cli::token_create(&at, role, tenant.as_deref(), ttl.as_deref(), uses, site, json)
         }
         Cmd::Token { cmd: TokenCmd::Revoke { id } } => cli::token_revoke(&at, &id),
         Cmd::Token { cmd: TokenCmd::List { json } } => cli::token_list(&at, json),
         Cmd::Hosts { cmd: HostsCmd::List { json } } => cli::hosts_list(&at, json),
+        Cmd::Hosts { cmd: HostsCmd::SetSite { host_id, lat, lon, name } } => {
+            cli::location::hosts_set_site(&at, &host_id, lat, lon, name.as_deref())
+        }
+        Cmd::Landmark { cmd: LandmarkCmd::Serve { listen, name, lat, lon, key, rounds, spacing, every } } => {
+            let d = |flag: &str, v: &str| {
+                gpuattest_proto::units::parse_duration(v).map_err(|e| cli::usage(format!("--{flag}: {e}")))
+            };
+            match (d("spacing", &spacing), d("every", &every)) {
+                (Ok(spacing), Ok(every)) => cli::location::landmark_serve(
+                    &listen,
+                    gpuattest_collector::landmark::LandmarkConfig { name, rounds, spacing, every },
+                    lat,
+                    lon,
+                    &key,
+                ),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            }
+        }
+        Cmd::Landmark { cmd: LandmarkCmd::Key { key } } => cli::location::landmark_key(&key),
+        Cmd::Landmark { cmd: LandmarkCmd::Add { name, lat, lon, key_pem, address } } => {
+            cli::location::landmark_add(&at, &name, lat, lon, &key_pem, &address)
+        }
+        Cmd::Landmark { cmd: LandmarkCmd::List { json } } => cli::location::landmark_list(&at, json),
         Cmd::Hosts { cmd: HostsCmd::Revoke { host_id, reason } } => cli::hosts_revoke(&at, &host_id, &reason),
         Cmd::Flags { cmd: FlagsCmd::List { json } } => cli::flags_list(&at, json),
         Cmd::Audit { limit, json } => cli::audit(&at, limit, json),

@@ -122,6 +122,9 @@ struct PolicyFile {
     /// GPU attestation: extra trusted roots and golden measurements.
     #[serde(default)]
     attestation: crate::evidence::AttestationFile,
+    /// Location: tolerance, landmarks needed, window, processing floor.
+    #[serde(default)]
+    location: crate::location::LocationPolicy,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -236,6 +239,8 @@ pub struct PolicyData {
     sources: Vec<std::path::PathBuf>,
     /// GPU attestation: the verifier with its anchors and chain cache, and golden values.
     evidence: crate::evidence::EvidencePolicy,
+    /// Location verdict settings.
+    location: crate::location::LocationPolicy,
     digest: String,
 }
 
@@ -430,6 +435,7 @@ impl Policy {
             Ok(bytes)
         })
         .map_err(&err)?;
+        file.location.validate().map_err(&err)?;
         let mut patterns = file.model_patterns;
         if file.extend_builtin {
             let builtin = Policy::builtin();
@@ -449,6 +455,7 @@ impl Policy {
             lists,
             sources,
             evidence,
+            location: file.location,
             digest: format!("sha256:{}", gpuattest_proto::hex(&gpuattest_proto::sha256(&digest_input))),
         })))
     }
@@ -782,6 +789,53 @@ impl Policy {
                 job_host: None,
                 tenant: None,
             });
+        }
+        flags
+    }
+
+    /// Location verdict settings.
+    pub fn location(&self) -> &crate::location::LocationPolicy {
+        &self.location
+    }
+
+    /// Flags for a host's location: `location-inconsistent` (high) when a landmark's disc excludes its
+    /// registered site; `location-record-invalid` (medium) for records that are forged, another host's,
+    /// or from an unregistered landmark.
+    pub fn location_flags(
+        &self,
+        host: &HostContext<'_>,
+        report: &pb::UsageReport,
+        v: &crate::location::Verdict,
+        refused: &[String],
+    ) -> Vec<NewFlag> {
+        let mut flags = Vec::new();
+        let flag = |rule: &str, severity: Severity, summary: String, evidence: serde_json::Value| NewFlag {
+            rule: rule.into(),
+            severity: severity.as_str().into(),
+            job_key: "location".into(),
+            summary,
+            pid: None,
+            gpu_uuids: Vec::new(),
+            evidence,
+            policy_digest: self.digest.clone(),
+            job_host: None,
+            tenant: None,
+        };
+        if v.verdict == "inconsistent" {
+            flags.push(flag(
+                "location-inconsistent",
+                Severity::High,
+                format!("{}: not where it is registered: {}", host.hostname, v.reason),
+                json!({"location": v, "report_seq": report.seq}),
+            ));
+        }
+        if !refused.is_empty() {
+            flags.push(flag(
+                "location-record-invalid",
+                Severity::Medium,
+                format!("{}: location records refused: {}", host.hostname, refused.join("; ")),
+                json!({"refused": refused, "report_seq": report.seq}),
+            ));
         }
         flags
     }

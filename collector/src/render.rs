@@ -72,6 +72,16 @@ pub fn hosts(rows: &[HostSummary]) -> String {
         for e in h.gpu_evidence.iter().filter(|e| e.state == "failed" || e.state == "missing") {
             let _ = writeln!(s, "      {} {}: {}", e.gpu_uuid, e.state, e.reasons.join("; "));
         }
+        if let Some(l) = &h.location
+            && l["verdict"] != "unregistered"
+        {
+            let _ = writeln!(
+                s,
+                "    location: {} ({})",
+                l["verdict"].as_str().unwrap_or_default(),
+                l["reason"].as_str().unwrap_or_default()
+            );
+        }
     }
     s
 }

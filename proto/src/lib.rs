@@ -10,7 +10,9 @@
 //! - [`pb`]: the generated messages, client and server for package `gpuattest.v1`.
 //! - [`signing`]: signing context, key ids, signing and verification of reports.
 //! - [`units`]: duration text forms shared by both sides' flags and config files.
+//! - [`landmark`]: the location landmark protocol: frames, and what hosts and landmarks sign.
 
+pub mod landmark;
 pub mod signing;
 pub mod units;
 

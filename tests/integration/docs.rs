@@ -79,7 +79,8 @@ fn rewrite(text: &str, root: &Path, repo: &Path) -> String {
 
 /// Commands that serve or measure until stopped: they pass once running without having failed.
 fn long_running(cmd: &str) -> bool {
-    [" demo", " bench", " serve --grpc-listen"].iter().any(|w| cmd.contains(w)) && !cmd.contains("--check-config")
+    [" demo", " bench", " serve --grpc-listen", " landmark serve"].iter().any(|w| cmd.contains(w))
+        && !cmd.contains("--check-config")
 }
 
 /// SIGTERM to the child's whole process group (a demo stops its agents), SIGKILL after 15 s.

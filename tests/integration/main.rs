@@ -16,6 +16,7 @@ mod hostile;
 mod inspect;
 mod jobs;
 mod kubelet;
+mod location;
 mod models;
 mod nvml;
 mod operations;

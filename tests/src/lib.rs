@@ -622,3 +622,77 @@ pub fn make_gpu_pki(dir: &Path, uuids: &[&str]) -> Option<PathBuf> {
     }
     Some(dir.join("root.pem"))
 }
+
+/// A TCP forwarder that holds every chunk for `one_way` before passing it on, in each direction: a
+/// network path of known delay on loopback (this kernel has no netem). Dropping it stops accepting;
+/// connections already relayed end when their peers close.
+pub struct DelayRelay {
+    /// Where to connect to reach the target through the delay.
+    pub addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl DelayRelay {
+    /// Relays `127.0.0.1:PORT` to `target` with `one_way` added each way.
+    pub fn start(target: &str, one_way: Duration) -> DelayRelay {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, target) = (stop.clone(), target.to_string());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(down) = conn else { continue };
+                let Ok(up) = std::net::TcpStream::connect(&target) else { continue };
+                for s in [&down, &up] {
+                    let _ = s.set_nodelay(true);
+                }
+                let (down2, up2) = (down.try_clone().expect("clone"), up.try_clone().expect("clone"));
+                std::thread::spawn(move || pump(down, up, one_way));
+                std::thread::spawn(move || pump(up2, down2, one_way));
+            }
+        });
+        DelayRelay { addr, stop }
+    }
+}
+
+impl Drop for DelayRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = std::net::TcpStream::connect(&self.addr);
+    }
+}
+
+/// Copies `from` to `to`, each chunk released `delay` after it was read.
+fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, delay: Duration) {
+    use std::io::{Read, Write};
+    let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
+    let writer = std::thread::spawn(move || {
+        for (due, bytes) in rx {
+            let now = std::time::Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if to.write_all(&bytes).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if tx.send((std::time::Instant::now() + delay, buf[..n].to_vec())).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.join();
+}

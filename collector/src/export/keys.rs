@@ -69,30 +69,43 @@ impl ExportKey {
     /// # Errors
     /// A sentence naming the file when it cannot be created, read, is readable by others, or is not a key.
     pub fn load_or_create_in(data: &Path) -> Result<ExportKey, String> {
+        Self::load_or_create_at(&data.join("keys").join("export.pk8"))
+    }
+
+    /// Loads the PKCS#8 Ed25519 key at `path`, creating it (0600, its directory 0700 when new) on first
+    /// use: the export key, and a landmark's key.
+    ///
+    /// # Errors
+    /// A sentence naming the file when it cannot be created, read, is readable by others, or is not a key.
+    pub fn load_or_create_at(path: &Path) -> Result<ExportKey, String> {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let dir = data.join("keys");
-        let path = dir.join("export.pk8");
         let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
         if !path.exists() {
-            std::fs::create_dir_all(&dir).map_err(|e| err(&e))?;
-            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+                std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+                let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+            }
             let doc = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).map_err(|e| err(&e))?;
-            let mut f = std::fs::OpenOptions::new()
-                .create_new(true)
-                .write(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| err(&e))?;
+            let mut f =
+                std::fs::OpenOptions::new().create_new(true).write(true).mode(0o600).open(path).map_err(|e| err(&e))?;
             std::io::Write::write_all(&mut f, doc.as_ref()).map_err(|e| err(&e))?;
             f.sync_all().map_err(|e| err(&e))?;
         }
-        let meta = std::fs::metadata(&path).map_err(|e| err(&e))?;
+        let meta = std::fs::metadata(path).map_err(|e| err(&e))?;
         if meta.permissions().mode() & 0o077 != 0 {
             return Err(format!("{} is readable by others; run `chmod 600 {}`", path.display(), path.display()));
         }
-        let bytes = std::fs::read(&path).map_err(|e| err(&e))?;
+        if meta.len() > 4096 {
+            return Err(err(&"not a key file (a PKCS#8 Ed25519 key of a few dozen bytes)"));
+        }
+        let bytes = std::fs::read(path).map_err(|e| err(&e))?;
         let key = Ed25519KeyPair::from_pkcs8(&bytes).map_err(|e| err(&e))?;
         Ok(ExportKey { key })
+    }
+
+    /// The raw public key (32 bytes).
+    pub fn public_key(&self) -> Vec<u8> {
+        self.key.public_key().as_ref().to_vec()
     }
 
     /// Signs bytes.

@@ -20,12 +20,14 @@ pub mod db;
 mod evidence;
 mod group;
 mod jobs;
+mod location;
 pub mod pgtls;
 mod review;
 pub mod scratch;
 pub use evidence::{GpuEvidenceState, HostEvidence, MovedDevice};
 pub use group::{GroupCommitter, MAX_BATCH};
 pub use jobs::{CommitContext, MovedGpu};
+pub use location::{LandmarkRow, Measurement, Site};
 pub use review::{ReportCheck, ReportRef, TimelinePoint};
 
 use db::{Db, DbError, Row, params};
@@ -39,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migration5.sql"),
     include_str!("migration6.sql"),
     include_str!("migration7.sql"),
+    include_str!("migration8.sql"),
 ];
 
 /// The same migrations for PostgreSQL: the same tables, columns and keys, in its types.
@@ -50,6 +53,7 @@ const PG_MIGRATIONS: &[&str] = &[
     include_str!("pg/migration5.sql"),
     include_str!("pg/migration6.sql"),
     include_str!("pg/migration7.sql"),
+    include_str!("pg/migration8.sql"),
 ];
 
 /// Store failures.
@@ -249,6 +253,8 @@ pub struct HostSummary {
     pub revoked: bool,
     /// Each GPU's attestation evidence state (filled by `hosts list` and the hosts API).
     pub gpu_evidence: Vec<GpuEvidenceState>,
+    /// The location verdict (filled by `hosts list` and the hosts API).
+    pub location: Option<serde_json::Value>,
 }
 
 /// A verified, decoded report to commit.
@@ -1066,6 +1072,7 @@ impl Store {
                         enrolled_at: rfc3339(r.get(6)?),
                         revoked: r.get::<Option<i64>>(7)?.is_some(),
                         gpu_evidence: Vec::new(),
+                        location: None,
                     })
                 },
             )

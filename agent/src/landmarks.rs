@@ -1,0 +1,130 @@
+//! Location landmarks: the agent connects out to each landmark the collector names (hosts rarely
+//! accept inbound traffic), answers its timed challenges with the host key, and keeps the signed
+//! measurement records it sends back for the next report. Each landmark has its own task, so an
+//! answer never waits behind report work; the landmark, not the agent, times the round trip and signs
+//! the record, so the agent cannot shorten what it carries.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gpuattest_proto::landmark::{
+    ANSWER, CHALLENGE, HELLO, RECORD, answer_message, read_frame, record_verifies, write_frame,
+};
+use gpuattest_proto::pb;
+use prost::Message;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+/// Records kept for the next report, at most one per landmark and this many in all.
+pub const MAX_RECORDS: usize = 64;
+/// A landmark silent this long (no challenge, no record) is dialled again.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// The signed records received since the last report, newest per landmark.
+#[derive(Debug, Default)]
+pub struct Records(Mutex<BTreeMap<String, pb::SignedLocationRecord>>);
+
+impl Records {
+    /// Takes every record for a report.
+    pub fn drain(&self) -> Vec<pb::SignedLocationRecord> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).into_values().collect()
+    }
+
+    fn put(&self, landmark: &str, r: pb::SignedLocationRecord) {
+        let mut m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if m.len() < MAX_RECORDS || m.contains_key(landmark) {
+            m.insert(landmark.to_string(), r);
+        }
+    }
+}
+
+/// What a landmark task needs from the agent.
+pub struct HostKey {
+    /// Enrolled host id.
+    pub host_id: String,
+    /// The host's signing key (answers are signed with it).
+    pub key: Arc<Ed25519KeyPair>,
+}
+
+/// Keeps one task per landmark in the latest list the collector sent, until `stop` turns true.
+pub async fn supervise(
+    mut list: watch::Receiver<Vec<pb::Landmark>>,
+    host: Arc<HostKey>,
+    records: Arc<Records>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tasks: BTreeMap<(String, String, Vec<u8>), tokio::task::JoinHandle<()>> = BTreeMap::new();
+    loop {
+        let wanted: Vec<pb::Landmark> = list.borrow_and_update().clone();
+        let keys: Vec<_> = wanted.iter().map(|l| (l.name.clone(), l.address.clone(), l.public_key.clone())).collect();
+        tasks.retain(|k, t| {
+            let keep = keys.contains(k);
+            if !keep {
+                t.abort();
+            }
+            keep
+        });
+        for l in wanted.into_iter().take(MAX_RECORDS) {
+            let k = (l.name.clone(), l.address.clone(), l.public_key.clone());
+            if let std::collections::btree_map::Entry::Vacant(slot) = tasks.entry(k) {
+                slot.insert(tokio::spawn(dial(l, host.clone(), records.clone())));
+            }
+        }
+        tokio::select! {
+            changed = list.changed() => if changed.is_err() { break },
+            _ = stop.changed() => if *stop.borrow() { break },
+        }
+    }
+    for t in tasks.values() {
+        t.abort();
+    }
+}
+
+async fn dial(l: pb::Landmark, host: Arc<HostKey>, records: Arc<Records>) {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match connection(&l, &host, &records).await {
+            Ok(()) => delay = Duration::from_secs(1),
+            Err(e) => {
+                info!(landmark = %l.name, address = %l.address, reason = %e, "landmark connection ended; dialling again");
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
+async fn connection(l: &pb::Landmark, host: &HostKey, records: &Records) -> Result<(), String> {
+    let mut s = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(&l.address))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let hello =
+        pb::LandmarkHello { host_id: host.host_id.clone(), public_key: host.key.public_key().as_ref().to_vec() };
+    write_frame(&mut s, HELLO, &hello.encode_to_vec()).await.map_err(|e| e.to_string())?;
+    loop {
+        let (kind, payload) = tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut s))
+            .await
+            .map_err(|_| "the landmark fell silent".to_string())?
+            .map_err(|e| e.to_string())?;
+        match kind {
+            CHALLENGE if payload.len() == 32 => {
+                let sig = host.key.sign(&answer_message(&payload, &l.name, &host.host_id));
+                write_frame(&mut s, ANSWER, sig.as_ref()).await.map_err(|e| e.to_string())?;
+            }
+            RECORD => {
+                let r = pb::SignedLocationRecord::decode(payload.as_slice()).map_err(|e| e.to_string())?;
+                // Only what this landmark signed is worth carrying.
+                if !record_verifies(&l.public_key, &r.record, &r.signature) {
+                    return Err("a record the landmark's key did not sign".into());
+                }
+                debug!(landmark = %l.name, "location record received");
+                records.put(&l.name, r);
+            }
+            _ => return Err(format!("unexpected frame kind {kind}")),
+        }
+    }
+}

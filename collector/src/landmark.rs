@@ -1,0 +1,122 @@
+//! `landmark serve`: a location landmark. Agents connect out to it (hosts rarely accept inbound
+//! traffic); on each connection it sends fresh 32-byte challenges, times each signed answer from just
+//! before the challenge is written to its receipt, keeps the minimum of a round (queueing only adds),
+//! and sends back a `SignedLocationRecord` the agent carries to the collector in its next report. The
+//! landmark signs; the agent cannot alter what it carries. Protocol: `gpuattest_proto::landmark`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gpuattest_proto::landmark::{
+    ANSWER, CHALLENGE, HELLO, RECORD, answer_verifies, read_frame, record_message, write_frame,
+};
+use gpuattest_proto::pb;
+use prost::Message;
+use ring::rand::SecureRandom;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{info, warn};
+
+use crate::export::ExportKey;
+
+/// Connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// How long an agent has to say who it is, and to answer a challenge.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A landmark's settings.
+#[derive(Debug, Clone)]
+pub struct LandmarkConfig {
+    /// Its name: what its records say, and what the collector registers it under.
+    pub name: String,
+    /// Challenges per round (the minimum of them is the measurement).
+    pub rounds: u32,
+    /// Pause between challenges of a round.
+    pub spacing: Duration,
+    /// Pause between rounds on one connection.
+    pub every: Duration,
+}
+
+/// Serves agents on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    cfg: LandmarkConfig,
+    key: Arc<ExportKey>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            () = &mut shutdown => return,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut shutdown => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let (cfg, key) = (cfg.clone(), key.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = connection(stream, &cfg, &key).await {
+                info!(%peer, reason = %e, "landmark connection closed");
+            }
+        });
+    }
+}
+
+async fn connection(mut stream: TcpStream, cfg: &LandmarkConfig, key: &ExportKey) -> Result<(), String> {
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (kind, payload) = tokio::time::timeout(ANSWER_TIMEOUT, read_frame(&mut stream))
+        .await
+        .map_err(|_| "no hello within 5 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    let hello = pb::LandmarkHello::decode(payload.as_slice()).map_err(|e| format!("hello: {e}"))?;
+    if kind != HELLO || hello.public_key.len() != 32 || hello.host_id.is_empty() || hello.host_id.len() > 256 {
+        return Err("the first frame is not a hello naming a host and its Ed25519 key".into());
+    }
+    let rng = ring::rand::SystemRandom::new();
+    loop {
+        let mut rtts = Vec::with_capacity(cfg.rounds as usize);
+        for i in 0..cfg.rounds {
+            if i > 0 {
+                tokio::time::sleep(cfg.spacing).await;
+            }
+            let mut nonce = [0u8; 32];
+            rng.fill(&mut nonce).map_err(|_| "no randomness".to_string())?;
+            let sent = Instant::now();
+            write_frame(&mut stream, CHALLENGE, &nonce).await.map_err(|e| e.to_string())?;
+            let (kind, sig) = tokio::time::timeout(ANSWER_TIMEOUT, read_frame(&mut stream))
+                .await
+                .map_err(|_| "no answer within 5 s".to_string())?
+                .map_err(|e| e.to_string())?;
+            let rtt = sent.elapsed();
+            if kind != ANSWER || !answer_verifies(&hello.public_key, &nonce, &cfg.name, &hello.host_id, &sig) {
+                return Err(format!("host {}: an answer that does not verify", hello.host_id));
+            }
+            rtts.push(rtt.as_micros() as u64);
+        }
+        rtts.sort_unstable();
+        let record = pb::LocationRecord {
+            host_id: hello.host_id.clone(),
+            landmark: cfg.name.clone(),
+            host_key_id: gpuattest_proto::sha256(&hello.public_key).to_vec(),
+            min_rtt_us: rtts.first().copied().unwrap_or_default(),
+            median_rtt_us: rtts.get(rtts.len() / 2).copied().unwrap_or_default(),
+            rounds: cfg.rounds,
+            measured_at_unix_ms: crate::now_ms(),
+        }
+        .encode_to_vec();
+        let signature = key.sign(&record_message(&record));
+        let signed = pb::SignedLocationRecord { record, signature }.encode_to_vec();
+        write_frame(&mut stream, RECORD, &signed).await.map_err(|e| e.to_string())?;
+        info!(host_id = %hello.host_id, min_rtt_us = rtts.first().copied().unwrap_or_default(), "measured");
+        tokio::time::sleep(cfg.every).await;
+    }
+}

@@ -1,0 +1,191 @@
+//! Issue 19: location from light. Four landmarks at real places (Ashburn, Dallas, Frankfurt,
+//! Singapore), each a real `landmark serve` process; every landmark-to-host path on loopback goes
+//! through a relay that adds the one-way delay light in fiber needs over the great-circle distance
+//! between the landmark and where the host "is". The host is registered in Ashburn.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use gpuattest_collector::location::distance_km;
+use gpuattest_tests::{Collector, DelayRelay, bin, collector_cmd, flags, free_addr, host, run, terminate, wait_for};
+use serde_json::Value;
+
+use crate::streaming::{node, start_agent};
+
+const ASHBURN: (&str, f64, f64) = ("ashburn", 39.0438, -77.4874);
+const DALLAS: (&str, f64, f64) = ("dallas", 32.7767, -96.7970);
+const FRANKFURT: (&str, f64, f64) = ("frankfurt", 50.1109, 8.6821);
+const SINGAPORE: (&str, f64, f64) = ("singapore", 1.3521, 103.8198);
+const LANDMARKS: [(&str, f64, f64); 4] = [ASHBURN, DALLAS, FRANKFURT, SINGAPORE];
+
+struct Landmark {
+    child: Option<Child>,
+    _relay: DelayRelay,
+}
+
+impl Drop for Landmark {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            terminate(c, Duration::from_secs(5));
+        }
+    }
+}
+
+/// Starts the four landmarks (all but those in `down`), each behind a relay delaying it as far from
+/// `at` as the great circle says, and registers them with the collector in `data`.
+fn landmarks(dir: &Path, data: &Path, at: (f64, f64), down: &[&str]) -> Vec<Landmark> {
+    LANDMARKS
+        .iter()
+        .map(|&(name, lat, lon)| {
+            let key = dir.join(format!("{name}.pk8"));
+            let (code, pem, err) =
+                run(Command::new(bin("gpuattest-collector")).args(["landmark", "key", "--key"]).arg(&key));
+            assert_eq!(code, 0, "{err}");
+            let pem_file = dir.join(format!("{name}.pem"));
+            std::fs::write(&pem_file, pem).expect("pem");
+            let listen = free_addr();
+            let child = (!down.contains(&name)).then(|| {
+                Command::new(bin("gpuattest-collector"))
+                    .args(["landmark", "serve", "--listen", &listen, "--name", name])
+                    .args(["--lat", &lat.to_string(), "--lon", &lon.to_string(), "--key"])
+                    .arg(&key)
+                    .args(["--rounds", "5", "--spacing", "20ms", "--every", "1s"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("landmark")
+            });
+            // Light in fiber: 200 km per ms, one way.
+            let km = distance_km(lat, lon, at.0, at.1);
+            let relay = DelayRelay::start(&listen, Duration::from_micros((km / 0.2) as u64));
+            let (code, _, err) = run(collector_cmd(data)
+                .args(["landmark", "add", name, "--lat", &lat.to_string(), "--lon", &lon.to_string(), "--key-pem"])
+                .arg(&pem_file)
+                .args(["--address", &relay.addr]));
+            assert_eq!(code, 0, "{err}");
+            Landmark { child, _relay: relay }
+        })
+        .collect()
+}
+
+/// Runs a host registered in Ashburn but placed at `at` until its verdict is `want`.
+fn verdict_of_a_host_at(at: (f64, f64), down: &[&str], want: &str) -> (Value, std::path::PathBuf, tempfile::TempDir) {
+    let t = tempfile::tempdir().expect("tmp");
+    let data = t.path().join("data");
+    let c = Collector::start(&data);
+    let _ls = landmarks(t.path(), &data, at, down);
+    let (code, tok, err) = run(collector_cmd(&data).args([
+        "token",
+        "create",
+        "--role",
+        "enroll",
+        "--site-lat",
+        &ASHBURN.1.to_string(),
+        "--site-lon",
+        &ASHBURN.2.to_string(),
+        "--site-name",
+        "iad",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let n = node(t.path(), "node-loc", &[]);
+    let mut a = start_agent(&c.url(), &n, tok.trim(), "500ms", &[]);
+    let loc = wait_for(&format!("a location verdict of {want}"), Duration::from_secs(60), || {
+        let h = host(&data, "node-loc")?;
+        let l = h["location"].clone();
+        (l["verdict"] == want && l["landmarks"].as_array().is_some_and(|d| d.len() == 4 - down.len())).then_some(l)
+    });
+    a.stop();
+    drop(c);
+    (loc, data, t)
+}
+
+#[test]
+fn an_honest_host_is_verified_where_it_is_registered() {
+    let (loc, data, _t) = verdict_of_a_host_at((ASHBURN.1, ASHBURN.2), &[], "verified");
+    let discs = loc["landmarks"].as_array().expect("discs");
+    let nearest = discs.iter().find(|d| d["name"] == "ashburn").expect("ashburn");
+    let precision = loc["precision_km"].as_f64().expect("precision");
+    assert!(precision <= 2.0 * nearest["bound_km"].as_f64().expect("bound") + 1.0, "{loc}");
+    assert!(precision < 500.0, "{loc}");
+    // Each disc holds the site: its bound is at least the distance light needs. The timing error (what
+    // the landmark measured beyond the relay's configured round trip) is printed for the notes.
+    for d in discs {
+        let configured = 2.0 * d["site_distance_km"].as_f64().unwrap_or(0.0) / 0.2;
+        let error_us = d["min_rtt_us"].as_f64().unwrap_or(0.0) - configured;
+        eprintln!(
+            "landmark {}: min RTT {} us, configured {configured:.0} us, error {error_us:.0} us = {:.1} km",
+            d["name"],
+            d["min_rtt_us"],
+            error_us * 0.1
+        );
+        assert!(d["bound_km"].as_f64() >= d["site_distance_km"].as_f64(), "{d}");
+        assert!(d["min_rtt_us"].as_u64().is_some_and(|r| r > 0), "{d}");
+    }
+    assert!(
+        flags(&data).iter().all(|f| !f["rule"].as_str().unwrap_or_default().starts_with("location")),
+        "no location flag"
+    );
+}
+
+#[test]
+fn a_host_diverted_to_singapore_is_inconsistent_and_flagged() {
+    let (loc, data, _t) = verdict_of_a_host_at((SINGAPORE.1, SINGAPORE.2), &[], "inconsistent");
+    assert!(loc["reason"].as_str().is_some_and(|r| r.contains("singapore")), "{loc}");
+    let f: Vec<Value> = flags(&data).into_iter().filter(|f| f["rule"] == "location-inconsistent").collect();
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0]["severity"], "high");
+    assert!(f[0]["summary"].as_str().is_some_and(|s| s.contains("singapore") && s.contains("km")), "{f:?}");
+}
+
+#[test]
+fn a_diverted_host_with_no_landmark_near_is_insufficient_never_verified() {
+    let (loc, _data, _t) = verdict_of_a_host_at((SINGAPORE.1, SINGAPORE.2), &["singapore"], "insufficient");
+    assert!(loc["precision_km"].as_f64().is_some_and(|p| p > 5_000.0), "{loc}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_foreign_records_are_refused() {
+    use gpuattest_proto::pb;
+    use prost::Message;
+    let t = tempfile::tempdir().expect("tmp");
+    let data = t.path().join("data");
+    let c = Collector::start(&data);
+    let _ls = landmarks(t.path(), &data, (ASHBURN.1, ASHBURN.2), &["ashburn", "dallas", "frankfurt", "singapore"]);
+    let (key, id, mut s) = crate::rules::raw_host(&c, &data, "raw-loc").await;
+    let key_id = gpuattest_proto::key_id(ring::signature::KeyPair::public_key(&key).as_ref()).to_vec();
+    let record = |host: &str| {
+        pb::LocationRecord {
+            host_id: host.into(),
+            landmark: "ashburn".into(),
+            host_key_id: key_id.clone(),
+            min_rtt_us: 10,
+            median_rtt_us: 10,
+            rounds: 5,
+            measured_at_unix_ms: 1,
+        }
+        .encode_to_vec()
+    };
+    // Signed by a key that is not Ashburn's (the landmark's key stays with the landmark).
+    let forger = gpuattest_tests::raw::new_key();
+    let forged = record(&id);
+    let sig = forger.sign(&gpuattest_proto::landmark::record_message(&forged)).as_ref().to_vec();
+    let mut r = gpuattest_tests::raw::report(&id, 1, &[], "python serve.py");
+    r.location_records = vec![pb::SignedLocationRecord { record: forged, signature: sig }];
+    crate::rules::acked(s.next_after(gpuattest_tests::raw::sign(&key, &r)).await, 1);
+    // Ashburn's real key, but measuring another host: not this host's to carry.
+    let ashburn =
+        gpuattest_collector::export::ExportKey::load_or_create_at(&t.path().join("ashburn.pk8")).expect("key");
+    let foreign = record("someone-else");
+    let sig = ashburn.sign(&gpuattest_proto::landmark::record_message(&foreign));
+    let mut r = gpuattest_tests::raw::report(&id, 2, &[], "python serve.py");
+    r.location_records = vec![pb::SignedLocationRecord { record: foreign, signature: sig }];
+    crate::rules::acked(s.next_after(gpuattest_tests::raw::sign(&key, &r)).await, 2);
+    let f: Vec<Value> = flags(&data).into_iter().filter(|f| f["rule"] == "location-record-invalid").collect();
+    assert_eq!(f.len(), 1, "one flag per host, counted: {f:?}");
+    assert_eq!(f[0]["occurrences"], 2, "{f:?}");
+    assert_eq!(f[0]["severity"], "medium");
+    let h = host(&data, "raw-loc").expect("host");
+    assert_eq!(h["location"]["landmarks"], serde_json::json!([]), "nothing refused was kept: {h}");
+    assert_eq!(h["location"]["verdict"], "unregistered");
+}
