@@ -70,7 +70,7 @@ fn is_accelerator_class(class: u32) -> bool {
 }
 
 fn read_hex(path: &Path) -> Option<u32> {
-    let raw = crate::jobs::read_bounded(path, 64)?;
+    let raw = crate::files::read_bounded(path, 64)?;
     let s = String::from_utf8_lossy(&raw);
     u32::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok()
 }

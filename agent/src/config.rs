@@ -71,7 +71,7 @@ impl FileConfig {
     /// [`ConfigError`] naming the file, and the line and key for syntax and type errors.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
         let err = |reason: String| ConfigError { path: path.display().to_string(), reason };
-        let bytes = crate::jobs::read_bounded(path, MAX_CONFIG_BYTES + 1)
+        let bytes = crate::files::read_bounded(path, MAX_CONFIG_BYTES + 1)
             .ok_or_else(|| err("cannot read the file; check the path and permissions".into()))?;
         if bytes.len() > MAX_CONFIG_BYTES {
             return Err(err(format!("larger than {MAX_CONFIG_BYTES} bytes")));
@@ -215,7 +215,7 @@ impl Settings {
         // The token file is needed only until the host is enrolled; operators delete it afterwards.
         let enroll_token = match (flags.enroll_token.or(file.enroll_token), file.enroll_token_file) {
             (Some(t), _) => Some(t),
-            (None, Some(f)) => match crate::jobs::read_bounded(&f, 4096) {
+            (None, Some(f)) => match crate::files::read_bounded(&f, 4096) {
                 Some(b) => Some(String::from_utf8_lossy(&b).trim().to_string()).filter(|t| !t.is_empty()),
                 None => {
                     warnings.push(format!(

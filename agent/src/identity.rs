@@ -124,7 +124,7 @@ impl Identity {
         if mode & 0o077 != 0 {
             return Err(StateError::KeyPermissions { path, mode });
         }
-        let bytes = crate::jobs::read_bounded(&path, 4096)
+        let bytes = crate::files::read_bounded(&path, 4096)
             .ok_or_else(|| StateError::Io { path: path.clone(), source: std::io::Error::other("cannot read") })?;
         let key = Ed25519KeyPair::from_pkcs8(&bytes)
             .map_err(|e| StateError::BadKey { path: path.clone(), reason: e.to_string() })?;
@@ -133,7 +133,7 @@ impl Identity {
 
     /// Loads an existing key without creating one; `None` when there is none or it is unusable.
     pub fn load_existing(state_dir: &Path) -> Option<Identity> {
-        let bytes = crate::jobs::read_bounded(&state_dir.join("agent.key"), 4096)?;
+        let bytes = crate::files::read_bounded(&state_dir.join("agent.key"), 4096)?;
         Ed25519KeyPair::from_pkcs8(&bytes).ok().map(|key| Identity { key: std::sync::Arc::new(key) })
     }
 
@@ -150,7 +150,7 @@ impl Identity {
                 .map_err(|e| StateError::BadKey { path: path.clone(), reason: e.to_string() })?;
             write_atomic(&path, doc.as_ref(), 0o600)?;
         }
-        let bytes = crate::jobs::read_bounded(&path, 4096)
+        let bytes = crate::files::read_bounded(&path, 4096)
             .ok_or_else(|| StateError::Io { path: path.clone(), source: std::io::Error::other("cannot read") })?;
         let key = Ed25519KeyPair::from_pkcs8(&bytes).map_err(|e| StateError::BadKey { path, reason: e.to_string() })?;
         Ok(Identity { key: std::sync::Arc::new(key) })

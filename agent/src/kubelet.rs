@@ -132,7 +132,7 @@ impl Kubelet {
         tcp.set_write_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
         let mut request = format!("GET {} HTTP/1.0\r\nHost: {}\r\nAccept: application/json\r\n", self.path, self.host);
         if let Some(f) = &self.cfg.token_file {
-            let token = crate::jobs::read_bounded(f, 64 * 1024)
+            let token = crate::files::read_bounded(f, 64 * 1024)
                 .map(|b| String::from_utf8_lossy(&b).trim().to_string())
                 .filter(|t| !t.is_empty())
                 .ok_or_else(|| format!("cannot read kubelet_token_file {}", f.display()))?;
@@ -327,8 +327,8 @@ fn tls_config(cfg: &KubeletConfig) -> Result<rustls::ClientConfig, String> {
     let ca = cfg.ca.as_ref().ok_or(
         "kubelet_ca is needed for an https:// kubelet (the cluster CA, e.g. the service account's ca.crt), or set kubelet_insecure_skip_tls_verify",
     )?;
-    let pem =
-        crate::jobs::read_bounded(ca, 1024 * 1024).ok_or_else(|| format!("cannot read kubelet_ca {}", ca.display()))?;
+    let pem = crate::files::read_bounded(ca, 1024 * 1024)
+        .ok_or_else(|| format!("cannot read kubelet_ca {}", ca.display()))?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
         let cert: rustls::pki_types::CertificateDer<'static> =

@@ -9,6 +9,7 @@
 //! - [`bench`]: observation and fingerprint benchmarks (`gpuattest-agent bench`).
 //! - [`cli`]: the commands behind the binary, with their exit codes.
 //! - [`gpu`]: the [`gpu::GpuSource`] trait and the NVML backend.
+//! - [`files`]: the one bounded reader of files the agent does not control.
 //! - [`jobs`]: process facts from `/proc`, cgroup job attribution, command-line redaction.
 //! - [`kubelet`]: optional pod namespace, name, labels and owner from the kubelet's pod list.
 //! - [`landmarks`]: answers location landmarks' timed challenges; keeps their signed records for reports.
@@ -29,6 +30,7 @@ pub mod accelerators;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod files;
 pub mod gpu;
 pub mod identity;
 pub mod jobs;

@@ -196,18 +196,14 @@ pub fn build(obs: &Observation, ctx: &ReportContext) -> pb::UsageReport {
         attestations: obs
             .attestations
             .iter()
-            .map(|a| {
-                use base64::Engine;
-                let d = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).unwrap_or_default();
-                pb::GpuAttestation {
-                    gpu_uuid: a.gpu_uuid.clone(),
-                    nonce: crate::run::hex_decode(&a.nonce_hex),
-                    report: d(&a.report_base64),
-                    cec_report: d(&a.cec_report_base64),
-                    cert_chain: d(&a.cert_chain_base64),
-                    attestation_cert_chain: d(&a.attestation_cert_chain_base64),
-                    error: a.error.clone().unwrap_or_default(),
-                }
+            .map(|a| pb::GpuAttestation {
+                gpu_uuid: a.gpu_uuid.clone(),
+                nonce: a.nonce.clone(),
+                report: a.report.clone(),
+                cec_report: a.cec_report.clone(),
+                cert_chain: a.cert_chain.clone(),
+                attestation_cert_chain: a.attestation_cert_chain.clone(),
+                error: a.error.clone().unwrap_or_default(),
             })
             .collect(),
         interval_ms: ctx.interval_ms,

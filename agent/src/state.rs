@@ -42,7 +42,7 @@ impl ChainState {
         if !path.exists() {
             return Ok(ChainState::default());
         }
-        let bytes = crate::jobs::read_bounded(&path, 64 * 1024)
+        let bytes = crate::files::read_bounded(&path, 64 * 1024)
             .ok_or_else(|| StateError::Io { path: path.clone(), source: std::io::Error::other("cannot read") })?;
         let state: ChainState = serde_json::from_slice(&bytes)
             .map_err(|e| StateError::Corrupt { path: path.clone(), reason: e.to_string() })?;

@@ -123,7 +123,7 @@ impl Tls {
         key: Option<&std::path::Path>,
     ) -> Result<Tls, String> {
         let read = |p: Option<&std::path::Path>| -> Result<Option<Vec<u8>>, String> {
-            p.map(|p| crate::jobs::read_bounded(p, 1 << 20).ok_or_else(|| format!("cannot read {}", p.display())))
+            p.map(|p| crate::files::read_bounded(p, 1 << 20).ok_or_else(|| format!("cannot read {}", p.display())))
                 .transpose()
         };
         let tls = Tls { ca_pem: read(ca)?, cert_pem: read(cert)?, key_pem: read(key)? };

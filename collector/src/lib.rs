@@ -22,6 +22,8 @@
 //! - [`reevaluate`]: `policy reevaluate`, the policy in force over stored evidence.
 //! - [`registry`]: model families, developers and listings; `policy evaluate-model`.
 //! - [`screening`]: restricted-party lists (OFAC SDN, trade.gov CSL, operator lists) and name matching.
+//! - [`severity`], [`files`], [`report_view`]: what the policy, store and review share (flag severity,
+//!   bounded reads of operator files, a report as JSON), below all of them.
 //! - [`render`]: human-readable tables for the CLI.
 //! - [`timefmt`]: RFC 3339 rendering.
 //! - [`verify`]: the one report verifier (ingest, `reports verify`, the review page).
@@ -35,6 +37,7 @@ pub mod config;
 pub mod demo;
 pub mod evidence;
 pub mod export;
+pub mod files;
 pub mod http;
 pub mod ingest;
 pub mod landmark;
@@ -45,8 +48,10 @@ pub mod policy;
 pub mod reevaluate;
 pub mod registry;
 pub mod render;
+pub mod report_view;
 pub mod screening;
 pub mod server;
+pub mod severity;
 pub mod store;
 pub mod tenants;
 pub mod timefmt;

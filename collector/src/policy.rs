@@ -21,34 +21,7 @@ pub const DEFAULT_POLICY: &str = include_str!("default-policy.toml");
 /// Largest policy file read.
 pub const MAX_POLICY_BYTES: usize = 4 * 1024 * 1024;
 
-/// Flag severity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// Nothing to see.
-    None,
-    /// Worth a look.
-    Low,
-    /// Review soon.
-    Medium,
-    /// Review now.
-    High,
-    /// Stop and escalate.
-    Critical,
-}
-
-impl Severity {
-    /// The lower-case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::None => "none",
-            Severity::Low => "low",
-            Severity::Medium => "medium",
-            Severity::High => "high",
-            Severity::Critical => "critical",
-        }
-    }
-}
+pub use crate::severity::Severity;
 
 /// A model-id pattern with what it means.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -287,17 +260,7 @@ pub struct LoadedFile {
 /// rescinded AI Diffusion Rule used them. Operators should set their counsel's list.
 pub const DEFAULT_COUNTRIES_OF_CONCERN: &[&str] = &["CN", "MO", "RU", "BY", "IR", "KP", "SY", "CU", "VE"];
 
-/// A regular file of at most `limit` bytes, or one line naming `what` and the path.
-pub(crate) fn read_bounded_file(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
-    if !meta.is_file() {
-        return Err(format!("{what} {}: not a regular file", path.display()));
-    }
-    if meta.len() > limit {
-        return Err(format!("{what} {}: larger than {limit} bytes", path.display()));
-    }
-    std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))
-}
+pub(crate) use crate::files::read_bounded_file;
 
 /// What the host is, for rules that need it.
 #[derive(Debug, Clone)]

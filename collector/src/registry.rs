@@ -7,7 +7,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::policy::Severity;
+use crate::severity::Severity;
 
 /// A shipped model family (static data; see [`Family`] for the form operators write).
 #[derive(Debug, Clone, Copy)]

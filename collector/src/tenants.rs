@@ -170,7 +170,7 @@ pub struct Finding {
     /// `tenant-screening` or `tenant-parent-country`.
     pub rule: String,
     /// Severity.
-    pub severity: crate::policy::Severity,
+    pub severity: crate::severity::Severity,
     /// For reviewers.
     pub summary: String,
     /// What matched.
@@ -180,7 +180,7 @@ pub struct Finding {
 /// Screens every tenant's names (legal name, aliases, parent) against the lists, and checks its and
 /// its parent's countries against the countries of concern.
 pub fn assess(tenant: &Tenant, lists: &[Entry], threshold: f64, concern: &[String]) -> Vec<Finding> {
-    use crate::policy::Severity;
+    use crate::severity::Severity;
     let mut out = Vec::new();
     let names = std::iter::once(("legal name", tenant.legal_name.as_str()))
         .chain(tenant.aliases.iter().map(|a| ("alias", a.as_str())))

@@ -61,23 +61,38 @@ pub struct ConfCompute {
 }
 
 /// One GPU's attestation report and certificates, raw, bound to a nonce. The collector (or anyone with
-/// NVIDIA's verifier) checks them; the agent only carries them.
+/// NVIDIA's verifier) checks them; the agent only carries them, as bytes until the report is built
+/// (`inspect --json` shows them as hex and base64).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Attestation {
     /// GPU.
     pub gpu_uuid: String,
-    /// The nonce asked with, hex.
-    pub nonce_hex: String,
-    /// The SPDM attestation report, base64.
-    pub report_base64: String,
-    /// The CEC attestation report where present, base64.
-    pub cec_report_base64: String,
-    /// The device certificate chain, base64.
-    pub cert_chain_base64: String,
-    /// The attestation certificate chain, base64.
-    pub attestation_cert_chain_base64: String,
+    /// The nonce asked with.
+    #[serde(rename = "nonce_hex", serialize_with = "as_hex")]
+    pub nonce: Vec<u8>,
+    /// The SPDM attestation report.
+    #[serde(rename = "report_base64", serialize_with = "as_base64")]
+    pub report: Vec<u8>,
+    /// The CEC attestation report where present.
+    #[serde(rename = "cec_report_base64", serialize_with = "as_base64")]
+    pub cec_report: Vec<u8>,
+    /// The device certificate chain.
+    #[serde(rename = "cert_chain_base64", serialize_with = "as_base64")]
+    pub cert_chain: Vec<u8>,
+    /// The attestation certificate chain.
+    #[serde(rename = "attestation_cert_chain_base64", serialize_with = "as_base64")]
+    pub attestation_cert_chain: Vec<u8>,
     /// Why there is none, when there is none.
     pub error: Option<String>,
+}
+
+fn as_hex<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&gpuattest_proto::hex(b))
+}
+
+fn as_base64<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    use base64::Engine;
+    s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(b))
 }
 
 /// Every GPU at one instant, plus facts about the driver.

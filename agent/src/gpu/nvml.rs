@@ -131,33 +131,31 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, NvmlError>) -> Result<T, String> {
 
 impl GpuSource for NvmlSource {
     fn attest(&mut self, nonce: &[u8; 32]) -> Vec<Attestation> {
-        use base64::Engine;
         let count = self.nvml.device_count().unwrap_or(0);
         if self.conf_compute(count).enabled != Some(true) {
             return Vec::new();
         }
-        let b64 = base64::engine::general_purpose::STANDARD;
         let mut out = Vec::new();
         for index in 0..count {
             let Ok(device) = self.nvml.device_by_index(index) else { continue };
             let mut a = Attestation {
                 gpu_uuid: device.uuid().unwrap_or_default(),
-                nonce_hex: gpuattest_proto::hex(nonce),
+                nonce: nonce.to_vec(),
                 ..Attestation::default()
             };
             match guarded(|| device.confidential_compute_gpu_attestation_report(*nonce)) {
                 Ok(r) => {
-                    a.report_base64 = b64.encode(&r.attestation_report);
+                    a.report = r.attestation_report;
                     if r.is_cec_attestation_report_present {
-                        a.cec_report_base64 = b64.encode(&r.cec_attestation_report);
+                        a.cec_report = r.cec_attestation_report;
                     }
                 }
                 Err(e) => a.error = Some(format!("attestation report: {e}")),
             }
             match guarded(|| device.confidential_compute_gpu_certificate()) {
                 Ok(c) => {
-                    a.cert_chain_base64 = b64.encode(&c.cert_chain);
-                    a.attestation_cert_chain_base64 = b64.encode(&c.attestation_cert_chain);
+                    a.cert_chain = c.cert_chain;
+                    a.attestation_cert_chain = c.attestation_cert_chain;
                 }
                 Err(e) => {
                     a.error = Some(a.error.map_or(format!("certificate: {e}"), |p| format!("{p}; certificate: {e}")))

@@ -10,7 +10,6 @@ pub mod launch;
 pub mod redact;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 
 use serde::Serialize;
@@ -50,13 +49,7 @@ pub struct ProcessFacts {
     pub user: Option<String>,
 }
 
-/// Reads at most `limit` bytes of a file; `None` when it cannot be opened.
-pub(crate) fn read_bounded(path: &Path, limit: usize) -> Option<Vec<u8>> {
-    let f = std::fs::File::open(path).ok()?;
-    let mut buf = Vec::new();
-    f.take(limit as u64).read_to_end(&mut buf).ok()?;
-    Some(buf)
-}
+pub(crate) use crate::files::read_bounded;
 
 /// Splits a NUL-separated cmdline into arguments, bounded and lossily decoded.
 pub fn split_cmdline(raw: &[u8]) -> Vec<String> {

@@ -304,7 +304,7 @@ pub fn discover(proc_root: &Path, pid: u32) -> Vec<Candidate> {
             }
         }
     }
-    if let Some(maps) = crate::jobs::read_bounded(&pdir.join("maps"), 4 * 1024 * 1024) {
+    if let Some(maps) = crate::files::read_bounded(&pdir.join("maps"), 4 * 1024 * 1024) {
         for line in String::from_utf8_lossy(&maps).lines() {
             let mut f = line.splitn(6, ' ');
             let (_, _, _, dev, inode) = (f.next(), f.next(), f.next(), f.next(), f.next());

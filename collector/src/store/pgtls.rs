@@ -132,7 +132,7 @@ impl PgTls {
     /// The file cannot be read, is too large, holds no certificate, or holds one rustls refuses.
     pub fn from_ca_file(path: &Path) -> Result<PgTls, String> {
         let shown = path.display();
-        let pem = crate::policy::read_bounded_file(path, MAX_CA_BYTES, "sslrootcert")?;
+        let pem = crate::files::read_bounded_file(path, MAX_CA_BYTES, "sslrootcert")?;
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(&pem) {
             let cert = cert.map_err(|e| format!("sslrootcert {shown}: not PEM certificates ({e})"))?;

@@ -207,7 +207,7 @@ impl Store {
             report_sha256: gpuattest_proto::hex(&gpuattest_proto::sha256(&signed.report)),
             report_base64: b64.encode(&signed.report),
             signature_base64: b64.encode(&signed.signature),
-            decoded: decoded.map(|r| crate::render::report_json(&r)),
+            decoded: decoded.map(|r| crate::report_view::report_json(&r)),
             gpu_evidence: self.report_evidence(host_id, seq)?,
         }))
     }
