@@ -741,11 +741,12 @@ pub fn verify(file: &Path, key: &Path, json: bool) -> Result {
         .map_err(|_| usage(format!("key {} is not text", key.display())))?;
     match crate::export::verify(&envelope, &pem) {
         Ok(v) if json => print_json(
-            &serde_json::json!({"valid": true, "tenant": v.tenant, "subjects": v.subjects, "tree_size": v.tree_size, "root_hash": v.root_hash}),
+            &serde_json::json!({"valid": true, "tenant": v.tenant, "subjects": v.subjects, "tree_size": v.tree_size,
+                "root_hash": v.root_hash, "location_records": v.location_records}),
         ),
         Ok(v) => out(&format!(
-            "valid: tenant {}, {} reports, each included in the log of size {} (root {})\n",
-            v.tenant, v.subjects, v.tree_size, v.root_hash
+            "valid: tenant {}, {} reports, each included in the log of size {} (root {}); {} location records checked\n",
+            v.tenant, v.subjects, v.tree_size, v.root_hash, v.location_records
         )),
         Err(e) => Err(runtime(format!("{}: invalid: {e}", file.display()))),
     }

@@ -16,24 +16,24 @@ fn export(data: &Path, out: &Path, extra: &[&str]) {
     assert!(stdout.contains("wrote"), "{stdout}");
 }
 
-fn key(data: &Path, to: &Path) {
+pub(crate) fn key(data: &Path, to: &Path) {
     let (code, pem, err) = run(collector_cmd(data).arg("export-key"));
     assert_eq!(code, 0, "{err}");
     assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"));
     std::fs::write(to, pem).expect("write key");
 }
 
-fn verify(file: &Path, key: &Path) -> (i32, String) {
+pub(crate) fn verify(file: &Path, key: &Path) -> (i32, String) {
     let (code, out, err) = run(Command::new(bin("gpuattest-collector")).arg("verify").arg(file).arg("--key").arg(key));
     (code, format!("{out}{err}"))
 }
 
-fn payload(env: &Value) -> Value {
+pub(crate) fn payload(env: &Value) -> Value {
     serde_json::from_slice(&B64.decode(env["payload"].as_str().expect("payload")).expect("b64")).expect("json")
 }
 
 /// Re-signs an envelope with the collector's own export key, as a collector that lies would.
-fn resign(data: &Path, env: &mut Value, statement: &Value) {
+pub(crate) fn resign(data: &Path, env: &mut Value, statement: &Value) {
     let der = std::fs::read(data.join("keys/export.pk8")).expect("export key");
     let k = ring::signature::Ed25519KeyPair::from_pkcs8(&der).expect("key");
     let body = serde_json::to_vec(statement).expect("json");

@@ -80,6 +80,8 @@ fn verdict_of_a_host_at(at: (f64, f64), down: &[&str], want: &str) -> (Value, st
         "create",
         "--role",
         "enroll",
+        "--tenant",
+        "acme",
         "--site-lat",
         &ASHBURN.1.to_string(),
         "--site-lon",
@@ -136,6 +138,24 @@ fn a_host_diverted_to_singapore_is_inconsistent_and_flagged() {
     assert_eq!(f.len(), 1, "{f:?}");
     assert_eq!(f[0]["severity"], "high");
     assert!(f[0]["summary"].as_str().is_some_and(|s| s.contains("singapore") && s.contains("km")), "{f:?}");
+    // The customer's export carries the signed records; verify checks each, and a collector that
+    // re-signs the export with a better verdict is caught by the records themselves.
+    let (file, pem) = (data.join("../export.json"), data.join("../export.pem"));
+    let (code, _, err) = run(collector_cmd(&data).args(["export", "--tenant", "acme", "--out"]).arg(&file));
+    assert_eq!(code, 0, "{err}");
+    crate::export::key(&data, &pem);
+    let (code, out) = crate::export::verify(&file, &pem);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("4 location records checked"), "{out}");
+    let mut env: Value = serde_json::from_slice(&std::fs::read(&file).expect("read")).expect("json");
+    let mut st = crate::export::payload(&env);
+    assert_eq!(st["predicate"]["hosts"][0]["location"]["verdict"], "inconsistent");
+    st["predicate"]["hosts"][0]["location"]["verdict"] = "verified".into();
+    crate::export::resign(&data, &mut env, &st);
+    std::fs::write(&file, serde_json::to_vec(&env).expect("json")).expect("write");
+    let (code, out) = crate::export::verify(&file, &pem);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("its records say inconsistent"), "{out}");
 }
 
 #[test]

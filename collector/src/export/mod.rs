@@ -82,6 +82,8 @@ pub struct Verified {
     pub tree_size: u64,
     /// Its root (hex).
     pub root_hash: String,
+    /// Landmark measurement records whose signatures were checked.
+    pub location_records: usize,
 }
 
 fn hex32(s: &str) -> Option<merkle::Hash> {
@@ -150,12 +152,82 @@ pub fn verify(envelope_json: &[u8], key_pem: &str) -> Result<Verified, String> {
             return Err(format!("the inclusion proof for {name} does not match the signed tree head"));
         }
     }
+    let mut location_records = 0;
+    for h in st["predicate"]["hosts"].as_array().into_iter().flatten() {
+        location_records += verify_location(h)?;
+    }
     Ok(Verified {
         tenant: st["predicate"]["tenant"].as_str().unwrap_or_default().to_string(),
         subjects: subjects.len(),
         tree_size: size,
         root_hash: gpuattest_proto::hex(&root),
+        location_records,
     })
+}
+
+/// Checks a host's location records (each signed by its landmark, each measuring this host) and that
+/// its stated verdict is the one they give under the stated policy; the number of records checked.
+fn verify_location(h: &Value) -> Result<usize, String> {
+    use prost::Message;
+    let Some(loc) = h.get("location").filter(|l| !l.is_null()) else { return Ok(0) };
+    let host_id = h["host_id"].as_str().unwrap_or_default();
+    let mut landmarks = Vec::new();
+    let mut measurements = Vec::new();
+    for r in loc["records"].as_array().into_iter().flatten() {
+        let name = r["landmark"].as_str().unwrap_or_default();
+        let key = r["landmark_public_key"]
+            .as_str()
+            .and_then(|k| hex32(k))
+            .ok_or("a location record without its landmark's key")?;
+        let record =
+            r["record"].as_str().and_then(|b| B64.decode(b).ok()).ok_or("a location record that is not base64")?;
+        let sig = r["signature"]
+            .as_str()
+            .and_then(|b| B64.decode(b).ok())
+            .ok_or("a location signature that is not base64")?;
+        if !gpuattest_proto::landmark::record_verifies(&key, &record, &sig) {
+            return Err(format!("host {host_id}: landmark {name}'s record does not verify with its key"));
+        }
+        let m = gpuattest_proto::pb::LocationRecord::decode(record.as_slice()).map_err(|e| e.to_string())?;
+        if m.host_id != host_id || m.landmark != name {
+            return Err(format!("host {host_id}: landmark {name}'s record measured {} as {}", m.host_id, m.landmark));
+        }
+        landmarks.push(crate::store::LandmarkRow {
+            name: name.to_string(),
+            lat: r["lat"].as_f64().unwrap_or(f64::NAN),
+            lon: r["lon"].as_f64().unwrap_or(f64::NAN),
+            public_key: key.to_vec(),
+            key_id: String::new(),
+            address: String::new(),
+        });
+        measurements.push(crate::store::Measurement {
+            landmark: name.to_string(),
+            min_rtt_us: m.min_rtt_us,
+            median_rtt_us: m.median_rtt_us,
+            rounds: m.rounds,
+            measured_at: m.measured_at_unix_ms,
+            record,
+            signature: sig,
+        });
+    }
+    let p = &loc["policy"];
+    let policy = crate::location::LocationPolicy {
+        tolerance_km: p["tolerance_km"].as_f64().unwrap_or(500.0),
+        min_landmarks: p["min_landmarks"].as_u64().unwrap_or(3) as usize,
+        // Every record the export carries counted, as when it was made.
+        window: "100000d".into(),
+        processing_floor_us: p["processing_floor_us"].as_u64().unwrap_or(0),
+    };
+    let site: Option<crate::store::Site> = serde_json::from_value(loc["site"].clone()).ok().flatten();
+    let newest = measurements.iter().map(|m| m.measured_at).max().unwrap_or(0);
+    let v = crate::location::verdict(&policy, site.as_ref(), &landmarks, &measurements, newest);
+    let stated = loc["verdict"].as_str().unwrap_or_default();
+    // Records older than the collector's window made a verdict `insufficient` there; recomputed with
+    // every record, the same records can only say more, so only a contradiction is refused.
+    if stated != v.verdict && !(stated == "insufficient" || stated == "unregistered") {
+        return Err(format!("host {host_id}: the export says {stated}, its records say {}", v.verdict));
+    }
+    Ok(measurements.len())
 }
 
 /// A consistency proof between two signed tree heads, as `log consistency` prints it.

@@ -54,6 +54,32 @@ struct HostAcc {
     evidence: Vec<Value>,
 }
 
+/// A host's location verdict with the signed records behind it.
+fn location_json(
+    store: &Store,
+    policy: &crate::policy::Policy,
+    host_id: &str,
+    landmarks: &[crate::store::LandmarkRow],
+) -> Result<Value, String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let measurements = store.measurements(host_id).map_err(|e| e.to_string())?;
+    let site = store.site(host_id).map_err(|e| e.to_string())?;
+    let lp = policy.location();
+    let v = crate::location::verdict(lp, site.as_ref(), landmarks, &measurements, crate::now_ms());
+    let records: Vec<Value> = measurements
+        .iter()
+        .filter_map(|m| {
+            let l = landmarks.iter().find(|l| l.name == m.landmark)?;
+            Some(json!({"landmark": l.name, "lat": l.lat, "lon": l.lon, "landmark_public_key": gpuattest_proto::hex(&l.public_key),
+                "record": b64.encode(&m.record), "signature": b64.encode(&m.signature)}))
+        })
+        .collect();
+    Ok(json!({"verdict": v.verdict, "precision_km": v.precision_km, "reason": v.reason, "site": v.site,
+        "landmarks": v.landmarks, "records": records,
+        "policy": {"tolerance_km": lp.tolerance_km, "min_landmarks": lp.min_landmarks, "processing_floor_us": lp.processing_floor_us}}))
+}
+
 /// The store as the log tree's source of leaves and remembered subtrees.
 struct StoreSubtrees<'a> {
     store: &'a Store,
@@ -196,6 +222,11 @@ pub fn build(
     progress(total, total);
     let mut total_gpu_hours = 0.0;
     let mut total_kwh = 0.0;
+    let landmarks = store.landmarks().map_err(|e| e.to_string())?;
+    let mut locations = BTreeMap::new();
+    for id in hosts.keys() {
+        locations.insert(id.clone(), location_json(store, policy, id, &landmarks)?);
+    }
     let hosts_json: Vec<Value> = hosts
         .iter()
         .map(|(id, h)| {
@@ -209,6 +240,9 @@ pub fn build(
                 "gpu_hours": gpu_hours, "energy_kwh": kwh,
                 // The GPUs' own attestation evidence, verified at ingest (state per GPU per report).
                 "gpu_evidence": h.evidence,
+                // The landmarks' signed measurements behind the location verdict, so an auditor can check
+                // each signature and recompute the verdict (`verify` does).
+                "location": locations.remove(id),
             })
         })
         .collect();

@@ -25,7 +25,7 @@ pub struct LandmarkRow {
 }
 
 /// Where a host is registered to be.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Site {
     /// The site's name, where one was given.
     pub name: Option<String>,
