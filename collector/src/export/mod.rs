@@ -175,10 +175,8 @@ fn verify_location(h: &Value) -> Result<usize, String> {
     let mut measurements = Vec::new();
     for r in loc["records"].as_array().into_iter().flatten() {
         let name = r["landmark"].as_str().unwrap_or_default();
-        let key = r["landmark_public_key"]
-            .as_str()
-            .and_then(|k| hex32(k))
-            .ok_or("a location record without its landmark's key")?;
+        let key =
+            r["landmark_public_key"].as_str().and_then(hex32).ok_or("a location record without its landmark's key")?;
         let record =
             r["record"].as_str().and_then(|b| B64.decode(b).ok()).ok_or("a location record that is not base64")?;
         let sig = r["signature"]
