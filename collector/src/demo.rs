@@ -7,6 +7,8 @@
 //! idle host. The workloads are this binary re-executed with a real-looking command line (see
 //! [`WORKLOAD_ENV`]); they hold nothing but their pid and exit when the demo does.
 
+mod landmarks;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -80,6 +82,8 @@ struct Host {
     /// GPU index -> workload index.
     placements: Vec<(usize, usize)>,
     ascend: bool,
+    /// The demo landmark whose city the host is registered in.
+    site: &'static str,
 }
 
 /// Writes a model directory: config.json and one sparse safetensors shard whose header declares
@@ -188,11 +192,34 @@ fn workloads() -> Vec<(&'static str, Vec<String>)> {
 
 fn hosts() -> Vec<Host> {
     vec![
-        Host { name: "gpu-node-01", tenant: "acme-ai", placements: (0..8).map(|g| (g, 0)).collect(), ascend: false },
-        Host { name: "gpu-node-02", tenant: "acme-ai", placements: (0..8).map(|g| (g, 1)).collect(), ascend: false },
-        Host { name: "gpu-node-03", tenant: "borealis-labs", placements: vec![(0, 2), (1, 2)], ascend: true },
-        Host { name: "gpu-node-04", tenant: "borealis-labs", placements: vec![], ascend: false },
+        Host {
+            name: "gpu-node-01",
+            tenant: "acme-ai",
+            placements: (0..8).map(|g| (g, 0)).collect(),
+            ascend: false,
+            site: "ashburn",
+        },
+        Host {
+            name: "gpu-node-02",
+            tenant: "acme-ai",
+            placements: (0..8).map(|g| (g, 1)).collect(),
+            ascend: false,
+            site: "ashburn",
+        },
+        Host {
+            name: "gpu-node-03",
+            tenant: "borealis-labs",
+            placements: vec![(0, 2), (1, 2)],
+            ascend: true,
+            site: "ashburn",
+        },
+        Host { name: "gpu-node-04", tenant: "borealis-labs", placements: vec![], ascend: false, site: "frankfurt" },
     ]
+}
+
+/// The policy in the demo's data directory (the built-in one where there is none), for verdicts.
+fn policy_location(data: &Path) -> Policy {
+    Policy::load_from_data(data).unwrap_or_else(|_| Policy::builtin())
 }
 
 fn setup_err(what: &str) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
@@ -268,6 +295,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         tokio::spawn(async move { c.serve(grpc, http, None, stop_rx).await })
     };
 
+    landmarks::start(&store, &demo_dir.join("landmarks"), stop_tx.subscribe()).await?;
     let reviewer =
         tokens::mint(&store, Role::Reviewer, None, Some(Duration::from_secs(7 * 86_400)), 1, "demo", crate::now_ms())
             .map_err(|e| DemoError::Setup(e.to_string()))?;
@@ -335,6 +363,9 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         write_sysfs(&sys, h.ascend)?;
         let token = tokens::mint(&store, Role::Enroll, Some(h.tenant), None, 1, "demo", now)
             .map_err(|e| DemoError::Setup(e.to_string()))?;
+        // Every demo host answers from here (Ashburn); one is registered in Frankfurt: diverted.
+        let token_id = gpuattest_proto::hex(&tokens::hash(&token)[..6]);
+        store.set_token_site(&token_id, &landmarks::site(h.site)).map_err(|e| DemoError::Setup(e.to_string()))?;
         let log = fs::File::create(dir.join("agent.log")).map_err(setup_err("creating an agent log"))?;
         let log2 = log.try_clone().map_err(setup_err("agent log"))?;
         let child = Command::new(&agent_bin)
@@ -381,7 +412,19 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
 
     println!("\n== hosts ==");
-    print!("{}", crate::render::hosts(&store.hosts(None).map_err(|e| DemoError::Setup(e.to_string()))?));
+    let mut hosts = store.hosts(None).map_err(|e| DemoError::Setup(e.to_string()))?;
+    let landmarks = store.landmarks().map_err(|e| DemoError::Setup(e.to_string()))?;
+    for h in &mut hosts {
+        let v = crate::location::host_verdict(
+            &store,
+            policy_location(&opts.data).location(),
+            &h.host_id,
+            &landmarks,
+            crate::now_ms(),
+        );
+        h.location = v.ok().and_then(|v| serde_json::to_value(v).ok());
+    }
+    print!("{}", crate::render::hosts(&hosts));
     println!("\n== flags ==");
     print!("{}", crate::render::flags(&store.flags(None).map_err(|e| DemoError::Setup(e.to_string()))?));
     println!(

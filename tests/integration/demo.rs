@@ -32,4 +32,15 @@ fn demo_ends_with_a_deepseek_flag_and_clean_hosts() {
     }
     let tenants: std::collections::BTreeSet<_> = hosts.iter().filter_map(|h| h["tenant"].as_str()).collect();
     assert_eq!(tenants.len(), 2);
+    // Every demo host answers from here; gpu-node-04 is registered in Frankfurt: the Ashburn landmark
+    // proves it is not there.
+    for h in hosts {
+        let verdict = h["location"]["verdict"].as_str().unwrap_or_default();
+        if h["hostname"] == "gpu-node-04" {
+            assert_eq!(verdict, "inconsistent", "{h}");
+        } else {
+            assert_ne!(verdict, "inconsistent", "{h}");
+        }
+    }
+    assert!(out.contains("location: inconsistent (landmark ashburn"), "{out}");
 }
