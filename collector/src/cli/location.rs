@@ -52,14 +52,7 @@ pub fn landmark_add(at: &Place, name: &str, lat: f64, lon: f64, key_pem: &Path, 
     if address.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
         return Err(usage(format!("--address {address:?}: give HOST:PORT, where agents reach the landmark")));
     }
-    let row = LandmarkRow {
-        name: name.to_string(),
-        lat,
-        lon,
-        key_id: gpuattest_proto::hex(&gpuattest_proto::sha256(&public_key)),
-        public_key,
-        address: address.to_string(),
-    };
+    let row = LandmarkRow::new(name, lat, lon, public_key, address.to_string());
     open(at)?.add_landmark(&row, "cli", crate::now_ms()).map_err(|e| usage(e.to_string()))?;
     out(&format!("landmark {name} registered; agents learn it when their streams next open\n"))
 }

@@ -53,14 +53,7 @@ pub async fn start(store: &Store, dir: &Path, stop: watch::Receiver<bool>) -> Re
         let relay = TcpListener::bind("127.0.0.1:0").await.map_err(|e| setup(e.to_string()))?;
         let address = relay.local_addr().map_err(|e| setup(e.to_string()))?.to_string();
         tokio::spawn(relay_loop(relay, target.to_string(), delay, stop.clone()));
-        let row = LandmarkRow {
-            name: name.to_string(),
-            lat,
-            lon,
-            key_id: gpuattest_proto::hex(&gpuattest_proto::sha256(&public_key)),
-            public_key,
-            address,
-        };
+        let row = LandmarkRow::new(name, lat, lon, public_key, address);
         store.add_landmark(&row, "demo", crate::now_ms()).map_err(|e| setup(e.to_string()))?;
     }
     Ok(())

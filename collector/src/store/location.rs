@@ -56,6 +56,20 @@ pub struct Measurement {
     pub signature: Vec<u8>,
 }
 
+impl LandmarkRow {
+    /// A landmark to register; its key id is the SHA-256 of the raw public key.
+    pub fn new(name: &str, lat: f64, lon: f64, public_key: Vec<u8>, address: String) -> LandmarkRow {
+        LandmarkRow {
+            name: name.to_string(),
+            lat,
+            lon,
+            key_id: gpuattest_proto::hex(&gpuattest_proto::sha256(&public_key)),
+            public_key,
+            address,
+        }
+    }
+}
+
 fn valid_position(lat: f64, lon: f64) -> bool {
     (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon)
 }
