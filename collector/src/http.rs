@@ -339,8 +339,11 @@ async fn show_flag(State(s): State<HttpState>, headers: HeaderMap, Path(id): Pat
         let screening = f.tenant.as_deref().map(|t| policy.tenant_findings(t)).unwrap_or_default();
         let last_seq = store.host(&f.host_id)?.map_or(0, |h| h.last_seq);
         let gpu_evidence = store.gpu_evidence_states(&f.host_id, last_seq)?;
+        let landmarks = store.landmarks()?;
+        let location =
+            crate::location::host_verdict(&store, policy.location(), &f.host_id, &landmarks, crate::now_ms())?;
         Ok(Some(json!({"flag": f, "history": history, "reports": reports, "job": job, "timeline": timeline,
-            "screening": screening, "gpu_evidence": gpu_evidence})))
+            "screening": screening, "gpu_evidence": gpu_evidence, "location": location})))
     })
     .await?;
     match detail {

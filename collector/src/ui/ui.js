@@ -97,6 +97,7 @@ async function showFlag(id) {
   drawTimeline(d.timeline || []);
   showModels(f.evidence || {});
   showGpuEvidence(d.gpu_evidence || []);
+  showLocation(d.location);
   const s = $("s-rows");
   s.replaceChildren();
   for (const x of d.screening || []) s.appendChild(el("li", x.severity + " · " + x.rule + ": " + x.summary));
@@ -119,6 +120,36 @@ function showGpuEvidence(rows) {
     body.appendChild(tr);
   }
   if (!rows.length) { const tr = document.createElement("tr"); cell(tr, "no GPUs reported"); body.appendChild(tr); }
+}
+
+function locationText(h) {
+  const l = h.location;
+  if (!l || l.verdict === "unregistered") return "-";
+  return l.verdict + (l.precision_km == null ? "" : " (" + Math.round(l.precision_km) + " km)");
+}
+
+// The landmarks' discs around the registered site, to scale on one axis: each bar is a disc's radius,
+// the tick the site's distance from that landmark; a tick beyond its bar is a landmark that proves the
+// host is elsewhere. Drawn from the API's numbers only; no map tiles.
+function showLocation(l) {
+  const chart = $("l-chart");
+  chart.replaceChildren();
+  if (!l || l.verdict === "unregistered") { $("l-verdict").textContent = "no registered site"; return; }
+  $("l-verdict").textContent = l.verdict + ": " + l.reason;
+  const discs = l.landmarks || [];
+  if (!discs.length) return;
+  const max = Math.max(...discs.map((d) => Math.max(d.bound_km, d.site_distance_km || 0))) || 1;
+  const width = 640, row = 22, left = 110;
+  const s = svg("svg", { width, height: row * discs.length + 24, role: "img" });
+  discs.forEach((d, i) => {
+    const y = 8 + i * row, scale = (km) => left + (width - left - 20) * km / max;
+    s.appendChild(svg("text", { x: 0, y: y + 12 }, d.name));
+    s.appendChild(svg("rect", { x: left, y, width: Math.max(1, scale(d.bound_km) - left), height: 14, fill: "#9ecae1" }));
+    const sx = scale(d.site_distance_km || 0);
+    s.appendChild(svg("line", { x1: sx, x2: sx, y1: y - 2, y2: y + 16, stroke: d.site_distance_km > d.bound_km ? "#d62728" : "#333", "stroke-width": 2 }));
+    s.appendChild(svg("text", { x: width - 15, y: y + 12, "text-anchor": "end" }, Math.round(d.bound_km) + " km"));
+  });
+  chart.appendChild(s);
 }
 
 function evidenceText(h) {
@@ -275,7 +306,7 @@ async function refresh() {
   $("error").textContent = "";
   try {
     await loadFlags();
-    await loadTable("/api/v1/hosts", "host-rows", ["host_id", "hostname", "tenant", "last_seq", "reports", "gaps", "last_seen", gpuText, evidenceText, accText]);
+    await loadTable("/api/v1/hosts", "host-rows", ["host_id", "hostname", "tenant", "last_seq", "reports", "gaps", "last_seen", gpuText, evidenceText, locationText, accText]);
     await loadTable("/api/v1/audit", "audit-rows", ["at", "actor", "action", "target", "detail"]);
   } catch (e) { $("error").textContent = e.message; }
 }
