@@ -33,11 +33,20 @@ pub struct LocationPolicy {
     /// subtracted before converting to distance. Keep it at or below the real minimum, so the bound
     /// stays sound.
     pub processing_floor_us: u64,
+    /// A host with a registered site whose location is still not verified this long after it
+    /// enrolled is flagged `location-unverified`, e.g. `24h`.
+    pub unverified_after: String,
 }
 
 impl Default for LocationPolicy {
     fn default() -> Self {
-        LocationPolicy { tolerance_km: 500.0, min_landmarks: 3, window: "1h".into(), processing_floor_us: 0 }
+        LocationPolicy {
+            tolerance_km: 500.0,
+            min_landmarks: 3,
+            window: "1h".into(),
+            processing_floor_us: 0,
+            unverified_after: "24h".into(),
+        }
     }
 }
 
@@ -53,8 +62,15 @@ impl LocationPolicy {
         if self.min_landmarks == 0 {
             return Err("location.min_landmarks must be at least 1".into());
         }
+        gpuattest_proto::units::parse_duration(&self.unverified_after)
+            .map_err(|e| format!("location.unverified_after: {e}"))?;
         let w = gpuattest_proto::units::parse_duration(&self.window).map_err(|e| format!("location.window: {e}"))?;
         Ok(w.as_millis() as i64)
+    }
+
+    /// `unverified_after`, ms (24 h if unreadable; `validate` refuses that at load).
+    pub fn unverified_after_ms(&self) -> i64 {
+        gpuattest_proto::units::parse_duration(&self.unverified_after).map_or(86_400_000, |d| d.as_millis() as i64)
     }
 }
 

@@ -458,6 +458,25 @@ impl Policy {
         self.integrity
     }
 
+    /// The flag for a host whose location is still not verified long after it enrolled.
+    pub fn location_unverified_flag(&self, hostname: &str, v: &crate::location::Verdict) -> NewFlag {
+        NewFlag {
+            rule: "location-unverified".into(),
+            severity: Severity::Medium.as_str().into(),
+            job_key: "location".into(),
+            summary: format!(
+                "{hostname}: location not verified {} after enrollment: {}",
+                self.location.unverified_after, v.reason
+            ),
+            pid: None,
+            gpu_uuids: Vec::new(),
+            evidence: json!({"location": v}),
+            policy_digest: self.digest.clone(),
+            job_host: None,
+            tenant: None,
+        }
+    }
+
     /// The flag for a host that has gone silent.
     pub fn silence_flag(&self, hostname: &str, last_seen: i64, now: i64) -> NewFlag {
         NewFlag {

@@ -164,6 +164,52 @@ impl Collector {
         }
     }
 
+    /// Flags hosts with a registered site whose location is still not verified `unverified_after`
+    /// after they enrolled (checked every half of that, at most every minute). Reads three rows per
+    /// live host per check.
+    async fn watch_location(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let policy = self.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            let after = policy.location().unverified_after_ms();
+            let period = std::time::Duration::from_millis((after / 2).clamp(1_000, 60_000) as u64);
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = shutdown.wait_for(|v| *v) => return,
+            }
+            let store = self.store.clone();
+            let result = tokio::task::spawn_blocking(move || -> Result<usize, crate::store::StoreError> {
+                let landmarks = store.landmarks()?;
+                if landmarks.is_empty() {
+                    return Ok(0);
+                }
+                let now = crate::now_ms();
+                let mut flagged = 0;
+                for h in store.hosts(None)?.into_iter().filter(|h| !h.revoked && h.last_seq > 0) {
+                    if now - h.enrolled_at_ms < after {
+                        continue;
+                    }
+                    let v = crate::location::host_verdict(&store, policy.location(), &h.host_id, &landmarks, now)?;
+                    if v.verdict == "insufficient" {
+                        store.raise_flag(
+                            &h.host_id,
+                            h.last_seq,
+                            now,
+                            &policy.location_unverified_flag(&h.hostname, &v),
+                        )?;
+                        flagged += 1;
+                    }
+                }
+                Ok(flagged)
+            })
+            .await;
+            match result {
+                Ok(Ok(n)) if n > 0 => tracing::warn!(hosts = n, "hosts whose location is not verified flagged"),
+                Ok(Err(e)) => tracing::error!(error = %e, "location check failed"),
+                _ => {}
+            }
+        }
+    }
+
     /// A collector over a store and policy.
     pub fn new(store: Arc<Store>, policy: Policy) -> Self {
         Collector {
@@ -336,6 +382,7 @@ impl Collector {
         let http_task = serve_http(http, app, self.http_tls.clone(), shutdown.clone());
         let shutdown_for_monitor_grace = shutdown_for_monitor.clone();
         let monitor = self.clone().watch_silence(shutdown_for_monitor.clone());
+        tokio::spawn(self.clone().watch_location(shutdown_for_monitor.clone()));
         let reload = self.clone().watch_policy(shutdown_for_monitor);
         let all = async { tokio::join!(grpc_task, http_task, monitor, reload) };
         tokio::pin!(all);

@@ -77,6 +77,10 @@ fn verdict_of_a_host_at(
 ) -> (Value, std::path::PathBuf, tempfile::TempDir, Collector) {
     let t = tempfile::tempdir().expect("tmp");
     let data = t.path().join("data");
+    std::fs::create_dir_all(&data).expect("data");
+    // A host still unverified a second after it enrolled is flagged (the default is a day).
+    std::fs::write(data.join("policy.toml"), "extend_builtin = true\n[location]\nunverified_after = \"1s\"\n")
+        .expect("policy");
     let c = Collector::start(&data);
     let _ls = landmarks(t.path(), &data, at, down);
     let (code, tok, err) = run(collector_cmd(&data).args([
@@ -171,8 +175,13 @@ fn a_host_diverted_to_singapore_is_inconsistent_and_flagged() {
 
 #[test]
 fn a_diverted_host_with_no_landmark_near_is_insufficient_never_verified() {
-    let (loc, _data, _t, _c) = verdict_of_a_host_at((SINGAPORE.1, SINGAPORE.2), &["singapore"], "insufficient");
+    let (loc, data, _t, _c) = verdict_of_a_host_at((SINGAPORE.1, SINGAPORE.2), &["singapore"], "insufficient");
     assert!(loc["precision_km"].as_f64().is_some_and(|p| p > 5_000.0), "{loc}");
+    let f = wait_for("a location-unverified flag", Duration::from_secs(20), || {
+        flags(&data).into_iter().find(|f| f["rule"] == "location-unverified")
+    });
+    assert_eq!(f["severity"], "medium");
+    assert!(f["summary"].as_str().is_some_and(|s| s.contains("location not verified 1s after enrollment")), "{f}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -215,6 +215,7 @@ fn verify_location(h: &Value) -> Result<usize, String> {
         // Every record the export carries counted, as when it was made.
         window: "100000d".into(),
         processing_floor_us: p["processing_floor_us"].as_u64().unwrap_or(0),
+        ..crate::location::LocationPolicy::default()
     };
     let site: Option<crate::store::Site> = serde_json::from_value(loc["site"].clone()).ok().flatten();
     let newest = measurements.iter().map(|m| m.measured_at).max().unwrap_or(0);

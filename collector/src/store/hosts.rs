@@ -61,6 +61,9 @@ pub struct HostSummary {
     pub last_seen: Option<String>,
     /// Enrolled at (RFC 3339).
     pub enrolled_at: String,
+    /// Enrolled at, Unix ms.
+    #[serde(skip)]
+    pub enrolled_at_ms: i64,
     /// Revoked.
     pub revoked: bool,
     /// Each GPU's attestation evidence state (filled by `hosts list` and the hosts API).
@@ -326,6 +329,7 @@ impl Store {
                         recorded_gaps: 0,
                         last_seen: r.get::<Option<i64>>(5)?.map(rfc3339),
                         enrolled_at: rfc3339(r.get(6)?),
+                        enrolled_at_ms: r.get(6)?,
                         revoked: r.get::<Option<i64>>(7)?.is_some(),
                         gpu_evidence: Vec::new(),
                         location: None,
