@@ -48,6 +48,53 @@ pub struct Figures {
     pub agents_rss_bytes: u64,
     /// Store used.
     pub store: String,
+    /// CPU time of the collector (this process, the agents run in another) over the run, per report
+    /// acknowledged, microseconds.
+    pub collector_cpu_us_per_report: f64,
+    /// One core verifying the same signed bytes, microseconds per report.
+    pub verify_us_per_report: f64,
+    /// `verify_us_per_report / collector_cpu_us_per_report`: how much of the collector's work per report
+    /// the signature check is (1 would be pure cryptography).
+    pub cpu_ratio: f64,
+    /// With `--database` on a local server: CPU time of every `postgres` process over the run, per report,
+    /// microseconds (the run's backends and whatever else that server did meanwhile); otherwise null.
+    pub database_cpu_us_per_report: Option<f64>,
+    /// Collector replicas serving the agents (this benchmark runs one).
+    pub replicas: usize,
+}
+
+/// Linux reports process times in USER_HZ, 100 per second on every architecture it runs on here.
+const USER_HZ: u64 = 100;
+
+/// User + system CPU time of a process from `/proc/PID/stat`, microseconds, and its command name.
+fn process_cpu_us(pid: &str) -> Option<(String, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ...`: the name may hold spaces and parentheses; fields follow the last ')'.
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_string();
+    let fields: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some((comm, ticks * 1_000_000 / USER_HZ))
+}
+
+/// CPU time of every process named `postgres` on this machine, microseconds.
+fn postgres_cpu_us() -> u64 {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())).map(str::to_string))
+        .filter_map(|pid| process_cpu_us(&pid))
+        .filter(|(comm, _)| comm == "postgres")
+        .map(|(_, us)| us)
+        .sum()
+}
+
+/// The database URL names this machine (so its backends' CPU can be read from `/proc`).
+fn database_is_local(url: &str) -> bool {
+    let after = url.split_once('@').map_or(url, |(_, h)| h);
+    ["127.0.0.1", "localhost", "[::1]"].iter().any(|h| after.starts_with(h)) || after.starts_with('/')
 }
 
 /// The UUID of simulated host `n`'s GPU `i`: every host has GPUs of its own, as in a real fleet (shared
@@ -195,7 +242,12 @@ pub async fn run(
         crate::now_ms(),
     )
     .map_err(|e| e.to_string())?;
+    let local_db = database.is_some_and(database_is_local);
+    let cpu_before = process_cpu_us("self").map_or(0, |c| c.1);
+    let db_before = local_db.then(postgres_cpu_us);
     let (mut latencies, elapsed, agents_rss_bytes) = run_agents_process(&url, &tok, agents, seconds, interval).await?;
+    let collector_cpu_us = process_cpu_us("self").map_or(0, |c| c.1).saturating_sub(cpu_before);
+    let db_cpu_us = db_before.map(|b| postgres_cpu_us().saturating_sub(b));
     let rss_bytes = rss();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
@@ -210,6 +262,10 @@ pub async fn run(
             .unwrap_or(0.0)
     };
     let rate = latencies.len() as f64 / elapsed.as_secs_f64().max(seconds as f64);
+    let acknowledged = (latencies.len() as f64).max(1.0);
+    let threads = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    let verify_us = 1e6 * threads / ceiling.max(1.0);
+    let collector_us = collector_cpu_us as f64 / acknowledged;
     Ok(Figures {
         agents,
         reports: latencies.len() as u64,
@@ -222,6 +278,11 @@ pub async fn run(
         collector_rss_bytes: rss_bytes,
         agents_rss_bytes,
         store: store_name,
+        collector_cpu_us_per_report: collector_us,
+        verify_us_per_report: verify_us,
+        cpu_ratio: if collector_us > 0.0 { verify_us / collector_us } else { 0.0 },
+        database_cpu_us_per_report: db_cpu_us.map(|us| us as f64 / acknowledged),
+        replicas: 1,
     })
 }
 

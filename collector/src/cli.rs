@@ -1011,5 +1011,12 @@ pub fn bench(agents: usize, seconds: u64, interval: Option<&str>, database: Opti
         f.collector_rss_bytes >> 20,
         f.agents_rss_bytes >> 20,
         f.store
+    ))?;
+    out(&format!(
+        "collector CPU {:.0} us per report, signature check {:.0} us (cpu_ratio {:.2}){}\n",
+        f.collector_cpu_us_per_report,
+        f.verify_us_per_report,
+        f.cpu_ratio,
+        f.database_cpu_us_per_report.map_or(String::new(), |d| format!("; database CPU {d:.0} us per report"))
     ))
 }

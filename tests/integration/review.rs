@@ -182,9 +182,15 @@ fn the_ingest_benchmark_prints_the_contract_fields() {
         "collector_rss_bytes",
         "agents_rss_bytes",
         "agents",
+        "collector_cpu_us_per_report",
+        "verify_us_per_report",
+        "cpu_ratio",
+        "replicas",
     ] {
         assert!(v[k].is_number(), "{k} missing in {v}");
     }
+    assert!(v["database_cpu_us_per_report"].is_null(), "the embedded store has no database process: {v}");
+    assert!(v["collector_cpu_us_per_report"].as_f64().is_some_and(|c| c > 0.0), "{v}");
     assert!(v["reports"].as_u64().is_some_and(|r| r > 0), "{v}");
     assert_eq!(v["agents"], 2, "{v}");
     assert!(v["agents_rss_bytes"].as_u64().is_some_and(|r| r > 0), "the agents ran in their own process: {v}");
