@@ -31,6 +31,27 @@ pub fn chain_from_pem(pem: &[u8]) -> Result<Vec<Vec<u8>>, AttestationError> {
 /// # Errors
 /// The first problem, as a sentence naming the certificate by its position.
 pub fn check_chain(certs: &[Vec<u8>], now: i64, anchors: &[[u8; 32]]) -> Result<(), String> {
+    check_chain_with(certs, now, anchors, &mut |child, issuer_key| link_verifies(child, issuer_key))
+}
+
+/// One link: `child`'s signature (ECDSA P-384 / SHA-384 over its TBS) by the issuer's P-384 key.
+pub fn link_verifies(child: &crate::x509::Certificate<'_>, issuer_key: &[u8]) -> bool {
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P384_SHA384_ASN1, issuer_key)
+        .verify(child.tbs, child.signature)
+        .is_ok()
+}
+
+/// [`check_chain`] with the signature of each link checked by `link` (a verifier that remembers links
+/// it has seen verify, so a new leaf under known CAs costs one link).
+///
+/// # Errors
+/// As [`check_chain`].
+pub fn check_chain_with(
+    certs: &[Vec<u8>],
+    now: i64,
+    anchors: &[[u8; 32]],
+    link: &mut dyn FnMut(&crate::x509::Certificate<'_>, &[u8]) -> bool,
+) -> Result<(), String> {
     use crate::x509::{DIGITAL_SIGNATURE, ECDSA_WITH_SHA384, KEY_CERT_SIGN, certificate, p384_public_key};
     if certs.len() > 8 {
         return Err(format!("{} certificates, more than a device chain has (8)", certs.len()));
@@ -61,9 +82,9 @@ pub fn check_chain(certs: &[Vec<u8>], now: i64, anchors: &[[u8; 32]]) -> Result<
         }
         let key =
             p384_public_key(issuer.der).ok_or_else(|| format!("the issuer of certificate {i} has no P-384 key"))?;
-        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P384_SHA384_ASN1, key)
-            .verify(c.tbs, c.signature)
-            .map_err(|_| format!("certificate {i}'s signature does not verify with its issuer's key"))?;
+        if !link(c, key) {
+            return Err(format!("certificate {i}'s signature does not verify with its issuer's key"));
+        }
     }
     if parsed[0].key_usage.is_some_and(|k| k & DIGITAL_SIGNATURE == 0) {
         return Err("the leaf certificate may not sign (keyUsage)".into());

@@ -29,7 +29,7 @@ pub mod chain;
 pub mod spdm;
 pub mod x509;
 
-pub use chain::{chain_from_pem, check_chain};
+pub use chain::{chain_from_pem, check_chain, check_chain_with};
 pub use spdm::{AttestationError, MAX_REPORT_BYTES, Measurement, Report, field};
 
 /// SHA-256 fingerprint of the NVIDIA Device Identity CA root (DER), as NVIDIA publishes it.
@@ -109,6 +109,9 @@ struct Cached {
 pub struct Verifier {
     anchors: Vec<[u8; 32]>,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
+    /// Links (SHA-256 of child DER || issuer key) whose signature verified: a new GPU's chain under
+    /// the CAs of GPUs seen before costs one link (its leaf), not the whole chain.
+    links: Mutex<std::collections::HashSet<[u8; 32]>>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -116,7 +119,13 @@ pub struct Verifier {
 impl Verifier {
     /// A verifier trusting the pinned NVIDIA root and `anchors` (SHA-256 of root certificates, DER).
     pub fn new(anchors: Vec<[u8; 32]>) -> Verifier {
-        Verifier { anchors, cache: Mutex::new(HashMap::new()), hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
+        Verifier {
+            anchors,
+            cache: Mutex::new(HashMap::new()),
+            links: Mutex::new(std::collections::HashSet::new()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
     }
 
     /// The fingerprints of every certificate in a PEM file of anchors.
@@ -132,6 +141,12 @@ impl Verifier {
         (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
     }
 
+    /// Forgets every chain's verdict but keeps the verified links: what a chain not seen before costs
+    /// under CAs seen before (benchmarks; a policy reload builds a new verifier anyway).
+    pub fn forget_chains(&self) {
+        self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+    }
+
     fn chain(&self, pem: &[u8], certs: &[Vec<u8>], now: i64) -> Result<(), String> {
         let key = sha256(pem);
         let cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -144,7 +159,22 @@ impl Verifier {
         }
         drop(cache);
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let result = check_chain(certs, now, &self.anchors);
+        let result = check_chain_with(certs, now, &self.anchors, &mut |child, issuer_key| {
+            let key = sha256(&[child.der, issuer_key].concat());
+            let lock = || self.links.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if lock().contains(&key) {
+                return true;
+            }
+            let ok = chain::link_verifies(child, issuer_key);
+            if ok {
+                let mut links = lock();
+                if links.len() >= CHAIN_CACHE_ENTRIES {
+                    links.clear();
+                }
+                links.insert(key);
+            }
+            ok
+        });
         let earliest_end = certs.iter().filter_map(|c| x509::certificate(c)).map(|c| c.not_after).min().unwrap_or(now);
         let expires = (now + CHAIN_CACHE_SECONDS).min(earliest_end);
         let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -303,9 +333,20 @@ mod tests {
         let mut flipped = report.clone();
         flipped[37 + 8 + 4 + 3 + 5] ^= 1;
         assert!(!v.verify(&flipped, &chain, &unhex(SAMPLE_NONCE), 1_800_000_060).valid);
-        // Past the cache's hour, checked in full again.
+        // Past the cache's hour, checked again (its links from the link cache).
         let _ = v.verify(&report, &chain, &unhex(SAMPLE_NONCE), 1_800_000_000 + CHAIN_CACHE_SECONDS + 1);
         assert_eq!(v.cache_stats(), (2, 2));
+        // A chain whose intermediate was tampered with fails even though its other links are cached.
+        let certs = chain_from_pem(&chain).expect("chain");
+        let mut bad = certs.clone();
+        let n = bad[1].len();
+        bad[1][n - 5] ^= 1;
+        let mut calls = 0;
+        let linked = check_chain_with(&bad, 1_800_000_000, &[], &mut |c, k| {
+            calls += 1;
+            chain::link_verifies(c, k)
+        });
+        assert!(linked.is_err() && calls >= 1);
         // A report whose FWID field is not the leaf's: rewrite its last FWID byte (the signature then
         // fails too, but the FWID check must say so on its own).
         let r = Report::parse(&report).expect("parse");
