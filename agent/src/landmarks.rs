@@ -22,21 +22,48 @@ pub const MAX_RECORDS: usize = 64;
 /// A landmark silent this long (no challenge, no record) is dialled again.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(900);
 
-/// The signed records received since the last report, newest per landmark.
+/// The signed records received since the last report (newest per landmark), and how fast this agent
+/// answered each landmark meanwhile.
 #[derive(Debug, Default)]
-pub struct Records(Mutex<BTreeMap<String, pb::SignedLocationRecord>>);
+pub struct Records {
+    records: Mutex<BTreeMap<String, pb::SignedLocationRecord>>,
+    answers: Mutex<BTreeMap<String, pb::LandmarkAnswers>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 impl Records {
     /// Takes every record for a report.
     pub fn drain(&self) -> Vec<pb::SignedLocationRecord> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).into_values().collect()
+        std::mem::take(&mut *lock(&self.records)).into_values().collect()
+    }
+
+    /// Takes the answer timings for a report.
+    pub fn drain_answers(&self) -> Vec<pb::LandmarkAnswers> {
+        std::mem::take(&mut *lock(&self.answers)).into_values().collect()
     }
 
     fn put(&self, landmark: &str, r: pb::SignedLocationRecord) {
-        let mut m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut m = lock(&self.records);
         if m.len() < MAX_RECORDS || m.contains_key(landmark) {
             m.insert(landmark.to_string(), r);
         }
+    }
+
+    fn answered(&self, landmark: &str, took: Duration) {
+        let us = took.as_micros() as u64;
+        let mut m = lock(&self.answers);
+        if m.len() >= MAX_RECORDS && !m.contains_key(landmark) {
+            return;
+        }
+        let a = m
+            .entry(landmark.to_string())
+            .or_insert_with(|| pb::LandmarkAnswers { landmark: landmark.to_string(), ..Default::default() });
+        a.answers = a.answers.saturating_add(1);
+        a.max_answer_us = a.max_answer_us.max(us);
+        a.total_answer_us = a.total_answer_us.saturating_add(us);
     }
 }
 
@@ -112,8 +139,10 @@ async fn connection(l: &pb::Landmark, host: &HostKey, records: &Records) -> Resu
             .map_err(|e| e.to_string())?;
         match kind {
             CHALLENGE if payload.len() == 32 => {
+                let read_at = std::time::Instant::now();
                 let sig = host.key.sign(&answer_message(&payload, &l.name, &host.host_id));
                 write_frame(&mut s, ANSWER, sig.as_ref()).await.map_err(|e| e.to_string())?;
+                records.answered(&l.name, read_at.elapsed());
             }
             RECORD => {
                 let r = pb::SignedLocationRecord::decode(payload.as_slice()).map_err(|e| e.to_string())?;

@@ -26,6 +26,8 @@ pub struct ReportContext {
     pub interval_ms: u64,
     /// Landmark measurement records received since the last report.
     pub location_records: Vec<pb::SignedLocationRecord>,
+    /// How fast this agent answered each landmark since the last report.
+    pub landmark_answers: Vec<pb::LandmarkAnswers>,
 }
 
 fn fingerprint(m: &ModelFingerprint) -> pb::ModelFingerprint {
@@ -208,6 +210,7 @@ pub fn build(obs: &Observation, ctx: &ReportContext) -> pb::UsageReport {
             .collect(),
         interval_ms: ctx.interval_ms,
         location_records: ctx.location_records.clone(),
+        landmark_answers: ctx.landmark_answers.clone(),
     }
 }
 

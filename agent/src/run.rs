@@ -123,6 +123,7 @@ impl Shared {
                 gap: gap.take(),
                 interval_ms: self.interval_ms,
                 location_records: self.location.drain(),
+                landmark_answers: self.location.drain_answers(),
             };
             let (bytes, hash) = report::sign(self.identity.key(), &report::build(obs, &ctx));
             let dropped = spool.append(seq, bytes)?;

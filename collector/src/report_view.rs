@@ -41,5 +41,7 @@ pub fn report_json(r: &gpuattest_proto::pb::UsageReport) -> serde_json::Value {
             "cec_report_bytes": a.cec_report.len(), "cert_chain_bytes": a.cert_chain.len(),
             "attestation_cert_chain_bytes": a.attestation_cert_chain.len(), "error": a.error,
         })).collect::<Vec<_>>(),
+        "landmark_answers": r.landmark_answers.iter().map(|a| json!({"landmark": a.landmark, "answers": a.answers,
+            "max_answer_us": a.max_answer_us, "mean_answer_us": a.total_answer_us / u64::from(a.answers.max(1))})).collect::<Vec<_>>(),
     })
 }

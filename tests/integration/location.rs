@@ -111,7 +111,24 @@ fn verdict_of_a_host_at(
 
 #[test]
 fn an_honest_host_is_verified_where_it_is_registered() {
-    let (loc, data, _t, _c) = verdict_of_a_host_at((ASHBURN.1, ASHBURN.2), &[], "verified");
+    let (loc, data, _t, c) = verdict_of_a_host_at((ASHBURN.1, ASHBURN.2), &[], "verified");
+    // The agent reports how fast it answered each landmark (its own clock), beside the records.
+    let h = host(&data, "node-loc").expect("host");
+    let reviewer = gpuattest_tests::token(&data, "reviewer", None);
+    let answered: Vec<Value> = (1..=h["last_seq"].as_u64().expect("seq"))
+        .filter_map(|seq| {
+            let path = format!("/api/v1/reports/{}/{seq}", h["host_id"].as_str().unwrap_or_default());
+            let (code, body) = gpuattest_tests::http_get(&c.http, &path, Some(&reviewer));
+            assert_eq!(code, 200, "{body}");
+            serde_json::from_str::<Value>(&body).ok()
+        })
+        .flat_map(|r| r["decoded"]["landmark_answers"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert!(answered.iter().any(|a| a["landmark"] == "singapore"), "{answered:?}");
+    assert!(
+        answered.iter().all(|a| a["answers"].as_u64() > Some(0) && a["max_answer_us"].as_u64().is_some()),
+        "{answered:?}"
+    );
     let discs = loc["landmarks"].as_array().expect("discs");
     let nearest = discs.iter().find(|d| d["name"] == "ashburn").expect("ashburn");
     let precision = loc["precision_km"].as_f64().expect("precision");
