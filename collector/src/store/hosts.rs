@@ -123,6 +123,17 @@ pub(super) fn new_host_id(hostname: &str, key_id: &[u8]) -> String {
     format!("{base}-{}", gpuattest_proto::hex(&key_id[..key_id.len().min(3)]))
 }
 
+/// An enrollment refused with a record of it: the audit entry commits, nothing else does. The refusal
+/// to return, or the store's error when even the audit entry cannot be written.
+fn refused(mut tx: super::db::Tx<'_>, now: i64, token_id: &str, why: &str, message: String) -> StoreError {
+    match audit_tx(&mut tx, now, "agent", "enroll.refused", token_id, why)
+        .and_then(|()| tx.commit().map_err(sql("commit refusal")))
+    {
+        Ok(()) => StoreError::Refused(message),
+        Err(e) => e,
+    }
+}
+
 impl Store {
     /// Consumes a one-time enrollment token and pins `public_key` to a new host, in one transaction.
     ///
@@ -174,20 +185,18 @@ impl Store {
             return Err(StoreError::Refused(format!("token {token_id} has role {role}, not enroll")));
         }
         if let Some(at) = used_at.filter(|_| uses >= max_uses) {
-            audit_tx(
-                &mut tx,
+            let why = format!("token used up ({uses} of {max_uses}, last at {}); host {hostname}", rfc3339(at));
+            return Err(refused(
+                tx,
                 now,
-                "agent",
-                "enroll.refused",
                 &token_id,
-                &format!("token used up ({uses} of {max_uses}, last at {}); host {hostname}", rfc3339(at)),
-            )?;
-            tx.commit().map_err(sql("commit refusal"))?;
-            return Err(StoreError::Refused(if max_uses == 1 {
-                format!("enroll token {token_id} was already used at {}; mint a new one", rfc3339(at))
-            } else {
-                format!("enroll token {token_id} has enrolled all {max_uses} hosts it allows; mint a new one")
-            }));
+                &why,
+                if max_uses == 1 {
+                    format!("enroll token {token_id} was already used at {}; mint a new one", rfc3339(at))
+                } else {
+                    format!("enroll token {token_id} has enrolled all {max_uses} hosts it allows; mint a new one")
+                },
+            ));
         }
         if revoked_at.is_some() {
             return Err(StoreError::Refused(format!("enroll token {token_id} is revoked; mint a new one")));
@@ -215,18 +224,16 @@ impl Store {
                 )
                 .map_err(sql("look up client key"))?;
             if let Some(h) = bound {
-                audit_tx(
-                    &mut tx,
+                let why = format!("client certificate key bound to {h}; host {hostname}");
+                return Err(refused(
+                    tx,
                     now,
-                    "agent",
-                    "enroll.refused",
                     &token_id,
-                    &format!("client certificate key bound to {h}; host {hostname}"),
-                )?;
-                tx.commit().map_err(sql("commit refusal"))?;
-                return Err(StoreError::Refused(format!(
-                    "this client certificate's key is already bound to host {h}: give each node a certificate (and key) of its own"
-                )));
+                    &why,
+                    format!(
+                        "this client certificate's key is already bound to host {h}: give each node a certificate (and key) of its own"
+                    ),
+                ));
             }
         }
         // The same machine (machine id and hostname) enrolling again with a new key is a re-enrollment:
@@ -240,18 +247,16 @@ impl Store {
                 )
                 .map_err(sql("look up machine"))?;
             if let Some(h) = known {
-                audit_tx(
-                    &mut tx,
+                let why = format!("re-enrollment of {h} without operator action");
+                return Err(refused(
+                    tx,
                     now,
-                    "agent",
-                    "enroll.refused",
                     &token_id,
-                    &format!("re-enrollment of {h} without operator action"),
-                )?;
-                tx.commit().map_err(sql("commit refusal"))?;
-                return Err(StoreError::Refused(format!(
-                    "machine {machine_id} ({hostname}) is already enrolled as host {h}; an operator must revoke it first (`gpuattest-collector hosts revoke {h} --reason ...`)"
-                )));
+                    &why,
+                    format!(
+                        "machine {machine_id} ({hostname}) is already enrolled as host {h}; an operator must revoke it first (`gpuattest-collector hosts revoke {h} --reason ...`)"
+                    ),
+                ));
             }
         }
         let host_id = new_host_id(hostname, key_id);
