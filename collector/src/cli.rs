@@ -170,13 +170,7 @@ pub fn hosts_list(at: &Place, json: bool) -> Result {
     let policy = crate::policy::PolicySource { path: at.data.join("policy.toml"), explicit: false }
         .load()
         .unwrap_or_else(|_| crate::policy::Policy::builtin());
-    let landmarks = store.landmarks().map_err(runtime)?;
-    for host in &mut h {
-        host.gpu_evidence = store.gpu_evidence_states(&host.host_id, host.last_seq).map_err(runtime)?;
-        let v = crate::location::host_verdict(&store, policy.location(), &host.host_id, &landmarks, crate::now_ms())
-            .map_err(runtime)?;
-        host.location = serde_json::to_value(v).ok();
-    }
+    crate::location::annotate_hosts(&store, policy.location(), &mut h, crate::now_ms()).map_err(runtime)?;
     if json {
         return print_json(&h);
     }

@@ -217,11 +217,6 @@ fn hosts() -> Vec<Host> {
     ]
 }
 
-/// The policy in the demo's data directory (the built-in one where there is none), for verdicts.
-fn policy_location(data: &Path) -> Policy {
-    Policy::load_from_data(data).unwrap_or_else(|_| Policy::builtin())
-}
-
 fn setup_err(what: &str) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
     move |e| DemoError::Setup(format!("{what}: {e}"))
 }
@@ -413,17 +408,9 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
 
     println!("\n== hosts ==");
     let mut hosts = store.hosts(None).map_err(|e| DemoError::Setup(e.to_string()))?;
-    let landmarks = store.landmarks().map_err(|e| DemoError::Setup(e.to_string()))?;
-    for h in &mut hosts {
-        let v = crate::location::host_verdict(
-            &store,
-            policy_location(&opts.data).location(),
-            &h.host_id,
-            &landmarks,
-            crate::now_ms(),
-        );
-        h.location = v.ok().and_then(|v| serde_json::to_value(v).ok());
-    }
+    let policy = Policy::load_from_data(&opts.data).unwrap_or_else(|_| Policy::builtin());
+    crate::location::annotate_hosts(&store, policy.location(), &mut hosts, crate::now_ms())
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
     print!("{}", crate::render::hosts(&hosts));
     println!("\n== flags ==");
     print!("{}", crate::render::flags(&store.flags(None).map_err(|e| DemoError::Setup(e.to_string()))?));

@@ -290,14 +290,9 @@ async fn list_hosts(State(s): State<HttpState>, headers: HeaderMap) -> Result<Re
     let policy = s.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let hosts = blocking(move || {
         let mut out = Vec::new();
-        let landmarks = store.landmarks()?;
-        for mut h in store.hosts(None)? {
-            h.gpu_evidence = store.gpu_evidence_states(&h.host_id, h.last_seq)?;
-            let v = crate::location::host_verdict(&store, policy.location(), &h.host_id, &landmarks, crate::now_ms())?;
-            h.location = serde_json::to_value(v).ok();
-            let latest = store
-                .signed_report(&h.host_id, h.last_seq)?
-                .and_then(|r| <gpuattest_proto::pb::UsageReport as prost::Message>::decode(r.report.as_slice()).ok());
+        let mut hosts = store.hosts(None)?;
+        let reports = crate::location::annotate_hosts(&store, policy.location(), &mut hosts, crate::now_ms())?;
+        for (h, latest) in hosts.into_iter().zip(reports) {
             let mut v = serde_json::to_value(&h).unwrap_or_default();
             if let Some(o) = v.as_object_mut() {
                 let (gpus, acc) = latest.map_or((vec![], vec![]), |r| {
@@ -338,7 +333,8 @@ async fn show_flag(State(s): State<HttpState>, headers: HeaderMap, Path(id): Pat
         let timeline = store.timeline(&f.job, &f.host_id, &f.gpu_uuids, (f.first_seq, f.last_seq))?;
         let screening = f.tenant.as_deref().map(|t| policy.tenant_findings(t)).unwrap_or_default();
         let last_seq = store.host(&f.host_id)?.map_or(0, |h| h.last_seq);
-        let gpu_evidence = store.gpu_evidence_states(&f.host_id, last_seq)?;
+        let latest = store.decoded_report(&f.host_id, last_seq)?;
+        let gpu_evidence = store.gpu_evidence_states(&f.host_id, latest.as_ref())?;
         let landmarks = store.landmarks()?;
         let location =
             crate::location::host_verdict(&store, policy.location(), &f.host_id, &landmarks, crate::now_ms())?;

@@ -211,6 +211,28 @@ pub fn host_verdict(
     Ok(verdict(policy, site.as_ref(), landmarks, &store.measurements(host_id)?, now))
 }
 
+/// Fills what `hosts list`, the hosts API and the demo show beside each host's accounting: each GPU's
+/// evidence state and the location verdict. Returns each host's latest report, decoded once.
+///
+/// # Errors
+/// The store's.
+pub fn annotate_hosts(
+    store: &crate::store::Store,
+    policy: &LocationPolicy,
+    hosts: &mut [crate::store::HostSummary],
+    now: i64,
+) -> Result<Vec<Option<pb::UsageReport>>, crate::store::StoreError> {
+    let landmarks = store.landmarks()?;
+    let mut latest = Vec::with_capacity(hosts.len());
+    for h in hosts.iter_mut() {
+        let r = store.decoded_report(&h.host_id, h.last_seq)?;
+        h.gpu_evidence = store.gpu_evidence_states(&h.host_id, r.as_ref())?;
+        h.location = serde_json::to_value(host_verdict(store, policy, &h.host_id, &landmarks, now)?).ok();
+        latest.push(r);
+    }
+    Ok(latest)
+}
+
 /// Checks the landmark records in a report from `host_id` (whose keys are `key_ids`): each must be
 /// signed by a registered landmark, name this host and one of its keys, and be no newer than `now`.
 /// Returns the measurements to keep and a sentence per record refused.

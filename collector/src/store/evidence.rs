@@ -52,15 +52,28 @@ pub struct GpuEvidenceState {
 }
 
 impl Store {
-    /// Each GPU of the host's latest report with its latest evidence state.
+    /// A host's report `seq`, decoded (`None` when absent or undecodable).
     ///
     /// # Errors
     /// [`super::StoreError::Sql`].
-    pub fn gpu_evidence_states(&self, host_id: &str, last_seq: u64) -> Result<Vec<GpuEvidenceState>> {
+    pub fn decoded_report(&self, host_id: &str, seq: u64) -> Result<Option<gpuattest_proto::pb::UsageReport>> {
         use prost::Message;
-        let Some(latest) = self.signed_report(host_id, last_seq)? else { return Ok(Vec::new()) };
-        let Ok(r) = gpuattest_proto::pb::UsageReport::decode(latest.report.as_slice()) else { return Ok(Vec::new()) };
-        let cc = r.confidential_compute.unwrap_or_default();
+        Ok(self
+            .signed_report(host_id, seq)?
+            .and_then(|s| gpuattest_proto::pb::UsageReport::decode(s.report.as_slice()).ok()))
+    }
+
+    /// Each GPU of the host's `latest` report with its latest evidence state.
+    ///
+    /// # Errors
+    /// [`super::StoreError::Sql`].
+    pub fn gpu_evidence_states(
+        &self,
+        host_id: &str,
+        latest: Option<&gpuattest_proto::pb::UsageReport>,
+    ) -> Result<Vec<GpuEvidenceState>> {
+        let Some(r) = latest else { return Ok(Vec::new()) };
+        let cc = r.confidential_compute.clone().unwrap_or_default();
         let evidence = self.host_evidence(host_id)?;
         Ok(r.gpus
             .iter()
