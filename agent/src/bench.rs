@@ -5,6 +5,8 @@
 //!   (`agent/benches/observe.sh` sets that up) or on a real host.
 //! - Fingerprint cost: a sparse 1 TB safetensors file must fingerprint in milliseconds, because only
 //!   its header is read.
+//! - Sampling cost: one round of every GPU's fast counters (the 1 Hz sampler), the share of a core the
+//!   agent needs at 1 Hz sampling and 10 s reports, and what a window's telemetry adds to a report.
 
 use std::path::Path;
 use std::time::Instant;
@@ -36,6 +38,19 @@ pub struct Figures {
     pub fingerprint_us: f64,
     /// Signed ~2 KiB reports appended to the spool (each fsynced) per second.
     pub spool_reports_per_second: f64,
+    /// Sampling rounds (every GPU's fast counters once) timed.
+    pub sample_rounds: u32,
+    /// CPU time per sampling round, microseconds (includes the NVML library's own work).
+    pub sample_cpu_us_per_round: f64,
+    /// Wall time per sampling round, microseconds.
+    pub sample_wall_us_per_round: f64,
+    /// Share of one core the agent spends at the defaults: a sampling round every second and an
+    /// observation every 10 s, percent.
+    pub core_share_pct_at_1hz: f64,
+    /// An encoded report of this host with the window's telemetry, bytes.
+    pub report_bytes: usize,
+    /// What the telemetry adds to it, bytes.
+    pub telemetry_bytes: usize,
 }
 
 fn cpu_ticks() -> u64 {
@@ -102,8 +117,36 @@ pub fn run(gpus: Box<dyn GpuSource>, paths: HostPaths, iterations: u32, scratch:
     }
     let spool_wall = t2.elapsed();
     let _ = std::fs::remove_dir_all(&spool_dir);
+    // The 1 Hz sampler: every GPU's fast counters, then the report a 10-sample window makes.
+    let rounds = iterations.max(10);
+    let (ticks1, t3) = (cpu_ticks(), Instant::now());
+    for i in 0..rounds {
+        observer.sample(i64::from(i) * 1000);
+    }
+    let sample_wall = t3.elapsed();
+    let sample_ticks = cpu_ticks() - ticks1;
+    let _ = observer.observe(0).map_err(|e| e.to_string())?;
+    for i in 0..10 {
+        observer.sample(i64::from(i) * 1000);
+    }
+    let obs = observer.observe(10_000).map_err(|e| e.to_string())?;
+    let ctx = crate::report::ReportContext::default();
+    let report_bytes = prost::Message::encoded_len(&crate::report::build(&obs, &ctx));
+    let mut bare = obs.clone();
+    for g in &mut bare.gpus {
+        g.telemetry = None;
+    }
+    let telemetry_bytes = report_bytes - prost::Message::encoded_len(&crate::report::build(&bare, &ctx));
     let n = f64::from(iterations.max(1));
+    let sample_cpu_us = sample_ticks as f64 * 10_000.0 / f64::from(rounds);
+    let observe_cpu_us = ticks as f64 * 10_000.0 / n;
     Ok(Figures {
+        sample_rounds: rounds,
+        sample_cpu_us_per_round: sample_cpu_us,
+        sample_wall_us_per_round: sample_wall.as_secs_f64() * 1e6 / f64::from(rounds),
+        core_share_pct_at_1hz: (sample_cpu_us + observe_cpu_us / 10.0) / 1e6 * 100.0,
+        report_bytes,
+        telemetry_bytes,
         observations: iterations,
         gpus: first.gpus.len(),
         processes: first.processes.len(),

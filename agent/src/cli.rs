@@ -131,7 +131,8 @@ pub fn run(flags: Flags, config: Option<&Path>, check_config: bool) -> Result {
             let _ = tx.send(true);
         });
         let gpus = NvmlSource::open(&settings.nvml_lib).map_err(|e| fail(1, e))?;
-        let mut observer = Observer::new(Box::new(gpus), settings.paths.clone());
+        let mut observer =
+            Observer::new(Box::new(gpus), settings.paths.clone()).with_sample_interval(settings.run.sample_interval);
         if let Some(k) = settings.kubelet.clone() {
             observer = observer.with_pods(Box::new(crate::kubelet::Kubelet::new(k).map_err(|e| fail(78, e))?));
         }

@@ -22,6 +22,8 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     /// Observation interval, e.g. `10s`.
     pub interval: Option<String>,
+    /// GPU counter sampling interval, e.g. `1s` (at most the observation interval).
+    pub sample_interval: Option<String>,
     /// NVML library.
     pub nvml_lib: Option<PathBuf>,
     /// `/proc` root.
@@ -81,6 +83,9 @@ impl FileConfig {
         if let Some(i) = &cfg.interval {
             gpuattest_proto::units::parse_duration(i).map_err(|e| err(format!("key `interval`: {e}")))?;
         }
+        if let Some(i) = &cfg.sample_interval {
+            gpuattest_proto::units::parse_duration(i).map_err(|e| err(format!("key `sample_interval`: {e}")))?;
+        }
         if let Some(c) = &cfg.collector {
             for a in c {
                 crate::transport::check_address(a).map_err(|e| err(format!("key `collector`: {e}")))?;
@@ -101,6 +106,8 @@ pub struct Flags {
     pub state_dir: Option<PathBuf>,
     /// `--interval`.
     pub interval: Option<String>,
+    /// `--sample-interval`.
+    pub sample_interval: Option<String>,
     /// `--nvml-lib` / `GPUATTEST_NVML_LIB`.
     pub nvml_lib: Option<PathBuf>,
     /// `--proc-root`.
@@ -211,6 +218,13 @@ impl Settings {
         if interval.is_zero() {
             return Err(err("interval must be more than 0".into()));
         }
+        let sample_text = flags.sample_interval.or(file.sample_interval).unwrap_or_else(|| "1s".into());
+        let sample_interval = gpuattest_proto::units::parse_duration(&sample_text)
+            .map_err(|e| err(format!("sample_interval: {e}")))?
+            .min(interval);
+        if sample_interval < std::time::Duration::from_millis(10) {
+            return Err(err(format!("sample_interval {sample_text} is below the 10ms minimum; 1s is the default")));
+        }
         let mut warnings = Vec::new();
         // The token file is needed only until the host is enrolled; operators delete it afterwards.
         let enroll_token = match (flags.enroll_token.or(file.enroll_token), file.enroll_token_file) {
@@ -257,6 +271,7 @@ impl Settings {
                 enroll_token,
                 state_dir,
                 interval,
+                sample_interval,
                 spool_max_bytes,
                 window: 256,
             },

@@ -44,4 +44,5 @@ pub mod report;
 pub mod run;
 pub mod spool;
 pub mod state;
+pub mod telemetry;
 pub mod transport;

@@ -140,6 +140,9 @@ struct RunArgs {
     /// Observation interval, e.g. 10s.
     #[arg(long)]
     interval: Option<String>,
+    /// GPU counter sampling interval, e.g. 1s [default: 1s, at most the observation interval].
+    #[arg(long)]
+    sample_interval: Option<String>,
     /// Spool bound, e.g. 256MiB (at least 64KiB); the oldest reports are dropped, with a signed gap
     /// record, beyond it.
     #[arg(long)]
@@ -200,6 +203,7 @@ fn main() -> ExitCode {
                 enroll_token: a.enroll_token,
                 state_dir: a.state_dir,
                 interval: a.interval,
+                sample_interval: a.sample_interval,
                 nvml_lib: a.host.nvml_lib,
                 proc_root: a.host.proc_root,
                 sys_root: a.host.sys_root,

@@ -72,6 +72,8 @@ pub struct ProcessObservation {
     pub launch: jobs::Launch,
     /// Checkpoint-like files open for writing.
     pub writing: Vec<String>,
+    /// Large files open for writing, whatever their names.
+    pub large_writes: Vec<jobs::OpenWrite>,
     /// User name.
     pub user: Option<String>,
     /// The pod, from the kubelet, when enrichment is on and the pod is known.
@@ -174,6 +176,8 @@ pub struct Observer {
     pods: Option<Box<dyn crate::kubelet::PodDirectory>>,
     /// The nonce the GPUs last attested to.
     attested_nonce: Option<[u8; 32]>,
+    /// The 1 Hz counters since the last observation.
+    sampler: crate::telemetry::Sampler,
 }
 
 fn read_trimmed(path: &std::path::Path) -> String {
@@ -193,7 +197,22 @@ impl Observer {
             previous: None,
             pods: None,
             attested_nonce: None,
+            sampler: crate::telemetry::Sampler::new(1000),
         }
+    }
+
+    /// Sets the interval [`Observer::sample`] is called at (1 s by default), for the periods it reports.
+    #[must_use]
+    pub fn with_sample_interval(mut self, interval: std::time::Duration) -> Self {
+        self.sampler = crate::telemetry::Sampler::new(interval.as_millis().clamp(1, u128::from(u32::MAX)) as u32);
+        self
+    }
+
+    /// Samples the GPUs' fast-moving counters at `now_unix_ms`; the next observation carries their
+    /// statistics.
+    pub fn sample(&mut self, now_unix_ms: i64) {
+        let samples = self.gpus.sample();
+        self.sampler.record(now_unix_ms, &samples);
     }
 
     /// Adds Kubernetes enrichment: processes with a pod UID get the pod's namespace, name, labels,
@@ -235,6 +254,10 @@ impl Observer {
     pub fn observe_with(&mut self, now_unix_ms: i64, nonce: Option<[u8; 32]>) -> Result<Observation, GpuError> {
         let mut snapshot = self.gpus.observe()?;
         let events = self.changes(&mut snapshot.gpus);
+        let mut telemetry = self.sampler.take();
+        for g in &mut snapshot.gpus {
+            g.telemetry = telemetry.remove(&g.uuid);
+        }
         let mut by_pid: BTreeMap<u32, Vec<String>> = BTreeMap::new();
         for g in &snapshot.gpus {
             for p in &g.processes {
@@ -270,6 +293,7 @@ impl Observer {
                 env: f.env,
                 launch: f.launch,
                 writing: f.writing,
+                large_writes: f.large_writes,
                 user: f.user,
             });
         }
@@ -334,7 +358,10 @@ impl Observer {
                 c.model_errors = e;
                 c.models_at = now;
                 c.fd_count = fd_count;
-                c.facts.writing = jobs::open_for_writing(&dir);
+                (c.facts.writing, c.facts.large_writes) = jobs::open_for_writing(&dir);
+            } else if !c.facts.large_writes.is_empty() {
+                // Checkpoints grow and are rewritten between rescans: their size and time are news.
+                jobs::refresh_large_writes(&dir, &mut c.facts.large_writes);
             }
             // Still the same process after the reads?
             if c.stat.read_at(&mut [0u8; 1], 0).is_ok() {

@@ -48,6 +48,31 @@ fn fingerprint(m: &ModelFingerprint) -> pb::ModelFingerprint {
     }
 }
 
+/// A window's statistics in wire units (rounded to whole units; negative values cannot occur).
+fn telemetry(t: &crate::telemetry::Telemetry) -> pb::GpuTelemetry {
+    let whole = |x: f64| x.round().clamp(0.0, f64::from(u32::MAX)) as u32;
+    pb::GpuTelemetry {
+        sample_ms: t.sample_ms,
+        samples: t.samples,
+        series: t
+            .series
+            .iter()
+            .map(|s| pb::SeriesStats {
+                metric: s.metric.map_or(0, crate::telemetry::Metric::wire),
+                mean: whole(s.mean),
+                min: whole(s.min),
+                max: whole(s.max),
+                stddev: whole(s.stddev),
+                period_ms: s.period_ms,
+                period_strength: whole(s.period_strength * 1000.0),
+                history: s.history,
+            })
+            .collect(),
+        memory_used_trend_bytes_per_s: t.memory_used_trend_bytes_per_s,
+        unavailable: t.unavailable.iter().map(|m| m.wire()).collect(),
+    }
+}
+
 /// Builds the protobuf report for an observation.
 pub fn build(obs: &Observation, ctx: &ReportContext) -> pb::UsageReport {
     pb::UsageReport {
@@ -131,6 +156,7 @@ pub fn build(obs: &Observation, ctx: &ReportContext) -> pb::UsageReport {
                     state: u32::from(f.state),
                     status: f.status,
                 }),
+                telemetry: g.telemetry.as_ref().map(telemetry),
             })
             .collect(),
         processes: obs
@@ -157,6 +183,16 @@ pub fn build(obs: &Observation, ctx: &ReportContext) -> pb::UsageReport {
                     local_rank: p.launch.local_rank,
                 }),
                 writing: p.writing.clone(),
+                large_writes: p
+                    .large_writes
+                    .iter()
+                    .map(|w| pb::OpenWrite {
+                        path: w.path.clone(),
+                        size_bytes: w.size_bytes,
+                        modified_unix_ms: w.modified_unix_ms,
+                        fs_type: w.fs_type.clone(),
+                    })
+                    .collect(),
                 user: p.user.clone().unwrap_or_default(),
                 pod: p.pod.as_ref().map(|k| pb::KubernetesPod {
                     namespace: k.namespace.clone(),

@@ -33,6 +33,8 @@ pub struct RunConfig {
     pub state_dir: PathBuf,
     /// Observation interval.
     pub interval: Duration,
+    /// GPU counter sampling interval (at most `interval`).
+    pub sample_interval: Duration,
     /// Spool size bound in bytes.
     pub spool_max_bytes: u64,
     /// Most reports in flight before an acknowledgement (backpressure).
@@ -300,10 +302,20 @@ pub async fn run(cfg: RunConfig, mut observer: Observer, mut shutdown: watch::Re
     let observer = Arc::new(Mutex::new(observer));
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sampler = tokio::time::interval(cfg.sample_interval);
+    sampler.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut window_start = now_ms();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            _ = sampler.tick() => {
+                let h = observer.clone();
+                // The counters only: a few NVML calls per GPU, no /proc walk.
+                if let Err(e) = tokio::task::spawn_blocking(move || lock(&h).sample(now_ms())).await {
+                    error!(error = %e, "sampling task failed");
+                }
+                continue;
+            }
             _ = shutdown.changed() => break,
             r = &mut sender => {
                 revoked = r.ok().flatten();

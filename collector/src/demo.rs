@@ -8,6 +8,7 @@
 //! [`WORKLOAD_ENV`]); they hold nothing but their pid and exit when the demo does.
 
 mod landmarks;
+pub mod traces;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -60,18 +61,51 @@ pub struct DemoOptions {
 /// Paths (separated by `:`) the stand-in workload keeps open, as a real job keeps its weights open.
 pub const HOLD_ENV: &str = "GPUATTEST_DEMO_HOLD";
 
-/// Runs the stand-in workload: opens the files named in [`HOLD_ENV`], then waits until the parent exits
-/// (or 24 hours pass).
+/// Paths (separated by `:`) the stand-in workload creates and keeps open for writing, as a training job
+/// writes checkpoints: each sparse, [`WRITE_BYTES_ENV`] bytes long, and rewritten (its length and
+/// modification time changed) every [`WRITE_EVERY_ENV`] milliseconds when that is set.
+pub const WRITE_ENV: &str = "GPUATTEST_DEMO_WRITE";
+/// Size of the files in [`WRITE_ENV`] (default 1 GiB).
+pub const WRITE_BYTES_ENV: &str = "GPUATTEST_DEMO_WRITE_BYTES";
+/// Rewrite cadence of the files in [`WRITE_ENV`], ms (default: never).
+pub const WRITE_EVERY_ENV: &str = "GPUATTEST_DEMO_WRITE_EVERY_MS";
+
+/// Runs the stand-in workload: opens the files named in [`HOLD_ENV`] and [`WRITE_ENV`], then waits
+/// until the parent exits (or 24 hours pass), rewriting the written files on their cadence.
 pub fn run_workload() {
     let held: Vec<fs::File> = std::env::var_os(HOLD_ENV)
         .map(|v| std::env::split_paths(&v).filter_map(|p| fs::File::open(p).ok()).collect())
         .unwrap_or_default();
     let _keep = held;
+    let number = |k: &str| std::env::var(k).ok().and_then(|v| v.trim().parse::<u64>().ok());
+    let size = number(WRITE_BYTES_ENV).unwrap_or(1 << 30);
+    let written: Vec<fs::File> = std::env::var_os(WRITE_ENV)
+        .map(|v| {
+            std::env::split_paths(&v)
+                .filter_map(|p| {
+                    let f = fs::OpenOptions::new().create(true).truncate(true).write(true).open(p).ok()?;
+                    f.set_len(size).ok()?;
+                    Some(f)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let every = number(WRITE_EVERY_ENV).filter(|ms| *ms > 0).map(Duration::from_millis);
     let parent = std::os::unix::process::parent_id();
-    for _ in 0..86_400 {
-        std::thread::sleep(Duration::from_secs(1));
+    let start = std::time::Instant::now();
+    let mut rewrites = 0u64;
+    while start.elapsed() < Duration::from_secs(86_400) {
+        std::thread::sleep(Duration::from_millis(100));
         if std::os::unix::process::parent_id() != parent {
             return;
+        }
+        if let Some(e) = every
+            && start.elapsed().as_millis() / e.as_millis().max(1) > u128::from(rewrites)
+        {
+            rewrites += 1;
+            for f in &written {
+                let _ = f.set_len(size + (rewrites % 2) * 4096);
+            }
         }
     }
 }
@@ -303,6 +337,20 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     for (i, (argv0, args)) in workloads().into_iter().enumerate() {
         use std::os::unix::process::CommandExt;
         let hold = if i < 2 { &deepseek } else { &llama };
+        // The fine-tune's first rank saves a checkpoint every few seconds (a sparse 2 GiB file).
+        let checkpoint = demo_dir.join("checkpoints").join(format!("rank-{i}.bin"));
+        let writes: &[(&str, String)] = if i == 0 {
+            &[
+                (WRITE_ENV, checkpoint.display().to_string()),
+                (WRITE_BYTES_ENV, (2u64 << 30).to_string()),
+                (WRITE_EVERY_ENV, (opts.interval.as_millis() * 3).to_string()),
+            ]
+        } else {
+            &[]
+        };
+        if i == 0 {
+            fs::create_dir_all(demo_dir.join("checkpoints")).map_err(setup_err("checkpoint directory"))?;
+        }
         // torchrun exports its rendezvous to every worker: the two hosts' processes are one job.
         let rendezvous: &[(&str, String)] = if i < 2 {
             &[
@@ -318,7 +366,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         let child = Command::new(&self_exe)
             .arg0(argv0)
             .args(&args)
-            .envs(rendezvous.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs(rendezvous.iter().chain(writes).map(|(k, v)| (*k, v.as_str())))
             .env(WORKLOAD_ENV, "1")
             .env(HOLD_ENV, hold)
             .stdin(Stdio::null())
@@ -330,6 +378,8 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         children.0.push(child);
     }
     let now = crate::now_ms();
+    // Ten samples per report, as at the default 1 s and 10 s, so the short demo shows the rhythm.
+    let sample_ms = (opts.interval.as_millis() / 10).clamp(10, 1000);
     for h in hosts() {
         let dir = demo_dir.join(h.name);
         fs::create_dir_all(&dir).map_err(setup_err("creating a host directory"))?;
@@ -341,17 +391,18 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
                     .filter(|(gi, _)| *gi == g)
                     .map(|(_, w)| json!({"pid": pids[*w], "used_memory_bytes": 71_000_000_000u64 - (*w as u64) * 20_000_000_000}))
                     .collect();
-                // The inference server answers requests: its GPUs are busy in bursts.
-                let bursty = h.placements.iter().any(|(gi, w)| *gi == g && *w == 2);
-                if bursty {
-                    json!({"processes": procs, "utilization_pattern": "bursty"})
-                } else {
-                    json!({"processes": procs})
+                // What the GPUs do: the fine-tune steps in a rhythm, the server answers requests.
+                let seed = g as u64 + 1;
+                match h.placements.iter().find(|(gi, _)| *gi == g).map(|(_, w)| *w) {
+                    Some(2) => json!({"processes": procs, "samples": traces::serving(seed)}),
+                    Some(_) => json!({"processes": procs, "samples": traces::training(seed)}),
+                    None => json!({"processes": procs}),
                 }
             })
             .collect();
         let scenario = dir.join("scenario.json");
-        let text = serde_json::to_string_pretty(&json!({"seed": h.name, "gpus": gpus})).unwrap_or_default();
+        let text = serde_json::to_string_pretty(&json!({"seed": h.name, "gpus": gpus, "sample_ms": sample_ms}))
+            .unwrap_or_default();
         fs::write(&scenario, text).map_err(setup_err("writing a scenario"))?;
         let sys = dir.join("sys");
         let _ = fs::remove_dir_all(&sys);
@@ -368,6 +419,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
             .arg("--state-dir")
             .arg(dir.join("state"))
             .args(["--interval", &format!("{}ms", opts.interval.as_millis()), "--hostname", h.name])
+            .args(["--sample-interval", &format!("{sample_ms}ms")])
             .arg("--nvml-lib")
             .arg(&sim_lib)
             .arg("--sys-root")

@@ -31,6 +31,7 @@
 //!   nonces the collector issued, compared with the report and the operator's golden values.
 
 pub mod bench;
+pub mod classify;
 pub mod cli;
 pub mod compute;
 pub mod config;

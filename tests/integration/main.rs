@@ -26,3 +26,4 @@ mod review;
 mod rules;
 mod streaming;
 mod tenants;
+mod workloads;

@@ -364,6 +364,15 @@ pub fn write_scenario(path: &Path, seed: &str, gpus: usize, pids: &[u32]) {
     std::fs::write(path, serde_json::json!({"seed": seed, "gpus": list}).to_string()).expect("write scenario");
 }
 
+/// Makes GPU `gpu` of a written scenario play `samples`, one per `sample_ms` (see the simulator's
+/// README, "Traces").
+pub fn play_trace(path: &Path, gpu: usize, samples: Vec<Value>, sample_ms: u64) {
+    let mut s: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("read scenario")).expect("scenario");
+    s["sample_ms"] = sample_ms.into();
+    s["gpus"][gpu]["samples"] = Value::Array(samples);
+    std::fs::write(path, s.to_string()).expect("write scenario");
+}
+
 /// Writes a sysfs tree with the given (address, vendor, device, class) PCI devices.
 pub fn write_sysfs(root: &Path, devices: &[(&str, &str, &str, &str)]) {
     std::fs::create_dir_all(root.join("bus/pci/devices")).expect("sysfs root");

@@ -47,6 +47,14 @@ pub trait GpuSource: Send {
     fn attest(&mut self, _nonce: &[u8; 32]) -> Vec<Attestation> {
         Vec::new()
     }
+
+    /// Reads the fast-moving counters of every GPU (utilisation, power, clocks, PCIe and NVLink
+    /// throughput, memory used), cheaply enough to call every second. A counter the driver lacks is
+    /// asked once and then listed in [`GpuSample::unavailable`]. Sources without counters return
+    /// nothing.
+    fn sample(&mut self) -> Vec<crate::telemetry::GpuSample> {
+        Vec::new()
+    }
 }
 
 /// Confidential computing as the driver reports it (system-wide in NVML).
@@ -167,6 +175,8 @@ pub struct GpuObservation {
     pub unavailable: Vec<Unavailable>,
     /// The GPU fell off the bus or could not be opened.
     pub lost: bool,
+    /// What it did since the previous report, from the 1 Hz samples.
+    pub telemetry: Option<crate::telemetry::Telemetry>,
     /// Its place in an NVLink fabric (cluster and clique), where the driver reports one.
     pub fabric: Option<Fabric>,
     /// Why there is no fabric information (most GPUs: not supported).

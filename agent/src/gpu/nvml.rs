@@ -20,7 +20,34 @@ pub struct NvmlSource {
     simulated: bool,
     /// Newest per-process utilisation sample seen per GPU UUID, so each observation gets new samples.
     last_sample_us: std::collections::HashMap<String, u64>,
+    /// Per GPU index: what the 1 Hz sampler knows (UUID, counters the driver lacks, NVLink counters).
+    sampling: Vec<Sampling>,
 }
+
+/// The sampler's memory of one GPU.
+#[derive(Default)]
+struct Sampling {
+    uuid: String,
+    /// Why each counter is not asked any more (in `telemetry::METRICS` order; memory last).
+    lacks: [Option<String>; 9],
+    /// The NVLink data counters (KiB) and when they were read.
+    nvlink: Option<(std::time::Instant, u64, u64)>,
+}
+
+/// Whether an error means the call will never answer on this GPU and driver (so it is not retried).
+fn permanent(e: &NvmlError) -> bool {
+    matches!(
+        e,
+        NvmlError::NotSupported
+            | NvmlError::FunctionNotFound
+            | NvmlError::FailedToLoadSymbol(_)
+            | NvmlError::NoPermission
+    )
+}
+
+/// NVML's NVLink data throughput fields (KiB counters over all links).
+const FI_NVLINK_DATA_TX: u32 = 138;
+const FI_NVLINK_DATA_RX: u32 = 139;
 
 impl std::fmt::Debug for NvmlSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,7 +81,7 @@ impl NvmlSource {
                  not read from hardware; reports from this host are not evidence"
             );
         }
-        Ok(NvmlSource { nvml, simulated, last_sample_us: std::collections::HashMap::new() })
+        Ok(NvmlSource { nvml, simulated, last_sample_us: std::collections::HashMap::new(), sampling: Vec::new() })
     }
 
     /// The library path the agent uses when none is given.
@@ -129,7 +156,87 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, NvmlError>) -> Result<T, String> {
     }
 }
 
+impl NvmlSource {
+    /// One GPU's counters (see [`GpuSource::sample`]).
+    fn sample_one(&mut self, index: u32) -> Option<crate::telemetry::GpuSample> {
+        use crate::telemetry::{GpuSample, METRICS};
+        use nvml_wrapper::enum_wrappers::device::PcieUtilCounter;
+        use nvml_wrapper::enums::device::SampleValue;
+        use nvml_wrapper::structs::device::FieldId;
+        let device = self.nvml.device_by_index(index).ok()?;
+        let st = &mut self.sampling[index as usize];
+        if st.uuid.is_empty() {
+            st.uuid = device.uuid().ok()?;
+        }
+        let mut out = GpuSample { uuid: st.uuid.clone(), ..GpuSample::default() };
+        // Asks a counter unless the driver said it never answers; remembers a permanent refusal.
+        fn ask<T>(lacks: &mut Option<String>, f: impl FnOnce() -> Result<T, NvmlError>) -> Option<T> {
+            if lacks.is_some() {
+                return None;
+            }
+            match f() {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    if permanent(&e) {
+                        debug!(error = %e, "a sampled counter is unavailable; not asking again");
+                        *lacks = Some(reason(&e));
+                    }
+                    None
+                }
+            }
+        }
+        let (lacks, v) = (&mut st.lacks, &mut out.values);
+        if let Some(u) = ask(&mut lacks[0], || device.utilization_rates()) {
+            v[0] = Some(f64::from(u.gpu) * 10.0);
+            v[1] = Some(f64::from(u.memory) * 10.0);
+        }
+        lacks[1] = lacks[0].clone();
+        v[2] = ask(&mut lacks[2], || device.power_usage()).map(|mw| f64::from(mw) / 100.0);
+        v[3] = ask(&mut lacks[3], || device.clock_info(Clock::SM)).map(f64::from);
+        v[4] = ask(&mut lacks[4], || device.pcie_throughput(PcieUtilCounter::Send)).map(f64::from);
+        v[5] = ask(&mut lacks[5], || device.pcie_throughput(PcieUtilCounter::Receive)).map(f64::from);
+        let ids = [FieldId(FI_NVLINK_DATA_TX), FieldId(FI_NVLINK_DATA_RX)];
+        let counters = ask(&mut lacks[6], || {
+            let values = guarded(|| device.field_values_for(&ids)).map_err(|_| NvmlError::Unknown)?;
+            let mut kib = [0u64; 2];
+            for (i, r) in values.into_iter().enumerate().take(2) {
+                kib[i] = match r?.value? {
+                    SampleValue::U64(x) => x,
+                    SampleValue::U32(x) => u64::from(x),
+                    SampleValue::I64(x) => x.max(0) as u64,
+                    SampleValue::F64(x) => x.max(0.0) as u64,
+                };
+            }
+            Ok(kib)
+        });
+        lacks[7] = lacks[6].clone();
+        if let Some([tx, rx]) = counters {
+            let now = std::time::Instant::now();
+            if let Some((then, ptx, prx)) = st.nvlink {
+                let dt = now.duration_since(then).as_secs_f64();
+                // A counter that went backwards (driver reload) starts over; no rate this time.
+                if dt > 0.0 && tx >= ptx && rx >= prx {
+                    v[6] = Some((tx - ptx) as f64 * 1.024 / dt);
+                    v[7] = Some((rx - prx) as f64 * 1.024 / dt);
+                }
+            }
+            st.nvlink = Some((now, tx, rx));
+        }
+        out.memory_used_bytes = ask(&mut lacks[8], || device.memory_info()).map(|m| m.used);
+        out.unavailable = METRICS.iter().zip(lacks.iter()).filter(|(_, l)| l.is_some()).map(|(m, _)| *m).collect();
+        Some(out)
+    }
+}
+
 impl GpuSource for NvmlSource {
+    fn sample(&mut self) -> Vec<crate::telemetry::GpuSample> {
+        let count = self.nvml.device_count().unwrap_or(0).min(1024);
+        if self.sampling.len() != count as usize {
+            self.sampling = (0..count).map(|_| Sampling::default()).collect();
+        }
+        (0..count).filter_map(|i| self.sample_one(i)).collect()
+    }
+
     fn attest(&mut self, nonce: &[u8; 32]) -> Vec<Attestation> {
         let count = self.nvml.device_count().unwrap_or(0);
         if self.conf_compute(count).enabled != Some(true) {

@@ -221,9 +221,16 @@ pub(super) fn account(
         .map_err(sql("read jobs"))?
         .into_iter()
         .collect();
-    let mut evidence: Vec<(String, String)> = Vec::with_capacity(job_processes.len());
+    let mut evidence: Vec<(String, JobEvidence)> = Vec::with_capacity(job_processes.len());
+    // Each job's step period on this host, to find jobs of one tenant in lock-step.
+    let mut rhythms: Vec<(String, Option<String>, u32)> = Vec::new();
     for (key, procs) in job_processes {
         let mut ev: JobEvidence = stored.remove(&key).and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+        let gpus: BTreeSet<usize> =
+            procs.iter().flat_map(|p| p.gpu_uuids.iter()).filter_map(|u| parents.get(u.as_str()).copied()).collect();
+        if let Some(period) = ev.add_telemetry(host_id, gpus.iter().filter_map(|&i| r.gpus[i].telemetry.as_ref())) {
+            rhythms.push((key.clone(), job_tenant.get(&key).cloned().flatten(), period));
+        }
         for p in procs {
             let utils: Vec<u32> = p
                 .gpu_uuids
@@ -239,8 +246,24 @@ pub(super) fn account(
                 }
             }
         }
-        evidence.push((key, serde_json::to_string(&ev).unwrap_or_default()));
+        evidence.push((key, ev));
     }
+    // Jobs of one tenant stepping in the same rhythm on one host: one training run split into many
+    // small jobs looks like this.
+    let evidence: Vec<(String, String)> = evidence
+        .into_iter()
+        .map(|(key, mut ev)| {
+            if let Some((_, tenant, mine)) = rhythms.iter().find(|(k, _, _)| *k == key) {
+                let others = rhythms
+                    .iter()
+                    .filter(|(k, t, p)| *k != key && t == tenant && crate::classify::same_rhythm(*p, *mine))
+                    .count();
+                ev.lockstep_jobs = ev.lockstep_jobs.max(others as u32);
+            }
+            let json = serde_json::to_string(&ev).unwrap_or_default();
+            (key, json)
+        })
+        .collect();
     let mut ps = Vec::with_capacity(5 * evidence.len());
     for (key, json) in &evidence {
         ps.extend_from_slice(params![key, job_tenant.get(key).and_then(Option::as_deref), at, at, json]);

@@ -349,8 +349,8 @@ pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(device: nvmlDevice_t, pci: *mut
 /// `nvmlDeviceGetMemoryInfo` (v1 struct).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(device: nvmlDevice_t, memory: *mut sys::nvmlMemory_t) -> nvmlReturn_t {
-    let r = with_gpu(device, "nvmlDeviceGetMemoryInfo", "memory", |t, _| {
-        let (total, used) = memory_of(&t);
+    let r = with_gpu(device, "nvmlDeviceGetMemoryInfo", "memory", |t, s| {
+        let (total, used) = memory_of(&t, s);
         sys::nvmlMemory_t { total, used, free: total.saturating_sub(used) }
     });
     // SAFETY: NVML's contract: `memory` is valid for a write.
@@ -372,8 +372,8 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
     if version != expected {
         return sys::nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
     }
-    let r = with_gpu(device, "nvmlDeviceGetMemoryInfo_v2", "memory", |t, _| {
-        let (total, used) = memory_of(&t);
+    let r = with_gpu(device, "nvmlDeviceGetMemoryInfo_v2", "memory", |t, s| {
+        let (total, used) = memory_of(&t, s);
         sys::nvmlMemory_v2_t {
             version,
             total,
@@ -394,7 +394,7 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
 ) -> nvmlReturn_t {
     let r = with_gpu(device, "nvmlDeviceGetUtilizationRates", "utilization", |t, s| sys::nvmlUtilization_t {
         gpu: t.gpu.utilization_at(elapsed_ms(s)),
-        memory: t.gpu.utilization_memory_pct,
+        memory: t.gpu.memory_utilization_at(elapsed_ms(s)),
     });
     // SAFETY: NVML's contract: `u` is valid for a write.
     done(r.and_then(|v| unsafe { write_out(u, v) }))
@@ -421,10 +421,10 @@ pub unsafe extern "C" fn nvmlDeviceGetTotalEnergyConsumption(
     done(r.and_then(|e| unsafe { write_out(energy, e) }))
 }
 
-fn memory_of(t: &Target<'_>) -> (u64, u64) {
+fn memory_of(t: &Target<'_>, s: &State) -> (u64, u64) {
     match t.mig {
         Some(m) => (m.memory_total_bytes, m.processes.iter().map(|p| p.used_memory_bytes).sum::<u64>() + 12_582_912),
-        None => (t.gpu.memory_total_bytes, t.gpu.memory_used_bytes),
+        None => (t.gpu.memory_total_bytes, t.gpu.memory_used_at(elapsed_ms(s))),
     }
 }
 
@@ -575,7 +575,7 @@ pub unsafe extern "C" fn nvmlDeviceGetClockInfo(
     };
     // SAFETY: NVML's contract: `clock` is valid for a write.
     done(
-        with_gpu(device, "nvmlDeviceGetClockInfo", "clocks", |t, _| t.gpu.clocks_mhz[i])
+        with_gpu(device, "nvmlDeviceGetClockInfo", "clocks", |t, s| t.gpu.clocks_at(elapsed_ms(s))[i])
             .and_then(|v| unsafe { write_out(clock, v) }),
     )
 }
@@ -622,10 +622,11 @@ pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
     let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
     let list = match with_gpu(device, "nvmlDeviceGetProcessUtilization", "process_utilization", |t, s| {
         let util = t.gpu.utilization_at(elapsed_ms(s));
+        let mem = t.gpu.memory_utilization_at(elapsed_ms(s));
         processes_of(&t, false)
             .into_iter()
             .chain(processes_of(&t, true))
-            .map(|p| (p.pid, p.sm_util_pct.unwrap_or(util), t.gpu.utilization_memory_pct))
+            .map(|p| (p.pid, p.sm_util_pct.unwrap_or(util), mem))
             .collect::<Vec<_>>()
     }) {
         Ok(l) if now_us > last_seen => l,
@@ -687,6 +688,68 @@ pub unsafe extern "C" fn nvmlDeviceGetAccountingStats(
     .and_then(|r| r);
     // SAFETY: NVML's contract: `stats` is valid for a write.
     done(r.and_then(|v| unsafe { write_out(stats, v) }))
+}
+
+/// `nvmlDeviceGetPcieThroughput`: the trace's PCIe throughput, KB/s.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetPcieThroughput(
+    device: nvmlDevice_t,
+    counter: sys::nvmlPcieUtilCounter_t,
+    value: *mut c_uint,
+) -> nvmlReturn_t {
+    let i = match counter {
+        sys::nvmlPcieUtilCounter_enum_NVML_PCIE_UTIL_TX_BYTES => 0,
+        sys::nvmlPcieUtilCounter_enum_NVML_PCIE_UTIL_RX_BYTES => 1,
+        _ => return sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT,
+    };
+    let r = with_gpu(device, "nvmlDeviceGetPcieThroughput", "pcie", |t, s| t.gpu.pcie_at(elapsed_ms(s))[i]);
+    // SAFETY: NVML's contract: `value` is valid for a write.
+    done(r.and_then(|v| unsafe { write_out(value, v) }))
+}
+
+/// NVML's NVLink data throughput fields (`NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX` / `_RX`): counters in
+/// KiB, summed over links.
+const FI_NVLINK_DATA_TX: c_uint = 138;
+const FI_NVLINK_DATA_RX: c_uint = 139;
+
+/// `nvmlDeviceGetFieldValues`: the NVLink data counters (field `nvlink` in `unsupported` turns them
+/// off); every other field answers `NVML_ERROR_NOT_SUPPORTED` in its own slot, as the driver does.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetFieldValues(
+    device: nvmlDevice_t,
+    count: c_int,
+    values: *mut sys::nvmlFieldValue_t,
+) -> nvmlReturn_t {
+    if values.is_null() || !(0..=1024).contains(&count) {
+        return sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT;
+    }
+    let counters = match with_gpu(device, "nvmlDeviceGetFieldValues", "", |t, s| {
+        (!t.gpu.unsupported.iter().any(|u| u == "nvlink")).then(|| t.gpu.nvlink_counters_at(elapsed_ms(s)))
+    }) {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+    for i in 0..count as usize {
+        // SAFETY: the caller passes `count` entries; `i < count`.
+        let v = unsafe { &mut *values.add(i) };
+        v.timestamp = now_us;
+        v.latencyUsec = 0;
+        let slot = match (v.fieldId, counters) {
+            (FI_NVLINK_DATA_TX, Some(c)) => Some(c[0]),
+            (FI_NVLINK_DATA_RX, Some(c)) => Some(c[1]),
+            _ => None,
+        };
+        match slot {
+            Some(kib) => {
+                v.valueType = sys::nvmlValueType_enum_NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
+                v.nvmlReturn = SUCCESS;
+                v.value = sys::nvmlValue_t { ullVal: kib };
+            }
+            None => v.nvmlReturn = sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED,
+        }
+    }
+    SUCCESS
 }
 
 /// `nvmlDeviceGetGpuFabricInfo`.

@@ -24,6 +24,32 @@ pub struct Scenario {
     pub gpus: Option<Vec<GpuSpec>>,
     /// Confidential computing on this host (absent: the driver does not support it, as on most hosts).
     pub confidential_compute: Option<ConfComputeSpec>,
+    /// How long each entry of a GPU's `samples` plays, ms.
+    pub sample_ms: u64,
+}
+
+/// One step of a played trace: every field is optional and falls back to the GPU's steady value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sample {
+    /// GPU utilisation, percent.
+    pub util_pct: Option<u32>,
+    /// Memory-controller utilisation, percent.
+    pub mem_util_pct: Option<u32>,
+    /// Power draw, watts.
+    pub power_w: Option<f64>,
+    /// SM (and graphics) clock, MHz.
+    pub sm_clock_mhz: Option<u32>,
+    /// PCIe transmit throughput, KB/s (`nvmlDeviceGetPcieThroughput`'s unit).
+    pub pcie_tx_kbps: Option<u32>,
+    /// PCIe receive throughput, KB/s.
+    pub pcie_rx_kbps: Option<u32>,
+    /// NVLink transmit throughput, KB/s: the NVLink data counters advance by it.
+    pub nvlink_tx_kbps: Option<u64>,
+    /// NVLink receive throughput, KB/s.
+    pub nvlink_rx_kbps: Option<u64>,
+    /// Framebuffer in use, bytes.
+    pub memory_used_bytes: Option<u64>,
 }
 
 /// A host in confidential-computing mode (system-wide in NVML; attestation per GPU).
@@ -58,6 +84,7 @@ impl Default for Scenario {
             init_error: None,
             gpus: None,
             confidential_compute: None,
+            sample_ms: 1000,
         }
     }
 }
@@ -128,6 +155,9 @@ pub struct GpuSpec {
     pub mig: Option<Vec<MigSpec>>,
     /// NVLink fabric membership (absent: `nvmlDeviceGetGpuFabricInfo` is not supported).
     pub fabric: Option<FabricSpec>,
+    /// A trace played one entry per scenario `sample_ms` from load, looping; it overrides the steady
+    /// values and `utilization_pattern` for the fields its entries set.
+    pub samples: Vec<Sample>,
 }
 
 /// A GPU's NVLink fabric membership.
@@ -229,6 +259,10 @@ pub struct Gpu {
     pub mig: Option<Vec<Mig>>,
     /// NVLink fabric membership.
     pub fabric: Option<FabricSpec>,
+    /// The played trace (empty: steady values).
+    pub samples: Vec<Sample>,
+    /// How long each sample plays, ms (at least 1).
+    pub sample_ms: u64,
 }
 
 /// A MIG instance with defaults filled in.
@@ -322,6 +356,8 @@ impl Scenario {
                     clocks_mhz: s.clocks_mhz.unwrap_or(if busy { [1980, 1980, 2619] } else { [345, 345, 2619] }),
                     accounting: s.accounting,
                     fabric: s.fabric,
+                    samples: s.samples,
+                    sample_ms: self.sample_ms.max(1),
                     mig: s.mig.map(|m| {
                         m.into_iter()
                             .enumerate()
@@ -351,16 +387,89 @@ impl Scenario {
 }
 
 impl Gpu {
-    /// GPU utilisation at `elapsed_ms` after load, following the pattern.
+    /// The trace entry playing at `elapsed_ms`, if the GPU has a trace.
+    pub fn sample_at(&self, elapsed_ms: u64) -> Option<&Sample> {
+        let n = self.samples.len() as u64;
+        (n > 0).then(|| &self.samples[((elapsed_ms / self.sample_ms) % n) as usize])
+    }
+
+    /// GPU utilisation at `elapsed_ms` after load: the trace's, else following the pattern.
     pub fn utilization_at(&self, elapsed_ms: u64) -> u32 {
+        if let Some(u) = self.sample_at(elapsed_ms).and_then(|s| s.util_pct) {
+            return u.min(100);
+        }
         match self.utilization_pattern.as_str() {
             "bursty" if elapsed_ms % 10_000 >= 2_000 => 3,
             _ => self.utilization_gpu_pct,
         }
     }
 
-    /// Power at `elapsed_ms`: idle draw plus the share of (busy - idle) that utilisation takes.
+    /// Memory-controller utilisation at `elapsed_ms`.
+    pub fn memory_utilization_at(&self, elapsed_ms: u64) -> u32 {
+        self.sample_at(elapsed_ms).and_then(|s| s.mem_util_pct).map_or(self.utilization_memory_pct, |u| u.min(100))
+    }
+
+    /// Framebuffer in use at `elapsed_ms`.
+    pub fn memory_used_at(&self, elapsed_ms: u64) -> u64 {
+        self.sample_at(elapsed_ms).and_then(|s| s.memory_used_bytes).unwrap_or(self.memory_used_bytes)
+    }
+
+    /// Graphics, SM and memory clocks at `elapsed_ms` (a trace sets the first two).
+    pub fn clocks_at(&self, elapsed_ms: u64) -> [u32; 3] {
+        match self.sample_at(elapsed_ms).and_then(|s| s.sm_clock_mhz) {
+            Some(c) => [c, c, self.clocks_mhz[2]],
+            None => self.clocks_mhz,
+        }
+    }
+
+    /// PCIe throughput at `elapsed_ms`, KB/s: `[tx, rx]` (0 without a trace).
+    pub fn pcie_at(&self, elapsed_ms: u64) -> [u32; 2] {
+        self.sample_at(elapsed_ms).map_or([0, 0], |s| [s.pcie_tx_kbps.unwrap_or(0), s.pcie_rx_kbps.unwrap_or(0)])
+    }
+
+    /// The NVLink data counters at `elapsed_ms`, KiB since load: `[tx, rx]`, the played throughput
+    /// integrated exactly (0 without a trace).
+    pub fn nvlink_counters_at(&self, elapsed_ms: u64) -> [u64; 2] {
+        let tx = self.integrate(elapsed_ms, |s| s.nvlink_tx_kbps.unwrap_or(0));
+        let rx = self.integrate(elapsed_ms, |s| s.nvlink_rx_kbps.unwrap_or(0));
+        [tx / 1000, rx / 1000]
+    }
+
+    /// Σ value × ms over the trace from load to `elapsed_ms`, with the trace's loops taken whole.
+    fn integrate(&self, elapsed_ms: u64, value: impl Fn(&Sample) -> u64) -> u64 {
+        let n = self.samples.len() as u64;
+        if n == 0 {
+            return 0;
+        }
+        let per_loop: u64 = self.samples.iter().map(|s| value(s) * self.sample_ms).sum();
+        let step = self.sample_ms;
+        let loops = elapsed_ms / (step * n);
+        let rest = elapsed_ms % (step * n);
+        let whole = (rest / step) as usize;
+        let partial = self.samples[..whole].iter().map(|s| value(s) * step).sum::<u64>()
+            + value(&self.samples[whole % self.samples.len()]) * (rest % step);
+        loops * per_loop + partial
+    }
+
+    /// A trace entry's power, mW: its own, else idle draw plus its utilisation's share of (busy -
+    /// idle), else the steady value.
+    pub fn power_of(&self, s: &Sample) -> u32 {
+        match (s.power_w, s.util_pct) {
+            (Some(w), _) => (w.clamp(0.0, 4_000_000.0) * 1000.0) as u32,
+            (None, Some(u)) => {
+                let idle = 71_000u32.min(self.power_mw);
+                idle + (self.power_mw - idle) / 100 * u.min(100)
+            }
+            (None, None) => self.power_mw,
+        }
+    }
+
+    /// Power at `elapsed_ms`, mW: the trace's, else idle draw plus the share of (busy - idle) that
+    /// utilisation takes.
     pub fn power_at(&self, elapsed_ms: u64) -> u32 {
+        if let Some(s) = self.sample_at(elapsed_ms) {
+            return self.power_of(s);
+        }
         match self.utilization_pattern.as_str() {
             "bursty" => {
                 let idle = 71_000u32.min(self.power_mw);
@@ -371,8 +480,11 @@ impl Gpu {
     }
 
     /// The energy counter at `elapsed_ms`: the start value plus power integrated over time (exactly,
-    /// for both patterns), millijoules.
+    /// for the patterns and for a played trace), millijoules.
     pub fn energy_at(&self, elapsed_ms: u64) -> u64 {
+        if !self.samples.is_empty() {
+            return self.energy_mj + self.integrate(elapsed_ms, |s| u64::from(self.power_of(s))) / 1000;
+        }
         let added = match self.utilization_pattern.as_str() {
             "bursty" => {
                 let (on, off) = (u64::from(self.power_at(0)), u64::from(self.power_at(5_000)));
@@ -444,6 +556,31 @@ mod tests {
         let expected = (671_000 * 2_000 + u64::from(b.power_at(5_000)) * 8_000) / 1000;
         assert_eq!(b.energy_at(10_000), expected);
         assert!(b.energy_at(10_000) > b.energy_at(9_000));
+    }
+
+    #[test]
+    fn traces_play_in_order_loop_and_integrate_exactly() {
+        let g = &Scenario::parse(
+            r#"{"sample_ms": 500, "gpus":[{"energy_mj": 0, "samples": [
+                {"util_pct": 90, "power_w": 600, "nvlink_tx_kbps": 1000, "pcie_rx_kbps": 7},
+                {"util_pct": 10, "power_w": 100, "mem_util_pct": 55, "sm_clock_mhz": 1200, "memory_used_bytes": 5}
+            ]}]}"#,
+        )
+        .expect("parse")
+        .resolved_gpus()[0];
+        assert_eq!((g.utilization_at(0), g.utilization_at(499), g.utilization_at(500)), (90, 90, 10));
+        assert_eq!(g.utilization_at(1000), 90, "it loops");
+        assert_eq!((g.power_at(250), g.power_at(750)), (600_000, 100_000));
+        assert_eq!((g.memory_utilization_at(750), g.memory_used_at(750)), (55, 5));
+        assert_eq!(g.clocks_at(750), [1200, 1200, 2619]);
+        assert_eq!(g.pcie_at(100), [0, 7]);
+        // 1.25 s: a whole loop (600 W × 0.5 s + 100 W × 0.5 s) and a quarter second at 600 W.
+        assert_eq!(g.energy_at(1250), 300_000 + 50_000 + 150_000);
+        // 1,000 KB/s for 0.5 s of each second, then 0.25 s more: 750 KB.
+        assert_eq!(g.nvlink_counters_at(1250), [750, 0]);
+        for bad in [r#"{"gpus":[{"samples":[{"util":5}]}]}"#, r#"{"gpus":[{"samples":[{"power_w":"x"}]}]}"#] {
+            assert!(Scenario::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
