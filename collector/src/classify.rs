@@ -120,14 +120,17 @@ fn series(t: &pb::GpuTelemetry, m: pb::Metric) -> Option<&pb::SeriesStats> {
     t.series.iter().find(|s| s.metric == m as i32)
 }
 
-/// Reads one GPU-window. `None` without utilisation samples.
+/// Samples of history a window needs before its rhythm (or its lack) is judged.
+pub const MIN_HISTORY: u32 = 16;
+
+/// Reads one GPU-window. `None` without utilisation samples, or with fewer than [`MIN_HISTORY`] of
+/// them so far (a new job or agent: no rhythm can show yet, so none is held against it).
 pub fn window(t: &pb::GpuTelemetry) -> Option<Window> {
-    let u = series(t, pb::Metric::GpuUtil)?;
+    let u = series(t, pb::Metric::GpuUtil).filter(|u| u.history >= MIN_HISTORY)?;
     let mean = f64::from(u.mean);
     let cv = if mean > 0.0 { f64::from(u.stddev) / mean } else { 0.0 };
     // A clear rhythm: a strong autocorrelation peak over enough history, in a series that moves.
-    let rhythm =
-        (u.period_ms > 0 && u.period_strength >= 500 && u.history >= 16 && u.stddev >= 30).then_some(u.period_ms);
+    let rhythm = (u.period_ms > 0 && u.period_strength >= 500 && u.stddev >= 30).then_some(u.period_ms);
     let tolerance = |p: u32| u32::max(t.sample_ms, (u64::from(p) * 15 / 100) as u32);
     let synced = rhythm.is_some_and(|p| {
         [pb::Metric::NvlinkTx, pb::Metric::PcieTx, pb::Metric::NvlinkRx, pb::Metric::PcieRx].iter().any(|m| {

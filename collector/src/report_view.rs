@@ -18,6 +18,7 @@ pub fn report_json(r: &gpuattest_proto::pb::UsageReport) -> serde_json::Value {
             "power_mw": g.power_mw, "energy_mj": g.energy_mj, "lost": g.lost,
             "fabric": g.fabric.as_ref().map(|f| json!({"cluster_uuid": f.cluster_uuid, "clique_id": f.clique_id, "state": f.state})),
             "processes": g.processes.iter().map(|p| json!({"pid": p.pid, "used_memory_bytes": p.used_memory_bytes})).collect::<Vec<_>>(),
+            "telemetry": g.telemetry.as_ref().map(telemetry_json),
         })).collect::<Vec<_>>(),
         "processes": r.processes.iter().map(|p| json!({
             "pid": p.pid, "gpu_uuids": p.gpu_uuids, "cmdline": p.cmdline, "user": p.user, "exe": p.exe,
@@ -25,6 +26,8 @@ pub fn report_json(r: &gpuattest_proto::pb::UsageReport) -> serde_json::Value {
             "pod": p.pod.as_ref().map(|k| json!({"namespace": k.namespace, "name": k.name, "owner": k.owner, "service_account": k.service_account})),
             "launch": p.launch.as_ref().map(|l| json!({"kind": l.kind, "framework": l.framework, "world_size": l.world_size, "rank": l.rank})),
             "writing": p.writing,
+            "large_writes": p.large_writes.iter().map(|w| json!({"path": w.path, "size_bytes": w.size_bytes,
+                "modified": crate::timefmt::rfc3339(w.modified_unix_ms), "fs_type": w.fs_type})).collect::<Vec<_>>(),
             "models": p.models.iter().map(|m| json!({"path": m.path, "format": m.format, "header_sha256": m.header_sha256,
                 "name": m.name, "architecture": m.architecture, "parameter_count": m.parameter_count})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
@@ -43,5 +46,25 @@ pub fn report_json(r: &gpuattest_proto::pb::UsageReport) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "landmark_answers": r.landmark_answers.iter().map(|a| json!({"landmark": a.landmark, "answers": a.answers,
             "max_answer_us": a.max_answer_us, "mean_answer_us": a.total_answer_us / u64::from(a.answers.max(1))})).collect::<Vec<_>>(),
+    })
+}
+
+/// Metric names as reviewers read them (the protobuf enum's, lower case).
+fn metric_name(m: i32) -> String {
+    gpuattest_proto::pb::Metric::try_from(m)
+        .map_or_else(|_| format!("metric_{m}"), |m| m.as_str_name().to_ascii_lowercase())
+}
+
+/// One GPU's window statistics, in the wire units (utilisation in 0.1 %, power in 0.1 W, clocks in
+/// MHz, throughput in KB/s, periods in ms, strengths in 0.001).
+fn telemetry_json(t: &gpuattest_proto::pb::GpuTelemetry) -> serde_json::Value {
+    use serde_json::json;
+    json!({
+        "sample_ms": t.sample_ms, "samples": t.samples,
+        "memory_used_trend_bytes_per_s": t.memory_used_trend_bytes_per_s,
+        "unavailable": t.unavailable.iter().map(|m| metric_name(*m)).collect::<Vec<_>>(),
+        "series": t.series.iter().map(|s| json!({"metric": metric_name(s.metric), "mean": s.mean, "min": s.min,
+            "max": s.max, "stddev": s.stddev, "period_ms": s.period_ms, "period_strength": s.period_strength,
+            "history": s.history})).collect::<Vec<_>>(),
     })
 }

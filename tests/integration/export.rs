@@ -64,6 +64,9 @@ fn exports_verify_and_every_alteration_is_caught() {
     assert!(p["totals"]["gpu_hours"].as_f64().is_some_and(|h| h > 0.0));
     assert!(p["flags"].as_array().is_some_and(|f| f.iter().any(|f| f["rule"] == "model-developer")));
     assert!(p["jobs"].as_array().is_some_and(|j| j.iter().all(|j| j["verdict"] == "training")));
+    // The verdict is the job's, from what its GPUs did, with the reasons; not the launcher's name.
+    let reasons = p["jobs"][0]["verdict_reasons"].as_array().cloned().unwrap_or_default();
+    assert!(reasons.iter().any(|r| r.as_str().is_some_and(|r| r.contains("rhythm"))), "{reasons:?}");
     let model = &p["jobs"][0]["models"][0];
     assert_eq!(
         (model["verdict"]["family"].as_str(), model["verdict"]["restricted"].as_bool()),

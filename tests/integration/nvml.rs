@@ -222,3 +222,68 @@ fn nvlink_fabric_cluster_and_clique_are_read_where_the_driver_has_them() {
     // Fabric information is optional: it never marks the GPU's other fields unavailable.
     assert!(g.iter().all(|x| x["unavailable"].as_array().is_some_and(|u| u.iter().all(|e| e["field"] != "fabric"))));
 }
+
+/// The 1 Hz sampler end to end: a trace played by the simulator comes back as signed per-window
+/// statistics with its rhythm; counters the driver lacks are listed as unavailable, not retried.
+#[test]
+fn sampled_counters_reach_the_report_with_their_rhythm() {
+    use gpuattest_tests::{Collector, host, http_get, play_trace, token, wait_for};
+    let t = tempfile::tempdir().expect("tmp");
+    let data = t.path().join("data");
+    let c = Collector::start(&data);
+    let n = crate::streaming::node(t.path(), "node-tel", &[std::process::id()]);
+    // Four-sample steps: three of compute with quiet links, one of all-reduce.
+    let trace: Vec<Value> = (0..40)
+        .map(|i| {
+            let compute = i % 4 < 3;
+            json!({"util_pct": if compute { 96 } else { 20 }, "mem_util_pct": 38, "power_w": if compute { 650.0 } else { 200.0 },
+                   "sm_clock_mhz": 1755, "nvlink_tx_kbps": if compute { 500_000 } else { 40_000_000 },
+                   "memory_used_bytes": 30_000_000_000u64 + i * 1_000_000})
+        })
+        .collect();
+    play_trace(&n.scenario, 0, trace, 25);
+    let mut s: Value = serde_json::from_str(&std::fs::read_to_string(&n.scenario).expect("read")).expect("json");
+    s["gpus"][1]["missing"] = json!(["nvmlDeviceGetPcieThroughput"]);
+    s["gpus"][1]["unsupported"] = json!(["nvlink"]);
+    std::fs::write(&n.scenario, s.to_string()).expect("write");
+    let mut a = crate::streaming::start_agent(
+        &c.url(),
+        &n,
+        &token(&data, "enroll", Some("acme")),
+        "500ms",
+        &["--sample-interval", "25ms"],
+    );
+    let reviewer = token(&data, "reviewer", None);
+    let report = wait_for("a report with a full history", std::time::Duration::from_secs(60), || {
+        let h = host(&data, "node-tel")?;
+        let seq = h["last_seq"].as_u64()?;
+        let (code, body) =
+            http_get(&c.http, &format!("/api/v1/reports/{}/{seq}", h["host_id"].as_str()?), Some(&reviewer));
+        assert_eq!(code, 200, "{body}");
+        let r: Value = serde_json::from_str(&body).ok()?;
+        (r["decoded"]["gpus"][0]["telemetry"]["series"][0]["history"].as_u64()? >= 40).then_some(r)
+    });
+    a.stop();
+    let tel = &report["decoded"]["gpus"][0]["telemetry"];
+    assert_eq!(tel["sample_ms"], 25, "{tel}");
+    assert!(tel["samples"].as_u64().is_some_and(|n| (10..=30).contains(&n)), "about 20 samples a window: {tel}");
+    let series = |name: &str| tel["series"].as_array().and_then(|v| v.iter().find(|s| s["metric"] == name).cloned());
+    let util = series("gpu_util").expect("utilisation");
+    assert_eq!((util["min"].as_u64(), util["max"].as_u64()), (Some(200), Some(960)), "{util}");
+    assert_eq!(util["period_ms"], 100, "a four-sample step at 25 ms: {util}");
+    assert!(util["period_strength"].as_u64() > Some(500), "{util}");
+    let link = series("nvlink_tx").expect("nvlink from the data counters");
+    assert_eq!(link["period_ms"], 100, "{link}");
+    assert!(link["max"].as_u64() > Some(20_000_000), "the all-reduce burst: {link}");
+    assert!(series("sm_clock").is_some_and(|s| s["mean"] == 1755), "{tel}");
+    assert!(tel["memory_used_trend_bytes_per_s"].as_i64().is_some_and(|v| v > 0), "memory grows: {tel}");
+    let other = &report["decoded"]["gpus"][1]["telemetry"];
+    let unavailable: Vec<&str> =
+        other["unavailable"].as_array().expect("list").iter().filter_map(Value::as_str).collect();
+    assert_eq!(unavailable, ["pcie_tx", "pcie_rx", "nvlink_tx", "nvlink_rx"], "{other}");
+    assert!(
+        other["series"]
+            .as_array()
+            .is_some_and(|s| s.iter().all(|x| !x["metric"].as_str().unwrap_or("").starts_with("pcie")))
+    );
+}

@@ -185,6 +185,9 @@ pub fn build(
             let key = format!("{}|{job}", row.host_id);
             let entry = jobs.entry(key).or_insert_with(|| {
                 let launch = p.launch.clone().unwrap_or_default();
+                // The job's verdict from its behaviour, as judged at export time; the launcher is only
+                // what the process calls itself.
+                let judged = store.job(&job).ok().flatten().map(|j| j.verdict);
                 json!({
                     "job": job,
                     "host_id": row.host_id,
@@ -194,7 +197,10 @@ pub fn build(
                     "pod_uid": p.pod_uid,
                     "slurm_job_id": p.slurm_job_id,
                     "launch": {"kind": launch.kind, "framework": launch.framework, "world_size": launch.world_size},
-                    "verdict": if launch.kind.is_empty() { "unknown".to_string() } else { launch.kind.clone() },
+                    "verdict": judged.as_ref().map_or("unknown", |v| v.kind.as_str()),
+                    "verdict_confidence": judged.as_ref().map(|v| v.confidence),
+                    "verdict_reasons": judged.as_ref().map(|v| v.reasons.clone()),
+                    "verdict_tenant_controlled": judged.as_ref().map(|v| v.tenant_controlled.clone()),
                     "models": p.models.iter().map(|m| {
                         let fp = json!({
                             "format": m.format, "header_sha256": m.header_sha256, "name": m.name, "organization": m.organization,

@@ -163,7 +163,12 @@ function showJob(j) {
   reasons.replaceChildren();
   if (!j) { $("j-verdict").textContent = "no job accounting for this flag"; $("j-compute").textContent = ""; return; }
   $("j-verdict").textContent = j.verdict.kind + " (" + Math.round(j.verdict.confidence * 100) + "% confidence) on " + j.hosts.length + " host(s), " + j.gpus + " GPU(s)";
-  for (const r of j.verdict.reasons) reasons.appendChild(el("li", r));
+  // Evidence the tenant controls (names) is marked, so reviewers weigh it as such.
+  j.verdict.reasons.forEach((r, i) => {
+    const li = el("li", r);
+    if (j.verdict.tenant_controlled && j.verdict.tenant_controlled[i]) li.className = "tenant-controlled";
+    reasons.appendChild(li);
+  });
   $("j-compute").textContent = j.gpu_hours.toFixed(3) + " GPU-hours · " + (j.energy_joules / 3.6e6).toFixed(3) + " kWh · at most " +
     j.ops_upper_bound.toExponential(2) + " operations, estimated " + j.ops_estimate.toExponential(2);
 }
