@@ -2,14 +2,17 @@
 //! accept inbound traffic), answers its timed challenges with the host key, and keeps the signed
 //! measurement records it sends back for the next report. Each landmark has its own task, so an
 //! answer never waits behind report work; the landmark, not the agent, times the round trip and signs
-//! the record, so the agent cannot shorten what it carries.
+//! the record, so the agent cannot shorten what it carries. Where the GPUs are in confidential-computing
+//! mode, the landmark also sends GPU-bound challenges, answered with a GPU's attestation report over a
+//! nonce derived from the challenge: then the chip, not only the host key, is timed.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gpuattest_proto::landmark::{
-    ANSWER, CHALLENGE, HELLO, RECORD, answer_message, read_frame, record_verifies, write_frame,
+    ANSWER, CHALLENGE, GPU_ANSWER, GPU_CHALLENGE, HELLO, RECORD, answer_message, gpu_nonce, read_frame,
+    record_verifies, write_frame,
 };
 use gpuattest_proto::pb;
 use prost::Message;
@@ -73,7 +76,20 @@ pub struct HostKey {
     pub host_id: String,
     /// The host's signing key (answers are signed with it).
     pub key: Arc<Ed25519KeyPair>,
+    /// The GPUs, for GPU-bound challenges (none: host-key challenges only).
+    pub gpus: Option<Arc<dyn GpuAttester>>,
 }
+
+/// The host's GPUs as landmark tasks see them: which can attest, and an attestation over a nonce.
+pub trait GpuAttester: Send + Sync {
+    /// GPUs in confidential-computing mode; `None` until the GPUs have been observed once.
+    fn attesting(&self) -> Option<Vec<String>>;
+    /// `uuid`'s attestation report over `nonce` (blocking: a driver call).
+    fn attest(&self, uuid: &str, nonce: &[u8; 32]) -> Option<pb::GpuAttestation>;
+}
+
+/// How long a landmark task waits for the first observation to learn which GPUs can attest.
+pub const GPU_LIST_WAIT: Duration = Duration::from_secs(30);
 
 /// Keeps one task per landmark in the latest list the collector sent, until `stop` turns true.
 pub async fn supervise(
@@ -129,9 +145,29 @@ async fn connection(l: &pb::Landmark, host: &HostKey, records: &Records) -> Resu
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
-    let hello =
-        pb::LandmarkHello { host_id: host.host_id.clone(), public_key: host.key.public_key().as_ref().to_vec() };
+    // The GPUs in confidential-computing mode, once the first observation has said which they are.
+    let mut attesting = Vec::new();
+    if let Some(g) = &host.gpus {
+        let until = tokio::time::Instant::now() + GPU_LIST_WAIT;
+        loop {
+            if let Some(list) = g.attesting() {
+                attesting = list;
+                break;
+            }
+            if tokio::time::Instant::now() > until {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let hello = pb::LandmarkHello {
+        host_id: host.host_id.clone(),
+        public_key: host.key.public_key().as_ref().to_vec(),
+        attesting_gpus: attesting.clone(),
+    };
     write_frame(&mut s, HELLO, &hello.encode_to_vec()).await.map_err(|e| e.to_string())?;
+    let gpu_name = format!("{}/gpu", l.name);
+    let mut turn = 0usize;
     loop {
         let (kind, payload) = tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut s))
             .await
@@ -144,6 +180,22 @@ async fn connection(l: &pb::Landmark, host: &HostKey, records: &Records) -> Resu
                 write_frame(&mut s, ANSWER, sig.as_ref()).await.map_err(|e| e.to_string())?;
                 records.answered(&l.name, read_at.elapsed());
             }
+            GPU_CHALLENGE if payload.len() == 32 && !attesting.is_empty() => {
+                let read_at = std::time::Instant::now();
+                let (Some(g), Ok(challenge)) = (host.gpus.clone(), <[u8; 32]>::try_from(payload.as_slice())) else {
+                    return Err("a GPU-bound challenge without GPUs to answer it".into());
+                };
+                // The GPUs take turns, so each proves its own place over time.
+                let uuid = attesting[turn % attesting.len()].clone();
+                turn = turn.wrapping_add(1);
+                let nonce = gpu_nonce(&challenge, &l.name, &host.host_id);
+                let answer = tokio::task::spawn_blocking(move || g.attest(&uuid, &nonce))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| "the GPU gave no attestation for a GPU-bound challenge".to_string())?;
+                write_frame(&mut s, GPU_ANSWER, &answer.encode_to_vec()).await.map_err(|e| e.to_string())?;
+                records.answered(&gpu_name, read_at.elapsed());
+            }
             RECORD => {
                 let r = pb::SignedLocationRecord::decode(payload.as_slice()).map_err(|e| e.to_string())?;
                 // Only what this landmark signed is worth carrying.
@@ -151,7 +203,8 @@ async fn connection(l: &pb::Landmark, host: &HostKey, records: &Records) -> Resu
                     return Err("a record the landmark's key did not sign".into());
                 }
                 debug!(landmark = %l.name, "location record received");
-                records.put(&l.name, r);
+                let gpu = pb::LocationRecord::decode(r.record.as_slice()).is_ok_and(|x| x.kind == "gpu");
+                records.put(if gpu { &gpu_name } else { &l.name }, r);
             }
             _ => return Err(format!("unexpected frame kind {kind}")),
         }

@@ -178,6 +178,9 @@ pub struct Observer {
     attested_nonce: Option<[u8; 32]>,
     /// The 1 Hz counters since the last observation.
     sampler: crate::telemetry::Sampler,
+    /// GPUs in confidential-computing mode at the latest observation (they answer GPU-bound
+    /// landmark challenges); `None` before the first observation.
+    attesting: Option<Vec<String>>,
 }
 
 fn read_trimmed(path: &std::path::Path) -> String {
@@ -198,7 +201,18 @@ impl Observer {
             pods: None,
             attested_nonce: None,
             sampler: crate::telemetry::Sampler::new(1000),
+            attesting: None,
         }
+    }
+
+    /// GPUs in confidential-computing mode at the latest observation; `None` before the first.
+    pub fn attesting_gpus(&self) -> Option<Vec<String>> {
+        self.attesting.clone()
+    }
+
+    /// One GPU's attestation report over `nonce` (a landmark's GPU-bound challenge).
+    pub fn attest_gpu(&mut self, uuid: &str, nonce: &[u8; 32]) -> Option<crate::gpu::Attestation> {
+        self.gpus.attest_one(uuid, nonce)
     }
 
     /// Sets the interval [`Observer::sample`] is called at (1 s by default), for the periods it reports.
@@ -309,6 +323,11 @@ impl Observer {
             Some((h, a, _, _)) => (h.clone(), a.clone()),
             None => (self.host_facts(), Vec::new()),
         };
+        self.attesting = Some(if snapshot.confidential_compute.enabled == Some(true) {
+            snapshot.gpus.iter().filter(|g| !g.lost && !g.uuid.is_empty()).map(|g| g.uuid.clone()).collect()
+        } else {
+            Vec::new()
+        });
         let attestations = match nonce {
             Some(n) if snapshot.confidential_compute.enabled == Some(true) && self.attested_nonce != Some(n) => {
                 self.attested_nonce = Some(n);

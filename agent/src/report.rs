@@ -48,6 +48,19 @@ fn fingerprint(m: &ModelFingerprint) -> pb::ModelFingerprint {
     }
 }
 
+/// A GPU's attestation as the wire carries it.
+pub fn attestation(a: &crate::gpu::Attestation) -> pb::GpuAttestation {
+    pb::GpuAttestation {
+        gpu_uuid: a.gpu_uuid.clone(),
+        nonce: a.nonce.clone(),
+        report: a.report.clone(),
+        cec_report: a.cec_report.clone(),
+        cert_chain: a.cert_chain.clone(),
+        attestation_cert_chain: a.attestation_cert_chain.clone(),
+        error: a.error.clone().unwrap_or_default(),
+    }
+}
+
 /// A window's statistics in wire units (rounded to whole units; negative values cannot occur).
 fn telemetry(t: &crate::telemetry::Telemetry) -> pb::GpuTelemetry {
     let whole = |x: f64| x.round().clamp(0.0, f64::from(u32::MAX)) as u32;
@@ -231,19 +244,7 @@ pub fn build(obs: &Observation, ctx: &ReportContext) -> pb::UsageReport {
             accepting_work: obs.confidential_compute.accepting_work,
             unavailable: obs.confidential_compute.unavailable.clone().unwrap_or_default(),
         }),
-        attestations: obs
-            .attestations
-            .iter()
-            .map(|a| pb::GpuAttestation {
-                gpu_uuid: a.gpu_uuid.clone(),
-                nonce: a.nonce.clone(),
-                report: a.report.clone(),
-                cec_report: a.cec_report.clone(),
-                cert_chain: a.cert_chain.clone(),
-                attestation_cert_chain: a.attestation_cert_chain.clone(),
-                error: a.error.clone().unwrap_or_default(),
-            })
-            .collect(),
+        attestations: obs.attestations.iter().map(attestation).collect(),
         interval_ms: ctx.interval_ms,
         location_records: ctx.location_records.clone(),
         landmark_answers: ctx.landmark_answers.clone(),

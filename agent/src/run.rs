@@ -175,6 +175,20 @@ impl Shared {
     }
 }
 
+/// The observer's GPUs, for landmarks' GPU-bound challenges.
+struct ObserverGpus(Arc<Mutex<Observer>>);
+
+impl crate::landmarks::GpuAttester for ObserverGpus {
+    fn attesting(&self) -> Option<Vec<String>> {
+        // Never wait behind an observation here (an async task asks): busy means "ask again".
+        self.0.try_lock().ok().and_then(|o| o.attesting_gpus())
+    }
+
+    fn attest(&self, uuid: &str, nonce: &[u8; 32]) -> Option<pb::GpuAttestation> {
+        lock(&self.0).attest_gpu(uuid, nonce).map(|a| crate::report::attestation(&a))
+    }
+}
+
 pub(crate) fn hex_decode(s: &str) -> Vec<u8> {
     (0..s.len() / 2).filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()).collect()
 }
@@ -254,12 +268,6 @@ pub async fn run(cfg: RunConfig, mut observer: Observer, mut shutdown: watch::Re
         landmarks: tokio::sync::watch::Sender::new(Vec::new()),
         location: Arc::new(crate::landmarks::Records::default()),
     });
-    tokio::spawn(crate::landmarks::supervise(
-        shared.landmarks.subscribe(),
-        Arc::new(crate::landmarks::HostKey { host_id: host_id.clone(), key: shared.identity.shared_key() }),
-        shared.location.clone(),
-        shutdown.clone(),
-    ));
 
     if let Some(addr) = cfg.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -281,7 +289,7 @@ pub async fn run(cfg: RunConfig, mut observer: Observer, mut shutdown: watch::Re
     }
     // The sender has its own stop signal: on shutdown it first gets a moment to drain the spool.
     let (sender_stop_tx, sender_stop) = watch::channel(false);
-    let mut sender = tokio::spawn(send_loop(shared.clone(), cfg.clone(), host_id, sender_stop));
+    let mut sender = tokio::spawn(send_loop(shared.clone(), cfg.clone(), host_id.clone(), sender_stop));
     let mut revoked: Option<String> = None;
     // Reports lost to a damaged spool are accounted for with signed gap records: loss is never silent.
     for (first, last) in holes {
@@ -300,6 +308,16 @@ pub async fn run(cfg: RunConfig, mut observer: Observer, mut shutdown: watch::Re
         shared.produce(&obs, obs.observed_at_unix_ms, Some(gap))?;
     }
     let observer = Arc::new(Mutex::new(observer));
+    tokio::spawn(crate::landmarks::supervise(
+        shared.landmarks.subscribe(),
+        Arc::new(crate::landmarks::HostKey {
+            host_id: host_id.clone(),
+            key: shared.identity.shared_key(),
+            gpus: Some(Arc::new(ObserverGpus(observer.clone()))),
+        }),
+        shared.location.clone(),
+        shutdown.clone(),
+    ));
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sampler = tokio::time::interval(cfg.sample_interval);

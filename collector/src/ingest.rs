@@ -302,19 +302,22 @@ impl Ingest {
     ) -> Result<(Vec<crate::store::Measurement>, Vec<crate::store::NewFlag>), Status> {
         let landmarks = self.store.landmarks().map_err(|e| internal(&e))?;
         let keys = [host.key_id.clone(), key_id.to_vec()];
-        let (keep, refused) = crate::location::check_records(report, &host.host_id, &keys, &landmarks, now);
+        let (keep, refused) =
+            crate::location::check_records(report, &host.host_id, &keys, &landmarks, policy.evidence(), now);
         for r in &refused {
             warn!(host_id = %host.host_id, reason = %r, "location record refused");
         }
         let mut all = self.store.measurements(&host.host_id).map_err(|e| internal(&e))?;
         for m in &keep {
-            all.retain(|o| o.landmark != m.landmark || o.measured_at > m.measured_at);
-            if !all.iter().any(|o| o.landmark == m.landmark) {
+            let same = |o: &crate::store::Measurement| o.landmark == m.landmark && o.kind == m.kind;
+            all.retain(|o| !same(o) || o.measured_at > m.measured_at);
+            if !all.iter().any(same) {
                 all.push(m.clone());
             }
         }
         let site = self.store.site(&host.host_id).map_err(|e| internal(&e))?;
-        let v = crate::location::verdict(policy.location(), site.as_ref(), &landmarks, &all, now);
+        let gpus_attest = self.store.has_attesting_gpus(&host.host_id).map_err(|e| internal(&e))?;
+        let v = crate::location::verdict(policy.location(), site.as_ref(), &landmarks, &all, gpus_attest, now);
         Ok((keep, policy.location_flags(ctx, report, &v, &refused)))
     }
 

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gpuattest_proto::landmark::{
-    ANSWER, CHALLENGE, HELLO, RECORD, answer_verifies, read_frame, record_message, write_frame,
+    ANSWER, CHALLENGE, GPU_ANSWER, GPU_CHALLENGE, HELLO, RECORD, answer_verifies, gpu_nonce, read_frame,
+    record_message, write_frame,
 };
 use gpuattest_proto::pb;
 use prost::Message;
@@ -34,7 +35,12 @@ pub struct LandmarkConfig {
     pub spacing: Duration,
     /// Pause between rounds on one connection.
     pub every: Duration,
+    /// GPU-bound challenges per round, for hosts that name GPUs in confidential-computing mode (0: none).
+    pub gpu_rounds: u32,
 }
+
+/// How long a GPU has to attest (real GPUs take tens to hundreds of milliseconds).
+pub const GPU_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves agents on `listener` until `shutdown` resolves.
 pub async fn serve(
@@ -111,12 +117,80 @@ async fn connection(mut stream: TcpStream, cfg: &LandmarkConfig, key: &ExportKey
             median_rtt_us: rtts.get(rtts.len() / 2).copied().unwrap_or_default(),
             rounds: cfg.rounds,
             measured_at_unix_ms: crate::now_ms(),
+            ..Default::default()
         }
         .encode_to_vec();
         let signature = key.sign(&record_message(&record));
         let signed = pb::SignedLocationRecord { record, signature }.encode_to_vec();
         write_frame(&mut stream, RECORD, &signed).await.map_err(|e| e.to_string())?;
         info!(host_id = %hello.host_id, min_rtt_us = rtts.first().copied().unwrap_or_default(), "measured");
+        if cfg.gpu_rounds > 0 && !hello.attesting_gpus.is_empty() {
+            gpu_round(&mut stream, cfg, key, &hello, &rng).await?;
+        }
         tokio::time::sleep(cfg.every).await;
     }
+}
+
+/// One GPU-bound measurement: challenges answered by a GPU's attestation report over
+/// [`gpu_nonce`], timed like host-key answers. The landmark checks that each answer is a report over
+/// exactly that nonce from a GPU the host named, and keeps the fastest answer whole in its record; the
+/// collector verifies its signature and certificate chain against its trust anchors.
+async fn gpu_round(
+    stream: &mut TcpStream,
+    cfg: &LandmarkConfig,
+    key: &ExportKey,
+    hello: &pb::LandmarkHello,
+    rng: &ring::rand::SystemRandom,
+) -> Result<(), String> {
+    let mut rtts = Vec::with_capacity(cfg.gpu_rounds as usize);
+    let mut fastest: Option<(u64, [u8; 32], pb::GpuAttestation)> = None;
+    for i in 0..cfg.gpu_rounds {
+        if i > 0 {
+            tokio::time::sleep(cfg.spacing).await;
+        }
+        let mut nonce = [0u8; 32];
+        rng.fill(&mut nonce).map_err(|_| "no randomness".to_string())?;
+        let expected = gpu_nonce(&nonce, &cfg.name, &hello.host_id);
+        let sent = Instant::now();
+        write_frame(stream, GPU_CHALLENGE, &nonce).await.map_err(|e| e.to_string())?;
+        let (kind, payload) = tokio::time::timeout(GPU_ANSWER_TIMEOUT, read_frame(stream))
+            .await
+            .map_err(|_| "no GPU answer within 10 s".to_string())?
+            .map_err(|e| e.to_string())?;
+        let rtt = sent.elapsed().as_micros() as u64;
+        let a = pb::GpuAttestation::decode(payload.as_slice()).map_err(|e| format!("GPU answer: {e}"))?;
+        let over = gpuattest_evidence::Report::parse(&a.report).map(|r| r.request_nonce);
+        if kind != GPU_ANSWER || !hello.attesting_gpus.contains(&a.gpu_uuid) || over.as_ref().ok() != Some(&expected) {
+            return Err(format!(
+                "host {}: a GPU answer that is not an attestation over this challenge by a GPU it named",
+                hello.host_id
+            ));
+        }
+        rtts.push(rtt);
+        if fastest.as_ref().is_none_or(|(t, _, _)| rtt < *t) {
+            fastest = Some((rtt, expected, a));
+        }
+    }
+    let Some((min_rtt, gpu_nonce_bytes, a)) = fastest else { return Ok(()) };
+    rtts.sort_unstable();
+    let record = pb::LocationRecord {
+        host_id: hello.host_id.clone(),
+        landmark: cfg.name.clone(),
+        host_key_id: gpuattest_proto::sha256(&hello.public_key).to_vec(),
+        min_rtt_us: min_rtt,
+        median_rtt_us: rtts.get(rtts.len() / 2).copied().unwrap_or_default(),
+        rounds: cfg.gpu_rounds,
+        measured_at_unix_ms: crate::now_ms(),
+        kind: "gpu".into(),
+        gpu_uuid: a.gpu_uuid,
+        gpu_nonce: gpu_nonce_bytes.to_vec(),
+        gpu_report: a.report,
+        gpu_cert_chain: if a.attestation_cert_chain.is_empty() { a.cert_chain } else { a.attestation_cert_chain },
+    }
+    .encode_to_vec();
+    let signature = key.sign(&record_message(&record));
+    let signed = pb::SignedLocationRecord { record, signature }.encode_to_vec();
+    write_frame(stream, RECORD, &signed).await.map_err(|e| e.to_string())?;
+    info!(host_id = %hello.host_id, min_rtt_us = min_rtt, "measured a GPU-bound round trip");
+    Ok(())
 }

@@ -36,6 +36,11 @@ pub struct LocationPolicy {
     /// A host with a registered site whose location is still not verified this long after it
     /// enrolled is flagged `location-unverified`, e.g. `24h`.
     pub unverified_after: String,
+    /// The least time a GPU takes to produce an attestation report, µs, by GPU product name (the
+    /// first key contained in the name wins; `*` for any other): subtracted from GPU-bound round trips
+    /// before converting them to distance. Calibrate it as the minimum over many calls on that model
+    /// (never a typical value), so the bound stays sound; unset, nothing is subtracted.
+    pub gpu_attestation_floor_us: std::collections::BTreeMap<String, u64>,
 }
 
 impl Default for LocationPolicy {
@@ -46,6 +51,7 @@ impl Default for LocationPolicy {
             window: "1h".into(),
             processing_floor_us: 0,
             unverified_after: "24h".into(),
+            gpu_attestation_floor_us: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -66,6 +72,22 @@ impl LocationPolicy {
             .map_err(|e| format!("location.unverified_after: {e}"))?;
         let w = gpuattest_proto::units::parse_duration(&self.window).map_err(|e| format!("location.window: {e}"))?;
         Ok(w.as_millis() as i64)
+    }
+
+    /// The attestation-time floor for a GPU product name, µs.
+    pub fn gpu_floor_us(&self, model: &str) -> u64 {
+        let lower = model.to_ascii_lowercase();
+        self.gpu_attestation_floor_us
+            .iter()
+            .find(|(k, _)| *k != "*" && lower.contains(&k.to_ascii_lowercase()))
+            .or_else(|| self.gpu_attestation_floor_us.get_key_value("*"))
+            .map_or(0, |(_, v)| *v)
+    }
+
+    /// Whether the policy gives an attestation-time floor for this GPU product name.
+    pub fn gpu_floor_configured(&self, model: &str) -> bool {
+        let lower = model.to_ascii_lowercase();
+        self.gpu_attestation_floor_us.keys().any(|k| k == "*" || lower.contains(&k.to_ascii_lowercase()))
     }
 
     /// `unverified_after`, ms (24 h if unreadable; `validate` refuses that at load).
@@ -105,6 +127,9 @@ pub struct Disc {
     pub lon: f64,
     /// When it measured (RFC 3339).
     pub measured_at: String,
+    /// For a GPU-bound disc: the GPU whose attestation answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_uuid: Option<String>,
 }
 
 /// A host's location verdict.
@@ -114,43 +139,84 @@ pub struct Verdict {
     pub verdict: &'static str,
     /// The tightest disc containing the site, km (for `verified`, the precision).
     pub precision_km: Option<f64>,
-    /// Each landmark's disc, within the window.
+    /// Each landmark's disc from host-key answers, within the window.
     pub landmarks: Vec<Disc>,
+    /// Each landmark's disc from GPU attestation answers (GPUs in confidential-computing mode).
+    pub gpu_landmarks: Vec<Disc>,
+    /// Why a relay is suspected: the host key answers from near the site, the GPUs cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_suspected: Option<String>,
     /// The registered site.
     pub site: Option<Site>,
     /// A sentence: why this verdict.
     pub reason: String,
 }
 
-/// The verdict for a host at `site` from its latest `measurements`, at `now` (Unix ms).
+/// The disc that excludes the site by the most.
+fn worst(discs: &[Disc]) -> Option<&Disc> {
+    discs.iter().filter(|d| d.site_distance_km.is_some_and(|s| s > d.bound_km)).max_by(|a, b| {
+        let ex = |d: &Disc| d.site_distance_km.unwrap_or(0.0) - d.bound_km;
+        ex(a).total_cmp(&ex(b))
+    })
+}
+
+/// The landmark where a GPU-bound answer lags the host key's the most, beyond the GPU model's
+/// calibrated attestation time: (landmark, GPU, lag µs). Only models with a configured floor count:
+/// without one, attestation time and distance cannot be told apart.
+fn gpu_behind_key(
+    policy: &LocationPolicy,
+    measurements: &[Measurement],
+    window: i64,
+    now: i64,
+) -> Option<(String, String, u64)> {
+    use crate::store::measurement_kind::{GPU, KEY};
+    let recent = || measurements.iter().filter(move |m| now - m.measured_at <= window);
+    recent()
+        .filter(|g| g.kind == GPU && policy.gpu_floor_configured(&g.gpu_model))
+        .filter_map(|g| {
+            let k = recent().find(|k| k.kind == KEY && k.landmark == g.landmark)?;
+            let lag = g.min_rtt_us.saturating_sub(policy.gpu_floor_us(&g.gpu_model)).saturating_sub(k.min_rtt_us);
+            Some((g.landmark.clone(), g.gpu_uuid.clone(), lag))
+        })
+        .max_by_key(|x| x.2)
+}
+
+/// The verdict for a host at `site` from its latest `measurements` (host-key and GPU-bound), at `now`
+/// (Unix ms). `gpus_attest`: the host's GPUs are in confidential-computing mode, so `verified` also
+/// needs GPU-bound measurements (a copied host key proves nothing about where the chips are).
 pub fn verdict(
     policy: &LocationPolicy,
     site: Option<&Site>,
     landmarks: &[LandmarkRow],
     measurements: &[Measurement],
+    gpus_attest: bool,
     now: i64,
 ) -> Verdict {
     let window = policy.validate().unwrap_or(3_600_000);
-    let discs: Vec<Disc> = measurements
-        .iter()
-        .filter(|m| now - m.measured_at <= window)
-        .filter_map(|m| {
-            let l = landmarks.iter().find(|l| l.name == m.landmark)?;
-            Some(Disc {
-                name: m.landmark.clone(),
-                min_rtt_us: m.min_rtt_us,
-                bound_km: bound_km(m.min_rtt_us, policy.processing_floor_us),
-                site_distance_km: site.map(|s| distance_km(l.lat, l.lon, s.lat, s.lon)),
-                lat: l.lat,
-                lon: l.lon,
-                measured_at: crate::timefmt::rfc3339(m.measured_at),
-            })
+    let disc = |m: &Measurement| {
+        let l = landmarks.iter().find(|l| l.name == m.landmark)?;
+        let gpu = m.kind == crate::store::measurement_kind::GPU;
+        let floor = policy.processing_floor_us + if gpu { policy.gpu_floor_us(&m.gpu_model) } else { 0 };
+        Some(Disc {
+            name: m.landmark.clone(),
+            min_rtt_us: m.min_rtt_us,
+            bound_km: bound_km(m.min_rtt_us, floor),
+            site_distance_km: site.map(|s| distance_km(l.lat, l.lon, s.lat, s.lon)),
+            lat: l.lat,
+            lon: l.lon,
+            measured_at: crate::timefmt::rfc3339(m.measured_at),
+            gpu_uuid: gpu.then(|| m.gpu_uuid.clone()),
         })
-        .collect();
+    };
+    let recent = measurements.iter().filter(|m| now - m.measured_at <= window);
+    let (gpu, key): (Vec<&Measurement>, Vec<&Measurement>) =
+        recent.partition(|m| m.kind == crate::store::measurement_kind::GPU);
     let mut v = Verdict {
         verdict: "unregistered",
         precision_km: None,
-        landmarks: discs,
+        landmarks: key.into_iter().filter_map(disc).collect(),
+        gpu_landmarks: gpu.into_iter().filter_map(disc).collect(),
+        relay_suspected: None,
         site: site.cloned(),
         reason: String::new(),
     };
@@ -158,12 +224,7 @@ pub fn verdict(
         v.reason = "no registered site: `hosts set-site`, or enroll with a token that has one".into();
         return v;
     }
-    // The landmark that excludes the site by the most.
-    let worst = v.landmarks.iter().filter(|d| d.site_distance_km.is_some_and(|s| s > d.bound_km)).max_by(|a, b| {
-        let ex = |d: &Disc| d.site_distance_km.unwrap_or(0.0) - d.bound_km;
-        ex(a).total_cmp(&ex(b))
-    });
-    if let Some(d) = worst {
+    if let Some(d) = worst(&v.landmarks) {
         v.verdict = "inconsistent";
         v.reason = format!(
             "landmark {} answered in {} µs, so the host is within {:.0} km of it; the registered site is {:.0} km away",
@@ -174,8 +235,47 @@ pub fn verdict(
         );
         return v;
     }
-    v.precision_km = v.landmarks.iter().map(|d| d.bound_km).min_by(f64::total_cmp);
-    if v.landmarks.len() < policy.min_landmarks {
+    if let Some(d) = worst(&v.gpu_landmarks) {
+        // The host key answers as if from the site; a GPU cannot: the key is somewhere the chips are not.
+        v.verdict = "inconsistent";
+        v.reason = format!(
+            "GPU {} attested to landmark {}'s challenge in {} µs, so the chip is within {:.0} km of it; the registered site is {:.0} km away",
+            d.gpu_uuid.as_deref().unwrap_or("?"),
+            d.name,
+            d.min_rtt_us,
+            d.bound_km,
+            d.site_distance_km.unwrap_or(0.0)
+        );
+        v.relay_suspected = Some(format!(
+            "the host key answers every landmark as if from the registered site, but the GPUs cannot: {}; the key is being used away from its GPUs (a relay)",
+            v.reason
+        ));
+        return v;
+    }
+    // Where the model's attestation time is calibrated, a GPU that answers a landmark much later than
+    // the host key does (beyond that time) is farther from it than the key: the key answers elsewhere.
+    let excess = gpu_behind_key(policy, measurements, window, now);
+    if let Some((landmark, uuid, excess_us)) = excess.filter(|(_, _, us)| bound_km(*us, 0) > policy.tolerance_km) {
+        v.verdict = "inconsistent";
+        v.reason = format!(
+            "GPU {uuid} answered landmark {landmark} {:.1} ms later than the host key, beyond its model's attestation time: the chip is about {:.0} km farther from that landmark than whatever answers with the host key",
+            excess_us as f64 / 1000.0,
+            bound_km(excess_us, 0)
+        );
+        v.relay_suspected = Some(format!("the host key and the GPUs answer from different places: {}", v.reason));
+        return v;
+    }
+    let key_precision = v.landmarks.iter().map(|d| d.bound_km).min_by(f64::total_cmp);
+    let gpu_precision = v.gpu_landmarks.iter().map(|d| d.bound_km).min_by(f64::total_cmp);
+    // With GPUs that attest, the place proven is the chips' only as precisely as their discs allow.
+    v.precision_km = match (key_precision, gpu_precision) {
+        (Some(k), Some(g)) if gpus_attest => Some(k.max(g)),
+        (k, _) => k,
+    };
+    if gpus_attest && v.gpu_landmarks.is_empty() {
+        v.verdict = "insufficient";
+        v.reason = "the host's GPUs are in confidential-computing mode but none answered a GPU-bound challenge within the window: the host key alone does not place the chips".into();
+    } else if v.landmarks.len() < policy.min_landmarks {
         v.verdict = "insufficient";
         v.reason = format!(
             "{} landmark(s) measured this host within the window; the policy asks for {}",
@@ -208,7 +308,8 @@ pub fn host_verdict(
     now: i64,
 ) -> Result<Verdict, crate::store::StoreError> {
     let site = store.site(host_id)?;
-    Ok(verdict(policy, site.as_ref(), landmarks, &store.measurements(host_id)?, now))
+    let gpus_attest = store.has_attesting_gpus(host_id)?;
+    Ok(verdict(policy, site.as_ref(), landmarks, &store.measurements(host_id)?, gpus_attest, now))
 }
 
 /// Fills what `hosts list`, the hosts API and the demo show beside each host's accounting: each GPU's
@@ -241,6 +342,7 @@ pub fn check_records(
     host_id: &str,
     key_ids: &[Vec<u8>],
     landmarks: &[LandmarkRow],
+    evidence: &crate::evidence::EvidencePolicy,
     now: i64,
 ) -> (Vec<Measurement>, Vec<String>) {
     let mut keep = Vec::new();
@@ -266,6 +368,33 @@ pub fn check_records(
             refused.push(format!("landmark {}'s record is dated in the future or has no rounds", l.name));
             continue;
         }
+        let gpu = r.kind == crate::store::measurement_kind::GPU;
+        let mut gpu_model = String::new();
+        if gpu {
+            // The chip's own answer: its report must verify over the nonce the landmark derived from
+            // its challenge, under a trusted root, and come from a GPU this report lists.
+            let Some(g) = report.gpus.iter().find(|g| g.uuid == r.gpu_uuid && !r.gpu_uuid.is_empty()) else {
+                refused.push(format!(
+                    "landmark {}'s GPU-bound record names GPU {:?}, not one of this host's",
+                    l.name, r.gpu_uuid
+                ));
+                continue;
+            };
+            let v = evidence.verifier.verify(&r.gpu_report, &r.gpu_cert_chain, &r.gpu_nonce, now / 1000);
+            if !v.valid {
+                refused.push(format!(
+                    "landmark {}'s GPU-bound record carries an attestation of GPU {} that does not verify: {}",
+                    l.name,
+                    r.gpu_uuid,
+                    v.errors.join("; ")
+                ));
+                continue;
+            }
+            gpu_model = g.name.clone();
+        } else if !r.kind.is_empty() && r.kind != crate::store::measurement_kind::KEY {
+            refused.push(format!("landmark {}'s record is of unknown kind {:?}", l.name, r.kind));
+            continue;
+        }
         keep.push(Measurement {
             landmark: l.name.clone(),
             min_rtt_us: r.min_rtt_us,
@@ -274,6 +403,9 @@ pub fn check_records(
             measured_at: r.measured_at_unix_ms,
             record: s.record.clone(),
             signature: s.signature.clone(),
+            kind: if gpu { crate::store::measurement_kind::GPU } else { crate::store::measurement_kind::KEY }.into(),
+            gpu_uuid: r.gpu_uuid.clone(),
+            gpu_model,
         });
     }
     (keep, refused)
@@ -303,7 +435,61 @@ mod tests {
             measured_at: 1_000,
             record: vec![],
             signature: vec![],
+            kind: "key".into(),
+            gpu_uuid: String::new(),
+            gpu_model: String::new(),
         }
+    }
+
+    fn g(name: &str, rtt: u64) -> Measurement {
+        Measurement {
+            kind: "gpu".into(),
+            gpu_uuid: "GPU-1".into(),
+            gpu_model: "NVIDIA H100 80GB HBM3".into(),
+            ..m(name, rtt)
+        }
+    }
+
+    #[test]
+    fn gpu_bound_discs_catch_a_relayed_host_key() {
+        let mut p = LocationPolicy::default();
+        let ls = [
+            landmark("ashburn", ASHBURN.0, ASHBURN.1),
+            landmark("dallas", 32.7767, -96.797),
+            landmark("singapore", SINGAPORE.0, SINGAPORE.1),
+        ];
+        let site = Site { name: None, lat: ASHBURN.0, lon: ASHBURN.1 };
+        let key = [m("ashburn", 200), m("dallas", 20_000), m("singapore", 160_000)];
+        // Key answers from Ashburn; the GPU needs 170 ms to answer Ashburn: it is in Singapore.
+        let mut relayed = key.to_vec();
+        relayed.extend([g("ashburn", 170_000), g("singapore", 30_000)]);
+        let v = verdict(&p, Some(&site), &ls, &relayed, true, 1_000);
+        assert_eq!(v.verdict, "inconsistent", "{v:?}");
+        assert!(v.relay_suspected.as_deref().is_some_and(|r| r.contains("relay") && r.contains("GPU-1")), "{v:?}");
+        // Honest: the GPU answers Ashburn in 30 ms of attestation plus 0.2 ms of fiber. Without a
+        // calibrated floor its disc (3,000 km) holds the site but is too wide to verify the chips.
+        let mut honest = key.to_vec();
+        honest.push(g("ashburn", 30_200));
+        let v = verdict(&p, Some(&site), &ls, &honest, true, 1_000);
+        assert_eq!((v.verdict, v.relay_suspected.is_none()), ("insufficient", true), "{v:?}");
+        p.gpu_attestation_floor_us.insert("H100".into(), 30_000);
+        p.gpu_attestation_floor_us.insert("*".into(), 1_000);
+        assert_eq!(p.gpu_floor_us("NVIDIA H100 80GB HBM3"), 30_000);
+        assert_eq!(p.gpu_floor_us("NVIDIA B200"), 1_000);
+        let v = verdict(&p, Some(&site), &ls, &honest, true, 1_000);
+        assert_eq!((v.verdict, v.relay_suspected.is_none()), ("verified", true), "{v:?}");
+        assert!(v.gpu_landmarks[0].bound_km < 25.0, "{v:?}");
+        // A relay near every landmark's expected distance: the key answers Ashburn in 0.2 ms, the GPU
+        // (30 ms to attest) in 185 ms: 155 ms of lag, 15,500 km, though every disc holds the site.
+        let mut lagging = key.to_vec();
+        lagging.push(g("ashburn", 185_200));
+        let v = verdict(&p, Some(&site), &ls, &lagging, true, 1_000);
+        assert_eq!(v.verdict, "inconsistent", "{v:?}");
+        assert!(v.relay_suspected.as_deref().is_some_and(|r| r.contains("ashburn") && r.contains("155.0 ms")), "{v:?}");
+        // CC GPUs but no GPU-bound answer: the host key alone cannot verify.
+        let v = verdict(&p, Some(&site), &ls, &key, true, 1_000);
+        assert_eq!(v.verdict, "insufficient", "{v:?}");
+        assert_eq!(verdict(&p, Some(&site), &ls, &key, false, 1_000).verdict, "verified");
     }
 
     const ASHBURN: (f64, f64) = (39.0438, -77.4874);
@@ -329,20 +515,20 @@ mod tests {
         ];
         let site = Site { name: Some("iad".into()), lat: ASHBURN.0, lon: ASHBURN.1 };
         let honest = [m("ashburn", 200), m("dallas", 20_000), m("singapore", 160_000)];
-        let v = verdict(&p, Some(&site), &ls, &honest, 1_000);
+        let v = verdict(&p, Some(&site), &ls, &honest, false, 1_000);
         assert_eq!(v.verdict, "verified", "{v:?}");
         assert!(v.precision_km.is_some_and(|k| k < 50.0), "{v:?}");
         // Answering Singapore's challenge in 0.2 ms: the host is within 20 km of Singapore.
         let diverted = [m("ashburn", 160_000), m("dallas", 150_000), m("singapore", 200)];
-        let v = verdict(&p, Some(&site), &ls, &diverted, 1_000);
+        let v = verdict(&p, Some(&site), &ls, &diverted, false, 1_000);
         assert_eq!(v.verdict, "inconsistent", "{v:?}");
         assert!(v.reason.contains("singapore"), "{v:?}");
         // Consistent, but every disc is wide.
         let wide = [m("ashburn", 160_000), m("dallas", 150_000), m("singapore", 170_000)];
-        assert_eq!(verdict(&p, Some(&site), &ls, &wide, 1_000).verdict, "insufficient");
+        assert_eq!(verdict(&p, Some(&site), &ls, &wide, false, 1_000).verdict, "insufficient");
         // Too few landmarks, or too old.
-        assert_eq!(verdict(&p, Some(&site), &ls, &honest[..2], 1_000).verdict, "insufficient");
-        assert_eq!(verdict(&p, Some(&site), &ls, &honest, 1_000 + 3_600_001).verdict, "insufficient");
-        assert_eq!(verdict(&p, None, &ls, &honest, 1_000).verdict, "unregistered");
+        assert_eq!(verdict(&p, Some(&site), &ls, &honest[..2], false, 1_000).verdict, "insufficient");
+        assert_eq!(verdict(&p, Some(&site), &ls, &honest, false, 1_000 + 3_600_001).verdict, "insufficient");
+        assert_eq!(verdict(&p, None, &ls, &honest, false, 1_000).verdict, "unregistered");
     }
 }

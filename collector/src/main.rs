@@ -269,6 +269,10 @@ enum LandmarkCmd {
         /// Pause between measurements of one host.
         #[arg(long, default_value = "60s")]
         every: String,
+        /// GPU-bound challenges per measurement, for hosts with GPUs in confidential-computing mode
+        /// (each costs the GPU an attestation report); 0 turns them off.
+        #[arg(long, default_value_t = 3)]
+        gpu_rounds: u32,
     },
     /// Print the landmark key's public half as SPKI PEM (creating the key if absent).
     Key {
@@ -515,14 +519,16 @@ fn main() -> ExitCode {
         Cmd::Hosts { cmd: HostsCmd::SetSite { host_id, lat, lon, name } } => {
             cli::location::hosts_set_site(&at, &host_id, lat, lon, name.as_deref())
         }
-        Cmd::Landmark { cmd: LandmarkCmd::Serve { listen, name, lat, lon, key, rounds, spacing, every } } => {
+        Cmd::Landmark {
+            cmd: LandmarkCmd::Serve { listen, name, lat, lon, key, rounds, spacing, every, gpu_rounds },
+        } => {
             let d = |flag: &str, v: &str| {
                 gpuattest_proto::units::parse_duration(v).map_err(|e| cli::usage(format!("--{flag}: {e}")))
             };
             match (d("spacing", &spacing), d("every", &every)) {
                 (Ok(spacing), Ok(every)) => cli::location::landmark_serve(
                     &listen,
-                    gpuattest_collector::landmark::LandmarkConfig { name, rounds, spacing, every },
+                    gpuattest_collector::landmark::LandmarkConfig { name, rounds, spacing, every, gpu_rounds },
                     lat,
                     lon,
                     &key,

@@ -781,7 +781,8 @@ impl Policy {
     }
 
     /// Flags for a host's location: `location-inconsistent` (high) when a landmark's disc excludes its
-    /// registered site; `location-record-invalid` (medium) for records that are forged, another host's,
+    /// registered site, `location-relay-suspected` (high) instead when only GPU-bound discs exclude it
+    /// (the host key answers from the site, the chips cannot); `location-record-invalid` (medium) for records that are forged, another host's,
     /// or from an unregistered landmark.
     pub fn location_flags(
         &self,
@@ -803,7 +804,14 @@ impl Policy {
             job_host: None,
             tenant: None,
         };
-        if v.verdict == "inconsistent" {
+        if let Some(why) = &v.relay_suspected {
+            flags.push(flag(
+                "location-relay-suspected",
+                Severity::High,
+                format!("{}: a relay is suspected: {why}", host.hostname),
+                json!({"location": v, "report_seq": report.seq}),
+            ));
+        } else if v.verdict == "inconsistent" {
             flags.push(flag(
                 "location-inconsistent",
                 Severity::High,

@@ -5,7 +5,9 @@
 //! of payload. The agent sends [`HELLO`] (a `LandmarkHello`); the landmark then sends [`CHALLENGE`]
 //! frames (a fresh 32-byte nonce each) and times each [`ANSWER`] (the host's Ed25519 signature over
 //! [`answer_message`]); after a round of challenges it sends a [`RECORD`] (a `SignedLocationRecord`),
-//! and later rounds follow on the same connection.
+//! and later rounds follow on the same connection. When the hello names GPUs in confidential-computing
+//! mode, each round is followed by a GPU-bound one: [`GPU_CHALLENGE`] frames answered by
+//! [`GPU_ANSWER`] (a `GpuAttestation` over [`gpu_nonce`]), and a record of kind `gpu`.
 
 use ring::signature::{ED25519, UnparsedPublicKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,9 +20,28 @@ pub const CHALLENGE: u8 = 2;
 pub const ANSWER: u8 = 3;
 /// A signed measurement record.
 pub const RECORD: u8 = 4;
+/// A GPU-bound challenge: 32 random bytes; the answer is a GPU's attestation over [`gpu_nonce`].
+pub const GPU_CHALLENGE: u8 = 5;
+/// A `GpuAttestation` answering a [`GPU_CHALLENGE`].
+pub const GPU_ANSWER: u8 = 6;
 
-/// Largest frame payload either side accepts.
-pub const MAX_FRAME: usize = 16 * 1024;
+/// Largest frame payload either side accepts (a GPU's report and certificate chain fit).
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// Domain separation for the nonce a GPU attests to.
+pub const GPU_NONCE_CONTEXT: &[u8] = b"gpuattest.v1.LocationGpuNonce\0";
+
+/// The nonce a GPU signs to answer challenge `nonce` from `landmark` for `host_id`: SHA-256 over all
+/// three, so the report answers this challenge only, from this landmark, for this host.
+pub fn gpu_nonce(nonce: &[u8], landmark: &str, host_id: &str) -> [u8; 32] {
+    let mut m = Vec::with_capacity(GPU_NONCE_CONTEXT.len() + nonce.len() + landmark.len() + host_id.len() + 1);
+    m.extend_from_slice(GPU_NONCE_CONTEXT);
+    m.extend_from_slice(nonce);
+    m.extend_from_slice(landmark.as_bytes());
+    m.push(0);
+    m.extend_from_slice(host_id.as_bytes());
+    crate::sha256(&m)
+}
 
 /// Domain separation for the host's answers.
 pub const ANSWER_CONTEXT: &[u8] = b"gpuattest.v1.LocationAnswer\0";

@@ -22,6 +22,7 @@ const LANDMARKS: [(&str, f64, f64); 4] = [ASHBURN, DALLAS, FRANKFURT, SINGAPORE]
 struct Landmark {
     child: Option<Child>,
     _relay: DelayRelay,
+    _route: Vec<Box<dyn std::any::Any>>,
 }
 
 impl Drop for Landmark {
@@ -35,6 +36,15 @@ impl Drop for Landmark {
 /// Starts the four landmarks (all but those in `down`), each behind a relay delaying it as far from
 /// `at` as the great circle says, and registers them with the collector in `data`.
 fn landmarks(dir: &Path, data: &Path, at: (f64, f64), down: &[&str]) -> Vec<Landmark> {
+    landmarks_routed(dir, data, at, down, &|_, addr| (addr.to_string(), Vec::new()))
+}
+
+/// What stands between an agent and a landmark: given the landmark's name and the address that
+/// reaches it from `at`, the address to register and whatever must stay alive for it.
+type Route<'a> = &'a dyn Fn(&str, &str) -> (String, Vec<Box<dyn std::any::Any>>);
+
+/// [`landmarks`], each registered at the address `route` gives.
+fn landmarks_routed(dir: &Path, data: &Path, at: (f64, f64), down: &[&str], route: Route<'_>) -> Vec<Landmark> {
     LANDMARKS
         .iter()
         .map(|&(name, lat, lon)| {
@@ -59,12 +69,13 @@ fn landmarks(dir: &Path, data: &Path, at: (f64, f64), down: &[&str]) -> Vec<Land
             // Light in fiber: 200 km per ms, one way.
             let km = distance_km(lat, lon, at.0, at.1);
             let relay = DelayRelay::start(&listen, Duration::from_micros((km / 0.2) as u64));
+            let (address, keep) = route(name, &relay.addr);
             let (code, _, err) = run(collector_cmd(data)
                 .args(["landmark", "add", name, "--lat", &lat.to_string(), "--lon", &lon.to_string(), "--key-pem"])
                 .arg(&pem_file)
-                .args(["--address", &relay.addr]));
+                .args(["--address", &address]));
             assert_eq!(code, 0, "{err}");
-            Landmark { child, _relay: relay }
+            Landmark { child, _relay: relay, _route: keep }
         })
         .collect()
 }
@@ -220,6 +231,7 @@ async fn forged_and_foreign_records_are_refused() {
             median_rtt_us: 10,
             rounds: 5,
             measured_at_unix_ms: 1,
+            ..Default::default()
         }
         .encode_to_vec()
     };
@@ -277,6 +289,7 @@ async fn landmark_timing_error_over_100_rounds() {
     let hello = pb::LandmarkHello {
         host_id: host.into(),
         public_key: ring::signature::KeyPair::public_key(&key).as_ref().to_vec(),
+        attesting_gpus: Vec::new(),
     };
     write_frame(&mut s, HELLO, &hello.encode_to_vec()).await.expect("hello");
     let record = loop {
@@ -300,4 +313,176 @@ async fn landmark_timing_error_over_100_rounds() {
         min_err as f64 * 0.1,
         median_err as f64 * 0.1
     );
+}
+
+/// The relay attack's accomplice: it holds a copy of the host key at the registered site and answers
+/// every host-key challenge itself, at once; GPU-bound challenges it must pass to the GPUs (wherever
+/// they are) and wait for their attestation, since no key file can make one.
+struct KeyThief {
+    addr: String,
+}
+
+impl KeyThief {
+    /// Listens for the agent; `landmark` reaches landmark `name`; the host key is read from
+    /// `key_file` (the agent's `agent.key`, copied by root on the host) when the agent connects.
+    fn start(name: &str, landmark: &str, key_file: &Path) -> KeyThief {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let (name, landmark, key_file) = (name.to_string(), landmark.to_string(), key_file.to_path_buf());
+        std::thread::spawn(move || {
+            for agent in listener.incoming().flatten() {
+                let (name, landmark, key_file) = (name.clone(), landmark.clone(), key_file.clone());
+                std::thread::spawn(move || {
+                    let _ = steal(agent, &name, &landmark, &key_file);
+                });
+            }
+        });
+        KeyThief { addr }
+    }
+}
+
+fn frame_in(s: &mut std::net::TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+    use std::io::Read;
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head)?;
+    let mut payload = vec![0u8; u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize];
+    s.read_exact(&mut payload)?;
+    Ok((head[0], payload))
+}
+
+fn frame_out(s: &mut std::net::TcpStream, kind: u8, payload: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut b = vec![kind];
+    b.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    b.extend_from_slice(payload);
+    s.write_all(&b)
+}
+
+fn steal(mut agent: std::net::TcpStream, name: &str, landmark: &str, key_file: &Path) -> std::io::Result<()> {
+    use gpuattest_proto::landmark::{ANSWER, CHALLENGE, GPU_ANSWER, GPU_CHALLENGE, answer_message};
+    use prost::Message;
+    let mut lm = std::net::TcpStream::connect(landmark)?;
+    agent.set_nodelay(true)?;
+    lm.set_nodelay(true)?;
+    let (kind, hello) = frame_in(&mut agent)?;
+    let host_id = gpuattest_proto::pb::LandmarkHello::decode(hello.as_slice()).map_err(std::io::Error::other)?.host_id;
+    frame_out(&mut lm, kind, &hello)?;
+    let key = ring::signature::Ed25519KeyPair::from_pkcs8(&std::fs::read(key_file)?)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    loop {
+        let (kind, payload) = frame_in(&mut lm)?;
+        match kind {
+            CHALLENGE => frame_out(&mut lm, ANSWER, key.sign(&answer_message(&payload, name, &host_id)).as_ref())?,
+            GPU_CHALLENGE => {
+                frame_out(&mut agent, kind, &payload)?;
+                loop {
+                    let (k, p) = frame_in(&mut agent)?;
+                    if k == GPU_ANSWER {
+                        frame_out(&mut lm, k, &p)?;
+                        break;
+                    }
+                }
+            }
+            _ => frame_out(&mut agent, kind, &payload)?,
+        }
+    }
+}
+
+/// A host registered in Ashburn whose GPUs are in confidential-computing mode (each attestation takes
+/// 20 ms; the policy's floor for it is 20 ms). `relayed`: the host and its GPUs are in Singapore, and
+/// a copy of its key answers from Ashburn. Runs until `done` accepts the host's location.
+fn cc_host(relayed: bool, done: impl Fn(&Value) -> bool) -> Option<(Value, std::path::PathBuf, tempfile::TempDir)> {
+    let t = tempfile::tempdir().expect("tmp");
+    let data = t.path().join("data");
+    std::fs::create_dir_all(&data).expect("data");
+    let uuids = ["GPU-10c10c10-0000-4000-8000-000000000001", "GPU-10c10c10-0000-4000-8000-000000000002"];
+    let pki = t.path().join("pki");
+    let root = gpuattest_tests::make_gpu_pki(&pki, &uuids)?;
+    std::fs::write(
+        data.join("policy.toml"),
+        format!(
+            "extend_builtin = true\n[attestation]\nanchors = \"{}\"\n[location]\ntolerance_km = 1500\ngpu_attestation_floor_us = {{ \"*\" = 20000 }}\n",
+            root.display()
+        ),
+    )
+    .expect("policy");
+    let c = Collector::start(&data);
+    let state = t.path().join("node-cc").join("state");
+    let one_way = Duration::from_micros((distance_km(ASHBURN.1, ASHBURN.2, SINGAPORE.1, SINGAPORE.2) / 0.2) as u64);
+    let key_file = state.join("agent.key");
+    let route = |name: &str, addr: &str| -> (String, Vec<Box<dyn std::any::Any>>) {
+        if !relayed {
+            return (addr.to_string(), Vec::new());
+        }
+        // Landmark -> thief in Ashburn -> (Singapore to Ashburn) -> the agent and its GPUs.
+        let thief = KeyThief::start(name, addr, &key_file);
+        let far = DelayRelay::start(&thief.addr, one_way);
+        (far.addr.clone(), vec![Box::new(thief), Box::new(far)])
+    };
+    let _ls = landmarks_routed(t.path(), &data, (ASHBURN.1, ASHBURN.2), &[], &route);
+    let (code, tok, err) = run(collector_cmd(&data).args([
+        "token",
+        "create",
+        "--role",
+        "enroll",
+        "--tenant",
+        "acme",
+        "--site-lat",
+        &ASHBURN.1.to_string(),
+        "--site-lon",
+        &ASHBURN.2.to_string(),
+        "--site-name",
+        "iad",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let n = node(t.path(), "node-cc", &[]);
+    let gpus: Vec<Value> = uuids.iter().map(|u| serde_json::json!({"uuid": u})).collect();
+    std::fs::write(
+        &n.scenario,
+        serde_json::json!({"seed": "node-cc", "gpus": gpus,
+            "confidential_compute": {"evidence_dir": pki.display().to_string(), "attestation_ms": 20}})
+        .to_string(),
+    )
+    .expect("scenario");
+    let mut a = start_agent(&c.url(), &n, tok.trim(), "500ms", &[]);
+    let loc = wait_for("the CC host's location", Duration::from_secs(90), || {
+        let l = host(&data, "node-cc")?["location"].clone();
+        done(&l).then_some(l)
+    });
+    a.stop();
+    let _keep = c;
+    Some((loc, data, t))
+}
+
+#[test]
+fn an_honest_cc_host_is_verified_by_its_gpus_too() {
+    let Some((loc, data, _t)) =
+        cc_host(false, |l| l["verdict"] == "verified" && l["gpu_landmarks"].as_array().is_some_and(|d| d.len() == 4))
+    else {
+        return;
+    };
+    for d in loc["gpu_landmarks"].as_array().expect("gpu discs") {
+        assert!(d["bound_km"].as_f64() >= d["site_distance_km"].as_f64(), "each holds the site: {d}");
+        assert!(d["gpu_uuid"].as_str().is_some_and(|u| u.starts_with("GPU-10c10c10")), "{d}");
+        eprintln!("GPU-bound: landmark {} min RTT {} us, bound {:.0} km", d["name"], d["min_rtt_us"], d["bound_km"]);
+    }
+    assert!(
+        flags(&data).iter().all(|f| !f["rule"].as_str().unwrap_or_default().starts_with("location")),
+        "no location flag"
+    );
+}
+
+#[test]
+fn a_relayed_host_key_is_caught_by_its_gpus() {
+    let Some((loc, data, _t)) = cc_host(true, |l| l["relay_suspected"].is_string()) else { return };
+    assert_ne!(loc["verdict"], "verified", "{loc}");
+    // The stolen key answers every landmark as if from Ashburn: every host-key disc holds the site.
+    for d in loc["landmarks"].as_array().expect("discs") {
+        assert!(d["bound_km"].as_f64() >= d["site_distance_km"].as_f64(), "{d}");
+    }
+    let f: Vec<Value> = flags(&data).into_iter().filter(|f| f["rule"] == "location-relay-suspected").collect();
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0]["severity"], "high");
+    let s = f[0]["summary"].as_str().unwrap_or_default();
+    assert!(s.contains("host key") && s.contains("GPU-10c10c10") && s.contains("ms later"), "{s}");
 }

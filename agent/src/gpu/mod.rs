@@ -48,6 +48,12 @@ pub trait GpuSource: Send {
         Vec::new()
     }
 
+    /// Asks one GPU (by UUID) for its attestation report over `nonce` (a landmark's GPU-bound
+    /// challenge). `None` where the source has no such GPU or no confidential computing.
+    fn attest_one(&mut self, _uuid: &str, _nonce: &[u8; 32]) -> Option<Attestation> {
+        None
+    }
+
     /// Reads the fast-moving counters of every GPU (utilisation, power, clocks, PCIe and NVLink
     /// throughput, memory used), cheaply enough to call every second. A counter the driver lacks is
     /// asked once and then listed in [`GpuSample::unavailable`]. Sources without counters return

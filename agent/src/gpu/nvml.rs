@@ -228,6 +228,29 @@ impl NvmlSource {
     }
 }
 
+/// One GPU's attestation report over `nonce`, with its certificate chains (errors recorded, not fatal).
+fn attest_device(device: &nvml_wrapper::Device<'_>, nonce: &[u8; 32]) -> Attestation {
+    let mut a =
+        Attestation { gpu_uuid: device.uuid().unwrap_or_default(), nonce: nonce.to_vec(), ..Attestation::default() };
+    match guarded(|| device.confidential_compute_gpu_attestation_report(*nonce)) {
+        Ok(r) => {
+            a.report = r.attestation_report;
+            if r.is_cec_attestation_report_present {
+                a.cec_report = r.cec_attestation_report;
+            }
+        }
+        Err(e) => a.error = Some(format!("attestation report: {e}")),
+    }
+    match guarded(|| device.confidential_compute_gpu_certificate()) {
+        Ok(c) => {
+            a.cert_chain = c.cert_chain;
+            a.attestation_cert_chain = c.attestation_cert_chain;
+        }
+        Err(e) => a.error = Some(a.error.map_or(format!("certificate: {e}"), |p| format!("{p}; certificate: {e}"))),
+    }
+    a
+}
+
 impl GpuSource for NvmlSource {
     fn sample(&mut self) -> Vec<crate::telemetry::GpuSample> {
         let count = self.nvml.device_count().unwrap_or(0).min(1024);
@@ -245,32 +268,17 @@ impl GpuSource for NvmlSource {
         let mut out = Vec::new();
         for index in 0..count {
             let Ok(device) = self.nvml.device_by_index(index) else { continue };
-            let mut a = Attestation {
-                gpu_uuid: device.uuid().unwrap_or_default(),
-                nonce: nonce.to_vec(),
-                ..Attestation::default()
-            };
-            match guarded(|| device.confidential_compute_gpu_attestation_report(*nonce)) {
-                Ok(r) => {
-                    a.report = r.attestation_report;
-                    if r.is_cec_attestation_report_present {
-                        a.cec_report = r.cec_attestation_report;
-                    }
-                }
-                Err(e) => a.error = Some(format!("attestation report: {e}")),
-            }
-            match guarded(|| device.confidential_compute_gpu_certificate()) {
-                Ok(c) => {
-                    a.cert_chain = c.cert_chain;
-                    a.attestation_cert_chain = c.attestation_cert_chain;
-                }
-                Err(e) => {
-                    a.error = Some(a.error.map_or(format!("certificate: {e}"), |p| format!("{p}; certificate: {e}")))
-                }
-            }
-            out.push(a);
+            out.push(attest_device(&device, nonce));
         }
         out
+    }
+
+    fn attest_one(&mut self, uuid: &str, nonce: &[u8; 32]) -> Option<Attestation> {
+        // By index, not nvmlDeviceGetHandleByUUID: the same calls as every observation.
+        let count = self.nvml.device_count().ok()?;
+        let device =
+            (0..count).filter_map(|i| self.nvml.device_by_index(i).ok()).find(|d| d.uuid().is_ok_and(|u| u == uuid))?;
+        Some(attest_device(&device, nonce))
     }
 
     fn observe(&mut self) -> Result<GpuSnapshot, GpuError> {

@@ -43,6 +43,7 @@ pub async fn start(store: &Store, dir: &Path, stop: watch::Receiver<bool>) -> Re
             rounds: 5,
             spacing: Duration::from_millis(20),
             every: Duration::from_secs(2),
+            gpu_rounds: 3,
         };
         let mut s = stop.clone();
         tokio::spawn(crate::landmark::serve(listener, cfg, Arc::new(key), async move {

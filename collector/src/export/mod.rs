@@ -204,6 +204,9 @@ fn verify_location(h: &Value) -> Result<usize, String> {
             median_rtt_us: m.median_rtt_us,
             rounds: m.rounds,
             measured_at: m.measured_at_unix_ms,
+            kind: if m.kind == crate::store::measurement_kind::GPU { m.kind.clone() } else { "key".into() },
+            gpu_uuid: m.gpu_uuid.clone(),
+            gpu_model: r["gpu_model"].as_str().unwrap_or_default().to_string(),
             record,
             signature: sig,
         });
@@ -215,11 +218,13 @@ fn verify_location(h: &Value) -> Result<usize, String> {
         // Every record the export carries counted, as when it was made.
         window: "100000d".into(),
         processing_floor_us: p["processing_floor_us"].as_u64().unwrap_or(0),
+        gpu_attestation_floor_us: serde_json::from_value(p["gpu_attestation_floor_us"].clone()).unwrap_or_default(),
         ..crate::location::LocationPolicy::default()
     };
     let site: Option<crate::store::Site> = serde_json::from_value(loc["site"].clone()).ok().flatten();
     let newest = measurements.iter().map(|m| m.measured_at).max().unwrap_or(0);
-    let v = crate::location::verdict(&policy, site.as_ref(), &landmarks, &measurements, newest);
+    let gpus_attest = loc["gpus_attest"].as_bool().unwrap_or(false);
+    let v = crate::location::verdict(&policy, site.as_ref(), &landmarks, &measurements, gpus_attest, newest);
     let stated = loc["verdict"].as_str().unwrap_or_default();
     // Records older than the collector's window made a verdict `insufficient` there; recomputed with
     // every record, the same records can only say more, so only a contradiction is refused.

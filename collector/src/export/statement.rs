@@ -66,18 +66,22 @@ fn location_json(
     let measurements = store.measurements(host_id).map_err(|e| e.to_string())?;
     let site = store.site(host_id).map_err(|e| e.to_string())?;
     let lp = policy.location();
-    let v = crate::location::verdict(lp, site.as_ref(), landmarks, &measurements, crate::now_ms());
+    let gpus_attest = store.has_attesting_gpus(host_id).map_err(|e| e.to_string())?;
+    let v = crate::location::verdict(lp, site.as_ref(), landmarks, &measurements, gpus_attest, crate::now_ms());
     let records: Vec<Value> = measurements
         .iter()
         .filter_map(|m| {
             let l = landmarks.iter().find(|l| l.name == m.landmark)?;
             Some(json!({"landmark": l.name, "lat": l.lat, "lon": l.lon, "landmark_public_key": gpuattest_proto::hex(&l.public_key),
+                "kind": m.kind, "gpu_model": m.gpu_model,
                 "record": b64.encode(&m.record), "signature": b64.encode(&m.signature)}))
         })
         .collect();
     Ok(json!({"verdict": v.verdict, "precision_km": v.precision_km, "reason": v.reason, "site": v.site,
-        "landmarks": v.landmarks, "records": records,
-        "policy": {"tolerance_km": lp.tolerance_km, "min_landmarks": lp.min_landmarks, "processing_floor_us": lp.processing_floor_us}}))
+        "landmarks": v.landmarks, "gpu_landmarks": v.gpu_landmarks, "relay_suspected": v.relay_suspected,
+        "gpus_attest": gpus_attest, "records": records,
+        "policy": {"tolerance_km": lp.tolerance_km, "min_landmarks": lp.min_landmarks, "processing_floor_us": lp.processing_floor_us,
+                   "gpu_attestation_floor_us": lp.gpu_attestation_floor_us}}))
 }
 
 /// The store as the log tree's source of leaves and remembered subtrees.

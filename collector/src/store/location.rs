@@ -54,6 +54,22 @@ pub struct Measurement {
     /// The landmark's signature.
     #[serde(skip)]
     pub signature: Vec<u8>,
+    /// `key` (answered with the host key) or `gpu` (answered with a GPU's attestation report).
+    pub kind: String,
+    /// The GPU that answered, for `gpu`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub gpu_uuid: String,
+    /// Its product name as the host's report gave it (for the policy's attestation-time floor).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub gpu_model: String,
+}
+
+/// Measurement kinds.
+pub mod kind {
+    /// Answered with the host key.
+    pub const KEY: &str = "key";
+    /// Answered with a GPU's attestation report.
+    pub const GPU: &str = "gpu";
 }
 
 impl LandmarkRow {
@@ -194,8 +210,10 @@ impl Store {
     pub fn measurements(&self, host_id: &str) -> Result<Vec<Measurement>> {
         self.reader()
             .rows(
-                "SELECT landmark, min_rtt_us, median_rtt_us, rounds, measured_at, record, signature \
-                 FROM location_measurements WHERE host_id = ?1 ORDER BY landmark",
+                "SELECT landmark, min_rtt_us, median_rtt_us, rounds, measured_at, record, signature, 'key', '', '' \
+                 FROM location_measurements WHERE host_id = ?1 \
+                 UNION ALL SELECT landmark, min_rtt_us, median_rtt_us, rounds, measured_at, record, signature, 'gpu', \
+                   gpu_uuid, gpu_model FROM location_gpu_measurements WHERE host_id = ?1 ORDER BY 1, 8",
                 params![host_id],
                 |r| {
                     Ok(Measurement {
@@ -206,10 +224,26 @@ impl Store {
                         measured_at: r.get(4)?,
                         record: r.get(5)?,
                         signature: r.get(6)?,
+                        kind: r.get(7)?,
+                        gpu_uuid: r.get(8)?,
+                        gpu_model: r.get(9)?,
                     })
                 },
             )
             .map_err(sql("read measurements"))
+    }
+
+    /// Whether any GPU of the host has proven its identity with attestation evidence (it is in
+    /// confidential-computing mode: its location must then be proven by the GPUs too).
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn has_attesting_gpus(&self, host_id: &str) -> Result<bool> {
+        let n: Vec<i64> = self
+            .reader()
+            .rows("SELECT 1 FROM gpu_devices WHERE host_id = ?1 LIMIT 1", params![host_id], |r| r.get(0))
+            .map_err(sql("read gpu devices"))?;
+        Ok(!n.is_empty())
     }
 
     /// Keeps verified measurements of a host, each replacing an older one from the same landmark.
@@ -222,7 +256,19 @@ impl Store {
         }
         let mut conn = self.conn();
         let mut tx = conn.write().map_err(sql("begin"))?;
-        for m in ms {
+        for m in ms.iter().filter(|m| m.kind == kind::GPU) {
+            tx.execute(
+                "INSERT INTO location_gpu_measurements (host_id, landmark, gpu_uuid, gpu_model, min_rtt_us, median_rtt_us, rounds, measured_at, record, signature) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+                 ON CONFLICT (host_id, landmark) DO UPDATE SET gpu_uuid = excluded.gpu_uuid, gpu_model = excluded.gpu_model, \
+                   min_rtt_us = excluded.min_rtt_us, median_rtt_us = excluded.median_rtt_us, rounds = excluded.rounds, \
+                   measured_at = excluded.measured_at, record = excluded.record, signature = excluded.signature \
+                 WHERE excluded.measured_at > location_gpu_measurements.measured_at",
+                params![host_id, &m.landmark, &m.gpu_uuid, &m.gpu_model, m.min_rtt_us as i64, m.median_rtt_us as i64, m.rounds, m.measured_at, &m.record, &m.signature],
+            )
+            .map_err(sql("keep GPU measurement"))?;
+        }
+        for m in ms.iter().filter(|m| m.kind != kind::GPU) {
             tx.execute(
                 "INSERT INTO location_measurements (host_id, landmark, min_rtt_us, median_rtt_us, rounds, measured_at, record, signature) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \

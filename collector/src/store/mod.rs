@@ -51,7 +51,7 @@ pub use flags::*;
 pub use group::{GroupCommitter, MAX_BATCH};
 pub use hosts::*;
 pub use jobs::{CommitContext, MovedGpu};
-pub use location::{LandmarkRow, Measurement, Site};
+pub use location::{LandmarkRow, Measurement, Site, kind as measurement_kind};
 pub use log::*;
 pub use open::*;
 pub use reports::*;

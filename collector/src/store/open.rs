@@ -12,6 +12,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migration6.sql"),
     include_str!("migration7.sql"),
     include_str!("migration8.sql"),
+    include_str!("migration9.sql"),
 ];
 
 /// The same migrations for PostgreSQL: the same tables, columns and keys, in its types.
@@ -24,6 +25,7 @@ pub(super) const PG_MIGRATIONS: &[&str] = &[
     include_str!("pg/migration6.sql"),
     include_str!("pg/migration7.sql"),
     include_str!("pg/migration8.sql"),
+    include_str!("pg/migration9.sql"),
 ];
 
 /// Where the store lives.

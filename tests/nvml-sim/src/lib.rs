@@ -902,6 +902,11 @@ pub unsafe extern "C" fn nvmlDeviceGetConfComputeGpuAttestationReport(
         Ok(g) => g,
         Err(e) => return e,
     };
+    // The GPU's own time to measure and sign, outside the library's lock (as a real driver call).
+    let took = cc(|c| c.attestation_ms).unwrap_or(0);
+    if took > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(took.min(60_000)));
+    }
     // SAFETY: non-null, valid for reads and writes of one struct by NVML's contract.
     let out = unsafe { &mut *report };
     let body = match &gpu.evidence_dir {

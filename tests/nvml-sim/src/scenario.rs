@@ -67,11 +67,20 @@ pub struct ConfComputeSpec {
     /// library returns structurally real SPDM reports signed with that key; without it, a marker
     /// report no verifier accepts.
     pub evidence_dir: Option<String>,
+    /// How long each attestation report takes, ms (real GPUs take tens to hundreds): the floor a
+    /// GPU-bound landmark challenge cannot beat.
+    pub attestation_ms: u64,
 }
 
 impl Default for ConfComputeSpec {
     fn default() -> Self {
-        ConfComputeSpec { enabled: true, accepting_work: true, environment: "prod".into(), evidence_dir: None }
+        ConfComputeSpec {
+            enabled: true,
+            accepting_work: true,
+            environment: "prod".into(),
+            evidence_dir: None,
+            attestation_ms: 0,
+        }
     }
 }
 
