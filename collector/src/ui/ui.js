@@ -136,15 +136,16 @@ function showLocation(l) {
   chart.replaceChildren();
   if (!l || l.verdict === "unregistered") { $("l-verdict").textContent = "no registered site"; return; }
   $("l-verdict").textContent = l.verdict + ": " + l.reason;
-  const discs = l.landmarks || [];
+  // Host-key discs, then GPU-bound ones (the chips' own answers, in orange).
+  const discs = (l.landmarks || []).concat((l.gpu_landmarks || []).map((d) => Object.assign({}, d, { gpu: true })));
   if (!discs.length) return;
   const max = Math.max(...discs.map((d) => Math.max(d.bound_km, d.site_distance_km || 0))) || 1;
   const width = 640, row = 22, left = 110;
   const s = svg("svg", { width, height: row * discs.length + 24, role: "img" });
   discs.forEach((d, i) => {
     const y = 8 + i * row, scale = (km) => left + (width - left - 20) * km / max;
-    s.appendChild(svg("text", { x: 0, y: y + 12 }, d.name));
-    s.appendChild(svg("rect", { x: left, y, width: Math.max(1, scale(d.bound_km) - left), height: 14, fill: "#9ecae1" }));
+    s.appendChild(svg("text", { x: 0, y: y + 12 }, d.name + (d.gpu ? " (GPU)" : "")));
+    s.appendChild(svg("rect", { x: left, y, width: Math.max(1, scale(d.bound_km) - left), height: 14, fill: d.gpu ? "#fdae6b" : "#9ecae1" }));
     const sx = scale(d.site_distance_km || 0);
     s.appendChild(svg("line", { x1: sx, x2: sx, y1: y - 2, y2: y + 16, stroke: d.site_distance_km > d.bound_km ? "#d62728" : "#333", "stroke-width": 2 }));
     s.appendChild(svg("text", { x: width - 15, y: y + 12, "text-anchor": "end" }, Math.round(d.bound_km) + " km"));
