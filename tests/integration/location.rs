@@ -315,6 +315,96 @@ async fn landmark_timing_error_over_100_rounds() {
     );
 }
 
+/// A `landmark serve` process on loopback with `rounds` challenges a measurement, and a raw host
+/// connected through `relay` (or directly): (landmark, connection, host key).
+async fn raw_session(
+    dir: &Path,
+    rounds: u32,
+    relay: impl FnOnce(&str) -> Option<DelayRelay>,
+) -> (Child, Option<DelayRelay>, tokio::net::TcpStream, ring::signature::Ed25519KeyPair) {
+    use gpuattest_proto::landmark::{HELLO, write_frame};
+    use prost::Message;
+    let listen = free_addr();
+    let landmark = Command::new(bin("gpuattest-collector"))
+        .args(["landmark", "serve", "--listen", &listen, "--name", "raw", "--lat", "0", "--lon", "0", "--key"])
+        .arg(dir.join("raw.pk8"))
+        .args(["--rounds", &rounds.to_string(), "--spacing", "5ms", "--every", "60s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("landmark");
+    drop(wait_for("the landmark to listen", Duration::from_secs(10), || std::net::TcpStream::connect(&listen).ok()));
+    let r = relay(&listen);
+    let s = std::net::TcpStream::connect(r.as_ref().map_or(listen.as_str(), |r| r.addr.as_str())).expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    s.set_nonblocking(true).expect("nonblocking");
+    let mut s = tokio::net::TcpStream::from_std(s).expect("tokio");
+    let key = gpuattest_tests::raw::new_key();
+    let hello = gpuattest_proto::pb::LandmarkHello {
+        host_id: "raw-host".into(),
+        public_key: ring::signature::KeyPair::public_key(&key).as_ref().to_vec(),
+        attesting_gpus: Vec::new(),
+    };
+    write_frame(&mut s, HELLO, &hello.encode_to_vec()).await.expect("hello");
+    (landmark, r, s, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_answer_is_refused() {
+    use gpuattest_proto::landmark::{ANSWER, CHALLENGE, answer_message, read_frame, write_frame};
+    let t = tempfile::tempdir().expect("tmp");
+    let (mut landmark, _r, mut s, key) = raw_session(t.path(), 3, |_| None).await;
+    let (kind, first) = read_frame(&mut s).await.expect("challenge");
+    assert_eq!(kind, CHALLENGE);
+    let sig = key.sign(&answer_message(&first, "raw", "raw-host"));
+    write_frame(&mut s, ANSWER, sig.as_ref()).await.expect("answer");
+    // The next challenge is answered with the first answer again: a recorded answer replayed.
+    let (kind, second) = read_frame(&mut s).await.expect("challenge");
+    assert_eq!(kind, CHALLENGE);
+    assert_ne!(first, second, "every challenge is fresh");
+    write_frame(&mut s, ANSWER, sig.as_ref()).await.expect("replay");
+    let next =
+        tokio::time::timeout(Duration::from_secs(10), read_frame(&mut s)).await.expect("an answer from the landmark");
+    assert!(next.is_err(), "the landmark closes the connection, and signs no record: {next:?}");
+    terminate(&mut landmark, Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jitter_on_the_path_leaves_the_minimum_sound() {
+    use gpuattest_proto::landmark::{ANSWER, CHALLENGE, RECORD, answer_message, read_frame, write_frame};
+    use gpuattest_proto::pb;
+    use prost::Message;
+    let t = tempfile::tempdir().expect("tmp");
+    // 10 ms each way, plus up to 4 ms of queueing each way on every chunk.
+    let (mut landmark, _r, mut s, key) = raw_session(t.path(), 30, |target| {
+        Some(DelayRelay::start_jittered(target, Duration::from_millis(10), Duration::from_millis(4)))
+    })
+    .await;
+    let record = loop {
+        let (kind, payload) = read_frame(&mut s).await.expect("frame");
+        match kind {
+            CHALLENGE => {
+                let sig = key.sign(&answer_message(&payload, "raw", "raw-host"));
+                write_frame(&mut s, ANSWER, sig.as_ref()).await.expect("answer");
+            }
+            RECORD => break pb::SignedLocationRecord::decode(payload.as_slice()).expect("record"),
+            k => panic!("frame {k}"),
+        }
+    };
+    terminate(&mut landmark, Duration::from_secs(5));
+    let r = pb::LocationRecord::decode(record.record.as_slice()).expect("record");
+    // Sound: no round trip beats the path's fixed delay, so the disc still holds the truth; and the
+    // minimum sheds most of the jitter the median keeps.
+    assert!(r.min_rtt_us >= 20_000, "{r:?}");
+    assert!(r.min_rtt_us < r.median_rtt_us, "{r:?}");
+    assert!(r.min_rtt_us - 20_000 < 4_000, "the minimum of 30 rounds is within 4 ms of the fixed delay: {r:?}");
+    eprintln!(
+        "jitter of up to 4 ms each way, 30 rounds: min error {} us, median error {} us",
+        r.min_rtt_us - 20_000,
+        r.median_rtt_us - 20_000
+    );
+}
+
 /// The relay attack's accomplice: it holds a copy of the host key at the registered site and answers
 /// every host-key challenge itself, at once; GPU-bound challenges it must pass to the GPUs (wherever
 /// they are) and wait for their attestation, since no key file can make one.

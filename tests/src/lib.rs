@@ -644,6 +644,12 @@ pub struct DelayRelay {
 impl DelayRelay {
     /// Relays `127.0.0.1:PORT` to `target` with `one_way` added each way.
     pub fn start(target: &str, one_way: Duration) -> DelayRelay {
+        Self::start_jittered(target, one_way, Duration::ZERO)
+    }
+
+    /// As [`DelayRelay::start`], each chunk further held a random time up to `jitter` (queueing on a
+    /// real path), never reordered.
+    pub fn start_jittered(target: &str, one_way: Duration, jitter: Duration) -> DelayRelay {
         use std::sync::atomic::Ordering;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
         let addr = listener.local_addr().expect("addr").to_string();
@@ -660,8 +666,8 @@ impl DelayRelay {
                     let _ = s.set_nodelay(true);
                 }
                 let (down2, up2) = (down.try_clone().expect("clone"), up.try_clone().expect("clone"));
-                std::thread::spawn(move || pump(down, up, one_way));
-                std::thread::spawn(move || pump(up2, down2, one_way));
+                std::thread::spawn(move || pump(down, up, one_way, jitter));
+                std::thread::spawn(move || pump(up2, down2, one_way, jitter));
             }
         });
         DelayRelay { addr, stop }
@@ -675,8 +681,8 @@ impl Drop for DelayRelay {
     }
 }
 
-/// Copies `from` to `to`, each chunk released `delay` after it was read.
-fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, delay: Duration) {
+/// Copies `from` to `to`, each chunk released `delay` (plus up to `jitter`) after it was read, in order.
+fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, delay: Duration, jitter: Duration) {
     use std::io::{Read, Write};
     let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
     let writer = std::thread::spawn(move || {
@@ -692,11 +698,20 @@ fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, delay: Durat
         let _ = to.shutdown(std::net::Shutdown::Write);
     });
     let mut buf = vec![0u8; 16 * 1024];
+    // A small generator for the jitter (not security relevant), seeded from the clock.
+    let mut x =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
+    let mut last = std::time::Instant::now();
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if tx.send((std::time::Instant::now() + delay, buf[..n].to_vec())).is_err() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let extra = jitter.mul_f64((x >> 11) as f64 / (1u64 << 53) as f64);
+                last = last.max(std::time::Instant::now() + delay + extra);
+                if tx.send((last, buf[..n].to_vec())).is_err() {
                     break;
                 }
             }
