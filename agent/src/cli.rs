@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use crate::config::{FileConfig, Flags, Settings};
+use crate::config::{Config, Settings};
 use crate::gpu::NvmlSource;
-use crate::observe::{HostPaths, Observer, render_text};
+use crate::observe::{Observer, render_text};
 
 /// A failed command: one line for stderr, and the exit code.
 #[derive(Debug)]
@@ -59,13 +59,7 @@ pub fn status(state_dir: &Path, json: bool) -> Result {
 ///
 /// # Errors
 /// When NVML cannot be loaded (one line naming the library) or cannot list GPUs.
-pub fn inspect(
-    nvml_lib: &Path,
-    paths: HostPaths,
-    kubelet: crate::config::KubeletFlags,
-    attest_nonce: Option<&str>,
-    json: bool,
-) -> Result {
+pub fn inspect(host: Config, config: Option<&Path>, attest_nonce: Option<&str>, json: bool) -> Result {
     let nonce = match attest_nonce {
         None => None,
         Some(h) => {
@@ -82,8 +76,11 @@ pub fn inspect(
             })?)
         }
     };
-    let kubelet = kubelet.resolve(&FileConfig::default()).map_err(|e| fail(78, e))?;
-    let gpus = NvmlSource::open(nvml_lib).map_err(|e| fail(1, e))?;
+    let file = config.map(Config::load).transpose().map_err(|e| fail(78, e))?.unwrap_or_default();
+    let host = host.over(file);
+    let kubelet = host.kubelet().map_err(|e| fail(78, e))?;
+    let (nvml_lib, paths) = host.host();
+    let gpus = NvmlSource::open(&nvml_lib).map_err(|e| fail(1, e))?;
     let mut observer = Observer::new(Box::new(gpus), paths);
     if let Some(k) = kubelet {
         observer = observer.with_pods(Box::new(crate::kubelet::Kubelet::new(k).map_err(|e| fail(78, e))?));
@@ -100,9 +97,9 @@ pub fn inspect(
 /// # Errors
 /// Configuration errors (78) for the file and settings; runtime errors (1) for NVML, the state
 /// directory and enrollment.
-pub fn run(flags: Flags, config: Option<&Path>, check_config: bool) -> Result {
+pub fn run(flags: Config, config: Option<&Path>, check_config: bool) -> Result {
     let file = match config {
-        Some(p) => Some((p, FileConfig::load(p).map_err(|e| fail(78, e))?)),
+        Some(p) => Some((p, Config::load(p).map_err(|e| fail(78, e))?)),
         None => None,
     };
     let settings = Settings::merge(flags, file).map_err(|e| fail(78, e))?;
@@ -178,8 +175,9 @@ pub fn fingerprint(path: &Path, json: bool) -> Result {
 ///
 /// # Errors
 /// When NVML cannot be loaded or the scratch directory is not writable.
-pub fn bench(nvml_lib: &Path, paths: HostPaths, iterations: u32, scratch: &Path) -> Result {
-    let gpus = NvmlSource::open(nvml_lib).map_err(|e| fail(1, e))?;
+pub fn bench(host: &Config, iterations: u32, scratch: &Path) -> Result {
+    let (nvml_lib, paths) = host.host();
+    let gpus = NvmlSource::open(&nvml_lib).map_err(|e| fail(1, e))?;
     let figures = crate::bench::run(Box::new(gpus), paths, iterations, scratch).map_err(|e| fail(1, e))?;
     print_json(&figures)
 }
@@ -195,7 +193,7 @@ pub fn rotate_key_with(
     collector: Option<String>,
     [tls_ca, tls_cert, tls_key]: [Option<std::path::PathBuf>; 3],
 ) -> Result {
-    let file = config.map(FileConfig::load).transpose().map_err(|e| fail(78, e))?.unwrap_or_default();
+    let file = config.map(Config::load).transpose().map_err(|e| fail(78, e))?.unwrap_or_default();
     let state_dir =
         state_dir.or(file.state_dir).ok_or_else(|| fail(64, "--state-dir (or --config with state_dir) is needed"))?;
     let collector = collector

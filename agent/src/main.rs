@@ -5,12 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use gpuattest_agent::{
-    cli,
-    config::{Flags, KubeletFlags},
-    gpu::NvmlSource,
-    observe::HostPaths,
-};
+use gpuattest_agent::{cli, config::Config};
 
 #[derive(Parser)]
 #[command(
@@ -58,8 +53,10 @@ enum Cmd {
     },
     /// Benchmark observation cost and sparse-file fingerprinting; prints JSON figures.
     Bench {
+        /// The host's settings (the same flags as `run`; only the NVML library, the /proc and /sys
+        /// roots and the hostname are used).
         #[command(flatten)]
-        host: HostArgs,
+        host: Box<Config>,
         #[arg(long, default_value_t = 2000)]
         iterations: u32,
         /// Where the sparse 1 TB test file is written (and removed).
@@ -68,8 +65,13 @@ enum Cmd {
     },
     /// Take one observation of this host and print it (nothing is signed or sent).
     Inspect {
+        /// The host's settings (the same flags as `run`; the NVML library, the /proc and /sys roots,
+        /// the hostname and the kubelet are used).
         #[command(flatten)]
-        host: HostArgs,
+        host: Box<Config>,
+        /// A config file for the same settings; flags win.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Ask GPUs in confidential-computing mode for attestation reports bound to this nonce (64 hex digits).
         #[arg(long)]
         attest_nonce: Option<String>,
@@ -78,98 +80,16 @@ enum Cmd {
     },
 }
 
-#[derive(Args, Clone, Default)]
-struct HostArgs {
-    /// NVML library [default: libnvidia-ml.so.1].
-    #[arg(long, env = "GPUATTEST_NVML_LIB")]
-    nvml_lib: Option<PathBuf>,
-    #[arg(long)]
-    proc_root: Option<PathBuf>,
-    #[arg(long)]
-    sys_root: Option<PathBuf>,
-    /// Report this hostname instead of the kernel's (several simulated hosts on one machine).
-    #[arg(long)]
-    hostname: Option<String>,
-    /// Kubernetes enrichment: the kubelet's pod list, e.g. https://127.0.0.1:10250/pods (off by default).
-    #[arg(long)]
-    kubelet_url: Option<String>,
-    /// Bearer token file for the kubelet.
-    #[arg(long)]
-    kubelet_token_file: Option<PathBuf>,
-    /// CA (PEM) of the kubelet's serving certificate.
-    #[arg(long)]
-    kubelet_ca: Option<PathBuf>,
-    /// Accept any kubelet serving certificate (self-signed).
-    #[arg(long)]
-    kubelet_insecure_skip_tls_verify: bool,
-    /// How long a fetched pod list is used [default: 30s].
-    #[arg(long)]
-    kubelet_refresh: Option<String>,
-}
-
-impl HostArgs {
-    fn kubelet(&self) -> KubeletFlags {
-        KubeletFlags {
-            url: self.kubelet_url.clone(),
-            token_file: self.kubelet_token_file.clone(),
-            ca: self.kubelet_ca.clone(),
-            insecure_skip_tls_verify: self.kubelet_insecure_skip_tls_verify,
-            refresh: self.kubelet_refresh.clone(),
-        }
-    }
-
-    fn split(self) -> (PathBuf, HostPaths) {
-        let paths = HostPaths {
-            proc_root: self.proc_root.unwrap_or_else(|| "/proc".into()),
-            sys_root: self.sys_root.unwrap_or_else(|| "/sys".into()),
-            hostname: self.hostname,
-        };
-        (self.nvml_lib.unwrap_or_else(NvmlSource::default_lib), paths)
-    }
-}
-
 #[derive(Args)]
 struct RunArgs {
-    /// Collector address; repeat for failover. Plaintext http:// only to loopback.
-    #[arg(long)]
-    collector: Vec<String>,
-    #[arg(long, env = "GPUATTEST_ENROLL_TOKEN", hide_env_values = true)]
-    enroll_token: Option<String>,
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
-    /// Observation interval, e.g. 10s.
-    #[arg(long)]
-    interval: Option<String>,
-    /// GPU counter sampling interval, e.g. 1s [default: 1s, at most the observation interval].
-    #[arg(long)]
-    sample_interval: Option<String>,
-    /// Spool bound, e.g. 256MiB (at least 64KiB); the oldest reports are dropped, with a signed gap
-    /// record, beyond it.
-    #[arg(long)]
-    spool_max: Option<String>,
-    /// CA certificate (PEM) of https:// collectors.
-    #[arg(long)]
-    tls_ca: Option<PathBuf>,
-    /// Client certificate (PEM), for collectors that require mTLS.
-    #[arg(long)]
-    tls_cert: Option<PathBuf>,
-    /// Client private key (PEM).
-    #[arg(long)]
-    tls_key: Option<PathBuf>,
-    /// On SIGTERM, how long to keep delivering spooled reports before exiting [default: 5s].
-    #[arg(long)]
-    drain_timeout: Option<String>,
-    /// Serve /metrics and /healthz on this local address, e.g. 127.0.0.1:9108 [default: off].
-    #[arg(long)]
-    metrics_listen: Option<String>,
+    #[command(flatten)]
+    settings: Config,
     /// A TOML file with the same settings; flags win.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Validate the configuration and exit.
     #[arg(long)]
     check_config: bool,
-    #[command(flatten)]
-    host: HostArgs,
 }
 
 fn main() -> ExitCode {
@@ -187,36 +107,11 @@ fn main() -> ExitCode {
         Cmd::RotateKey { config, state_dir, collector, tls_ca, tls_cert, tls_key } => {
             cli::rotate_key_with(config.as_deref(), state_dir, collector, [tls_ca, tls_cert, tls_key])
         }
-        Cmd::Inspect { host, attest_nonce, json } => {
-            let kubelet = host.kubelet();
-            let (lib, paths) = host.split();
-            cli::inspect(&lib, paths, kubelet, attest_nonce.as_deref(), json)
+        Cmd::Inspect { host, config, attest_nonce, json } => {
+            cli::inspect(*host, config.as_deref(), attest_nonce.as_deref(), json)
         }
-        Cmd::Bench { host, iterations, scratch } => {
-            let (lib, paths) = host.split();
-            cli::bench(&lib, paths, iterations, &scratch)
-        }
-        Cmd::Run(a) => {
-            let flags = Flags {
-                kubelet: a.host.kubelet(),
-                collector: a.collector,
-                enroll_token: a.enroll_token,
-                state_dir: a.state_dir,
-                interval: a.interval,
-                sample_interval: a.sample_interval,
-                nvml_lib: a.host.nvml_lib,
-                proc_root: a.host.proc_root,
-                sys_root: a.host.sys_root,
-                hostname: a.host.hostname,
-                spool_max: a.spool_max,
-                tls_ca: a.tls_ca,
-                tls_cert: a.tls_cert,
-                tls_key: a.tls_key,
-                drain_timeout: a.drain_timeout,
-                metrics_listen: a.metrics_listen,
-            };
-            cli::run(flags, a.config.as_deref(), a.check_config)
-        }
+        Cmd::Bench { host, iterations, scratch } => cli::bench(&host, iterations, &scratch),
+        Cmd::Run(a) => cli::run(a.settings, a.config.as_deref(), a.check_config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
