@@ -203,7 +203,8 @@ pub fn stats(xs: &[f64]) -> Option<SeriesStats> {
     })
 }
 
-/// The lag (in samples, at least 2) of the highest local peak of the autocorrelation, and that
+/// The lag (in samples, at least 2) of the fundamental local peak of the autocorrelation (the shortest
+/// within 10% of the highest, so a multiple of the rhythm is not taken for it), and that
 /// autocorrelation (0 to 1). `None` for fewer than 8 samples, a flat series, or no positive peak.
 ///
 /// The biased estimator (normalised by the whole series' variance) is used on purpose: long lags,
@@ -225,14 +226,12 @@ pub fn dominant_period(xs: &[f64]) -> Option<(usize, f64)> {
     let r: Vec<f64> = (0..=max_lag + 1)
         .map(|k| if k >= n { 0.0 } else { d[..n - k].iter().zip(&d[k..]).map(|(a, b)| a * b).sum::<f64>() / var })
         .collect();
-    let mut best: Option<(usize, f64)> = None;
-    for k in 2..=max_lag {
-        let peak = r[k] > r[k - 1] && r[k] >= r[k + 1];
-        if peak && r[k] > 0.0 && best.is_none_or(|(_, b)| r[k] > b) {
-            best = Some((k, r[k]));
-        }
-    }
-    best.map(|(k, v)| (k, v.min(1.0)))
+    let peaks: Vec<(usize, f64)> =
+        (2..=max_lag).filter(|&k| r[k] > r[k - 1] && r[k] >= r[k + 1] && r[k] > 0.0).map(|k| (k, r[k])).collect();
+    let best = peaks.iter().map(|p| p.1).fold(0.0f64, f64::max);
+    // A rhythm's multiples peak too, about as high where sampling jitters: the fundamental is the
+    // shortest lag whose peak comes within 10% of the highest.
+    peaks.into_iter().find(|(_, v)| *v >= 0.9 * best).map(|(k, v)| (k, v.min(1.0)))
 }
 
 /// Least-squares slope of (seconds, value) points, per second; 0 for fewer than 2 distinct times.

@@ -232,8 +232,9 @@ fn sampled_counters_reach_the_report_with_their_rhythm() {
     let data = t.path().join("data");
     let c = Collector::start(&data);
     let n = crate::streaming::node(t.path(), "node-tel", &[std::process::id()]);
-    // Four-sample steps: three of compute with quiet links, one of all-reduce.
-    let trace: Vec<Value> = (0..40)
+    // Four-sample steps: three of compute with quiet links, one of all-reduce; memory climbs for the
+    // whole 20 s loop, so the first reports never straddle its wrap.
+    let trace: Vec<Value> = (0..400)
         .map(|i| {
             let compute = i % 4 < 3;
             json!({"util_pct": if compute { 96 } else { 20 }, "mem_util_pct": 38, "power_w": if compute { 650.0 } else { 200.0 },
@@ -241,7 +242,7 @@ fn sampled_counters_reach_the_report_with_their_rhythm() {
                    "memory_used_bytes": 30_000_000_000u64 + i * 1_000_000})
         })
         .collect();
-    play_trace(&n.scenario, 0, trace, 25);
+    play_trace(&n.scenario, 0, trace, 50);
     let mut s: Value = serde_json::from_str(&std::fs::read_to_string(&n.scenario).expect("read")).expect("json");
     s["gpus"][1]["missing"] = json!(["nvmlDeviceGetPcieThroughput"]);
     s["gpus"][1]["unsupported"] = json!(["nvlink"]);
@@ -250,8 +251,8 @@ fn sampled_counters_reach_the_report_with_their_rhythm() {
         &c.url(),
         &n,
         &token(&data, "enroll", Some("acme")),
-        "500ms",
-        &["--sample-interval", "25ms"],
+        "1s",
+        &["--sample-interval", "50ms"],
     );
     let reviewer = token(&data, "reviewer", None);
     let report = wait_for("a report with a full history", std::time::Duration::from_secs(60), || {
@@ -265,15 +266,16 @@ fn sampled_counters_reach_the_report_with_their_rhythm() {
     });
     a.stop();
     let tel = &report["decoded"]["gpus"][0]["telemetry"];
-    assert_eq!(tel["sample_ms"], 25, "{tel}");
+    assert_eq!(tel["sample_ms"], 50, "{tel}");
     assert!(tel["samples"].as_u64().is_some_and(|n| (10..=30).contains(&n)), "about 20 samples a window: {tel}");
     let series = |name: &str| tel["series"].as_array().and_then(|v| v.iter().find(|s| s["metric"] == name).cloned());
     let util = series("gpu_util").expect("utilisation");
     assert_eq!((util["min"].as_u64(), util["max"].as_u64()), (Some(200), Some(960)), "{util}");
-    assert_eq!(util["period_ms"], 100, "a four-sample step at 25 ms: {util}");
-    assert!(util["period_strength"].as_u64() > Some(500), "{util}");
+    assert_eq!(util["period_ms"], 200, "a four-sample step at 50 ms: {util}");
+    // Sampling and playing are not phase-locked (as with a real GPU): the peak is strong, not perfect.
+    assert!(util["period_strength"].as_u64() > Some(400), "{util}");
     let link = series("nvlink_tx").expect("nvlink from the data counters");
-    assert_eq!(link["period_ms"], 100, "{link}");
+    assert_eq!(link["period_ms"], 200, "{link}");
     assert!(link["max"].as_u64() > Some(20_000_000), "the all-reduce burst: {link}");
     assert!(series("sm_clock").is_some_and(|s| s["mean"] == 1755), "{tel}");
     assert!(tel["memory_used_trend_bytes_per_s"].as_i64().is_some_and(|v| v > 0), "memory grows: {tel}");

@@ -9,9 +9,15 @@
 //! # Layout
 //! - [`scenario`]: the JSON format and its defaults.
 //! - [`spdm`]: the attestation reports of GPUs in confidential-computing mode.
+//! - `counters`: what a GPU is doing: utilisation, power, energy, per-process samples, accounting,
+//!   PCIe and NVLink throughput, fabric membership.
+//! - `cc`: the confidential-computing functions (state, settings, attestation reports, certificates).
 //! - this file: the exported `nvml*` functions and the state between `nvmlInit` and `nvmlShutdown`.
 
 #![allow(non_snake_case, clippy::missing_safety_doc)]
+
+mod cc;
+mod counters;
 
 pub mod scenario;
 pub mod spdm;
@@ -386,99 +392,6 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
     done(r.and_then(|m| unsafe { write_out(memory, m) }))
 }
 
-/// `nvmlDeviceGetUtilizationRates`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
-    device: nvmlDevice_t,
-    u: *mut sys::nvmlUtilization_t,
-) -> nvmlReturn_t {
-    let r = with_gpu(device, "nvmlDeviceGetUtilizationRates", "utilization", |t, s| sys::nvmlUtilization_t {
-        gpu: t.gpu.utilization_at(elapsed_ms(s)),
-        memory: t.gpu.memory_utilization_at(elapsed_ms(s)),
-    });
-    // SAFETY: NVML's contract: `u` is valid for a write.
-    done(r.and_then(|v| unsafe { write_out(u, v) }))
-}
-
-/// `nvmlDeviceGetPowerUsage`, milliwatts.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(device: nvmlDevice_t, power: *mut c_uint) -> nvmlReturn_t {
-    // SAFETY: NVML's contract: `power` is valid for a write.
-    done(
-        with_gpu(device, "nvmlDeviceGetPowerUsage", "power", |t, s| t.gpu.power_at(elapsed_ms(s)))
-            .and_then(|p| unsafe { write_out(power, p) }),
-    )
-}
-
-/// `nvmlDeviceGetTotalEnergyConsumption`, millijoules: the start value plus power × elapsed time.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetTotalEnergyConsumption(
-    device: nvmlDevice_t,
-    energy: *mut c_ulonglong,
-) -> nvmlReturn_t {
-    let r = with_gpu(device, "nvmlDeviceGetTotalEnergyConsumption", "energy", |t, s| t.gpu.energy_at(elapsed_ms(s)));
-    // SAFETY: NVML's contract: `energy` is valid for a write.
-    done(r.and_then(|e| unsafe { write_out(energy, e) }))
-}
-
-fn memory_of(t: &Target<'_>, s: &State) -> (u64, u64) {
-    match t.mig {
-        Some(m) => (m.memory_total_bytes, m.processes.iter().map(|p| p.used_memory_bytes).sum::<u64>() + 12_582_912),
-        None => (t.gpu.memory_total_bytes, t.gpu.memory_used_at(elapsed_ms(s))),
-    }
-}
-
-/// The processes a handle lists: a MIG instance's own, or a whole GPU's (all instances included, as
-/// the driver reports them on the parent).
-fn processes_of(t: &Target<'_>, mps: bool) -> Vec<ProcessSpec> {
-    let all: Vec<ProcessSpec> = match t.mig {
-        Some(m) => m.processes.clone(),
-        None => {
-            t.gpu.processes.iter().chain(t.gpu.mig.iter().flatten().flat_map(|m| m.processes.iter())).cloned().collect()
-        }
-    };
-    all.into_iter().filter(|p| p.mps == mps).collect()
-}
-
-/// The count-then-fill protocol of the real driver, shared by the compute and MPS calls.
-///
-/// # Safety
-/// `count` null or valid for read and write; `infos` null or valid for `*count` entries.
-unsafe fn running_processes(
-    device: nvmlDevice_t,
-    call: &str,
-    mps: bool,
-    count: *mut c_uint,
-    infos: *mut sys::nvmlProcessInfo_t,
-) -> nvmlReturn_t {
-    if count.is_null() {
-        return sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT;
-    }
-    let field = if mps { "mps" } else { "processes" };
-    let procs = match with_gpu(device, call, field, |t, _| processes_of(&t, mps)) {
-        Ok(p) => p,
-        Err(e) => return e,
-    };
-    // SAFETY: checked non-null; NVML's contract makes it valid for reads and writes.
-    let capacity = unsafe { *count } as usize;
-    // SAFETY: as above.
-    unsafe { *count = procs.len() as c_uint };
-    if procs.len() > capacity || (infos.is_null() && !procs.is_empty()) {
-        return sys::nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE;
-    }
-    for (i, p) in procs.iter().enumerate() {
-        let info = sys::nvmlProcessInfo_t {
-            pid: p.pid,
-            usedGpuMemory: p.used_memory_bytes,
-            gpuInstanceId: u32::MAX,
-            computeInstanceId: u32::MAX,
-        };
-        // SAFETY: `infos` holds `capacity` entries and `i < procs.len() <= capacity`.
-        unsafe { infos.add(i).write(info) };
-    }
-    SUCCESS
-}
-
 /// `nvmlDeviceGetComputeRunningProcesses_v3`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
@@ -608,390 +521,61 @@ pub unsafe extern "C" fn nvmlDeviceGetMigDeviceHandleByIndex(
     done(r.and_then(|h| unsafe { write_out(mig, h) }))
 }
 
-/// `nvmlDeviceGetProcessUtilization`: one sample per process, newer than `last_seen`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
+fn memory_of(t: &Target<'_>, s: &State) -> (u64, u64) {
+    match t.mig {
+        Some(m) => (m.memory_total_bytes, m.processes.iter().map(|p| p.used_memory_bytes).sum::<u64>() + 12_582_912),
+        None => (t.gpu.memory_total_bytes, t.gpu.memory_used_at(elapsed_ms(s))),
+    }
+}
+
+/// The processes a handle lists: a MIG instance's own, or a whole GPU's (all instances included, as
+/// the driver reports them on the parent).
+pub(crate) fn processes_of(t: &Target<'_>, mps: bool) -> Vec<ProcessSpec> {
+    let all: Vec<ProcessSpec> = match t.mig {
+        Some(m) => m.processes.clone(),
+        None => {
+            t.gpu.processes.iter().chain(t.gpu.mig.iter().flatten().flat_map(|m| m.processes.iter())).cloned().collect()
+        }
+    };
+    all.into_iter().filter(|p| p.mps == mps).collect()
+}
+
+/// The count-then-fill protocol of the real driver, shared by the compute and MPS calls.
+///
+/// # Safety
+/// `count` null or valid for read and write; `infos` null or valid for `*count` entries.
+unsafe fn running_processes(
     device: nvmlDevice_t,
-    samples: *mut sys::nvmlProcessUtilizationSample_t,
+    call: &str,
+    mps: bool,
     count: *mut c_uint,
-    last_seen: std::ffi::c_ulonglong,
+    infos: *mut sys::nvmlProcessInfo_t,
 ) -> nvmlReturn_t {
     if count.is_null() {
         return sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT;
     }
-    let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
-    let list = match with_gpu(device, "nvmlDeviceGetProcessUtilization", "process_utilization", |t, s| {
-        let util = t.gpu.utilization_at(elapsed_ms(s));
-        let mem = t.gpu.memory_utilization_at(elapsed_ms(s));
-        processes_of(&t, false)
-            .into_iter()
-            .chain(processes_of(&t, true))
-            .map(|p| (p.pid, p.sm_util_pct.unwrap_or(util), mem))
-            .collect::<Vec<_>>()
-    }) {
-        Ok(l) if now_us > last_seen => l,
-        Ok(_) => Vec::new(),
+    let field = if mps { "mps" } else { "processes" };
+    let procs = match with_gpu(device, call, field, |t, _| processes_of(&t, mps)) {
+        Ok(p) => p,
         Err(e) => return e,
     };
-    // SAFETY: checked non-null; valid for reads and writes per NVML's contract.
+    // SAFETY: checked non-null; NVML's contract makes it valid for reads and writes.
     let capacity = unsafe { *count } as usize;
     // SAFETY: as above.
-    unsafe { *count = list.len() as c_uint };
-    if samples.is_null() || list.len() > capacity {
-        return if list.is_empty() {
-            sys::nvmlReturn_enum_NVML_ERROR_NOT_FOUND
-        } else {
-            sys::nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE
+    unsafe { *count = procs.len() as c_uint };
+    if procs.len() > capacity || (infos.is_null() && !procs.is_empty()) {
+        return sys::nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    for (i, p) in procs.iter().enumerate() {
+        let info = sys::nvmlProcessInfo_t {
+            pid: p.pid,
+            usedGpuMemory: p.used_memory_bytes,
+            gpuInstanceId: u32::MAX,
+            computeInstanceId: u32::MAX,
         };
+        // SAFETY: `infos` holds `capacity` entries and `i < procs.len() <= capacity`.
+        unsafe { infos.add(i).write(info) };
     }
-    for (i, (pid, sm, mem)) in list.iter().enumerate() {
-        let sample = sys::nvmlProcessUtilizationSample_t {
-            pid: *pid,
-            timeStamp: now_us,
-            smUtil: *sm,
-            memUtil: *mem,
-            encUtil: 0,
-            decUtil: 0,
-        };
-        // SAFETY: `samples` holds `capacity` entries and `i < list.len() <= capacity`.
-        unsafe { samples.add(i).write(sample) };
-    }
-    SUCCESS
-}
-
-/// `nvmlDeviceGetAccountingStats`: for processes on this GPU while accounting mode is on.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetAccountingStats(
-    device: nvmlDevice_t,
-    pid: c_uint,
-    stats: *mut sys::nvmlAccountingStats_t,
-) -> nvmlReturn_t {
-    let r = with_gpu(device, "nvmlDeviceGetAccountingStats", "accounting", |t, s| {
-        if !t.gpu.accounting {
-            return Err(sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED);
-        }
-        let p = processes_of(&t, false)
-            .into_iter()
-            .chain(processes_of(&t, true))
-            .find(|p| p.pid == pid)
-            .ok_or(sys::nvmlReturn_enum_NVML_ERROR_NOT_FOUND)?;
-        Ok(sys::nvmlAccountingStats_t {
-            gpuUtilization: p.sm_util_pct.unwrap_or(t.gpu.utilization_gpu_pct),
-            memoryUtilization: t.gpu.utilization_memory_pct,
-            maxMemoryUsage: p.used_memory_bytes,
-            time: elapsed_ms(s),
-            startTime: 0,
-            isRunning: 1,
-            reserved: [0; 5],
-        })
-    })
-    .and_then(|r| r);
-    // SAFETY: NVML's contract: `stats` is valid for a write.
-    done(r.and_then(|v| unsafe { write_out(stats, v) }))
-}
-
-/// `nvmlDeviceGetPcieThroughput`: the trace's PCIe throughput, KB/s.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetPcieThroughput(
-    device: nvmlDevice_t,
-    counter: sys::nvmlPcieUtilCounter_t,
-    value: *mut c_uint,
-) -> nvmlReturn_t {
-    let i = match counter {
-        sys::nvmlPcieUtilCounter_enum_NVML_PCIE_UTIL_TX_BYTES => 0,
-        sys::nvmlPcieUtilCounter_enum_NVML_PCIE_UTIL_RX_BYTES => 1,
-        _ => return sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT,
-    };
-    let r = with_gpu(device, "nvmlDeviceGetPcieThroughput", "pcie", |t, s| t.gpu.pcie_at(elapsed_ms(s))[i]);
-    // SAFETY: NVML's contract: `value` is valid for a write.
-    done(r.and_then(|v| unsafe { write_out(value, v) }))
-}
-
-/// NVML's NVLink data throughput fields (`NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX` / `_RX`): counters in
-/// KiB, summed over links.
-const FI_NVLINK_DATA_TX: c_uint = 138;
-const FI_NVLINK_DATA_RX: c_uint = 139;
-
-/// `nvmlDeviceGetFieldValues`: the NVLink data counters (field `nvlink` in `unsupported` turns them
-/// off); every other field answers `NVML_ERROR_NOT_SUPPORTED` in its own slot, as the driver does.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetFieldValues(
-    device: nvmlDevice_t,
-    count: c_int,
-    values: *mut sys::nvmlFieldValue_t,
-) -> nvmlReturn_t {
-    if values.is_null() || !(0..=1024).contains(&count) {
-        return sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT;
-    }
-    let counters = match with_gpu(device, "nvmlDeviceGetFieldValues", "", |t, s| {
-        (!t.gpu.unsupported.iter().any(|u| u == "nvlink")).then(|| t.gpu.nvlink_counters_at(elapsed_ms(s)))
-    }) {
-        Ok(c) => c,
-        Err(e) => return e,
-    };
-    let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
-    for i in 0..count as usize {
-        // SAFETY: the caller passes `count` entries; `i < count`.
-        let v = unsafe { &mut *values.add(i) };
-        v.timestamp = now_us;
-        v.latencyUsec = 0;
-        let slot = match (v.fieldId, counters) {
-            (FI_NVLINK_DATA_TX, Some(c)) => Some(c[0]),
-            (FI_NVLINK_DATA_RX, Some(c)) => Some(c[1]),
-            _ => None,
-        };
-        match slot {
-            Some(kib) => {
-                v.valueType = sys::nvmlValueType_enum_NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
-                v.nvmlReturn = SUCCESS;
-                v.value = sys::nvmlValue_t { ullVal: kib };
-            }
-            None => v.nvmlReturn = sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED,
-        }
-    }
-    SUCCESS
-}
-
-/// `nvmlDeviceGetGpuFabricInfo`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetGpuFabricInfo(
-    device: nvmlDevice_t,
-    info: *mut sys::nvmlGpuFabricInfo_t,
-) -> nvmlReturn_t {
-    let r = with_gpu(device, "nvmlDeviceGetGpuFabricInfo", "fabric", |t, _| t.gpu.fabric.clone())
-        .and_then(|f| f.ok_or(sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED))
-        .and_then(|f| {
-            let hex: String = f.cluster_uuid.chars().filter(char::is_ascii_hexdigit).collect();
-            if hex.len() != 32 {
-                return Err(sys::nvmlReturn_enum_NVML_ERROR_UNKNOWN);
-            }
-            let mut uuid = [0u8; 16];
-            for (i, b) in uuid.iter_mut().enumerate() {
-                *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                    .map_err(|_| sys::nvmlReturn_enum_NVML_ERROR_UNKNOWN)?;
-            }
-            Ok(sys::nvmlGpuFabricInfo_t { clusterUuid: uuid, status: SUCCESS, cliqueId: f.clique_id, state: f.state })
-        });
-    // SAFETY: NVML's contract: `info` is valid for a write of one struct.
-    done(r.and_then(|v| unsafe { write_out(info, v) }))
-}
-
-// ---- Confidential computing -------------------------------------------------------------------------
-
-fn cc<T>(f: impl FnOnce(&scenario::ConfComputeSpec) -> T) -> Result<T, nvmlReturn_t> {
-    with_state(|s| s.scenario.confidential_compute.as_ref().map(f).ok_or(sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED))
-}
-
-fn environment(spec: &scenario::ConfComputeSpec) -> c_uint {
-    if spec.environment == "sim" { sys::NVML_CC_SYSTEM_ENVIRONMENT_SIM } else { sys::NVML_CC_SYSTEM_ENVIRONMENT_PROD }
-}
-
-/// `nvmlSystemGetConfComputeState`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlSystemGetConfComputeState(state: *mut sys::nvmlConfComputeSystemState_t) -> nvmlReturn_t {
-    let r = cc(|c| sys::nvmlConfComputeSystemState_t {
-        environment: environment(c),
-        ccFeature: if c.enabled { sys::NVML_CC_SYSTEM_FEATURE_ENABLED } else { sys::NVML_CC_SYSTEM_FEATURE_DISABLED },
-        devToolsMode: sys::NVML_CC_SYSTEM_DEVTOOLS_MODE_OFF,
-    });
-    // SAFETY: NVML's contract: `state` is valid for a write of one struct.
-    done(r.and_then(|v| unsafe { write_out(state, v) }))
-}
-
-/// `nvmlSystemGetConfComputeSettings` (a versioned struct: the caller sets `version`).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlSystemGetConfComputeSettings(
-    settings: *mut sys::nvmlSystemConfComputeSettings_t,
-) -> nvmlReturn_t {
-    if settings.is_null() {
-        return sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT;
-    }
-    let expected = (std::mem::size_of::<sys::nvmlSystemConfComputeSettings_v1_t>() | (1 << 24)) as c_uint;
-    // SAFETY: non-null, and NVML's contract makes it valid for reads and writes of one struct.
-    if unsafe { (*settings).version } != expected {
-        return sys::nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
-    }
-    let r = cc(|c| sys::nvmlSystemConfComputeSettings_v1_t {
-        version: expected,
-        environment: environment(c),
-        ccFeature: if c.enabled { sys::NVML_CC_SYSTEM_FEATURE_ENABLED } else { sys::NVML_CC_SYSTEM_FEATURE_DISABLED },
-        devToolsMode: sys::NVML_CC_SYSTEM_DEVTOOLS_MODE_OFF,
-        multiGpuMode: sys::NVML_CC_SYSTEM_MULTIGPU_NONE,
-    });
-    // SAFETY: as above.
-    done(r.and_then(|v| unsafe { write_out(settings, v) }))
-}
-
-/// `nvmlSystemGetConfComputeGpusReadyState`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlSystemGetConfComputeGpusReadyState(ready: *mut c_uint) -> nvmlReturn_t {
-    let r = cc(|c| {
-        if c.accepting_work {
-            sys::NVML_CC_ACCEPTING_CLIENT_REQUESTS_TRUE
-        } else {
-            sys::NVML_CC_ACCEPTING_CLIENT_REQUESTS_FALSE
-        }
-    });
-    // SAFETY: NVML's contract: `ready` is valid for a write.
-    done(r.and_then(|v| unsafe { write_out(ready, v) }))
-}
-
-/// A GPU on a host in CC mode (`NOT_SUPPORTED` otherwise), through the usual fault checks: its UUID,
-/// attestation fault, the next GPU's UUID (for `foreign_chain`), the evidence directory, and the
-/// driver and VBIOS versions.
-struct CcGpu {
-    uuid: String,
-    name: String,
-    fault: Option<String>,
-    next_uuid: String,
-    evidence_dir: Option<String>,
-    driver: String,
-    vbios: String,
-}
-
-fn cc_gpu(device: nvmlDevice_t, call: &str) -> Result<CcGpu, nvmlReturn_t> {
-    with_gpu(device, call, "confidential_compute", |t, s| {
-        let cc = s.scenario.confidential_compute.as_ref().filter(|c| c.enabled)?;
-        let next = s.gpus.iter().map(|g| g.uuid.clone()).cycle().nth(t.gpu.index as usize + 1);
-        Some(CcGpu {
-            uuid: t.gpu.uuid.clone(),
-            name: t.gpu.name.clone(),
-            fault: t.gpu.attestation_fault.clone(),
-            next_uuid: next.unwrap_or_default(),
-            evidence_dir: cc.evidence_dir.clone(),
-            driver: s.scenario.driver_version.clone(),
-            vbios: t.gpu.vbios_version.clone(),
-        })
-    })
-    .and_then(|u| u.ok_or(sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED))
-    .and_then(|g| match &g.fault {
-        Some(f) if !spdm::FAULTS.contains(&f.as_str()) => {
-            eprintln!("gpuattest-nvml-sim: unknown attestation_fault `{f}`; use one of {:?}", spdm::FAULTS);
-            Err(sys::nvmlReturn_enum_NVML_ERROR_UNKNOWN)
-        }
-        _ => Ok(g),
-    })
-}
-
-/// Reads a file of the evidence directory, at most 64 KiB.
-fn evidence_file(dir: &str, name: &str) -> Result<Vec<u8>, nvmlReturn_t> {
-    use std::io::Read;
-    let path = std::path::Path::new(dir).join(name);
-    let mut out = Vec::new();
-    std::fs::File::open(&path).and_then(|f| f.take(64 * 1024).read_to_end(&mut out)).map_err(|e| {
-        eprintln!("gpuattest-nvml-sim: {}: {e}", path.display());
-        sys::nvmlReturn_enum_NVML_ERROR_UNKNOWN
-    })?;
-    Ok(out)
-}
-
-/// The marker report of a scenario without an evidence directory: the GPU's UUID and the caller's
-/// nonce, which nobody could mistake for NVIDIA's (and no verifier accepts).
-pub const SIM_REPORT_MARKER: &[u8] = b"GPUATTEST-SIMULATED-ATTESTATION-REPORT;uuid=";
-
-/// `nvmlDeviceGetConfComputeGpuAttestationReport`: the caller sets `nonce`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetConfComputeGpuAttestationReport(
-    device: nvmlDevice_t,
-    report: *mut sys::nvmlConfComputeGpuAttestationReport_t,
-) -> nvmlReturn_t {
-    if report.is_null() {
-        return sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT;
-    }
-    let gpu = match cc_gpu(device, "nvmlDeviceGetConfComputeGpuAttestationReport") {
-        Ok(g) => g,
-        Err(e) => return e,
-    };
-    // The GPU's own time to measure and sign, outside the library's lock (as a real driver call).
-    let took = cc(|c| c.attestation_ms).unwrap_or(0);
-    if took > 0 {
-        std::thread::sleep(std::time::Duration::from_millis(took.min(60_000)));
-    }
-    // SAFETY: non-null, valid for reads and writes of one struct by NVML's contract.
-    let out = unsafe { &mut *report };
-    let body = match &gpu.evidence_dir {
-        Some(dir) => {
-            let key = match evidence_file(dir, &format!("{}.pk8", gpu.uuid)) {
-                Ok(k) => k,
-                Err(e) => return e,
-            };
-            match spdm::report(
-                &out.nonce,
-                spdm::Signer { uuid: &gpu.uuid, name: &gpu.name, driver: &gpu.driver, vbios: &gpu.vbios },
-                &key,
-                gpu.fault.as_deref(),
-            ) {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("gpuattest-nvml-sim: {e}");
-                    return sys::nvmlReturn_enum_NVML_ERROR_UNKNOWN;
-                }
-            }
-        }
-        None => {
-            let mut body = SIM_REPORT_MARKER.to_vec();
-            body.extend_from_slice(gpu.uuid.as_bytes());
-            body.extend_from_slice(b";nonce=");
-            body.extend_from_slice(&out.nonce);
-            body
-        }
-    };
-    let n = body.len().min(out.attestationReport.len());
-    out.attestationReport[..n].copy_from_slice(&body[..n]);
-    out.attestationReportSize = n as c_uint;
-    out.isCecAttestationReportPresent = 0;
-    out.cecAttestationReportSize = 0;
-    SUCCESS
-}
-
-/// `nvmlDeviceGetConfComputeGpuCertificate`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetConfComputeGpuCertificate(
-    device: nvmlDevice_t,
-    cert: *mut sys::nvmlConfComputeGpuCertificate_t,
-) -> nvmlReturn_t {
-    if cert.is_null() {
-        return sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT;
-    }
-    let gpu = match cc_gpu(device, "nvmlDeviceGetConfComputeGpuCertificate") {
-        Ok(g) => g,
-        Err(e) => return e,
-    };
-    // SAFETY: as above.
-    let out = unsafe { &mut *cert };
-    let (chain, att) = match &gpu.evidence_dir {
-        Some(dir) => {
-            let name = match gpu.fault.as_deref() {
-                Some("foreign_chain") => format!("{}.pem", gpu.next_uuid),
-                Some("unknown_root") => format!("{}.untrusted.pem", gpu.uuid),
-                _ => format!("{}.pem", gpu.uuid),
-            };
-            match evidence_file(dir, &name) {
-                // NVML returns the device chain and the attestation chain; the simulated GPU signs
-                // its reports with its device key, so both are the same chain.
-                Ok(pem) => (pem.clone(), pem),
-                Err(e) => return e,
-            }
-        }
-        None => (
-            format!(
-                "-----BEGIN CERTIFICATE-----\nSIMULATED DEVICE CERTIFICATE FOR {}\n-----END CERTIFICATE-----\n",
-                gpu.uuid
-            )
-            .into_bytes(),
-            format!(
-                "-----BEGIN CERTIFICATE-----\nSIMULATED ATTESTATION CERTIFICATE FOR {}\n-----END CERTIFICATE-----\n",
-                gpu.uuid
-            )
-            .into_bytes(),
-        ),
-    };
-    let n = chain.len().min(out.certChain.len());
-    out.certChain[..n].copy_from_slice(&chain[..n]);
-    out.certChainSize = n as c_uint;
-    let m = att.len().min(out.attestationCertChain.len());
-    out.attestationCertChain[..m].copy_from_slice(&att[..m]);
-    out.attestationCertChainSize = m as c_uint;
     SUCCESS
 }
 
