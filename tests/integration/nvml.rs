@@ -260,7 +260,10 @@ fn sampled_counters_reach_the_report_with_their_rhythm() {
         let seq = h["last_seq"].as_u64()?;
         let (code, body) =
             http_get(&c.http, &format!("/api/v1/reports/{}/{seq}", h["host_id"].as_str()?), Some(&reviewer));
-        assert_eq!(code, 200, "{body}");
+        // `hosts list` reads the store from another process; the API may answer a moment later.
+        if code != 200 {
+            return None;
+        }
         let r: Value = serde_json::from_str(&body).ok()?;
         (r["decoded"]["gpus"][0]["telemetry"]["series"][0]["history"].as_u64()? >= 40).then_some(r)
     });
