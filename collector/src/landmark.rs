@@ -120,15 +120,20 @@ async fn connection(mut stream: TcpStream, cfg: &LandmarkConfig, key: &ExportKey
             ..Default::default()
         }
         .encode_to_vec();
-        let signature = key.sign(&record_message(&record));
-        let signed = pb::SignedLocationRecord { record, signature }.encode_to_vec();
-        write_frame(&mut stream, RECORD, &signed).await.map_err(|e| e.to_string())?;
+        send_record(&mut stream, key, record).await?;
         info!(host_id = %hello.host_id, min_rtt_us = rtts.first().copied().unwrap_or_default(), "measured");
         if cfg.gpu_rounds > 0 && !hello.attesting_gpus.is_empty() {
             gpu_round(&mut stream, cfg, key, &hello, &rng).await?;
         }
         tokio::time::sleep(cfg.every).await;
     }
+}
+
+/// Signs a record and sends it to the agent, which carries it to the collector.
+async fn send_record(stream: &mut TcpStream, key: &ExportKey, record: Vec<u8>) -> Result<(), String> {
+    let signature = key.sign(&record_message(&record));
+    let signed = pb::SignedLocationRecord { record, signature }.encode_to_vec();
+    write_frame(stream, RECORD, &signed).await.map_err(|e| e.to_string())
 }
 
 /// One GPU-bound measurement: challenges answered by a GPU's attestation report over
@@ -188,9 +193,7 @@ async fn gpu_round(
         gpu_cert_chain: if a.attestation_cert_chain.is_empty() { a.cert_chain } else { a.attestation_cert_chain },
     }
     .encode_to_vec();
-    let signature = key.sign(&record_message(&record));
-    let signed = pb::SignedLocationRecord { record, signature }.encode_to_vec();
-    write_frame(stream, RECORD, &signed).await.map_err(|e| e.to_string())?;
+    send_record(stream, key, record).await?;
     info!(host_id = %hello.host_id, min_rtt_us = min_rtt, "measured a GPU-bound round trip");
     Ok(())
 }

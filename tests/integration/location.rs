@@ -80,21 +80,9 @@ fn landmarks_routed(dir: &Path, data: &Path, at: (f64, f64), down: &[&str], rout
         .collect()
 }
 
-/// Runs a host registered in Ashburn but placed at `at` until its verdict is `want`.
-fn verdict_of_a_host_at(
-    at: (f64, f64),
-    down: &[&str],
-    want: &str,
-) -> (Value, std::path::PathBuf, tempfile::TempDir, Collector) {
-    let t = tempfile::tempdir().expect("tmp");
-    let data = t.path().join("data");
-    std::fs::create_dir_all(&data).expect("data");
-    // A host still unverified a second after it enrolled is flagged (the default is a day).
-    std::fs::write(data.join("policy.toml"), "extend_builtin = true\n[location]\nunverified_after = \"1s\"\n")
-        .expect("policy");
-    let c = Collector::start(&data);
-    let _ls = landmarks(t.path(), &data, at, down);
-    let (code, tok, err) = run(collector_cmd(&data).args([
+/// An enrollment token for tenant `acme` whose hosts are registered in Ashburn.
+fn ashburn_token(data: &Path) -> String {
+    let (code, tok, err) = run(collector_cmd(data).args([
         "token",
         "create",
         "--role",
@@ -109,8 +97,26 @@ fn verdict_of_a_host_at(
         "iad",
     ]));
     assert_eq!(code, 0, "{err}");
+    tok.trim().to_string()
+}
+
+/// Runs a host registered in Ashburn but placed at `at` until its verdict is `want`.
+fn verdict_of_a_host_at(
+    at: (f64, f64),
+    down: &[&str],
+    want: &str,
+) -> (Value, std::path::PathBuf, tempfile::TempDir, Collector) {
+    let t = tempfile::tempdir().expect("tmp");
+    let data = t.path().join("data");
+    std::fs::create_dir_all(&data).expect("data");
+    // A host still unverified a second after it enrolled is flagged (the default is a day).
+    std::fs::write(data.join("policy.toml"), "extend_builtin = true\n[location]\nunverified_after = \"1s\"\n")
+        .expect("policy");
+    let c = Collector::start(&data);
+    let _ls = landmarks(t.path(), &data, at, down);
+    let tok = ashburn_token(&data);
     let n = node(t.path(), "node-loc", &[]);
-    let mut a = start_agent(&c.url(), &n, tok.trim(), "500ms", &[]);
+    let mut a = start_agent(&c.url(), &n, &tok, "500ms", &[]);
     let loc = wait_for(&format!("a location verdict of {want}"), Duration::from_secs(60), || {
         let h = host(&data, "node-loc")?;
         let l = h["location"].clone();
@@ -510,21 +516,7 @@ fn cc_host(relayed: bool, done: impl Fn(&Value) -> bool) -> Option<(Value, std::
         (far.addr.clone(), vec![Box::new(thief), Box::new(far)])
     };
     let _ls = landmarks_routed(t.path(), &data, (ASHBURN.1, ASHBURN.2), &[], &route);
-    let (code, tok, err) = run(collector_cmd(&data).args([
-        "token",
-        "create",
-        "--role",
-        "enroll",
-        "--tenant",
-        "acme",
-        "--site-lat",
-        &ASHBURN.1.to_string(),
-        "--site-lon",
-        &ASHBURN.2.to_string(),
-        "--site-name",
-        "iad",
-    ]));
-    assert_eq!(code, 0, "{err}");
+    let tok = ashburn_token(&data);
     let n = node(t.path(), "node-cc", &[]);
     let gpus: Vec<Value> = uuids.iter().map(|u| serde_json::json!({"uuid": u})).collect();
     std::fs::write(
@@ -534,7 +526,7 @@ fn cc_host(relayed: bool, done: impl Fn(&Value) -> bool) -> Option<(Value, std::
         .to_string(),
     )
     .expect("scenario");
-    let mut a = start_agent(&c.url(), &n, tok.trim(), "500ms", &[]);
+    let mut a = start_agent(&c.url(), &n, &tok, "500ms", &[]);
     let loc = wait_for("the CC host's location", Duration::from_secs(90), || {
         let l = host(&data, "node-cc")?["location"].clone();
         done(&l).then_some(l)
