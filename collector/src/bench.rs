@@ -59,7 +59,8 @@ pub struct Figures {
     /// With `--database` on a local server: CPU time of every `postgres` process over the run, per report,
     /// microseconds (the run's backends and whatever else that server did meanwhile); otherwise null.
     pub database_cpu_us_per_report: Option<f64>,
-    /// Collector replicas serving the agents (this benchmark runs one).
+    /// Collector replicas serving the agents (`--replicas`, on one PostgreSQL store; agents spread
+    /// across them in turn).
     pub replicas: usize,
 }
 
@@ -200,6 +201,7 @@ pub async fn run(
     seconds: u64,
     interval: Option<Duration>,
     database: Option<&str>,
+    replicas: usize,
 ) -> Result<Figures, String> {
     let dir = std::env::temp_dir().join(format!("gpuattest-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -210,20 +212,35 @@ pub async fn run(
             (Store::connect(&scratch.url).map_err(|e| e.to_string())?, Some(scratch))
         }
     };
+    if replicas > 1 && scratch.is_none() {
+        return Err("--replicas needs --database: replicas share one PostgreSQL store".into());
+    }
     let store_name = match &scratch {
         None => "embedded (SQLite)".to_string(),
-        Some(_) => format!("PostgreSQL {} (scratch schema, dropped)", crate::store::redact_url(database.unwrap_or(""))),
+        Some(_) => format!(
+            "PostgreSQL {} (scratch schema, dropped), {replicas} replica(s)",
+            crate::store::redact_url(database.unwrap_or(""))
+        ),
     };
     let store = Arc::new(store);
-    let collector = Collector::new(store.clone(), Policy::builtin()).with_data_dir(dir.clone());
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
-    let url = format!("http://{}", grpc.local_addr().map_err(|e| e.to_string())?);
+    // Replicas: each a collector with a store (connections) of its own on the one database, as separate
+    // processes would be; they share this process, so their CPU is counted together.
+    let mut stores = vec![store.clone()];
+    for _ in 1..replicas {
+        let url = scratch.as_ref().map(|s| s.url.clone()).unwrap_or_default();
+        stores.push(Arc::new(Store::connect(&url).map_err(|e| e.to_string())?));
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn({
-        let c = collector.clone();
-        async move { c.serve(grpc, http, None, stop_rx).await }
-    });
+    let mut urls = Vec::with_capacity(replicas);
+    let mut servers = Vec::with_capacity(replicas);
+    for (i, s) in stores.iter().enumerate() {
+        let collector = Collector::new(s.clone(), Policy::builtin()).with_data_dir(dir.join(format!("replica-{i}")));
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+        urls.push(format!("http://{}", grpc.local_addr().map_err(|e| e.to_string())?));
+        let stop = stop_rx.clone();
+        servers.push(tokio::spawn(async move { collector.serve(grpc, http, None, stop).await }));
+    }
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // The ceiling, on a report like the ones sent.
@@ -245,13 +262,16 @@ pub async fn run(
     let local_db = database.is_some_and(database_is_local);
     let cpu_before = process_cpu_us("self").map_or(0, |c| c.1);
     let db_before = local_db.then(postgres_cpu_us);
-    let (mut latencies, elapsed, agents_rss_bytes) = run_agents_process(&url, &tok, agents, seconds, interval).await?;
+    let (mut latencies, elapsed, agents_rss_bytes) = run_agents_process(&urls, &tok, agents, seconds, interval).await?;
     let collector_cpu_us = process_cpu_us("self").map_or(0, |c| c.1).saturating_sub(cpu_before);
     let db_cpu_us = db_before.map(|b| postgres_cpu_us().saturating_sub(b));
     let rss_bytes = rss();
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    for server in servers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    }
     let _ = std::fs::remove_dir_all(&dir);
+    drop(stores);
     drop(store);
     drop(scratch);
     latencies.sort_by(f64::total_cmp);
@@ -282,7 +302,7 @@ pub async fn run(
         verify_us_per_report: verify_us,
         cpu_ratio: if collector_us > 0.0 { verify_us / collector_us } else { 0.0 },
         database_cpu_us_per_report: db_cpu_us.map(|us| us as f64 / acknowledged),
-        replicas: 1,
+        replicas,
     })
 }
 
@@ -292,7 +312,8 @@ pub const AGENTS_ENV: &str = "GPUATTEST_BENCH_AGENTS";
 /// What the parent tells the agents' process.
 #[derive(Debug, Serialize, serde::Deserialize)]
 struct AgentsJob {
-    url: String,
+    /// The replicas' gRPC URLs; agent `n` streams to `urls[n % len]`.
+    urls: Vec<String>,
     token: String,
     agents: usize,
     seconds: u64,
@@ -302,7 +323,7 @@ struct AgentsJob {
 /// Starts the agents' process, waits until every agent is enrolled and streaming, starts the clock,
 /// and returns the acknowledgement latencies (ms), the measured duration and that process's RSS.
 async fn run_agents_process(
-    url: &str,
+    urls: &[String],
     token: &str,
     agents: usize,
     seconds: u64,
@@ -310,7 +331,7 @@ async fn run_agents_process(
 ) -> Result<(Vec<f64>, Duration, u64), String> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let job = AgentsJob {
-        url: url.to_string(),
+        urls: urls.to_vec(),
         token: token.to_string(),
         agents,
         seconds,
@@ -383,7 +404,8 @@ async fn agents_job() -> Result<AgentsDone, String> {
     // Connect in waves: thousands of simultaneous connects overflow the listen backlog.
     let connecting = Arc::new(tokio::sync::Semaphore::new(128));
     for a in 0..job.agents {
-        let (url, tok, start, deadline) = (job.url.clone(), job.token.clone(), start.clone(), deadline_rx.clone());
+        let url = job.urls.get(a % job.urls.len().max(1)).cloned().unwrap_or_default();
+        let (tok, start, deadline) = (job.token.clone(), start.clone(), deadline_rx.clone());
         let connecting = connecting.clone();
         tasks.push(tokio::spawn(async move { agent(&url, &tok, a, connecting, start, deadline, interval).await }));
     }

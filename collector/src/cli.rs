@@ -302,21 +302,29 @@ pub fn reports_verify(at: &Place, json: bool) -> Result {
         print_json(&v)?;
     } else {
         let mut text = format!(
-            "{} reports checked: {} valid, {} invalid, {} chain breaks\n",
+            "{} reports checked: {} valid, {} invalid, {} chain breaks; transparency log: {} sequenced, {} not yet sequenced{}\n",
             v.checked,
             v.valid,
             v.invalid.len(),
-            v.chain_breaks
+            v.chain_breaks,
+            v.sequenced,
+            v.unsequenced,
+            if v.unlogged > 0 { format!(", {} missing from the log", v.unlogged) } else { String::new() }
         );
         for i in &v.invalid {
             text.push_str(&format!("  {} seq {}: {}\n", i.host_id, i.seq, i.reason));
         }
         out(&text)?;
     }
-    if v.invalid.is_empty() && v.chain_breaks == 0 {
+    if v.invalid.is_empty() && v.chain_breaks == 0 && v.unlogged == 0 {
         Ok(())
     } else {
-        Err(runtime(format!("{} stored reports failed verification, {} chain breaks", v.invalid.len(), v.chain_breaks)))
+        Err(runtime(format!(
+            "{} stored reports failed verification, {} chain breaks, {} missing from the transparency log",
+            v.invalid.len(),
+            v.chain_breaks,
+            v.unlogged
+        )))
     }
 }
 
@@ -514,16 +522,27 @@ pub fn flags_decide(at: &Place, id: i64, decision: &str, reason: &str) -> Result
 ///
 /// # Errors
 /// When the benchmark cannot set up its store, listeners or agents.
-pub fn bench(agents: usize, seconds: u64, interval: Option<&str>, database: Option<&str>, json: bool) -> Result {
-    if agents == 0 || seconds == 0 {
-        return Err(usage("--agents and --seconds must be at least 1"));
+pub fn bench(
+    agents: usize,
+    seconds: u64,
+    interval: Option<&str>,
+    database: Option<&str>,
+    replicas: usize,
+    json: bool,
+) -> Result {
+    if agents == 0 || seconds == 0 || replicas == 0 {
+        return Err(usage("--agents, --seconds and --replicas must be at least 1"));
+    }
+    if replicas > 1 && database.is_none() {
+        return Err(usage("--replicas needs --database: replicas share one PostgreSQL store"));
     }
     let interval = interval
         .map(gpuattest_proto::units::parse_duration)
         .transpose()
         .map_err(|e| usage(format!("--interval: {e}")))?
         .filter(|d| !d.is_zero());
-    let f = runtime_rt()?.block_on(crate::bench::run(agents, seconds, interval, database)).map_err(runtime)?;
+    let f =
+        runtime_rt()?.block_on(crate::bench::run(agents, seconds, interval, database, replicas)).map_err(runtime)?;
     if json {
         return print_json(&f);
     }

@@ -110,9 +110,53 @@ impl Budget {
 /// records a head only when the tree grew.
 #[derive(Debug, Default)]
 pub struct LogHead {
-    frontier: crate::export::merkle::Frontier,
+    frontier: crate::merkle::Frontier,
     recorded: Option<u64>,
 }
+
+impl LogHead {
+    /// Extends the frontier with the leaves sequenced since the last call, signs the head, and records
+    /// it when the tree grew: O(new leaves) reads and hashes.
+    ///
+    /// # Errors
+    /// Reading leaves or recording the head.
+    pub fn advance(
+        &mut self,
+        store: &Store,
+        key: &crate::export::ExportKey,
+    ) -> Result<crate::export::keys::SignedHead, crate::store::StoreError> {
+        for leaf in store.log_leaves_after(self.frontier.size(), LOG_READ_BATCH)? {
+            self.frontier.push(leaf);
+        }
+        let (size, root) = (self.frontier.size(), self.frontier.root());
+        let head = key.sign_head(size, &root);
+        if self.recorded != Some(size) {
+            store.record_head(head.tree_size, &root, head.signature.as_bytes(), crate::now_ms())?;
+            self.recorded = Some(size);
+        }
+        Ok(head)
+    }
+}
+
+/// The sequencer's hook: after a pass appended leaves, sign and record the new head, at most once per
+/// [`HEAD_EVERY`] (a head per 50 ms pass would be a table of heads; `/api/v1/log/head` signs the
+/// newest one on demand anyway).
+pub fn head_signer(state: &HttpState) -> crate::store::OnSequenced {
+    let (store, key, log) = (state.store.clone(), state.export_key.clone(), state.log.clone());
+    let mut last: Option<std::time::Instant> = None;
+    Box::new(move |_| {
+        if last.is_some_and(|at| at.elapsed() < HEAD_EVERY) {
+            return;
+        }
+        last = Some(std::time::Instant::now());
+        if let Err(e) = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).advance(&store, &key) {
+            tracing::warn!(error = %e, "signing the log's new head failed; the next pass retries");
+        }
+    })
+}
+
+/// The least time between two heads the sequencer signs.
+pub const HEAD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One route: method, path (axum syntax), and what it takes. `None`: public (no token).
 #[derive(Debug, Clone, Copy)]
@@ -487,17 +531,7 @@ async fn log_head(State(s): State<HttpState>) -> Result<Response, ApiError> {
     public_budget_ok(&s)?;
     let (store, key, log) = (s.store.clone(), s.export_key.clone(), s.log.clone());
     let head = tokio::task::spawn_blocking(move || {
-        let mut log = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for leaf in store.log_leaves_after(log.frontier.size(), LOG_READ_BATCH)? {
-            log.frontier.push(leaf);
-        }
-        let (size, root) = (log.frontier.size(), log.frontier.root());
-        let head = key.sign_head(size, &root);
-        if log.recorded != Some(size) {
-            store.record_head(head.tree_size, &root, head.signature.as_bytes(), crate::now_ms())?;
-            log.recorded = Some(size);
-        }
-        Ok::<_, crate::store::StoreError>(head)
+        log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).advance(&store, &key)
     })
     .await
     .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?

@@ -44,6 +44,7 @@ pub mod ingest;
 pub mod landmark;
 pub mod location;
 pub mod logging;
+pub mod merkle;
 pub mod metrics;
 pub mod policy;
 pub mod reevaluate;

@@ -167,6 +167,9 @@ enum Cmd {
         /// Each agent sends one report per interval (e.g. 1s) instead of back to back.
         #[arg(long)]
         interval: Option<String>,
+        /// Collector replicas on the one --database store, agents spread across them.
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
         #[arg(long)]
         json: bool,
     },
@@ -557,8 +560,8 @@ fn main() -> ExitCode {
             cli::attestation_verify(&report, &certs, &nonce, &anchor, json, bench)
         }
         Cmd::Backup { out } => cli::backup(&at, &out),
-        Cmd::Bench { agents, seconds, interval, json } => {
-            cli::bench(agents, seconds, interval.as_deref(), at.database.as_deref(), json)
+        Cmd::Bench { agents, seconds, interval, replicas, json } => {
+            cli::bench(agents, seconds, interval.as_deref(), at.database.as_deref(), replicas, json)
         }
         Cmd::Policy { cmd: PolicyCmd::EvaluateModel { file, json } } => cli::evaluate_model(&at, &file, json),
         Cmd::Policy { cmd: PolicyCmd::Reevaluate { policy, since, json } } => {

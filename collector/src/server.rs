@@ -377,8 +377,13 @@ impl Collector {
         };
         let export_key = crate::export::ExportKey::load_or_create(&data_dir)
             .map_err(|reason| ServeError::Http { addr: http_addr.clone(), reason })?;
-        let app =
-            router(HttpState::new(self.store.clone(), self.metrics.clone(), Arc::new(export_key), self.policy.clone()));
+        let state = HttpState::new(self.store.clone(), self.metrics.clone(), Arc::new(export_key), self.policy.clone());
+        // Stops with this function (its connection, and so its election, released).
+        let _sequencer =
+            crate::store::Sequencer::start(self.store.clone(), crate::http::head_signer(&state)).map_err(|e| {
+                ServeError::Http { addr: http_addr.clone(), reason: format!("cannot start the sequencer: {e}") }
+            })?;
+        let app = router(state);
         let http_task = serve_http(http, app, self.http_tls.clone(), shutdown.clone());
         let shutdown_for_monitor_grace = shutdown_for_monitor.clone();
         let monitor = self.clone().watch_silence(shutdown_for_monitor.clone());

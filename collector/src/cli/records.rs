@@ -183,11 +183,20 @@ pub fn verify(file: &Path, key: &Path, json: bool) -> Result {
     match crate::export::verify(&envelope, &pem) {
         Ok(v) if json => print_json(
             &serde_json::json!({"valid": true, "tenant": v.tenant, "subjects": v.subjects, "tree_size": v.tree_size,
-                "root_hash": v.root_hash, "location_records": v.location_records}),
+                "root_hash": v.root_hash, "location_records": v.location_records, "unsequenced": v.unsequenced}),
         ),
         Ok(v) => out(&format!(
-            "valid: tenant {}, {} reports, each included in the log of size {} (root {}); {} location records checked\n",
-            v.tenant, v.subjects, v.tree_size, v.root_hash, v.location_records
+            "valid: tenant {}, {} reports, each included in the log of size {} (root {}); {} location records checked{}\n",
+            v.tenant,
+            v.subjects,
+            v.tree_size,
+            v.root_hash,
+            v.location_records,
+            if v.unsequenced > 0 {
+                format!("; {} more reports named as not yet sequenced into the log (unproven)", v.unsequenced)
+            } else {
+                String::new()
+            }
         )),
         Err(e) => Err(runtime(format!("{}: invalid: {e}", file.display()))),
     }
@@ -200,6 +209,8 @@ pub fn verify(file: &Path, key: &Path, json: bool) -> Result {
 pub fn log_head(at: &Place) -> Result {
     let store = open(at)?;
     let key = crate::export::ExportKey::load_or_create(&at.data).map_err(config)?;
+    // Reports acknowledged and still queued are sequenced first: the head covers every one so far.
+    store.sequence_pending().map_err(runtime)?;
     let leaves = store.log_leaves(None).map_err(runtime)?;
     let root = crate::export::merkle::root(&leaves);
     let head = key.sign_head(leaves.len() as u64, &root);
@@ -214,6 +225,7 @@ pub fn log_head(at: &Place) -> Result {
 pub fn log_consistency(at: &Place, from: u64, to: Option<u64>) -> Result {
     let store = open(at)?;
     let key = crate::export::ExportKey::load_or_create(&at.data).map_err(config)?;
+    store.sequence_pending().map_err(runtime)?;
     let leaves = store.log_leaves(None).map_err(runtime)?;
     let to = to.unwrap_or(leaves.len() as u64);
     if from == 0 || from > to || to > leaves.len() as u64 {

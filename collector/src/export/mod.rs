@@ -10,7 +10,7 @@
 //! - this file: DSSE (PAE, envelope) and offline verification.
 
 pub mod keys;
-pub mod merkle;
+pub use crate::merkle;
 pub mod statement;
 
 use base64::Engine;
@@ -84,6 +84,8 @@ pub struct Verified {
     pub root_hash: String,
     /// Landmark measurement records whose signatures were checked.
     pub location_records: usize,
+    /// Reports the export names as stored but not yet sequenced into the log (nothing proves them).
+    pub unsequenced: usize,
 }
 
 fn hex32(s: &str) -> Option<merkle::Hash> {
@@ -162,6 +164,7 @@ pub fn verify(envelope_json: &[u8], key_pem: &str) -> Result<Verified, String> {
         tree_size: size,
         root_hash: gpuattest_proto::hex(&root),
         location_records,
+        unsequenced: t["unsequenced"].as_array().map_or(0, Vec::len),
     })
 }
 

@@ -1,4 +1,4 @@
-//! The commit: a verified report, its decoded rows, the host's new position, its log leaf, job accounting, evidence and flags, in one transaction (one report, or a group of them).
+//! The commit: a verified report, its decoded rows, the host's new position, its queued log leaf, job accounting, evidence and flags, in one transaction (one report, or a group of them).
 
 use super::*;
 
@@ -106,10 +106,34 @@ pub(super) fn incoming(item: &PendingCommit) -> IncomingReport<'_> {
     }
 }
 
+/// Begins a report transaction: no store-wide lock; on PostgreSQL the hosts' rows are locked at once,
+/// in host order (so two replicas' batches never wait on each other in a circle), and held to the
+/// commit: a host's reports commit one transaction at a time, in its sequence order, while other hosts'
+/// reports commit beside them on any replica. (SQLite: `BEGIN IMMEDIATE`, serial anyway.)
+pub(super) fn begin_reports<'a>(conn: &'a mut Db, hosts: &[&str]) -> Result<db::Tx<'a>, DbError> {
+    let mut tx = conn.write_under(db::Lock::Rows)?;
+    if tx.is_postgres() {
+        let mut hosts: Vec<&str> = hosts.to_vec();
+        hosts.sort_unstable();
+        hosts.dedup();
+        tx.rows(
+            "SELECT host_id FROM hosts WHERE host_id = ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(?1 AS jsonb)))) \
+             ORDER BY host_id FOR UPDATE",
+            params![&serde_json::to_string(&hosts).unwrap_or_default()],
+            |_| Ok(()),
+        )?;
+    }
+    Ok(tx)
+}
+
+fn batch_hosts(items: &[PendingCommit]) -> Vec<&str> {
+    items.iter().map(|i| i.host_id.as_str()).collect()
+}
+
 /// The whole batch in one transaction without savepoints; `None`, with everything rolled back, at the
 /// first error (or a failed commit).
 pub(super) fn batch_together(conn: &mut Db, items: &[PendingCommit]) -> Option<Vec<Result<Commit>>> {
-    let mut tx = conn.write().ok()?;
+    let mut tx = begin_reports(conn, &batch_hosts(items)).ok()?;
     let mut results = Vec::with_capacity(items.len());
     for item in items {
         let c =
@@ -122,7 +146,7 @@ pub(super) fn batch_together(conn: &mut Db, items: &[PendingCommit]) -> Option<V
 
 /// The batch with each report in its own savepoint.
 pub(super) fn batch_isolated(conn: &mut Db, items: &[PendingCommit]) -> Vec<Result<Commit>> {
-    let mut tx = match conn.write() {
+    let mut tx = match begin_reports(conn, &batch_hosts(items)) {
         Ok(tx) => tx,
         Err(e) => {
             let msg = e.to_string();
@@ -217,58 +241,8 @@ pub(super) fn commit_one(
         ],
     )
     .map_err(sql("insert report"))?;
-    // Several rows per statement: fewer statements on the commit path, fewer round trips' worth of
-    // work on PostgreSQL.
-    let mut ps = Vec::with_capacity(13 * r.gpus.len());
-    for gpu in &r.gpus {
-        ps.extend_from_slice(params![
-            host_id,
-            seq,
-            gpu.index,
-            &gpu.uuid,
-            &gpu.serial,
-            &gpu.name,
-            &gpu.pci_bus_id,
-            gpu.memory_total_bytes,
-            gpu.memory_used_bytes,
-            gpu.utilization_gpu_pct,
-            gpu.power_mw,
-            gpu.energy_mj,
-            gpu.lost
-        ]);
-    }
-    tx.defer_values(
-        "INSERT INTO report_gpus (host_id, seq, gpu_index, uuid, serial, name, pci_bus_id, memory_total, memory_used, util_gpu, power_mw, energy_mj, lost) VALUES ",
-        13,
-        " ON CONFLICT DO NOTHING",
-        &ps,
-    )
-    .map_err(sql("insert gpus"))?;
-    let gpu_lists: Vec<String> =
-        r.processes.iter().map(|p| serde_json::to_string(&p.gpu_uuids).unwrap_or_default()).collect();
-    let mut ps = Vec::with_capacity(11 * r.processes.len());
-    for (proc_, gpus) in r.processes.iter().zip(&gpu_lists) {
-        ps.extend_from_slice(params![
-            host_id,
-            seq,
-            proc_.pid,
-            proc_.start_time_ticks,
-            gpus,
-            &proc_.cmdline,
-            &proc_.container_id,
-            &proc_.pod_uid,
-            &proc_.slurm_job_id,
-            proc_.uid,
-            &proc_.exe
-        ]);
-    }
-    tx.defer_values(
-        "INSERT INTO report_processes (host_id, seq, pid, start_time, gpu_uuids, cmdline, container_id, pod_uid, slurm_job_id, uid, exe) VALUES ",
-        11,
-        " ON CONFLICT DO NOTHING",
-        &ps,
-    )
-    .map_err(sql("insert processes"))?;
+    // Nothing per GPU or process is stored beside the verbatim bytes: what reads them (the review
+    // timeline) decodes a bounded window of the host's reports.
     // The interval comes from the signed report (bounded), never from the stream's unauthenticated
     // opening message; 0 (an older agent) keeps what is stored.
     let interval = crate::verify::bounded_interval(r.interval_ms).map(|v| v as i64);
@@ -277,14 +251,11 @@ pub(super) fn commit_one(
         params![seq, &hash, incoming.received_at, host_id, interval],
     )
     .map_err(sql("advance host"))?;
-    // Log indexes are dense and in commit order: the write lock orders every appender, replicas included.
-    let leaf = crate::export::merkle::leaf_hash(&log_leaf_data(host_id, r.seq, &hash));
-    tx.defer(
-        "INSERT INTO log_leaves (idx, host_id, seq, leaf_hash) \
-         VALUES ((SELECT COALESCE(MAX(idx), 0) + 1 FROM log_leaves), ?1, ?2, ?3)",
-        params![host_id, seq, &leaf],
-    )
-    .map_err(sql("append to the transparency log"))?;
+    // Queued for the transparency log: the sequencer gives it its index (see `log::sequence`), so no
+    // commit waits on another host's for a log position.
+    let leaf = crate::merkle::leaf_hash(&log_leaf_data(host_id, r.seq, &hash));
+    tx.defer("INSERT INTO log_queue (host_id, seq, leaf_hash) VALUES (?1, ?2, ?3)", params![host_id, seq, &leaf])
+        .map_err(sql("queue for the transparency log"))?;
     if let Some(g) = &r.gap
         && g.first_seq <= g.last_seq
         && g.last_seq < r.seq
@@ -320,7 +291,7 @@ impl Store {
     ) -> Result<Commit> {
         let mut conn = self.conn();
         let c = {
-            let mut tx = conn.write().map_err(sql("begin"))?;
+            let mut tx = begin_reports(&mut conn, &[host_id]).map_err(sql("begin"))?;
             let c = commit_one(&mut tx, host_id, incoming, flags_for)?;
             if matches!(c, Commit::Stored { .. }) {
                 tx.commit().map_err(sql("commit report"))?;

@@ -211,8 +211,11 @@ pub(super) fn account(
     // The jobs' stored evidence in one query, their updates pipelined, their totals in one query.
     let keys: Vec<String> = job_processes.keys().cloned().collect();
     let keys_json = serde_json::to_string(&keys).unwrap_or_default();
+    // A job's evidence is read, extended and written back: on PostgreSQL its row is locked first (in
+    // key order), since one job's reports from several hosts may commit at once on several replicas
+    // and the later write must not drop the earlier one's evidence.
     let evidence_sql = if tx.is_postgres() {
-        concat!("SELECT job_key, evidence FROM jobs WHERE job_key", keys_in!(pg))
+        concat!("SELECT job_key, evidence FROM jobs WHERE job_key", keys_in!(pg), " ORDER BY job_key FOR UPDATE")
     } else {
         concat!("SELECT job_key, evidence FROM jobs WHERE job_key", keys_in!(sqlite))
     };

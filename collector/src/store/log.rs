@@ -43,7 +43,7 @@ impl Store {
             .map(Option::unwrap_or_default)
     }
 
-    /// A remembered perfect subtree root of the log (see `export::merkle::Stored`).
+    /// A remembered perfect subtree root of the log (see `merkle::Stored`).
     ///
     /// # Errors
     /// [`StoreError::Sql`].

@@ -4,8 +4,10 @@
 //! per version and backend) and run the same SQL through [`db::Db`].
 //!
 //! Every write that belongs together happens in one transaction: a report, its decoded rows, the host's
-//! new sequence position and the flags it raised commit together or not at all, so a rejected or failed
-//! report never changes what is stored.
+//! new sequence position, its queued log leaf and the flags it raised commit together or not at all, so
+//! a rejected or failed report never changes what is stored. A report's transaction locks its host's
+//! row, not the store: replicas commit different hosts' reports in parallel, and the transparency log
+//! is sequenced apart (`sequencer`).
 //!
 //! # Rooms
 //! - [`open`](self::open): opening either backend, migrations, backups, the checkpoint thread.
@@ -14,6 +16,7 @@
 //!   accounts beside the report.
 //! - `flags`, `audit`: flags and reviewers' decisions; who did what.
 //! - `log`, `reports`: the transparency log's storage; stored reports as evidence (verify, export).
+//! - `sequencer`: the log's indexes, assigned in batches apart from the commit (one elected replica).
 //! - `review`, `location`: what the review page and the location verdicts read.
 //! - [`db`]: one SQL dialect over SQLite and PostgreSQL; `group`: the group committer.
 
@@ -41,6 +44,7 @@ pub mod pgtls;
 mod reports;
 mod review;
 pub mod scratch;
+mod sequencer;
 mod tokens;
 // The rooms' public types keep their `crate::store::` paths; their private helpers are shared among
 // the rooms through these globs.
@@ -56,6 +60,7 @@ pub use log::*;
 pub use open::*;
 pub use reports::*;
 pub use review::{ReportCheck, ReportRef, TimelinePoint};
+pub use sequencer::{ELECTION_EVERY, OnSequenced, SEQUENCE_BATCH, SEQUENCE_EVERY, Sequenced, Sequencer};
 pub use tokens::*;
 
 use db::{Db, DbError, Row, params};

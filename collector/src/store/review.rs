@@ -4,12 +4,32 @@
 use gpuattest_proto::pb;
 use serde::Serialize;
 
-use super::db::{DbError, Row, params};
+use super::db::params;
 use super::{Result, Store, audit_tx, sql};
 use crate::timefmt::rfc3339;
 
 /// Most points in one timeline.
 pub const MAX_TIMELINE_POINTS: usize = 4000;
+/// Most hosts one job's timeline draws (those it used most recently).
+pub const MAX_TIMELINE_HOSTS: usize = 16;
+
+/// One host's part of a job's timeline: each GPU's (first, last) seen, then the earliest and latest.
+type HostWindows = (std::collections::BTreeMap<String, (i64, i64)>, i64, i64);
+
+/// The GPU samples of one stored report (its verbatim bytes) for the GPUs `wanted` picks.
+fn points_of(host_id: &str, t: i64, report: &[u8], wanted: impl Fn(&str) -> bool, out: &mut Vec<TimelinePoint>) {
+    let Ok(r) = <pb::UsageReport as prost::Message>::decode(report) else { return };
+    for g in r.gpus.into_iter().filter(|g| !g.lost && wanted(&g.uuid)) {
+        out.push(TimelinePoint {
+            host_id: host_id.to_string(),
+            gpu_uuid: g.uuid,
+            t,
+            util: g.utilization_gpu_pct,
+            power_mw: g.power_mw,
+            energy_mj: g.energy_mj.map(|e| e as i64),
+        });
+    }
+}
 
 /// A stored report, by reference.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -94,7 +114,9 @@ impl Store {
     }
 
     /// The GPU samples of a job across its hosts (newest [`MAX_TIMELINE_POINTS`]), oldest first; for a
-    /// flag with no job, `gpus` on `host_id` over its sequence range.
+    /// flag with no job, `gpus` on `host_id` over its sequence range. Derived on read from the signed
+    /// reports' verbatim bytes (nothing per GPU is stored beside them): a bounded window of each host's
+    /// newest reports, decoded.
     ///
     /// # Errors
     /// [`super::StoreError::Sql`].
@@ -105,42 +127,70 @@ impl Store {
         gpus: &[String],
         seqs: (u64, u64),
     ) -> Result<Vec<TimelinePoint>> {
+        use std::collections::BTreeMap;
         let mut conn = self.reader();
-        let map = |r: &Row<'_>| -> std::result::Result<TimelinePoint, DbError> {
-            Ok(TimelinePoint {
-                host_id: r.get(0)?,
-                gpu_uuid: r.get(1)?,
-                t: r.get(2)?,
-                util: r.get(3)?,
-                power_mw: r.get(4)?,
-                energy_mj: r.get(5)?,
-            })
-        };
-        let mut points: Vec<TimelinePoint> = conn
+        // Which GPUs of which hosts the job used, and when: job_usage's key leads with job_key.
+        let usage: Vec<(String, String, i64, i64)> = conn
             .rows(
-                "SELECT g.host_id, g.uuid, r.window_end, g.util_gpu, g.power_mw, g.energy_mj \
-                     FROM job_usage j \
-                     JOIN reports r ON r.host_id = j.host_id AND r.window_end BETWEEN j.first_seen AND j.last_seen \
-                     JOIN report_gpus g ON g.host_id = r.host_id AND g.seq = r.seq AND g.uuid = j.gpu_uuid \
-                     WHERE j.job_key = ?1 \
-                     ORDER BY r.window_end DESC LIMIT ?2",
-                params![job_key, MAX_TIMELINE_POINTS],
-                map,
+                "SELECT host_id, gpu_uuid, first_seen, last_seen FROM job_usage WHERE job_key = ?1",
+                params![job_key],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .map_err(sql("job timeline"))?;
-        if points.is_empty() && !gpus.is_empty() {
-            const GPU_TIMELINE: &str = "SELECT g.host_id, g.uuid, r.window_end, g.util_gpu, g.power_mw, g.energy_mj \
-                     FROM report_gpus g JOIN reports r ON r.host_id = g.host_id AND r.seq = g.seq \
-                     WHERE g.host_id = ?1 AND g.uuid = ?2 AND g.seq BETWEEN ?3 AND ?4 \
-                     ORDER BY g.seq DESC LIMIT ?5";
-            for u in gpus.iter().take(16) {
-                let rows = conn
-                    .rows(GPU_TIMELINE, params![host_id, u, seqs.0, seqs.1, MAX_TIMELINE_POINTS / 16], map)
-                    .map_err(sql("gpu timeline"))?;
-                points.extend(rows);
+        // Per host: its GPUs' windows, and the span of them.
+        let mut hosts: BTreeMap<String, HostWindows> = BTreeMap::new();
+        for (h, uuid, first, last) in usage {
+            let e = hosts.entry(h).or_insert_with(|| (BTreeMap::new(), i64::MAX, i64::MIN));
+            e.0.insert(uuid, (first, last));
+            e.1 = e.1.min(first);
+            e.2 = e.2.max(last);
+        }
+        let mut points = Vec::new();
+        if !hosts.is_empty() {
+            // The hosts the job used most recently, at most MAX_TIMELINE_HOSTS of them.
+            let mut order: Vec<(&String, &HostWindows)> = hosts.iter().collect();
+            order.sort_by_key(|(_, (_, _, last))| std::cmp::Reverse(*last));
+            order.truncate(MAX_TIMELINE_HOSTS);
+            let per_host = MAX_TIMELINE_POINTS / order.len();
+            for (h, (windows, first, last)) in order {
+                let reports = (per_host / windows.len().max(1)).max(1);
+                // reports_by_host_time (host_id, window_end): the host's newest reports in the job's span.
+                let rows: Vec<(i64, Vec<u8>)> = conn
+                    .rows(
+                        "SELECT window_end, report FROM reports WHERE host_id = ?1 AND window_end BETWEEN ?2 AND ?3 \
+                         ORDER BY window_end DESC LIMIT ?4",
+                        params![h, *first, *last, reports],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .map_err(sql("job timeline reports"))?;
+                for (t, bytes) in rows {
+                    points_of(
+                        h,
+                        t,
+                        &bytes,
+                        |uuid| windows.get(uuid).is_some_and(|(f, l)| (*f..=*l).contains(&t)),
+                        &mut points,
+                    );
+                }
+            }
+        } else if !gpus.is_empty() {
+            let gpus: Vec<&String> = gpus.iter().take(16).collect();
+            // The primary key (host_id, seq): the newest reports of the flag's range.
+            let rows: Vec<(i64, Vec<u8>)> = conn
+                .rows(
+                    "SELECT window_end, report FROM reports WHERE host_id = ?1 AND seq BETWEEN ?2 AND ?3 \
+                     ORDER BY seq DESC LIMIT ?4",
+                    params![host_id, seqs.0, seqs.1, MAX_TIMELINE_POINTS / gpus.len()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(sql("gpu timeline"))?;
+            for (t, bytes) in rows {
+                points_of(host_id, t, &bytes, |uuid| gpus.iter().any(|g| g.as_str() == uuid), &mut points);
             }
         }
-        points.sort_by(|a, b| a.t.cmp(&b.t).then_with(|| a.gpu_uuid.cmp(&b.gpu_uuid)));
+        points.sort_by(|a, b| {
+            a.t.cmp(&b.t).then_with(|| a.host_id.cmp(&b.host_id)).then_with(|| a.gpu_uuid.cmp(&b.gpu_uuid))
+        });
         Ok(points)
     }
 

@@ -478,12 +478,30 @@ fn the_transparency_log_is_dense_and_in_commit_order(b: &Backend) {
         pending(&bh, b2, rb2),
     ]);
     assert_eq!(results.iter().filter(|r| matches!(r, Ok(Commit::Stored { .. }))).count(), 3);
-    assert_eq!(s.log_leaves(None).expect("leaves").len(), 3);
+    // Committed means queued for the log, not yet in it: named so by exports and `reports verify`.
+    assert_eq!(s.log_leaves(None).expect("leaves").len(), 0);
+    assert_eq!(s.unsequenced().expect("queue"), 3);
+    let v = s.verify_all().expect("verify");
+    assert_eq!((v.sequenced, v.unsequenced, v.unlogged), (0, 3, 0));
+    assert!(s.reports_for_export("t1", 0, i64::MAX).expect("export").iter().all(|r| r.log_index.is_none()));
+    // One pass sequences them in commit order (a host's reports in its sequence order), once.
+    let pass = s.sequence_pending().expect("sequence");
+    assert_eq!((pass.from, pass.leaves.len(), pass.size()), (0, 3, 3));
+    assert_eq!(s.sequence_pending().expect("again").leaves.len(), 0, "nothing is sequenced twice");
+    assert_eq!(s.unsequenced().expect("queue"), 0);
+    assert_eq!(s.log_leaves(None).expect("leaves"), pass.leaves);
     assert_eq!(s.log_leaves(Some(2)).expect("leaves").len(), 2);
-    let mut idx: Vec<u64> =
-        s.reports_for_export("t1", 0, i64::MAX).expect("export").iter().map(|r| r.log_index).collect();
-    idx.sort_unstable();
-    assert_eq!(idx, vec![0, 1, 2]);
+    let rows = s.reports_for_export("t1", 0, i64::MAX).expect("export");
+    let index =
+        |host: &str, seq: u64| rows.iter().find(|r| r.host_id == host && r.seq == seq).and_then(|r| r.log_index);
+    assert_eq!((index(&a, 1), index(&bh, 1), index(&bh, 2)), (Some(0), Some(1), Some(2)));
+    let v = s.verify_all().expect("verify");
+    assert_eq!((v.sequenced, v.unsequenced, v.unlogged), (3, 0, 0));
+    // A later report continues the log densely.
+    let (b3, rb3) = signed(&kb, &bh, 3);
+    assert!(matches!(s.commit_batch(vec![pending(&bh, b3, rb3)])[0], Ok(Commit::Stored { .. })));
+    let pass = s.sequence_pending().expect("sequence");
+    assert_eq!((pass.from, pass.leaves.len()), (3, 1));
     s.record_head(3, &[1; 32], &[2; 64], 5).expect("head");
     s.record_head(3, &[1; 32], &[2; 64], 6).expect("the same head again is kept once");
 }
@@ -497,11 +515,11 @@ fn a_report_that_fails_in_a_batch_leaves_the_others_stored(b: &Backend) {
         format!(
             "CREATE FUNCTION fail_b() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
                IF NEW.host_id = '{bad}' THEN RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$; \
-             CREATE TRIGGER fail_b BEFORE INSERT ON report_gpus FOR EACH ROW EXECUTE FUNCTION fail_b();"
+             CREATE TRIGGER fail_b BEFORE INSERT ON reports FOR EACH ROW EXECUTE FUNCTION fail_b();"
         )
     } else {
         format!(
-            "CREATE TRIGGER fail_b BEFORE INSERT ON report_gpus WHEN NEW.host_id = '{bad}' \
+            "CREATE TRIGGER fail_b BEFORE INSERT ON reports WHEN NEW.host_id = '{bad}' \
              BEGIN SELECT RAISE(ABORT, 'injected failure'); END;"
         )
     };
@@ -519,7 +537,7 @@ fn a_report_that_fails_in_a_batch_leaves_the_others_stored(b: &Backend) {
     let hosts = s.hosts(None).expect("hosts");
     let row = |id: &str| hosts.iter().find(|h| h.host_id == id).map(|h| (h.last_seq, h.reports));
     assert_eq!((row(&a), row(&bad)), (Some((2, 2)), Some((0, 0))));
-    assert_eq!(s.log_leaves(None).expect("leaves").len(), 2, "the failed report left no log leaf");
+    assert_eq!(s.sequence_pending().expect("sequence").leaves.len(), 2, "the failed report left no log leaf");
     assert_eq!(s.jobs(None, 10).expect("jobs").iter().map(|j| j.gpus).sum::<u64>(), 2, "nor job usage");
     assert_eq!(s.verify_all().expect("verify").valid, 2);
 }
@@ -696,7 +714,68 @@ fn finding_2_the_silence_interval_is_signed_and_bounded(b: &Backend) {
     assert_eq!(interval(&s), Some(3_600_000));
 }
 
+/// Two replicas (two stores on one database) commit four hosts' reports from four threads while both
+/// run sequencing passes: every report gets exactly one log index, the indexes are dense, and each
+/// host's reports are in the log in its sequence order.
+fn replicas_sequencing_at_once_give_each_report_one_index(b: &Backend) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const PER_HOST: u64 = 40;
+    let replicas = [Arc::new(b.open().expect("replica 1")), Arc::new(b.open().expect("replica 2"))];
+    let hosts: Vec<(Ed25519KeyPair, String)> = (0..4)
+        .map(|i| {
+            let k = key();
+            let id = enrolled(&replicas[0], &k, &format!("h{i}")).host_id;
+            (k, id)
+        })
+        .collect();
+    let done = Arc::new(AtomicBool::new(false));
+    let sequencers: Vec<_> = replicas
+        .iter()
+        .map(|r| {
+            let (r, done) = (r.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut passes = 0;
+                while !done.load(Ordering::Relaxed) {
+                    passes += usize::from(!r.sequence_pending().expect("pass").leaves.is_empty());
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                passes
+            })
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        for (i, (k, id)) in hosts.iter().enumerate() {
+            let replicas = &replicas;
+            scope.spawn(move || {
+                for seq in 1..=PER_HOST {
+                    let (sr, r) = signed(k, id, seq);
+                    // Each host's reports alternate between the replicas, as after failovers.
+                    let via = &replicas[(i + seq as usize) % 2];
+                    assert!(matches!(via.commit_batch(vec![pending(id, sr, r)])[0], Ok(Commit::Stored { .. })));
+                }
+            });
+        }
+    });
+    done.store(true, Ordering::Relaxed);
+    let passes: usize = sequencers.into_iter().map(|t| t.join().expect("sequencer")).sum();
+    replicas[1].sequence_pending().expect("the rest");
+    assert!(passes >= 2, "both replicas' passes ran: {passes}");
+    let total = 4 * PER_HOST;
+    assert_eq!(replicas[0].log_size().expect("size"), total);
+    assert_eq!(replicas[0].unsequenced().expect("queue"), 0);
+    let rows = replicas[1].reports_for_export("t1", 0, i64::MAX).expect("rows");
+    let mut idx: Vec<u64> = rows.iter().map(|r| r.log_index.expect("sequenced")).collect();
+    idx.sort_unstable();
+    assert_eq!(idx, (0..total).collect::<Vec<_>>(), "dense, each report once");
+    for (_, id) in &hosts {
+        let mine: Vec<u64> = rows.iter().filter(|r| &r.host_id == id).map(|r| r.log_index.unwrap_or(0)).collect();
+        assert!(mine.windows(2).all(|w| w[0] < w[1]), "host {id}'s reports in its order: {mine:?}");
+    }
+}
+
 on_both_backends!(
+    replicas_sequencing_at_once_give_each_report_one_index,
     finding_1_two_tenants_with_one_slurm_job_id_never_share_a_job,
     finding_1_a_decided_flag_does_not_absorb_new_evidence_silently,
     finding_3_a_retired_key_signs_nothing_after_its_last_report,

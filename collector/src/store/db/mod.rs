@@ -2,9 +2,11 @@
 //! a shared PostgreSQL database (`--database postgres://...`). The store writes its SQL once, in the
 //! subset both speak, with numbered parameters `?1`, `?2`, ... (rewritten to `$1`, `$2` for PostgreSQL).
 //!
-//! Write transactions are serialised the same way on both: SQLite's `BEGIN IMMEDIATE` takes the
-//! database's write lock; on PostgreSQL every write transaction takes one transaction-scoped advisory
-//! lock, so several collector replicas append to the hash chains and the transparency log in one order.
+//! Write transactions: SQLite's `BEGIN IMMEDIATE` takes the database's write lock, so there every
+//! writer is serial. On PostgreSQL a transaction says what orders it ([`Lock`]): a report commit locks
+//! only its hosts' rows (replicas commit different hosts' reports in parallel); the transparency log's
+//! sequencer takes the log's advisory lock; the rare administrative writes (enrollment, rotation,
+//! revocation, decisions, migrations) take one store-wide advisory lock among themselves.
 //!
 //! The PostgreSQL client is tokio-postgres, its connection driven on a thread of its own; the store
 //! waits on the client's futures with a plain thread-parking executor, so it works the same from a
@@ -27,10 +29,31 @@ pub(crate) use values::params;
 use values::*;
 pub use values::{FromCol, P, Row};
 
-/// The advisory lock key every PostgreSQL write transaction takes ("gpuattst" in ASCII).
+/// The advisory lock key administrative PostgreSQL write transactions take ("gpuattst" in ASCII).
 const WRITE_LOCK: i64 = 0x6770_7561_7474_7374;
 /// The advisory lock held while migrating, so replicas starting together migrate once.
 const MIGRATE_LOCK: i64 = WRITE_LOCK + 1;
+/// The advisory lock a sequencing transaction takes: log indexes are assigned by one transaction at a
+/// time, whichever replica runs it. Keyed by the schema, as stores sharing a database (one schema
+/// each) have logs of their own.
+const LOG_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended('gpuattest-log:' || current_schema(), 0))";
+/// The session-level advisory lock the elected sequencer holds on its own connection (per schema, as
+/// [`LOG_LOCK`]); PostgreSQL releases it when that connection ends (the replica died, or its network
+/// did), and another replica takes it.
+const SEQUENCER_LOCK: Sql =
+    "SELECT pg_try_advisory_lock(hashtextextended('gpuattest-sequencer:' || current_schema(), 0))";
+
+/// What orders a write transaction on PostgreSQL (SQLite: every writer is serial anyway).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    /// The store-wide advisory lock: administrative writes, serial among themselves.
+    Store,
+    /// The transparency log's advisory lock: the sequencer.
+    Log,
+    /// No advisory lock: the transaction locks the rows it depends on (`SELECT .. FOR UPDATE`, in a
+    /// fixed order), so transactions on other rows run in parallel.
+    Rows,
+}
 /// Longest a PostgreSQL statement may run before the server cancels it.
 const STATEMENT_TIMEOUT_MS: u32 = 60_000;
 
@@ -285,16 +308,30 @@ impl Db {
         }
     }
 
-    /// Begins a write transaction, serialised with every other writer of this store (other replicas
-    /// included). Dropped without [`Tx::commit`], it rolls back.
+    /// Begins an administrative write transaction, serialised with every other one of this store
+    /// (other replicas included): [`Lock::Store`]. Dropped without [`Tx::commit`], it rolls back.
     ///
     /// # Errors
     /// The backend's error (SQLite: busy beyond the timeout).
     pub fn write(&mut self) -> Result<Tx<'_>, DbError> {
+        self.write_under(Lock::Store)
+    }
+
+    /// Begins a write transaction ordered by `lock` (see [`Lock`]). Dropped without [`Tx::commit`], it
+    /// rolls back.
+    ///
+    /// # Errors
+    /// The backend's error (SQLite: busy beyond the timeout).
+    pub fn write_under(&mut self, lock: Lock) -> Result<Tx<'_>, DbError> {
         let begun = match self {
             Db::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE").map_err(DbError::from),
             Db::Pg(pg) => pg.live().and_then(|client| {
-                Ok(block_on(client.batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")))?)
+                let begin = match lock {
+                    Lock::Store => format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"),
+                    Lock::Log => format!("BEGIN; {LOG_LOCK}"),
+                    Lock::Rows => "BEGIN".to_string(),
+                };
+                Ok(block_on(client.batch_execute(&begin))?)
             }),
         };
         if let Err(e) = begun {
@@ -317,6 +354,39 @@ impl Db {
             Db::Pg(pg) => {
                 let f = if lock { "pg_advisory_lock" } else { "pg_advisory_unlock" };
                 Ok(block_on(pg.live()?.batch_execute(&format!("SELECT {f}({MIGRATE_LOCK})")))?)
+            }
+        }
+    }
+
+    /// Holds (or takes, if it is free) the sequencer's session-level advisory lock on PostgreSQL:
+    /// `true` while this connection's session holds it, which makes this replica the store's
+    /// sequencer. Asked again on a connection that was replaced after a loss, it answers for the new
+    /// session, so a stale holder learns it lost the election. SQLite: always `true` (one process
+    /// writes an embedded store).
+    ///
+    /// # Errors
+    /// The backend's error.
+    pub fn hold_sequencer_lock(&mut self) -> Result<bool, DbError> {
+        match self {
+            Db::Sqlite(_) => Ok(true),
+            // Session-level advisory locks stack (a counter per session, freed with the session);
+            // the sequencer asks about once a second.
+            Db::Pg(_) => Ok(self.row(SEQUENCER_LOCK, params![], |r| r.get::<i64>(0))?.is_some_and(|held| held != 0)),
+        }
+    }
+
+    /// A second connection to the same PostgreSQL database, with its own session (`None` for SQLite,
+    /// whose store has one writer), named `application_name` in `pg_stat_activity`.
+    ///
+    /// # Errors
+    /// Connecting.
+    pub fn another(&self, application_name: &str) -> Option<Result<Db, DbError>> {
+        match self {
+            Db::Sqlite(_) => None,
+            Db::Pg(pg) => {
+                let mut config = pg.config.clone();
+                config.application_name(application_name);
+                Some(Pg::connect(config, pg.transport.clone()).map(|p| Db::Pg(Box::new(p))))
             }
         }
     }

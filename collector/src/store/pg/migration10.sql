@@ -1,0 +1,12 @@
+-- Migration 10: the transparency log is sequenced apart from the commit (issue 17). A report's commit
+-- appends its leaf here, under its host's row alone (no store-wide lock); the sequencer (the replica
+-- holding the sequencer's advisory lock) moves queued leaves into log_leaves in batches, assigning
+-- dense indexes under the log's own lock, and deletes them from the queue in the same transaction, so
+-- each leaf is sequenced exactly once. id orders the queue (a host's leaves in its commit order);
+-- nothing else reads it.
+CREATE TABLE log_queue (
+    id         BIGSERIAL PRIMARY KEY,
+    host_id    TEXT NOT NULL,
+    seq        BIGINT NOT NULL,
+    leaf_hash  BYTEA NOT NULL
+);
