@@ -518,7 +518,31 @@ pub fn flags_decide(at: &Place, id: i64, decision: &str, reason: &str) -> Result
     }
 }
 
-/// `bench`: end-to-end ingest against the verification ceiling, on the embedded store.
+/// `bench --review-reports N`: the review page of a flag over N stored reports of one host.
+///
+/// # Errors
+/// Runtime errors from the store.
+pub fn bench_review(reports: u64, database: Option<&str>, json: bool) -> Result {
+    if reports == 0 {
+        return Err(usage("--review-reports must be at least 1"));
+    }
+    let f = crate::bench::review_page(reports, database).map_err(runtime)?;
+    if json {
+        return print_json(&f);
+    }
+    out(&format!(
+        "{} reports of one host ({}), stored in {:.1} s: the flag's review page took {:.1} ms (median of {}), {} timeline points\n",
+        f.stored_reports,
+        f.store,
+        f.fill_seconds,
+        f.review_page_median_ms,
+        f.review_page_ms.len(),
+        f.timeline_points
+    ))
+}
+
+/// `bench`: end-to-end ingest against the verification ceiling, on the embedded store (or
+/// `--database`, with `--replicas` collectors on it).
 ///
 /// # Errors
 /// When the benchmark cannot set up its store, listeners or agents.

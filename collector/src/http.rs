@@ -364,28 +364,39 @@ async fn list_hosts(State(s): State<HttpState>, headers: HeaderMap) -> Result<Re
 
 /// `GET /api/v1/flags/{id}`: the flag, its decision history, the reports behind it, its job's verdict
 /// and compute, the job's GPU timeline, what is known against its tenant, and the host's GPU evidence.
+/// What the review page shows of flag `id` (seen within `scope`, a customer's tenant): the flag, its
+/// history, the reports behind it, its job, the job's timeline, screening, GPU evidence and location.
+/// `None` when there is no such flag in scope.
+///
+/// # Errors
+/// The store's.
+pub fn flag_detail(
+    store: &Store,
+    policy: &crate::policy::Policy,
+    id: i64,
+    scope: Option<&str>,
+) -> Result<Option<serde_json::Value>, crate::store::StoreError> {
+    let Some(f) = store.flag(id, scope)? else { return Ok(None) };
+    let history = store.flag_history(id)?;
+    let reports = store.report_refs(&f.host_id, f.first_seq, f.last_seq, 50)?;
+    let job = store.job(&f.job)?.map(|j| policy.estimate(j));
+    let timeline = store.timeline(&f.job, &f.host_id, &f.gpu_uuids, (f.first_seq, f.last_seq))?;
+    let screening = f.tenant.as_deref().map(|t| policy.tenant_findings(t)).unwrap_or_default();
+    let last_seq = store.host(&f.host_id)?.map_or(0, |h| h.last_seq);
+    let latest = store.decoded_report(&f.host_id, last_seq)?;
+    let gpu_evidence = store.gpu_evidence_states(&f.host_id, latest.as_ref())?;
+    let landmarks = store.landmarks()?;
+    let location = crate::location::host_verdict(store, policy.location(), &f.host_id, &landmarks, crate::now_ms())?;
+    Ok(Some(json!({"flag": f, "history": history, "reports": reports, "job": job, "timeline": timeline,
+        "screening": screening, "gpu_evidence": gpu_evidence, "location": location})))
+}
+
 async fn show_flag(State(s): State<HttpState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Response, ApiError> {
     let p = authorize(&s, &headers, Action::ShowFlag).await?;
     let scope = tenant_scope(&p).map(str::to_string);
     let policy = s.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let store = s.store.clone();
-    let detail = blocking(move || {
-        let Some(f) = store.flag(id, scope.as_deref())? else { return Ok(None) };
-        let history = store.flag_history(id)?;
-        let reports = store.report_refs(&f.host_id, f.first_seq, f.last_seq, 50)?;
-        let job = store.job(&f.job)?.map(|j| policy.estimate(j));
-        let timeline = store.timeline(&f.job, &f.host_id, &f.gpu_uuids, (f.first_seq, f.last_seq))?;
-        let screening = f.tenant.as_deref().map(|t| policy.tenant_findings(t)).unwrap_or_default();
-        let last_seq = store.host(&f.host_id)?.map_or(0, |h| h.last_seq);
-        let latest = store.decoded_report(&f.host_id, last_seq)?;
-        let gpu_evidence = store.gpu_evidence_states(&f.host_id, latest.as_ref())?;
-        let landmarks = store.landmarks()?;
-        let location =
-            crate::location::host_verdict(&store, policy.location(), &f.host_id, &landmarks, crate::now_ms())?;
-        Ok(Some(json!({"flag": f, "history": history, "reports": reports, "job": job, "timeline": timeline,
-            "screening": screening, "gpu_evidence": gpu_evidence, "location": location})))
-    })
-    .await?;
+    let detail = blocking(move || flag_detail(&store, &policy, id, scope.as_deref())).await?;
     match detail {
         Some(d) => Ok(Json(d).into_response()),
         None => Err(error(StatusCode::NOT_FOUND, format!("no flag {id}"))),

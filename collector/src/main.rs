@@ -170,6 +170,10 @@ enum Cmd {
         /// Collector replicas on the one --database store, agents spread across them.
         #[arg(long, default_value_t = 1)]
         replicas: usize,
+        /// Instead: store this many reports of one host, all behind one flag, and time that flag's
+        /// review page.
+        #[arg(long)]
+        review_reports: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -560,7 +564,8 @@ fn main() -> ExitCode {
             cli::attestation_verify(&report, &certs, &nonce, &anchor, json, bench)
         }
         Cmd::Backup { out } => cli::backup(&at, &out),
-        Cmd::Bench { agents, seconds, interval, replicas, json } => {
+        Cmd::Bench { review_reports: Some(n), json, .. } => cli::bench_review(n, at.database.as_deref(), json),
+        Cmd::Bench { agents, seconds, interval, replicas, json, review_reports: None } => {
             cli::bench(agents, seconds, interval.as_deref(), at.database.as_deref(), replicas, json)
         }
         Cmd::Policy { cmd: PolicyCmd::EvaluateModel { file, json } } => cli::evaluate_model(&at, &file, json),

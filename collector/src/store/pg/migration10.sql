@@ -10,3 +10,9 @@ CREATE TABLE log_queue (
     seq        BIGINT NOT NULL,
     leaf_hash  BYTEA NOT NULL
 );
+
+-- The signed bytes are protobuf (hardly compressible), 2-15 KB: kept in the row, uncompressed, up to
+-- a page, rather than compressed and moved to the TOAST table (a second heap and index insert) on
+-- every commit.
+ALTER TABLE reports ALTER COLUMN report SET STORAGE EXTERNAL;
+ALTER TABLE reports SET (toast_tuple_target = 8160);
