@@ -593,6 +593,7 @@ async fn metrics(State(s): State<HttpState>) -> Response {
             Ok::<_, crate::store::StoreError>(crate::metrics::FleetGauges {
                 flags_open: store.open_flag_counts()?,
                 hosts: store.host_gauges()?,
+                log_unsequenced: store.unsequenced()?,
             })
         })
         .await;

@@ -171,6 +171,8 @@ pub struct FleetGauges {
     pub flags_open: Vec<(String, String, u64)>,
     /// Hosts not revoked.
     pub hosts: Vec<crate::store::HostGauge>,
+    /// Reports stored and acknowledged, not yet given a transparency-log index.
+    pub log_unsequenced: u64,
 }
 
 /// A label value in the text format: backslash, double quote and newline escaped.
@@ -211,6 +213,12 @@ impl FleetGauges {
         for h in &self.hosts {
             let _ = writeln!(s, "gpuattest_host_sequence_gaps{{host_id=\"{}\"}} {}", label(&h.host_id), h.gaps);
         }
+        let _ = writeln!(
+            s,
+            "# HELP gpuattest_log_unsequenced Reports stored and acknowledged that the sequencer has not yet given a transparency-log index (the whole store; it stays near zero while a sequencer runs)."
+        );
+        let _ = writeln!(s, "# TYPE gpuattest_log_unsequenced gauge");
+        let _ = writeln!(s, "gpuattest_log_unsequenced {}", self.log_unsequenced);
         s
     }
 }
@@ -411,6 +419,7 @@ mod tests {
                 last_report_ms: Some(1_795_000_000_000),
                 gaps: 2,
             }],
+            log_unsequenced: 7,
         };
         let text = format!("{}{}", m.render(), fleet.render());
         lint(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -419,6 +428,7 @@ mod tests {
             "gpuattest_flags_open{severity=\"high\",rule=\"model-developer\"} 3",
             "gpuattest_host_last_report_timestamp_seconds{host_id=\"node-\\\"a\\\"\\\\b\",tenant=\"acme\\nai\"} 1795000000",
             "gpuattest_host_sequence_gaps{",
+            "gpuattest_log_unsequenced 7",
             "gpuattest_ingest_seconds_bucket{le=\"30\"} 1",
             "process_resident_memory_bytes ",
             "process_open_fds ",

@@ -204,6 +204,7 @@ fn the_grafana_dashboard_queries_only_series_that_exist() {
     let fleet = gpuattest_collector::metrics::FleetGauges {
         flags_open: vec![("high".into(), "r".into(), 1)],
         hosts: vec![gpuattest_collector::store::HostGauge { last_report_ms: Some(1), ..Default::default() }],
+        log_unsequenced: 0,
     };
     let exported = format!(
         "{}{}{}",

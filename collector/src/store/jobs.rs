@@ -191,16 +191,20 @@ pub(super) fn account(
             u.unknown += unknown;
         }
     }
-    let mut ps = Vec::with_capacity(10 * usage.len());
+    let mut ps = Vec::with_capacity(12 * usage.len());
     for ((key, uuid), u) in &usage {
-        ps.extend_from_slice(params![*key, host_id, *uuid, u.name, at, at, u.seconds, u.energy, u.ops, u.unknown]);
+        ps.extend_from_slice(params![
+            *key, host_id, *uuid, u.name, at, at, u.seconds, u.energy, u.ops, u.unknown, r.seq, r.seq
+        ]);
     }
     tx.defer_values(
-        "INSERT INTO job_usage (job_key, host_id, gpu_uuid, gpu_name, first_seen, last_seen, gpu_seconds, energy_joules, ops_upper, unknown_peak_seconds) VALUES ",
-        10,
+        "INSERT INTO job_usage (job_key, host_id, gpu_uuid, gpu_name, first_seen, last_seen, gpu_seconds, energy_joules, ops_upper, unknown_peak_seconds, first_seq, last_seq) VALUES ",
+        12,
         " ON CONFLICT (job_key, host_id, gpu_uuid) DO UPDATE SET \
            last_seen = CASE WHEN excluded.last_seen > job_usage.last_seen THEN excluded.last_seen ELSE job_usage.last_seen END, \
            first_seen = CASE WHEN excluded.first_seen < job_usage.first_seen THEN excluded.first_seen ELSE job_usage.first_seen END, \
+           last_seq = CASE WHEN job_usage.last_seq IS NULL OR excluded.last_seq > job_usage.last_seq THEN excluded.last_seq ELSE job_usage.last_seq END, \
+           first_seq = CASE WHEN job_usage.first_seq IS NULL OR excluded.first_seq < job_usage.first_seq THEN excluded.first_seq ELSE job_usage.first_seq END, \
            gpu_seconds = job_usage.gpu_seconds + excluded.gpu_seconds, \
            energy_joules = job_usage.energy_joules + excluded.energy_joules, ops_upper = job_usage.ops_upper + excluded.ops_upper, \
            unknown_peak_seconds = job_usage.unknown_peak_seconds + excluded.unknown_peak_seconds",

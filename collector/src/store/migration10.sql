@@ -9,3 +9,9 @@ CREATE TABLE log_queue (
     seq        INTEGER NOT NULL,
     leaf_hash  BLOB NOT NULL
 );
+
+-- Where in its host's chain each job used each GPU, so the review timeline reads a bounded range of the
+-- host's reports by sequence number (the primary key) instead of searching them by time. NULL for
+-- usage recorded before this migration (the timeline falls back to time for those).
+ALTER TABLE job_usage ADD COLUMN first_seq BIGINT;
+ALTER TABLE job_usage ADD COLUMN last_seq BIGINT;

@@ -4,7 +4,7 @@
 use gpuattest_proto::pb;
 use serde::Serialize;
 
-use super::db::params;
+use super::db::{Db, DbError, Row, params};
 use super::{Result, Store, audit_tx, sql};
 use crate::timefmt::rfc3339;
 
@@ -13,8 +13,61 @@ pub const MAX_TIMELINE_POINTS: usize = 4000;
 /// Most hosts one job's timeline draws (those it used most recently).
 pub const MAX_TIMELINE_HOSTS: usize = 16;
 
-/// One host's part of a job's timeline: each GPU's (first, last) seen, then the earliest and latest.
-type HostWindows = (std::collections::BTreeMap<String, (i64, i64)>, i64, i64);
+/// The newest `want` rows of `host_id` with `seq` in `seqs`, newest first: `sql` selects a host's rows
+/// in a sequence range (`?1` host, `?2`..`?3` the range, `ORDER BY seq DESC`), and is asked for windows
+/// just wide enough, widening past gaps, so each read is bounded by `want` whatever plan the database
+/// picks (on PostgreSQL, `ORDER BY .. LIMIT` over the whole range was planned as a scan and sort of all
+/// the host's reports while the table's statistics lagged: 1 s for a host with 100,000 reports).
+fn newest<T>(
+    conn: &mut Db,
+    sql_text: super::db::Sql,
+    host_id: &str,
+    seqs: (u64, u64),
+    want: usize,
+    mut map: impl FnMut(&Row<'_>) -> std::result::Result<T, DbError>,
+) -> std::result::Result<Vec<T>, DbError> {
+    let (first, mut hi) = (seqs.0.max(1), seqs.1);
+    let mut out = Vec::new();
+    let mut width = want as u64;
+    while out.len() < want && hi >= first && width > 0 {
+        let lo = hi.saturating_sub(width - 1).max(first);
+        let rows = conn.rows(sql_text, params![host_id, lo, hi], &mut map)?;
+        let missing = want - out.len();
+        out.extend(rows.into_iter().take(missing));
+        if lo == first {
+            break;
+        }
+        hi = lo - 1;
+        width = width.saturating_mul(2);
+    }
+    Ok(out)
+}
+
+/// One host's part of a job's timeline.
+#[derive(Default)]
+struct HostSpan {
+    /// Each GPU's first and last time seen in the job.
+    gpus: std::collections::BTreeMap<String, (i64, i64)>,
+    /// The earliest and latest of those.
+    first: i64,
+    last: i64,
+    /// The job's first and last sequence numbers on the host, when every GPU's are known.
+    seqs: Option<(i64, i64)>,
+}
+
+impl HostSpan {
+    fn add(&mut self, gpu: String, seen: (i64, i64), seqs: Option<(i64, i64)>) {
+        let first_gpu = self.gpus.is_empty();
+        self.first = if first_gpu { seen.0 } else { self.first.min(seen.0) };
+        self.last = if first_gpu { seen.1 } else { self.last.max(seen.1) };
+        self.seqs = match (first_gpu, self.seqs, seqs) {
+            (true, _, s) => s,
+            (false, Some(a), Some(b)) => Some((a.0.min(b.0), a.1.max(b.1))),
+            _ => None,
+        };
+        self.gpus.insert(gpu, seen);
+    }
+}
 
 /// The GPU samples of one stored report (its verbatim bytes) for the GPUs `wanted` picks.
 fn points_of(host_id: &str, t: i64, report: &[u8], wanted: impl Fn(&str) -> bool, out: &mut Vec<TimelinePoint>) {
@@ -95,22 +148,24 @@ impl Store {
     /// # Errors
     /// [`super::StoreError::Sql`].
     pub fn report_refs(&self, host_id: &str, first: u64, last: u64, limit: usize) -> Result<Vec<ReportRef>> {
-        self.reader()
-            .rows(
-                "SELECT host_id, seq, received_at, report_sha256, key_id FROM reports \
-                 WHERE host_id = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq DESC LIMIT ?4",
-                params![host_id, first, last, limit],
-                |r| {
-                    Ok(ReportRef {
-                        host_id: r.get(0)?,
-                        seq: r.u64(1)?,
-                        received_at: rfc3339(r.get(2)?),
-                        report_sha256: gpuattest_proto::hex(&r.get::<Vec<u8>>(3)?),
-                        key_id: gpuattest_proto::hex(&r.get::<Vec<u8>>(4)?),
-                    })
-                },
-            )
-            .map_err(sql("list reports"))
+        newest(
+            &mut self.reader(),
+            "SELECT host_id, seq, received_at, report_sha256, key_id FROM reports \
+             WHERE host_id = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq DESC",
+            host_id,
+            (first, last),
+            limit,
+            |r| {
+                Ok(ReportRef {
+                    host_id: r.get(0)?,
+                    seq: r.u64(1)?,
+                    received_at: rfc3339(r.get(2)?),
+                    report_sha256: gpuattest_proto::hex(&r.get::<Vec<u8>>(3)?),
+                    key_id: gpuattest_proto::hex(&r.get::<Vec<u8>>(4)?),
+                })
+            },
+        )
+        .map_err(sql("list reports"))
     }
 
     /// The GPU samples of a job across its hosts (newest [`MAX_TIMELINE_POINTS`]), oldest first; for a
@@ -129,61 +184,69 @@ impl Store {
     ) -> Result<Vec<TimelinePoint>> {
         use std::collections::BTreeMap;
         let mut conn = self.reader();
-        // Which GPUs of which hosts the job used, and when: job_usage's key leads with job_key.
-        let usage: Vec<(String, String, i64, i64)> = conn
-            .rows(
-                "SELECT host_id, gpu_uuid, first_seen, last_seen FROM job_usage WHERE job_key = ?1",
-                params![job_key],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .map_err(sql("job timeline"))?;
-        // Per host: its GPUs' windows, and the span of them.
-        let mut hosts: BTreeMap<String, HostWindows> = BTreeMap::new();
-        for (h, uuid, first, last) in usage {
-            let e = hosts.entry(h).or_insert_with(|| (BTreeMap::new(), i64::MAX, i64::MIN));
-            e.0.insert(uuid, (first, last));
-            e.1 = e.1.min(first);
-            e.2 = e.2.max(last);
-        }
+        // Which GPUs of which hosts the job used, when, and where in each host's chain: job_usage's key
+        // leads with job_key.
+        let mut hosts: BTreeMap<String, HostSpan> = BTreeMap::new();
+        conn.for_each(
+            "SELECT host_id, gpu_uuid, first_seen, last_seen, first_seq, last_seq FROM job_usage WHERE job_key = ?1",
+            params![job_key],
+            |r| {
+                let seqs = r.get::<Option<i64>>(4)?.zip(r.get::<Option<i64>>(5)?);
+                hosts.entry(r.get(0)?).or_default().add(r.get(1)?, (r.get(2)?, r.get(3)?), seqs);
+                Ok(())
+            },
+        )
+        .map_err(sql("job timeline"))?;
         let mut points = Vec::new();
         if !hosts.is_empty() {
             // The hosts the job used most recently, at most MAX_TIMELINE_HOSTS of them.
-            let mut order: Vec<(&String, &HostWindows)> = hosts.iter().collect();
-            order.sort_by_key(|(_, (_, _, last))| std::cmp::Reverse(*last));
+            let mut order: Vec<(&String, &HostSpan)> = hosts.iter().collect();
+            order.sort_by_key(|(_, span)| std::cmp::Reverse(span.last));
             order.truncate(MAX_TIMELINE_HOSTS);
             let per_host = MAX_TIMELINE_POINTS / order.len();
-            for (h, (windows, first, last)) in order {
-                let reports = (per_host / windows.len().max(1)).max(1);
-                // reports_by_host_time (host_id, window_end): the host's newest reports in the job's span.
-                let rows: Vec<(i64, Vec<u8>)> = conn
-                    .rows(
+            for (h, span) in order {
+                let reports = (per_host / span.gpus.len().max(1)).max(1);
+                let rows: Vec<(i64, Vec<u8>)> = match span.seqs {
+                    // The primary key (host_id, seq): the newest reports of the job's range, bounded.
+                    Some((lo, hi)) => newest(
+                        &mut conn,
+                        "SELECT window_end, report FROM reports WHERE host_id = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq DESC",
+                        h,
+                        (lo.max(0) as u64, hi.max(0) as u64),
+                        reports,
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    ),
+                    // Usage recorded before job_usage kept sequence numbers: reports_by_host_time.
+                    None => conn.rows(
                         "SELECT window_end, report FROM reports WHERE host_id = ?1 AND window_end BETWEEN ?2 AND ?3 \
                          ORDER BY window_end DESC LIMIT ?4",
-                        params![h, *first, *last, reports],
+                        params![h, span.first, span.last, reports],
                         |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .map_err(sql("job timeline reports"))?;
+                    ),
+                }
+                .map_err(sql("job timeline reports"))?;
                 for (t, bytes) in rows {
                     points_of(
                         h,
                         t,
                         &bytes,
-                        |uuid| windows.get(uuid).is_some_and(|(f, l)| (*f..=*l).contains(&t)),
+                        |uuid| span.gpus.get(uuid).is_some_and(|(f, l)| (*f..=*l).contains(&t)),
                         &mut points,
                     );
                 }
             }
         } else if !gpus.is_empty() {
             let gpus: Vec<&String> = gpus.iter().take(16).collect();
-            // The primary key (host_id, seq): the newest reports of the flag's range.
-            let rows: Vec<(i64, Vec<u8>)> = conn
-                .rows(
-                    "SELECT window_end, report FROM reports WHERE host_id = ?1 AND seq BETWEEN ?2 AND ?3 \
-                     ORDER BY seq DESC LIMIT ?4",
-                    params![host_id, seqs.0, seqs.1, MAX_TIMELINE_POINTS / gpus.len()],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .map_err(sql("gpu timeline"))?;
+            // The primary key (host_id, seq): the newest reports of the flag's range, bounded.
+            let rows: Vec<(i64, Vec<u8>)> = newest(
+                &mut conn,
+                "SELECT window_end, report FROM reports WHERE host_id = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq DESC",
+                host_id,
+                seqs,
+                MAX_TIMELINE_POINTS / gpus.len(),
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(sql("gpu timeline"))?;
             for (t, bytes) in rows {
                 points_of(host_id, t, &bytes, |uuid| gpus.iter().any(|g| g.as_str() == uuid), &mut points);
             }

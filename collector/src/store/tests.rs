@@ -780,7 +780,28 @@ fn replicas_sequencing_at_once_give_each_report_one_index(b: &Backend) {
     }
 }
 
+/// The review page's report list reads the newest reports of a range in bounded windows, widening past
+/// gaps in the chain, and returns exactly the newest ones.
+fn the_newest_reports_of_a_range_are_found_across_gaps(b: &Backend) {
+    let s = b.open().expect("open");
+    let k = key();
+    let h = enrolled(&s, &k, "n1").host_id;
+    for seq in [1, 2, 5, 6, 9, 30, 31] {
+        let (sr, r) = signed(&k, &h, seq);
+        assert!(matches!(commit(&s, &h, &sr, &r, vec![]), Commit::Stored { .. }), "seq {seq}");
+    }
+    let seqs = |first, last, n| -> Vec<u64> {
+        s.report_refs(&h, first, last, n).expect("refs").iter().map(|r| r.seq).collect()
+    };
+    assert_eq!(seqs(1, 31, 3), vec![31, 30, 9]);
+    assert_eq!(seqs(1, 29, 2), vec![9, 6]);
+    assert_eq!(seqs(3, 31, 10), vec![31, 30, 9, 6, 5]);
+    assert_eq!(seqs(1, 31, 100), vec![31, 30, 9, 6, 5, 2, 1]);
+    assert_eq!(seqs(10, 29, 5), Vec::<u64>::new());
+}
+
 on_both_backends!(
+    the_newest_reports_of_a_range_are_found_across_gaps,
     replicas_sequencing_at_once_give_each_report_one_index,
     finding_1_two_tenants_with_one_slurm_job_id_never_share_a_job,
     finding_1_a_decided_flag_does_not_absorb_new_evidence_silently,

@@ -16,3 +16,9 @@ CREATE TABLE log_queue (
 -- every commit.
 ALTER TABLE reports ALTER COLUMN report SET STORAGE EXTERNAL;
 ALTER TABLE reports SET (toast_tuple_target = 8160);
+
+-- Where in its host's chain each job used each GPU, so the review timeline reads a bounded range of the
+-- host's reports by sequence number (the primary key) instead of searching them by time. NULL for
+-- usage recorded before this migration (the timeline falls back to time for those).
+ALTER TABLE job_usage ADD COLUMN first_seq BIGINT;
+ALTER TABLE job_usage ADD COLUMN last_seq BIGINT;
