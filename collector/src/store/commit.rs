@@ -83,6 +83,7 @@ pub enum Commit {
 }
 
 /// A host's chain position and standing, read inside the report transaction.
+#[derive(Clone)]
 pub(super) struct HostPosition {
     last_seq: i64,
     last_hash: Option<Vec<u8>>,
@@ -110,35 +111,228 @@ pub(super) fn incoming(item: &PendingCommit) -> IncomingReport<'_> {
 /// in host order (so two replicas' batches never wait on each other in a circle), and held to the
 /// commit: a host's reports commit one transaction at a time, in its sequence order, while other hosts'
 /// reports commit beside them on any replica. (SQLite: `BEGIN IMMEDIATE`, serial anyway.)
-pub(super) fn begin_reports<'a>(conn: &'a mut Db, hosts: &[&str]) -> Result<db::Tx<'a>, DbError> {
+///
+/// The same statement reads the locked hosts' positions (returned, by host; empty on SQLite), so a
+/// batch need not read each report's host again.
+pub(super) fn begin_reports<'a>(
+    conn: &'a mut Db,
+    hosts: &[&str],
+) -> Result<(db::Tx<'a>, std::collections::HashMap<String, HostPosition>), DbError> {
     let mut tx = conn.write_under(db::Lock::Rows)?;
+    let mut positions = std::collections::HashMap::new();
     if tx.is_postgres() {
         let mut hosts: Vec<&str> = hosts.to_vec();
         hosts.sort_unstable();
         hosts.dedup();
-        tx.rows(
-            "SELECT host_id FROM hosts WHERE host_id = ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(?1 AS jsonb)))) \
+        tx.for_each(
+            "SELECT host_id, last_seq, last_hash, revoked_at, tenant, key_id FROM hosts \
+             WHERE host_id = ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(?1 AS jsonb)))) \
              ORDER BY host_id FOR UPDATE",
             params![&serde_json::to_string(&hosts).unwrap_or_default()],
-            |_| Ok(()),
+            |row| {
+                let position = HostPosition {
+                    last_seq: row.get(1)?,
+                    last_hash: row.get(2)?,
+                    revoked: row.get::<Option<i64>>(3)?.is_some(),
+                    tenant: row.get(4)?,
+                    stored: false,
+                    key_id: row.get(5)?,
+                };
+                positions.insert(row.get(0)?, position);
+                Ok(())
+            },
         )?;
     }
-    Ok(tx)
+    Ok((tx, positions))
+}
+
+/// Which of the batch's (host, seq) are stored already (PostgreSQL; one statement per batch).
+fn stored_already(tx: &mut Db, items: &[PendingCommit]) -> Result<std::collections::HashSet<(String, i64)>, DbError> {
+    let keys: Vec<serde_json::Value> =
+        items.iter().map(|i| serde_json::json!({"h": i.host_id, "s": i.decoded.seq as i64})).collect();
+    let mut found = std::collections::HashSet::new();
+    tx.for_each(
+        "SELECT r.host_id, r.seq FROM reports r \
+         JOIN jsonb_to_recordset(CAST(?1 AS jsonb)) AS k(h text, s bigint) ON r.host_id = k.h AND r.seq = k.s",
+        params![&serde_json::Value::Array(keys).to_string()],
+        |row| {
+            found.insert((row.get(0)?, row.get(1)?));
+            Ok(())
+        },
+    )?;
+    Ok(found)
 }
 
 fn batch_hosts(items: &[PendingCommit]) -> Vec<&str> {
     items.iter().map(|i| i.host_id.as_str()).collect()
 }
 
+/// What a stored report writes beside its accounting: its row, its host's new position, its queued
+/// log leaf.
+pub(super) struct ReportRow<'a> {
+    host_id: &'a str,
+    incoming: IncomingRef<'a>,
+    hash: [u8; 32],
+    interval: Option<i64>,
+    leaf: [u8; 32],
+}
+
+/// The parts of an [`IncomingReport`] a report row keeps.
+#[derive(Clone, Copy)]
+pub(super) struct IncomingRef<'a> {
+    signed: &'a pb::SignedReport,
+    decoded: &'a pb::UsageReport,
+    received_at: i64,
+    nonce_fresh: bool,
+}
+
+impl<'a> IncomingRef<'a> {
+    fn of(i: &IncomingReport<'a>) -> Self {
+        IncomingRef { signed: i.signed, decoded: i.decoded, received_at: i.received_at, nonce_fresh: i.nonce_fresh }
+    }
+}
+
+/// A batch's report rows, written together before it commits (PostgreSQL: a few multi-row statements
+/// per batch instead of three statements per report), and where its reports have taken each host.
+#[derive(Default)]
+pub(super) struct BatchRows<'a> {
+    /// The batch's hosts as read (and locked) when it began.
+    hosts: std::collections::HashMap<String, HostPosition>,
+    /// Its (host, seq) already stored when it began.
+    stored_before: std::collections::HashSet<(String, i64)>,
+    rows: Vec<ReportRow<'a>>,
+    positions: std::collections::HashMap<&'a str, (i64, [u8; 32])>,
+    stored: std::collections::HashSet<(&'a str, i64)>,
+}
+
+impl<'a> BatchRows<'a> {
+    fn add(&mut self, row: ReportRow<'a>) {
+        let seq = row.incoming.decoded.seq as i64;
+        self.positions.insert(row.host_id, (seq, row.hash));
+        self.stored.insert((row.host_id, seq));
+        self.rows.push(row);
+    }
+
+    /// Writes the rows: reports and queued leaves in batch order, each host's last position once.
+    fn write(&self, tx: &mut Db) -> Result<()> {
+        let mut last: std::collections::BTreeMap<&str, HostMove<'_>> = Default::default();
+        for r in &self.rows {
+            let m = HostMove::of(r);
+            let e = last.entry(r.host_id).or_insert(m);
+            *e = HostMove { interval: m.interval.or(e.interval), ..m };
+        }
+        write_rows(tx, &self.rows, &last.into_values().collect::<Vec<_>>())
+    }
+}
+
+/// A host's new position after a report: its sequence number and hash, when it arrived, its interval.
+#[derive(Clone, Copy)]
+struct HostMove<'a> {
+    host: &'a str,
+    seq: i64,
+    hash: [u8; 32],
+    seen: i64,
+    interval: Option<i64>,
+}
+
+impl<'a> HostMove<'a> {
+    fn of(r: &ReportRow<'a>) -> Self {
+        HostMove {
+            host: r.host_id,
+            seq: r.incoming.decoded.seq as i64,
+            hash: r.hash,
+            seen: r.incoming.received_at,
+            interval: r.interval,
+        }
+    }
+}
+
+/// Inserts `rows` (reports, then their queued leaves) and moves each host of `hosts` to its new
+/// position: several rows per statement.
+fn write_rows(tx: &mut Db, rows: &[ReportRow<'_>], hosts: &[HostMove<'_>]) -> Result<()> {
+    let mut ps = Vec::with_capacity(11 * rows.len());
+    for row in rows {
+        let (i, r) = (&row.incoming, row.incoming.decoded);
+        ps.extend_from_slice(params![
+            row.host_id,
+            r.seq as i64,
+            &i.signed.report,
+            &i.signed.signature,
+            &i.signed.key_id,
+            row.hash.as_slice(),
+            i.received_at,
+            r.agent_time_unix_ms,
+            r.window_start_unix_ms,
+            r.window_end_unix_ms,
+            i.nonce_fresh
+        ]);
+    }
+    tx.defer_values(
+        "INSERT INTO reports (host_id, seq, report, signature, key_id, report_sha256, received_at, agent_time, window_start, window_end, nonce_fresh) VALUES ",
+        11,
+        "",
+        &ps,
+    )
+    .map_err(sql("insert reports"))?;
+    let mut ps = Vec::with_capacity(3 * rows.len());
+    for row in rows {
+        ps.extend_from_slice(params![row.host_id, row.incoming.decoded.seq as i64, row.leaf.as_slice()]);
+    }
+    tx.defer_values("INSERT INTO log_queue (host_id, seq, leaf_hash) VALUES ", 3, "", &ps)
+        .map_err(sql("queue for the transparency log"))?;
+    if let [m] = hosts {
+        tx.defer(
+            "UPDATE hosts SET last_seq = ?1, last_hash = ?2, last_seen = ?3, interval_ms = COALESCE(?5, interval_ms) WHERE host_id = ?4",
+            params![m.seq, m.hash.as_slice(), m.seen, m.host, m.interval],
+        )
+        .map_err(sql("advance host"))?;
+    } else if !hosts.is_empty() {
+        // Every host of the batch in one statement (PostgreSQL only: SQLite writes report by report).
+        let moved: Vec<serde_json::Value> = hosts
+            .iter()
+            .map(|m| {
+                serde_json::json!({"host_id": m.host, "seq": m.seq, "hash": gpuattest_proto::hex(&m.hash),
+                    "seen": m.seen, "interval_ms": m.interval})
+            })
+            .collect();
+        tx.defer(
+            "UPDATE hosts AS h SET last_seq = v.seq, last_hash = decode(v.hash, 'hex'), last_seen = v.seen, \
+               interval_ms = COALESCE(v.interval_ms, h.interval_ms) \
+             FROM jsonb_to_recordset(CAST(?1 AS jsonb)) AS v(host_id text, seq bigint, hash text, seen bigint, interval_ms bigint) \
+             WHERE h.host_id = v.host_id",
+            params![&serde_json::Value::Array(moved).to_string()],
+        )
+        .map_err(sql("advance hosts"))?;
+    }
+    Ok(())
+}
+
 /// The whole batch in one transaction without savepoints; `None`, with everything rolled back, at the
 /// first error (or a failed commit).
 pub(super) fn batch_together(conn: &mut Db, items: &[PendingCommit]) -> Option<Vec<Result<Commit>>> {
-    let mut tx = begin_reports(conn, &batch_hosts(items)).ok()?;
+    let (mut tx, hosts) = begin_reports(conn, &batch_hosts(items)).ok()?;
+    // PostgreSQL: the hosts' positions and which reports are stored already are read once for the
+    // batch, and the report rows go in a few multi-row statements at the end (SQLite, in-process,
+    // reads and writes report by report).
+    let mut rows = if tx.is_postgres() {
+        let stored_before = stored_already(&mut tx, items).ok()?;
+        Some(BatchRows { hosts, stored_before, ..BatchRows::default() })
+    } else {
+        None
+    };
     let mut results = Vec::with_capacity(items.len());
     for item in items {
-        let c =
-            commit_one(&mut tx, &item.host_id, &incoming(item), |pos, ctx| (item.flags_for)(&item.decoded, pos, ctx));
+        let c = commit_one(
+            &mut tx,
+            &item.host_id,
+            &incoming(item),
+            |pos, ctx| (item.flags_for)(&item.decoded, pos, ctx),
+            rows.as_mut(),
+        );
         results.push(Ok(c.ok()?));
+    }
+    if let Some(rows) = &rows {
+        rows.write(&mut tx).ok()?;
     }
     tx.commit().ok()?;
     Some(results)
@@ -147,7 +341,7 @@ pub(super) fn batch_together(conn: &mut Db, items: &[PendingCommit]) -> Option<V
 /// The batch with each report in its own savepoint.
 pub(super) fn batch_isolated(conn: &mut Db, items: &[PendingCommit]) -> Vec<Result<Commit>> {
     let mut tx = match begin_reports(conn, &batch_hosts(items)) {
-        Ok(tx) => tx,
+        Ok((tx, _)) => tx,
         Err(e) => {
             let msg = e.to_string();
             return items.iter().map(|_| Err(StoreError::Refused(format!("begin a batch: {msg}")))).collect();
@@ -156,8 +350,13 @@ pub(super) fn batch_isolated(conn: &mut Db, items: &[PendingCommit]) -> Vec<Resu
     let mut results = Vec::with_capacity(items.len());
     for item in items {
         let r = tx.savepoint(|db| {
-            let c =
-                commit_one(db, &item.host_id, &incoming(item), |pos, ctx| (item.flags_for)(&item.decoded, pos, ctx))?;
+            let c = commit_one(
+                db,
+                &item.host_id,
+                &incoming(item),
+                |pos, ctx| (item.flags_for)(&item.decoded, pos, ctx),
+                None,
+            )?;
             let keep = matches!(c, Commit::Stored { .. });
             Ok::<_, StoreError>((c, keep))
         });
@@ -176,34 +375,50 @@ pub(super) fn batch_isolated(conn: &mut Db, items: &[PendingCommit]) -> Vec<Resu
 
 /// The body of a report commit, inside a transaction or savepoint the caller owns. Writes nothing
 /// unless it returns [`Commit::Stored`].
-pub(super) fn commit_one(
+pub(super) fn commit_one<'a>(
     tx: &mut Db,
-    host_id: &str,
-    incoming: &IncomingReport<'_>,
+    host_id: &'a str,
+    incoming: &IncomingReport<'a>,
     flags_for: impl FnOnce(&ChainPosition, &CommitContext) -> Vec<NewFlag>,
+    batch: Option<&mut BatchRows<'a>>,
 ) -> Result<Commit> {
     let r = incoming.decoded;
     let seq = r.seq as i64;
-    let host = tx
-        .row(
-            "SELECT last_seq, last_hash, revoked_at, tenant, \
+    let preloaded = batch.as_deref().and_then(|b| {
+        let mut h = b.hosts.get(host_id)?.clone();
+        h.stored = b.stored_before.contains(&(host_id.to_string(), seq));
+        Some(h)
+    });
+    let host = match preloaded {
+        Some(h) => Some(h),
+        None => tx
+            .row(
+                "SELECT last_seq, last_hash, revoked_at, tenant, \
                (SELECT COUNT(*) FROM reports WHERE host_id = ?1 AND seq = ?2), key_id FROM hosts WHERE host_id = ?1",
-            params![host_id, seq],
-            |row| {
-                Ok(HostPosition {
-                    last_seq: row.get(0)?,
-                    last_hash: row.get(1)?,
-                    revoked: row.get::<Option<i64>>(2)?.is_some(),
-                    tenant: row.get(3)?,
-                    stored: row.get::<i64>(4)? > 0,
-                    key_id: row.get(5)?,
-                })
-            },
-        )
-        .map_err(sql("read host position"))?;
-    let Some(HostPosition { last_seq, last_hash, revoked, tenant, stored, key_id }) = host else {
+                params![host_id, seq],
+                |row| {
+                    Ok(HostPosition {
+                        last_seq: row.get(0)?,
+                        last_hash: row.get(1)?,
+                        revoked: row.get::<Option<i64>>(2)?.is_some(),
+                        tenant: row.get(3)?,
+                        stored: row.get::<i64>(4)? > 0,
+                        key_id: row.get(5)?,
+                    })
+                },
+            )
+            .map_err(sql("read host position"))?,
+    };
+    let Some(HostPosition { mut last_seq, mut last_hash, revoked, tenant, mut stored, key_id }) = host else {
         return Ok(Commit::HostGone);
     };
+    // Reports earlier in this batch are not written yet: where they took the host counts.
+    if let Some(b) = batch.as_deref() {
+        if let Some((s, h)) = b.positions.get(host_id) {
+            (last_seq, last_hash) = (*s, Some(h.to_vec()));
+        }
+        stored |= b.stored.contains(&(host_id, seq));
+    }
     if revoked {
         return Ok(Commit::HostGone);
     }
@@ -223,39 +438,19 @@ pub(super) fn commit_one(
     }
     let position = ChainPosition { last_seq: last_seq as u64, last_hash };
     let hash = gpuattest_proto::sha256(&incoming.signed.report);
-    tx.defer(
-        "INSERT INTO reports (host_id, seq, report, signature, key_id, report_sha256, received_at, agent_time, window_start, window_end, nonce_fresh) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        params![
-            host_id,
-            seq,
-            &incoming.signed.report,
-            &incoming.signed.signature,
-            &incoming.signed.key_id,
-            &hash,
-            incoming.received_at,
-            r.agent_time_unix_ms,
-            r.window_start_unix_ms,
-            r.window_end_unix_ms,
-            incoming.nonce_fresh
-        ],
-    )
-    .map_err(sql("insert report"))?;
-    // Nothing per GPU or process is stored beside the verbatim bytes: what reads them (the review
-    // timeline) decodes a bounded window of the host's reports.
     // The interval comes from the signed report (bounded), never from the stream's unauthenticated
     // opening message; 0 (an older agent) keeps what is stored.
     let interval = crate::verify::bounded_interval(r.interval_ms).map(|v| v as i64);
-    tx.defer(
-        "UPDATE hosts SET last_seq = ?1, last_hash = ?2, last_seen = ?3, interval_ms = COALESCE(?5, interval_ms) WHERE host_id = ?4",
-        params![seq, &hash, incoming.received_at, host_id, interval],
-    )
-    .map_err(sql("advance host"))?;
-    // Queued for the transparency log: the sequencer gives it its index (see `log::sequence`), so no
+    // Queued for the transparency log: the sequencer gives it its index (see `sequencer`), so no
     // commit waits on another host's for a log position.
     let leaf = crate::merkle::leaf_hash(&log_leaf_data(host_id, r.seq, &hash));
-    tx.defer("INSERT INTO log_queue (host_id, seq, leaf_hash) VALUES (?1, ?2, ?3)", params![host_id, seq, &leaf])
-        .map_err(sql("queue for the transparency log"))?;
+    // Nothing per GPU or process is stored beside the verbatim bytes: what reads them (the review
+    // timeline) decodes a bounded window of the host's reports.
+    let row = ReportRow { host_id, incoming: IncomingRef::of(incoming), hash, interval, leaf };
+    match batch {
+        Some(b) => b.add(row),
+        None => write_rows(tx, std::slice::from_ref(&row), &[HostMove::of(&row)])?,
+    }
     if let Some(g) = &r.gap
         && g.first_seq <= g.last_seq
         && g.last_seq < r.seq
@@ -291,8 +486,8 @@ impl Store {
     ) -> Result<Commit> {
         let mut conn = self.conn();
         let c = {
-            let mut tx = begin_reports(&mut conn, &[host_id]).map_err(sql("begin"))?;
-            let c = commit_one(&mut tx, host_id, incoming, flags_for)?;
+            let (mut tx, _) = begin_reports(&mut conn, &[host_id]).map_err(sql("begin"))?;
+            let c = commit_one(&mut tx, host_id, incoming, flags_for, None)?;
             if matches!(c, Commit::Stored { .. }) {
                 tx.commit().map_err(sql("commit report"))?;
             }

@@ -469,6 +469,7 @@ fn the_transparency_log_is_dense_and_in_commit_order(b: &Backend) {
     let (a1, ra1) = signed(&ka, &a, 1);
     let (b1, rb1) = signed(&kb, &bh, 1);
     let (b2, rb2) = signed(&kb, &bh, 2);
+    let (a1_bytes, b2_bytes) = (a1.report.clone(), b2.report.clone());
     // Refused and failed reports in between leave no hole in the log.
     let results = s.commit_batch(vec![
         pending(&a, a1.clone(), ra1.clone()),
@@ -478,6 +479,18 @@ fn the_transparency_log_is_dense_and_in_commit_order(b: &Backend) {
         pending(&bh, b2, rb2),
     ]);
     assert_eq!(results.iter().filter(|r| matches!(r, Ok(Commit::Stored { .. }))).count(), 3);
+    assert!(matches!(results[1], Ok(Commit::Duplicate)), "the same report twice in one batch: {results:?}");
+    // Each host stands at its last report of the batch (on PostgreSQL one statement moved both).
+    let at = |host: &str| -> (i64, Vec<u8>) {
+        s.conn()
+            .row("SELECT last_seq, last_hash FROM hosts WHERE host_id = ?1", params![host], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .expect("host")
+            .expect("row")
+    };
+    assert_eq!(at(&a), (1, gpuattest_proto::sha256(&a1_bytes).to_vec()));
+    assert_eq!(at(&bh), (2, gpuattest_proto::sha256(&b2_bytes).to_vec()));
     // Committed means queued for the log, not yet in it: named so by exports and `reports verify`.
     assert_eq!(s.log_leaves(None).expect("leaves").len(), 0);
     assert_eq!(s.unsequenced().expect("queue"), 3);
