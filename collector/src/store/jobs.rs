@@ -223,6 +223,22 @@ pub(super) fn account(
     } else {
         concat!("SELECT job_key, evidence FROM jobs WHERE job_key", keys_in!(sqlite))
     };
+    if tx.is_postgres() {
+        // A job new to the store gets its row first (nothing if it exists), so the lock below covers it
+        // too: two replicas committing a new multi-host job's first reports at once then take turns,
+        // and the second extends the first's evidence instead of overwriting it. Sent with the read.
+        let mut ps = Vec::with_capacity(5 * keys.len());
+        for key in &keys {
+            ps.extend_from_slice(params![key, job_tenant.get(key).and_then(Option::as_deref), at, at, "{}"]);
+        }
+        tx.defer_values(
+            "INSERT INTO jobs (job_key, tenant, first_seen, last_seen, evidence) VALUES ",
+            5,
+            " ON CONFLICT (job_key) DO NOTHING",
+            &ps,
+        )
+        .map_err(sql("create jobs"))?;
+    }
     let mut stored: BTreeMap<String, String> = tx
         .rows(evidence_sql, params![&keys_json], |row| Ok((row.get(0)?, row.get(1)?)))
         .map_err(sql("read jobs"))?

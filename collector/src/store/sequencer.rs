@@ -29,7 +29,8 @@ pub const ELECTION_EVERY: Duration = Duration::from_secs(1);
 /// Leaves one pass appended to the log.
 #[derive(Debug, Clone, Default)]
 pub struct Sequenced {
-    /// The log's size before the pass (the first new leaf's 0-based index).
+    /// The log's size before the pass (the first new leaf's 0-based index); 0 when the pass found the
+    /// queue empty (it then reads nothing else).
     pub from: u64,
     /// The new leaves' hashes, in log order.
     pub leaves: Vec<[u8; 32]>,
@@ -42,8 +43,15 @@ impl Sequenced {
     }
 }
 
-/// One sequencing pass over `db`: up to `max` queued leaves, oldest first.
+/// One sequencing pass over `db`: up to `max` queued leaves, oldest first. An empty queue costs one
+/// read, no write transaction (an idle sequencer looks every [`SEQUENCE_EVERY`]).
 pub(super) fn sequence_on(db: &mut Db, max: usize) -> Result<Sequenced> {
+    let queued = db
+        .row("SELECT 1 FROM log_queue LIMIT 1", params![], |r| r.get::<i64>(0))
+        .map_err(sql("look at the log queue"))?;
+    if queued.is_none() {
+        return Ok(Sequenced::default());
+    }
     let mut tx = db.write_under(db::Lock::Log).map_err(sql("begin sequencing"))?;
     let from = tx
         .row("SELECT COALESCE(MAX(idx), 0) FROM log_leaves", params![], |r| r.u64(0))

@@ -813,7 +813,39 @@ fn the_newest_reports_of_a_range_are_found_across_gaps(b: &Backend) {
     assert_eq!(seqs(10, 29, 5), Vec::<u64>::new());
 }
 
+/// Two replicas commit the first reports of one new multi-host job at the same time: the second waits
+/// for the first's job row and extends its evidence, rather than overwriting it with its own.
+fn a_new_job_seen_by_two_replicas_at_once_keeps_both_hosts(b: &Backend) {
+    let (s1, s2) = (b.open().expect("replica 1"), b.open().expect("replica 2"));
+    let (ka, kb) = (key(), key());
+    let (a, bh) = (enrolled(&s1, &ka, "a").host_id, enrolled(&s1, &kb, "b").host_id);
+    let ra = busy_report(&a, 1, &[], 1);
+    let item_a = pending(&a, gpuattest_proto::sign_report(&ka, prost::Message::encode_to_vec(&ra)), ra);
+    let rb = busy_report(&bh, 1, &[], 1);
+    let item_b = pending(&bh, gpuattest_proto::sign_report(&kb, prost::Message::encode_to_vec(&rb)), rb);
+    // Replica 1's transaction has accounted host a's report and not yet committed.
+    let mut conn = s1.conn();
+    let (mut tx, _) = commit::begin_reports(&mut conn, &[a.as_str()]).expect("begin");
+    let c = commit::commit_one(&mut tx, &a, &commit::incoming(&item_a), |_, _| vec![], None).expect("commit a");
+    assert!(matches!(c, Commit::Stored { .. }));
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| s2.commit_batch(vec![item_b]));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        tx.commit().expect("commit replica 1");
+        let results = other.join().expect("replica 2");
+        assert!(matches!(results[0], Ok(Commit::Stored { .. })), "{results:?}");
+    });
+    drop(conn);
+    let job = s1.job("t1|slurm:77").expect("job").expect("stored");
+    let mut hosts = job.hosts.clone();
+    hosts.sort();
+    let mut both = vec![a.clone(), bh.clone()];
+    both.sort();
+    assert_eq!(hosts, both, "neither replica's evidence was lost");
+}
+
 on_both_backends!(
+    a_new_job_seen_by_two_replicas_at_once_keeps_both_hosts,
     the_newest_reports_of_a_range_are_found_across_gaps,
     replicas_sequencing_at_once_give_each_report_one_index,
     finding_1_two_tenants_with_one_slurm_job_id_never_share_a_job,

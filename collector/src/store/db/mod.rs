@@ -117,9 +117,13 @@ pub const MAX_ROWS: usize = 16;
 /// When `rows` is 0 or above [`MAX_ROWS`] (a caller's bug).
 pub fn values_sql(prefix: &'static str, cols: usize, rows: usize, suffix: &'static str) -> Sql {
     use std::sync::{Mutex, OnceLock};
-    static BUILT: OnceLock<Mutex<HashMap<(usize, usize), Sql>>> = OnceLock::new();
+    /// (prefix's address, suffix's address, rows) -> the statement.
+    type Built = HashMap<(usize, usize, usize), Sql>;
+    static BUILT: OnceLock<Mutex<Built>> = OnceLock::new();
     assert!((1..=MAX_ROWS).contains(&rows), "values_sql: {rows} rows");
-    let key = (prefix.as_ptr() as usize, rows);
+    // By prefix and suffix: two statements may share one prefix (identical literals are one string)
+    // and differ in their ON CONFLICT clause.
+    let key = (prefix.as_ptr() as usize, suffix.as_ptr() as usize, rows);
     let mut built = BUILT.get_or_init(Mutex::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     built.entry(key).or_insert_with(|| {
         let groups: Vec<String> = (0..rows)
@@ -513,6 +517,11 @@ mod tests {
         let two = super::values_sql(P, 2, 2, " ON CONFLICT DO NOTHING");
         assert_eq!(two, "INSERT INTO t (a, b) VALUES (?1, ?2), (?3, ?4) ON CONFLICT DO NOTHING");
         assert!(std::ptr::eq(two, super::values_sql(P, 2, 2, " ON CONFLICT DO NOTHING")), "built once");
+        // One prefix, another suffix: another statement, not the first one's.
+        assert_eq!(
+            super::values_sql(P, 2, 2, " ON CONFLICT (a) DO UPDATE SET b = excluded.b"),
+            "INSERT INTO t (a, b) VALUES (?1, ?2), (?3, ?4) ON CONFLICT (a) DO UPDATE SET b = excluded.b"
+        );
     }
 
     #[test]
