@@ -125,9 +125,11 @@ pub(super) fn begin_reports<'a>(
         hosts.sort_unstable();
         hosts.dedup();
         tx.for_each(
-            "SELECT host_id, last_seq, last_hash, revoked_at, tenant, key_id FROM hosts \
-             WHERE host_id = ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(?1 AS jsonb)))) \
-             ORDER BY host_id FOR UPDATE",
+            concat!(
+                "SELECT host_id, last_seq, last_hash, revoked_at, tenant, key_id FROM hosts WHERE host_id",
+                keys_in!(pg),
+                " ORDER BY host_id FOR UPDATE"
+            ),
             params![&serde_json::to_string(&hosts).unwrap_or_default()],
             |row| {
                 let position = HostPosition {

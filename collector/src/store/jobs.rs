@@ -12,20 +12,6 @@ use super::db::{Db, params};
 use super::{Result, Store, sql};
 use crate::compute::{JobEvidence, JobSummary, classify, job_identity, peak_for};
 
-/// Membership in a JSON array of keys (jobs, GPU UUIDs), passed as parameter ?1 and expanded by each
-/// backend's JSON functions, so one statement serves any number of keys. On PostgreSQL the array is
-/// made once (`= ANY(ARRAY(..))`), which the planner answers from the key's index at any table size:
-/// written as `IN (SELECT ..)`, the prepared plan scanned whole tables while they were small, every
-/// dead row version of them included (3,370 scans of `gpu_locations` in 15 s of the benchmark).
-macro_rules! keys_in {
-    (sqlite) => {
-        " IN (SELECT value FROM json_each(?1))"
-    };
-    (pg) => {
-        " = ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(?1 AS jsonb))))"
-    };
-}
-
 /// Longest report window counted (a bogus window cannot add more than this much time).
 const MAX_WINDOW_SECONDS: f64 = 3600.0;
 
