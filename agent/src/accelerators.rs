@@ -13,16 +13,27 @@ use serde::Serialize;
 pub struct Accelerator {
     /// `0000:3b:00.0`.
     pub pci_address: String,
-    /// `0x19e5`.
-    pub vendor_id: String,
-    /// `0xd802`.
-    pub device_id: String,
+    /// PCI vendor id (`0x19e5` in JSON).
+    #[serde(serialize_with = "hex4")]
+    pub vendor_id: u16,
+    /// PCI device id (`0xd802` in JSON).
+    #[serde(serialize_with = "hex4")]
+    pub device_id: u16,
     /// Vendor name.
     pub vendor: String,
     /// Product name, or `unknown device 0x....`.
     pub product: String,
-    /// PCI class code, `0x120000`.
-    pub class: String,
+    /// PCI class code (`0x120000` in JSON).
+    #[serde(serialize_with = "hex6")]
+    pub class: u32,
+}
+
+fn hex4<S: serde::Serializer>(v: &u16, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("0x{v:04x}"))
+}
+
+fn hex6<S: serde::Serializer>(v: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("0x{v:06x}"))
 }
 
 /// Known accelerator vendors (PCI vendor id, name).
@@ -102,7 +113,13 @@ pub fn scan(sys_root: &Path, managed: &[String]) -> Vec<Accelerator> {
         else {
             continue;
         };
-        let (vendor, device) = (vendor as u16, device as u16);
+        // Ids wider than PCI's are not a device's: never truncated into one that looks known.
+        let (Ok(vendor), Ok(device)) = (u16::try_from(vendor), u16::try_from(device)) else {
+            continue;
+        };
+        if class > 0xff_ffff {
+            continue;
+        }
         let known_vendor = VENDORS.iter().find(|(v, _)| *v == vendor).map(|(_, n)| *n);
         let known_device = DEVICES.iter().find(|(v, d, _)| *v == vendor && *d == device).map(|(_, _, p)| *p);
         let accelerator_class = is_accelerator_class(class);
@@ -115,11 +132,11 @@ pub fn scan(sys_root: &Path, managed: &[String]) -> Vec<Accelerator> {
         }
         found.push(Accelerator {
             pci_address: normalise_pci(&name),
-            vendor_id: format!("0x{vendor:04x}"),
-            device_id: format!("0x{device:04x}"),
+            vendor_id: vendor,
+            device_id: device,
             vendor: known_vendor.unwrap_or("unknown vendor").to_string(),
             product: known_device.map_or_else(|| format!("unknown device 0x{device:04x}"), str::to_string),
-            class: format!("0x{class:06x}"),
+            class,
         });
     }
     found.sort_by(|a, b| a.pci_address.cmp(&b.pci_address));
@@ -153,6 +170,22 @@ mod tests {
         // An NVIDIA GPU that NVML did not report is listed: it may be hidden from the driver.
         assert_eq!(found[1].pci_address, "0000:5d:00.0");
         assert_eq!(found[1].vendor, "NVIDIA");
+        // Typed ids, written as the contract's hex strings.
+        assert_eq!((found[0].vendor_id, found[0].device_id, found[0].class), (0x19e5, 0xd802, 0x12_0000));
+        let json = serde_json::to_value(&found[0]).expect("json");
+        assert_eq!(json["vendor_id"], "0x19e5");
+        assert_eq!(json["device_id"], "0xd802");
+        assert_eq!(json["class"], "0x120000");
+    }
+
+    #[test]
+    fn ids_wider_than_pci_are_not_truncated_into_known_ones() {
+        let t = tempfile::tempdir().expect("tmp");
+        // 0x119e5 would read as Huawei (0x19e5) if cut to 16 bits.
+        dev(t.path(), "0000:3b:00.0", "0x119e5", "0xd802", "0x030200");
+        dev(t.path(), "0000:3c:00.0", "0x19e5", "0x1d802", "0x030200");
+        dev(t.path(), "0000:3d:00.0", "0x1234", "0x5678", "0x1120000");
+        assert!(scan(t.path(), &[]).is_empty(), "{:?}", scan(t.path(), &[]));
     }
 
     #[test]

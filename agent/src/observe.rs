@@ -538,7 +538,7 @@ pub fn render_text(obs: &Observation) -> String {
     }
     let _ = writeln!(s, "\nother accelerators: {}", obs.accelerators.len());
     for a in &obs.accelerators {
-        let _ = writeln!(s, "  {} {} {} ({}:{})", a.pci_address, a.vendor, a.product, a.vendor_id, a.device_id);
+        let _ = writeln!(s, "  {} {} {} ({:04x}:{:04x})", a.pci_address, a.vendor, a.product, a.vendor_id, a.device_id);
     }
     s
 }

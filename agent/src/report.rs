@@ -226,11 +226,11 @@ pub fn build(obs: &Observation, ctx: &ReportContext) -> pb::UsageReport {
             .iter()
             .map(|a| pb::Accelerator {
                 pci_address: a.pci_address.clone(),
-                vendor_id: parse_hex(&a.vendor_id),
-                device_id: parse_hex(&a.device_id),
+                vendor_id: u32::from(a.vendor_id),
+                device_id: u32::from(a.device_id),
                 vendor: a.vendor.clone(),
                 product: a.product.clone(),
-                class_code: parse_hex(&a.class),
+                class_code: a.class,
             })
             .collect(),
         events: obs
@@ -253,10 +253,6 @@ pub fn build(obs: &Observation, ctx: &ReportContext) -> pb::UsageReport {
 
 fn usage(p: &crate::gpu::GpuProcessUsage) -> pb::GpuProcessUsage {
     pb::GpuProcessUsage { pid: p.pid, used_memory_bytes: p.used_memory_bytes, mps: p.mps }
-}
-
-fn parse_hex(s: &str) -> u32 {
-    u32::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or(0)
 }
 
 /// Encodes and signs a report. Returns the encoded `SignedReport` and the SHA-256 of the report bytes
