@@ -205,9 +205,13 @@ pub(super) fn account(
     // key order), since one job's reports from several hosts may commit at once on several replicas
     // and the later write must not drop the earlier one's evidence.
     let evidence_sql = if tx.is_postgres() {
-        concat!("SELECT job_key, evidence FROM jobs WHERE job_key", keys_in!(pg), " ORDER BY job_key FOR UPDATE")
+        concat!(
+            "SELECT job_key, evidence, tenant, first_seen, last_seen FROM jobs WHERE job_key",
+            keys_in!(pg),
+            " ORDER BY job_key FOR UPDATE"
+        )
     } else {
-        concat!("SELECT job_key, evidence FROM jobs WHERE job_key", keys_in!(sqlite))
+        concat!("SELECT job_key, evidence, tenant, first_seen, last_seen FROM jobs WHERE job_key", keys_in!(sqlite))
     };
     if tx.is_postgres() {
         // A job new to the store gets its row first (nothing if it exists), so the lock below covers it
@@ -225,16 +229,36 @@ pub(super) fn account(
         )
         .map_err(sql("create jobs"))?;
     }
-    let mut stored: BTreeMap<String, String> = tx
-        .rows(evidence_sql, params![&keys_json], |row| Ok((row.get(0)?, row.get(1)?)))
+    let mut stored: BTreeMap<String, StoredJob> = tx
+        .rows(evidence_sql, params![&keys_json], |row| {
+            Ok((
+                row.get(0)?,
+                StoredJob {
+                    evidence: row.get(1)?,
+                    tenant: row.get(2)?,
+                    first_seen: row.get(3)?,
+                    last_seen: row.get(4)?,
+                },
+            ))
+        })
         .map_err(sql("read jobs"))?
         .into_iter()
         .collect();
     let mut evidence: Vec<(String, JobEvidence)> = Vec::with_capacity(job_processes.len());
+    // Jobs whose stored tenant is another (two keys collided): their row is left as it is.
+    let mut foreign: BTreeMap<String, JobEvidence> = BTreeMap::new();
     // Each job's step period on this host, to find jobs of one tenant in lock-step.
     let mut rhythms: Vec<(String, Option<String>, u32)> = Vec::new();
     for (key, procs) in job_processes {
-        let mut ev: JobEvidence = stored.remove(&key).and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+        let tenant = job_tenant.get(&key).cloned().flatten();
+        let mut ev = match stored.get(&key) {
+            Some(row) => parsed_evidence(&key, &row.evidence),
+            None => JobEvidence::default(),
+        };
+        if stored.get(&key).is_some_and(|row| row.tenant != tenant) {
+            foreign.insert(key, ev);
+            continue;
+        }
         let gpus: BTreeSet<usize> =
             procs.iter().flat_map(|p| p.gpu_uuids.iter()).filter_map(|u| parents.get(u.as_str()).copied()).collect();
         if let Some(period) = ev.add_telemetry(host_id, gpus.iter().filter_map(|&i| r.gpus[i].telemetry.as_ref())) {
@@ -259,7 +283,7 @@ pub(super) fn account(
     }
     // Jobs of one tenant stepping in the same rhythm on one host: one training run split into many
     // small jobs looks like this.
-    let evidence: Vec<(String, String)> = evidence
+    let evidence: Vec<(String, String, JobEvidence)> = evidence
         .into_iter()
         .map(|(key, mut ev)| {
             if let Some((_, tenant, mine)) = rhythms.iter().find(|(k, _, _)| *k == key) {
@@ -270,11 +294,11 @@ pub(super) fn account(
                 ev.lockstep_jobs = ev.lockstep_jobs.max(others as u32);
             }
             let json = serde_json::to_string(&ev).unwrap_or_default();
-            (key, json)
+            (key, json, ev)
         })
         .collect();
     let mut ps = Vec::with_capacity(5 * evidence.len());
-    for (key, json) in &evidence {
+    for (key, json, _) in &evidence {
         ps.extend_from_slice(params![key, job_tenant.get(key).and_then(Option::as_deref), at, at, json]);
     }
     tx.defer_values(
@@ -288,8 +312,139 @@ pub(super) fn account(
         &ps,
     )
     .map_err(sql("record jobs"))?;
-    let mut totals = summaries(tx, &keys)?;
-    Ok((keys.iter().filter_map(|k| totals.remove(k)).collect(), moved))
+    // The jobs' totals after this report: their usage summed in one query; their evidence is what was
+    // just written (or, for a foreign row, what is stored), never read and parsed again.
+    let mut sums = usage_sums(tx, &keys_json)?;
+    let mut summaries = Vec::with_capacity(keys.len());
+    for (key, json, ev) in evidence {
+        let row = stored.remove(&key);
+        remember_evidence(&key, json, ev.clone());
+        let tenant = job_tenant.get(&key).cloned().flatten();
+        let (first_seen, last_seen) = row.as_ref().map_or((at, at), |r| (r.first_seen, r.last_seen.max(at)));
+        summaries.push(sums.remove(&key).unwrap_or_default().summary(key, tenant, first_seen, last_seen, ev));
+    }
+    for (key, ev) in foreign {
+        let Some(row) = stored.remove(&key) else { continue };
+        summaries.push(sums.remove(&key).unwrap_or_default().summary(
+            key,
+            row.tenant,
+            row.first_seen,
+            row.last_seen,
+            ev,
+        ));
+    }
+    summaries.sort_by(|a, b| a.job_key.cmp(&b.job_key));
+    Ok((summaries, moved))
+}
+
+/// A job's row as the report transaction reads it.
+struct StoredJob {
+    evidence: String,
+    tenant: Option<String>,
+    first_seen: i64,
+    last_seen: i64,
+}
+
+/// The last evidence this thread wrote per job, as text and parsed: a report of a job whose stored
+/// evidence is still that text (the usual case: the committing thread wrote it) takes the parsed copy
+/// instead of parsing the text again. Compared by content, so a row another writer changed is parsed.
+/// Bounded: cleared when it reaches [`EVIDENCE_CACHE_JOBS`].
+struct EvidenceCache {
+    jobs: std::collections::HashMap<String, (String, JobEvidence)>,
+}
+
+/// Jobs whose evidence one committing thread keeps parsed.
+const EVIDENCE_CACHE_JOBS: usize = 16_384;
+
+thread_local! {
+    static EVIDENCE: std::cell::RefCell<EvidenceCache> =
+        std::cell::RefCell::new(EvidenceCache { jobs: std::collections::HashMap::new() });
+}
+
+/// A job's stored evidence, parsed (or taken from what this thread last wrote, when the text is the same).
+fn parsed_evidence(key: &str, text: &str) -> JobEvidence {
+    let cached = EVIDENCE.with(|c| {
+        let c = c.borrow();
+        c.jobs.get(key).filter(|(t, _)| t == text).map(|(_, ev)| ev.clone())
+    });
+    cached.unwrap_or_else(|| serde_json::from_str(text).unwrap_or_default())
+}
+
+/// Keeps what was just written for `key` (text and parsed) for its next report.
+fn remember_evidence(key: &str, text: String, ev: JobEvidence) {
+    EVIDENCE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.jobs.len() >= EVIDENCE_CACHE_JOBS && !c.jobs.contains_key(key) {
+            c.jobs.clear();
+        }
+        c.jobs.insert(key.to_string(), (text, ev));
+    });
+}
+
+/// One job's usage summed over its GPUs and hosts.
+#[derive(Default)]
+struct UsageSums {
+    gpus: u64,
+    gpu_seconds: f64,
+    energy: f64,
+    ops: f64,
+    unknown: f64,
+}
+
+impl UsageSums {
+    fn summary(
+        self,
+        key: String,
+        tenant: Option<String>,
+        first_seen: i64,
+        last_seen: i64,
+        ev: JobEvidence,
+    ) -> JobSummary {
+        Totals {
+            key,
+            tenant,
+            first_seen,
+            last_seen,
+            evidence: String::new(),
+            gpus: self.gpus,
+            gpu_seconds: self.gpu_seconds,
+            energy: self.energy,
+            ops: self.ops,
+            unknown: self.unknown,
+        }
+        .summary_with(ev)
+    }
+}
+
+macro_rules! usage_sums_sql {
+    ($dialect:tt) => {
+        concat!(
+            "SELECT job_key, COUNT(DISTINCT gpu_uuid), COALESCE(SUM(gpu_seconds), 0), COALESCE(SUM(energy_joules), 0), \
+             COALESCE(SUM(ops_upper), 0), COALESCE(SUM(unknown_peak_seconds), 0) FROM job_usage WHERE job_key",
+            keys_in!($dialect),
+            " GROUP BY job_key"
+        )
+    };
+}
+
+/// The jobs' (`keys_json`, a JSON array) usage sums, in one query by the job_usage primary key's prefix.
+fn usage_sums(tx: &mut Db, keys_json: &str) -> Result<BTreeMap<String, UsageSums>> {
+    let sql_text = if tx.is_postgres() { usage_sums_sql!(pg) } else { usage_sums_sql!(sqlite) };
+    let rows = tx
+        .rows(sql_text, params![keys_json], |r| {
+            Ok((
+                r.get::<String>(0)?,
+                UsageSums {
+                    gpus: r.u64(1)?,
+                    gpu_seconds: r.get(2)?,
+                    energy: r.get(3)?,
+                    ops: r.get(4)?,
+                    unknown: r.get(5)?,
+                },
+            ))
+        })
+        .map_err(sql("sum job usage"))?;
+    Ok(rows.into_iter().collect())
 }
 
 macro_rules! summaries_sql {
@@ -351,9 +506,13 @@ struct Totals {
 }
 
 impl Totals {
-    fn summary(self) -> JobSummary {
-        let Totals { key, tenant, first_seen, last_seen, evidence, gpus, gpu_seconds, energy, ops, unknown } = self;
-        let evidence: JobEvidence = serde_json::from_str(&evidence).unwrap_or_default();
+    fn summary(mut self) -> JobSummary {
+        let evidence: JobEvidence = serde_json::from_str(&std::mem::take(&mut self.evidence)).unwrap_or_default();
+        self.summary_with(evidence)
+    }
+
+    fn summary_with(self, evidence: JobEvidence) -> JobSummary {
+        let Totals { key, tenant, first_seen, last_seen, evidence: _, gpus, gpu_seconds, energy, ops, unknown } = self;
         JobSummary {
             job_key: key,
             tenant,

@@ -75,7 +75,7 @@ fn flag(job: &str) -> NewFlag {
 /// Where a test's store lives; `open` may be called again to reopen the same store.
 pub(super) enum Backend {
     Sqlite(tempfile::TempDir),
-    Postgres(super::scratch::ScratchSchema),
+    Postgres(crate::tools::scratch::ScratchSchema),
 }
 
 impl Backend {
@@ -99,7 +99,7 @@ macro_rules! on_both_backends {
         mod postgres {
             $(#[test]
             fn $name() {
-                if let Some(s) = super::super::scratch::ScratchSchema::or_skip(stringify!($name)) {
+                if let Some(s) = crate::tools::scratch::ScratchSchema::or_skip(stringify!($name)) {
                     super::$name(&super::Backend::Postgres(s));
                 }
             })*
@@ -395,6 +395,41 @@ fn jobs_are_accounted_across_reports_and_gpus(b: &Backend) {
         t.iter().map(|p| (p.gpu_uuid.as_str(), p.t)).collect::<Vec<_>>(),
         vec![(&*uuid, 30_000), (&*uuid, 40_000)]
     );
+}
+
+/// The totals a commit hands the policy are built from what it just wrote (not read back): after every
+/// report of a job on two hosts they equal what a reader of the store sees; evidence changed by another
+/// writer in between is read, not taken from the committing thread's memory.
+fn the_totals_a_commit_hands_the_policy_are_the_stored_ones(b: &Backend) {
+    let s = b.open().expect("open");
+    let (k1, k2) = (key(), key());
+    let (h1, h2) = (enrolled(&s, &k1, "n1"), enrolled(&s, &k2, "n2"));
+    let mut prev: [Vec<u8>; 2] = Default::default();
+    for seq in 1..=3u64 {
+        for (i, (k, h)) in [(&k1, &h1), (&k2, &h2)].into_iter().enumerate() {
+            if seq == 3 && i == 0 {
+                // Another writer's evidence for the job: the next commit must start from it.
+                let ev = serde_json::json!({"max_world_size": 4096, "hosts": [h1.host_id, h2.host_id]}).to_string();
+                s.conn()
+                    .execute("UPDATE jobs SET evidence = ?1 WHERE job_key = 't1|slurm:77'", params![&ev])
+                    .expect("edit evidence");
+            }
+            let r = busy_report(&h.host_id, seq, &prev[i], 2 + i);
+            let mut seen = Vec::new();
+            let (c, sr) = sign_and_commit_as(&s, k, &h.host_id, &r, &[Some("t1".into())], false, |_, ctx| {
+                seen = ctx.jobs.clone();
+                Vec::new()
+            });
+            assert_eq!(c.expect("commit"), Commit::Stored { flags: 0 });
+            prev[i] = gpuattest_proto::sha256(&sr.report).to_vec();
+            let stored = s.job("t1|slurm:77").expect("job").expect("accounted");
+            assert_eq!(seen, vec![stored.clone()], "seq {seq}, host {i}");
+            assert_eq!(stored.gpus, if seq == 1 && i == 0 { 2 } else { 5 }, "distinct GPUs of both hosts");
+            if seq == 3 {
+                assert_eq!(stored.evidence.max_world_size, 4096, "the other writer's evidence was extended");
+            }
+        }
+    }
 }
 
 fn a_report_that_repeats_a_gpu_uuid_is_stored(b: &Backend) {
@@ -865,13 +900,14 @@ on_both_backends!(
     a_batch_commits_each_report_on_its_own_merits,
     jobs_are_accounted_across_reports_and_gpus,
     a_report_that_repeats_a_gpu_uuid_is_stored,
+    the_totals_a_commit_hands_the_policy_are_the_stored_ones,
     review_reads_and_writes_round_trip,
     the_transparency_log_is_dense_and_in_commit_order,
 );
 
 #[test]
 fn both_backends_have_the_same_tables_and_columns() {
-    let Some(pg) = super::scratch::ScratchSchema::or_skip("schema comparison") else { return };
+    let Some(pg) = crate::tools::scratch::ScratchSchema::or_skip("schema comparison") else { return };
     let t = tempfile::tempdir().expect("tmp");
     let lite = Store::open(t.path()).expect("sqlite");
     let shared = Store::connect(&pg.url).expect("postgres");
@@ -912,7 +948,7 @@ fn the_suite_holds_on_reports_partitioned_by_time() {
         ("review", review_reads_and_writes_round_trip),
     ];
     for (name, test) in suite {
-        let Some(s) = super::scratch::ScratchSchema::or_skip("partitioned reports") else { return };
+        let Some(s) = crate::tools::scratch::ScratchSchema::or_skip("partitioned reports") else { return };
         let b = Backend::Postgres(s);
         b.open()
             .expect("migrate")
