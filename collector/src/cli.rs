@@ -3,12 +3,11 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::policy::Policy;
 use crate::server::Collector;
 use crate::store::Store;
-use crate::{demo, render, tokens};
+use crate::{render, tokens};
 
 /// A failed command: one line for stderr, and the exit code.
 #[derive(Debug)]
@@ -43,10 +42,11 @@ pub use evidence::attestation_verify;
 pub use records::{ExportArgs, backup, export, export_key, log_consistency, log_head, log_verify_consistency, verify};
 pub use screen::{evaluate_model, screen_bench, screen_check};
 
-type Result<T = ()> = std::result::Result<T, CliError>;
+/// A command's outcome: its exit code and line on failure.
+pub type Result<T = ()> = std::result::Result<T, CliError>;
 
 /// Writes to stdout; a closed pipe (`... | head`) ends the output quietly instead of panicking.
-fn out(text: &str) -> Result {
+pub fn out(text: &str) -> Result {
     use std::io::Write;
     let mut o = std::io::stdout().lock();
     match o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
@@ -55,7 +55,8 @@ fn out(text: &str) -> Result {
     }
 }
 
-fn print_json(v: &impl serde::Serialize) -> Result {
+/// Prints one JSON document on stdout.
+pub fn print_json(v: &impl serde::Serialize) -> Result {
     out(&format!("{}\n", serde_json::to_string_pretty(v).map_err(runtime)?))
 }
 
@@ -82,7 +83,8 @@ fn open(at: &Place) -> Result<Arc<Store>> {
     Store::open_at(&at.data, at.database.as_deref()).map(Arc::new).map_err(config)
 }
 
-fn runtime_rt() -> Result<tokio::runtime::Runtime> {
+/// A multi-threaded runtime for one command.
+pub fn runtime_rt() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(runtime)
 }
 
@@ -438,25 +440,6 @@ pub fn serve(flags: crate::config::ServeFlags, config_file: Option<&Path>, check
     })
 }
 
-/// `demo`.
-///
-/// # Errors
-/// Usage errors for a bad interval; runtime errors from the demo.
-pub fn demo(data: &Path, seconds: Option<u64>, http_listen: String, interval: &str) -> Result {
-    let interval = match gpuattest_proto::units::parse_duration(interval) {
-        Ok(i) if !i.is_zero() => i,
-        Ok(_) => return Err(usage("--interval must be more than 0")),
-        Err(e) => return Err(usage(format!("--interval: {e}"))),
-    };
-    let opts = demo::DemoOptions {
-        data: data.to_path_buf(),
-        duration: seconds.map(Duration::from_secs),
-        http_listen,
-        interval,
-    };
-    runtime_rt()?.block_on(demo::run(opts)).map_err(runtime)
-}
-
 /// `flags show ID`: one flag with its evidence and the audit trail of decisions on it.
 ///
 /// # Errors
@@ -516,81 +499,6 @@ pub fn flags_decide(at: &Place, id: i64, decision: &str, reason: &str) -> Result
         Some(()) => out(&format!("flag {id} {status}\n")),
         None => Err(usage(format!("no flag {id}; see `flags list`"))),
     }
-}
-
-/// `bench --review-reports N`: the review page of a flag over N stored reports of one host.
-///
-/// # Errors
-/// Runtime errors from the store.
-pub fn bench_review(reports: u64, database: Option<&str>, json: bool) -> Result {
-    if reports == 0 {
-        return Err(usage("--review-reports must be at least 1"));
-    }
-    let f = crate::bench::review_page(reports, database).map_err(runtime)?;
-    if json {
-        return print_json(&f);
-    }
-    out(&format!(
-        "{} reports of one host ({}), stored in {:.1} s: the flag's review page took {:.1} ms (median of {}), {} timeline points\n",
-        f.stored_reports,
-        f.store,
-        f.fill_seconds,
-        f.review_page_median_ms,
-        f.review_page_ms.len(),
-        f.timeline_points
-    ))
-}
-
-/// `bench`: end-to-end ingest against the verification ceiling, on the embedded store (or
-/// `--database`, with `--replicas` collectors on it).
-///
-/// # Errors
-/// When the benchmark cannot set up its store, listeners or agents.
-pub fn bench(
-    agents: usize,
-    seconds: u64,
-    interval: Option<&str>,
-    database: Option<&str>,
-    replicas: usize,
-    json: bool,
-) -> Result {
-    if agents == 0 || seconds == 0 || replicas == 0 {
-        return Err(usage("--agents, --seconds and --replicas must be at least 1"));
-    }
-    if replicas > 1 && database.is_none() {
-        return Err(usage("--replicas needs --database: replicas share one PostgreSQL store"));
-    }
-    let interval = interval
-        .map(gpuattest_proto::units::parse_duration)
-        .transpose()
-        .map_err(|e| usage(format!("--interval: {e}")))?
-        .filter(|d| !d.is_zero());
-    let f =
-        runtime_rt()?.block_on(crate::bench::run(agents, seconds, interval, database, replicas)).map_err(runtime)?;
-    if json {
-        return print_json(&f);
-    }
-    out(&format!(
-        "{} agents, {} reports of {} bytes in {seconds} s: {:.0} reports/s; verification ceiling {:.0}/s (ratio {:.2}); ack p50 {:.1} ms, p99 {:.1} ms; collector RSS {} MiB, agents' process {} MiB ({})\n",
-        f.agents,
-        f.reports,
-        f.report_bytes,
-        f.reports_per_second,
-        f.verify_ceiling_per_second,
-        f.ratio,
-        f.p50_ack_ms,
-        f.p99_ack_ms,
-        f.collector_rss_bytes >> 20,
-        f.agents_rss_bytes >> 20,
-        f.store
-    ))?;
-    out(&format!(
-        "collector CPU {:.0} us per report, signature check {:.0} us (cpu_ratio {:.2}){}\n",
-        f.collector_cpu_us_per_report,
-        f.verify_us_per_report,
-        f.cpu_ratio,
-        f.database_cpu_us_per_report.map_or(String::new(), |d| format!("; database CPU {d:.0} us per report"))
-    ))
 }
 
 fn read_pem(p: &Path) -> Result<Vec<u8>> {

@@ -2,7 +2,6 @@
 //! beside their decoded fields, evaluates policy, raises flags, and serves the review UI and API.
 //!
 //! # Layout
-//! - [`bench`]: the end-to-end ingest benchmark beside the signature-verification ceiling.
 //! - [`cli`]: the commands behind the binary, with their exit codes.
 //! - [`compute`]: jobs across hosts: identity, GPU peak table, operations, training or inference.
 //! - [`config`]: `serve --config FILE`, merged under the flags.
@@ -16,7 +15,6 @@
 //! - [`http`]: the review UI, the JSON API with roles, `/healthz`, `/metrics`.
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`server`]: runs gRPC and HTTP on listeners passed in, until shutdown.
-//! - [`demo`]: the whole system on one machine: collector, agents on the simulated NVML, workloads.
 //! - [`logging`]: tracing set-up and the shutdown signal for the binary.
 //! - [`export`]: signed customer attestations (DSSE, in-toto), the transparency log, offline verify.
 //! - [`reevaluate`]: `policy reevaluate`, the policy in force over stored evidence.
@@ -27,15 +25,15 @@
 //! - [`render`]: human-readable tables for the CLI.
 //! - [`timefmt`]: RFC 3339 rendering.
 //! - [`verify`]: the one report verifier (ingest, `reports verify`, the review page).
+//! - [`tools`]: not the collector: the demo, the ingest benchmark and scratch PostgreSQL schemas, over
+//!   the public API; no other module imports them (a test checks).
 //! - [`evidence`]: GPU attestation evidence in reports: verified (`gpuattest-evidence`) against the
 //!   nonces the collector issued, compared with the report and the operator's golden values.
 
-pub mod bench;
 pub mod classify;
 pub mod cli;
 pub mod compute;
 pub mod config;
-pub mod demo;
 pub mod evidence;
 pub mod export;
 pub mod files;
@@ -58,6 +56,7 @@ pub mod store;
 pub mod tenants;
 pub mod timefmt;
 pub mod tokens;
+pub mod tools;
 pub mod verify;
 
 /// The wall clock, Unix milliseconds.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use gpuattest_collector::{cli, demo, tokens};
+use gpuattest_collector::{cli, tokens, tools};
 
 #[derive(Parser)]
 #[command(name = "gpuattest-collector", version, about = "Verify and store signed GPU usage reports; flag and review")]
@@ -447,12 +447,12 @@ enum VerifyCmd {
 }
 
 fn main() -> ExitCode {
-    if std::env::var_os(demo::WORKLOAD_ENV).is_some() {
-        demo::run_workload();
+    if std::env::var_os(tools::demo::WORKLOAD_ENV).is_some() {
+        tools::demo::run_workload();
         return ExitCode::SUCCESS;
     }
-    if std::env::var_os(gpuattest_collector::bench::AGENTS_ENV).is_some() {
-        return gpuattest_collector::bench::agents_main();
+    if std::env::var_os(gpuattest_collector::tools::bench::AGENTS_ENV).is_some() {
+        return gpuattest_collector::tools::bench::agents_main();
     }
     let args = match Cli::try_parse() {
         Ok(c) => c,
@@ -514,7 +514,7 @@ fn main() -> ExitCode {
         Cmd::Demo { .. } if at.database.is_some() => Err(cli::usage(
             "--database: the demo runs on the embedded store in --data; omit --database (serve and the other commands take it)",
         )),
-        Cmd::Demo { seconds, http_listen, interval } => cli::demo(data, seconds, http_listen, &interval),
+        Cmd::Demo { seconds, http_listen, interval } => tools::cli::demo(data, seconds, http_listen, &interval),
         Cmd::Token { cmd: TokenCmd::Create { role, tenant, ttl, uses, site_lat, site_lon, site_name, json } } => {
             let site =
                 site_lat.zip(site_lon).map(|(lat, lon)| gpuattest_collector::store::Site { name: site_name, lat, lon });
@@ -564,9 +564,9 @@ fn main() -> ExitCode {
             cli::attestation_verify(&report, &certs, &nonce, &anchor, json, bench)
         }
         Cmd::Backup { out } => cli::backup(&at, &out),
-        Cmd::Bench { review_reports: Some(n), json, .. } => cli::bench_review(n, at.database.as_deref(), json),
+        Cmd::Bench { review_reports: Some(n), json, .. } => tools::cli::bench_review(n, at.database.as_deref(), json),
         Cmd::Bench { agents, seconds, interval, replicas, json, review_reports: None } => {
-            cli::bench(agents, seconds, interval.as_deref(), at.database.as_deref(), replicas, json)
+            tools::cli::bench(agents, seconds, interval.as_deref(), at.database.as_deref(), replicas, json)
         }
         Cmd::Policy { cmd: PolicyCmd::EvaluateModel { file, json } } => cli::evaluate_model(&at, &file, json),
         Cmd::Policy { cmd: PolicyCmd::Reevaluate { policy, since, json } } => {

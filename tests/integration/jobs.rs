@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use gpuattest_collector::demo::traces;
+use gpuattest_collector::tools::demo::traces;
 use gpuattest_tests::{Collector, Workload, collector_json, flags, host, play_trace, token, wait_for};
 use serde_json::{Value, json};
 

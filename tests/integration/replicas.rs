@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use gpuattest_collector::export::keys::{SignedHead, public_key_from_pem};
-use gpuattest_collector::store::scratch::ScratchSchema;
+use gpuattest_collector::tools::scratch::ScratchSchema;
 use gpuattest_tests::{Agent, AgentSpec, Collector, Workload, collector_cmd, http_get, http_request, run, wait_for};
 use serde_json::Value;
 

@@ -57,7 +57,6 @@ mod open;
 pub mod pgtls;
 mod reports;
 mod review;
-pub mod scratch;
 mod sequencer;
 mod tokens;
 // The rooms' public types keep their `crate::store::` paths; their private helpers are shared among

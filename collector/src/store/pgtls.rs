@@ -228,8 +228,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::store::scratch::ScratchSchema;
     use crate::store::{Store, StoreError};
+    use crate::tools::scratch::ScratchSchema;
 
     fn data(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("test-data/pgtls").join(name)

@@ -490,7 +490,7 @@ mod tests {
     #[test]
     fn a_connection_lost_inside_a_transaction_fails_the_transaction() {
         use super::{Db, DbError, Pg};
-        let Some(scratch) = crate::store::scratch::ScratchSchema::or_skip("lost transaction") else { return };
+        let Some(scratch) = crate::tools::scratch::ScratchSchema::or_skip("lost transaction") else { return };
         let config = scratch.url.parse().expect("url");
         let mut db = Db::Pg(Box::new(Pg::connect(config, crate::store::pgtls::Transport::Plain).expect("connect")));
         db.batch("CREATE TABLE lost_tx (n BIGINT NOT NULL)").expect("table");

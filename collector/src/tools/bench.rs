@@ -21,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::policy::Policy;
 use crate::server::Collector;
 use crate::store::Store;
-use crate::store::scratch::ScratchSchema;
+use crate::tools::scratch::ScratchSchema;
 
 /// What the benchmark measured.
 #[derive(Debug, Serialize)]

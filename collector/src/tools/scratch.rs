@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::db::{Db, Pg};
+use crate::store::db::{Db, Pg};
 
 /// The server tests use unless `GPUATTEST_TEST_DATABASE` names another.
 pub const DEFAULT_TEST_DATABASE: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -25,9 +25,9 @@ fn admin_url() -> String {
 
 fn connect(url: &str) -> Result<Db, String> {
     let config = url.parse().map_err(|e: tokio_postgres::Error| format!("{url}: {e}"))?;
-    Pg::connect(config, super::pgtls::Transport::Plain)
+    Pg::connect(config, crate::store::pgtls::Transport::Plain)
         .map(|pg| Db::Pg(Box::new(pg)))
-        .map_err(|e| format!("{}: {e}", super::redact_url(url)))
+        .map_err(|e| format!("{}: {e}", crate::store::redact_url(url)))
 }
 
 impl ScratchSchema {
