@@ -3,7 +3,7 @@
 use super::*;
 
 /// A verified, decoded report to commit.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct IncomingReport<'a> {
     /// The verified signed report (its `report` bytes are stored verbatim).
     pub signed: &'a pb::SignedReport,
@@ -322,22 +322,15 @@ pub(super) fn batch_together(conn: &mut Db, items: &[PendingCommit]) -> Option<V
     } else {
         None
     };
-    let mut results = Vec::with_capacity(items.len());
-    for item in items {
-        let c = commit_one(
-            &mut tx,
-            &item.host_id,
-            &incoming(item),
-            |pos, ctx| (item.flags_for)(&item.decoded, pos, ctx),
-            rows.as_mut(),
-        );
-        results.push(Ok(c.ok()?));
-    }
+    let group: Vec<(&str, IncomingReport<'_>)> = items.iter().map(|i| (i.host_id.as_str(), incoming(i))).collect();
+    let results =
+        commit_reports(&mut tx, &group, |i, pos, ctx| (items[i].flags_for)(&items[i].decoded, pos, ctx), rows.as_mut())
+            .ok()?;
     if let Some(rows) = &rows {
         rows.write(&mut tx).ok()?;
     }
     tx.commit().ok()?;
-    Some(results)
+    Some(results.into_iter().map(Ok).collect())
 }
 
 /// The batch with each report in its own savepoint.
@@ -352,13 +345,10 @@ pub(super) fn batch_isolated(conn: &mut Db, items: &[PendingCommit]) -> Vec<Resu
     let mut results = Vec::with_capacity(items.len());
     for item in items {
         let r = tx.savepoint(|db| {
-            let c = commit_one(
-                db,
-                &item.host_id,
-                &incoming(item),
-                |pos, ctx| (item.flags_for)(&item.decoded, pos, ctx),
-                None,
-            )?;
+            let one = [(item.host_id.as_str(), incoming(item))];
+            let c = commit_reports(db, &one, |_, pos, ctx| (item.flags_for)(&item.decoded, pos, ctx), None)?
+                .pop()
+                .unwrap_or(Commit::HostGone);
             let keep = matches!(c, Commit::Stored { .. });
             Ok::<_, StoreError>((c, keep))
         });
@@ -375,15 +365,79 @@ pub(super) fn batch_isolated(conn: &mut Db, items: &[PendingCommit]) -> Vec<Resu
     results
 }
 
-/// The body of a report commit, inside a transaction or savepoint the caller owns. Writes nothing
-/// unless it returns [`Commit::Stored`].
-pub(super) fn commit_one<'a>(
+/// A group of reports committed together, inside a transaction or savepoint the caller owns: each is
+/// checked against its host's position (and the group's reports before it) and its row written; then
+/// the stored ones are accounted together (see [`account`](super::account): read once, applied in order,
+/// written once), their attestation evidence recorded and the policy's flags for each kept. Results are
+/// in the order given; a report writes nothing unless its result is [`Commit::Stored`].
+pub(super) fn commit_reports<'a>(
+    tx: &mut Db,
+    items: &[(&'a str, IncomingReport<'a>)],
+    mut flags_for: impl FnMut(usize, &ChainPosition, &CommitContext) -> Vec<NewFlag>,
+    mut batch: Option<&mut BatchRows<'a>>,
+) -> Result<Vec<Commit>> {
+    let mut results = Vec::with_capacity(items.len());
+    // The stored ones: their index, chain position and host tenant.
+    let mut ready = Vec::new();
+    for (i, (host_id, incoming)) in items.iter().enumerate() {
+        match place(tx, host_id, incoming, batch.as_deref_mut())? {
+            Placed::Refused(c) => results.push(c),
+            Placed::Stored { position, tenant } => {
+                results.push(Commit::Stored { flags: 0 });
+                ready.push((i, position, tenant));
+            }
+        }
+    }
+    let accounted: Vec<account::JobReport<'_>> = ready
+        .iter()
+        .map(|(i, _, tenant)| {
+            let (host_id, incoming) = &items[*i];
+            account::JobReport {
+                host_id,
+                tenant: tenant.as_deref(),
+                process_tenants: incoming.process_tenants,
+                report: incoming.decoded,
+                received_at: incoming.received_at,
+            }
+        })
+        .collect();
+    let mut accounting = account::Accounting::load(tx, &accounted)?;
+    for ((i, position, tenant), jr) in ready.iter().zip(&accounted) {
+        let (host_id, incoming) = &items[*i];
+        let r = incoming.decoded;
+        let (jobs, moved_gpus) = accounting.apply(jr);
+        let moved_devices = evidence::record(tx, host_id, r, incoming.evidence, incoming.received_at)?;
+        let flags = flags_for(*i, position, &CommitContext { jobs, moved_gpus, moved_devices });
+        for f in &flags {
+            upsert_flag(tx, host_id, tenant.as_deref(), r.seq, incoming.received_at, f, incoming.reopen_decided)?;
+        }
+        results[*i] = Commit::Stored { flags: flags.len() };
+    }
+    accounting.write(tx)?;
+    Ok(results)
+}
+
+/// Where [`place`] put a report.
+enum Placed {
+    /// Not stored, and why.
+    Refused(Commit),
+    /// Its row is written (or added to the batch's rows): it is stored once the group commits.
+    Stored {
+        /// The host's chain before it.
+        position: ChainPosition,
+        /// The host's tenant.
+        tenant: Option<String>,
+    },
+}
+
+/// Checks a report against its host's position and key, and writes its row, the host's new position,
+/// its queued log leaf and its gap record, unless it is refused.
+fn place<'a>(
     tx: &mut Db,
     host_id: &'a str,
     incoming: &IncomingReport<'a>,
-    flags_for: impl FnOnce(&ChainPosition, &CommitContext) -> Vec<NewFlag>,
     batch: Option<&mut BatchRows<'a>>,
-) -> Result<Commit> {
+) -> Result<Placed> {
     let r = incoming.decoded;
     let seq = r.seq as i64;
     let preloaded = batch.as_deref().and_then(|b| {
@@ -412,7 +466,7 @@ pub(super) fn commit_one<'a>(
             .map_err(sql("read host position"))?,
     };
     let Some(HostPosition { mut last_seq, mut last_hash, revoked, tenant, mut stored, key_id }) = host else {
-        return Ok(Commit::HostGone);
+        return Ok(Placed::Refused(Commit::HostGone));
     };
     // Reports earlier in this batch are not written yet: where they took the host counts.
     if let Some(b) = batch.as_deref() {
@@ -422,21 +476,21 @@ pub(super) fn commit_one<'a>(
         stored |= b.stored.contains(&(host_id, seq));
     }
     if revoked {
-        return Ok(Commit::HostGone);
+        return Ok(Placed::Refused(Commit::HostGone));
     }
     // The key's standing now, inside this transaction: a rotation committed after the report was
     // verified (or after its stream opened) still bites.
     if incoming.signed.key_id != key_id {
         match signing_key(tx, host_id, &incoming.signed.key_id)?.and_then(|k| k.valid_through) {
             Some(through) if r.seq <= through => {}
-            through => return Ok(Commit::KeyRetired { through }),
+            through => return Ok(Placed::Refused(Commit::KeyRetired { through })),
         }
     }
     if stored {
-        return Ok(Commit::Duplicate);
+        return Ok(Placed::Refused(Commit::Duplicate));
     }
     if seq <= last_seq {
-        return Ok(Commit::Behind { last_seq: last_seq as u64 });
+        return Ok(Placed::Refused(Commit::Behind { last_seq: last_seq as u64 }));
     }
     let position = ChainPosition { last_seq: last_seq as u64, last_hash };
     let hash = gpuattest_proto::sha256(&incoming.signed.report);
@@ -464,14 +518,7 @@ pub(super) fn commit_one<'a>(
         )
         .map_err(sql("record gap"))?;
     }
-    let (jobs, moved) =
-        jobs::account(tx, host_id, tenant.as_deref(), incoming.process_tenants, r, incoming.received_at)?;
-    let moved_devices = evidence::record(tx, host_id, r, incoming.evidence, incoming.received_at)?;
-    let flags = flags_for(&position, &CommitContext { jobs, moved_gpus: moved, moved_devices });
-    for f in &flags {
-        upsert_flag(tx, host_id, tenant.as_deref(), r.seq, incoming.received_at, f, incoming.reopen_decided)?;
-    }
-    Ok(Commit::Stored { flags: flags.len() })
+    Ok(Placed::Stored { position, tenant })
 }
 
 impl Store {
@@ -489,7 +536,16 @@ impl Store {
         let mut conn = self.conn();
         let c = {
             let (mut tx, _) = begin_reports(&mut conn, &[host_id]).map_err(sql("begin"))?;
-            let c = commit_one(&mut tx, host_id, incoming, flags_for, None)?;
+            let mut flags_for = Some(flags_for);
+            let items = [(host_id, incoming.clone())];
+            let c = commit_reports(
+                &mut tx,
+                &items,
+                |_, pos, ctx| flags_for.take().map_or_else(Vec::new, |f| f(pos, ctx)),
+                None,
+            )?
+            .pop()
+            .unwrap_or(Commit::HostGone);
             if matches!(c, Commit::Stored { .. }) {
                 tx.commit().map_err(sql("commit report"))?;
             }

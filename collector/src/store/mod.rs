@@ -43,6 +43,7 @@ macro_rules! keys_in {
     };
 }
 
+mod account;
 mod audit;
 mod commit;
 pub mod db;

@@ -432,6 +432,115 @@ fn the_totals_a_commit_hands_the_policy_are_the_stored_ones(b: &Backend) {
     }
 }
 
+/// Job `job`'s reports on two hosts, in commit order: `first` reports twice, then `second` reports
+/// with `first`'s GPU 0 moved to it, then `first` again with that GPU back. GPUs are named after `gpus`.
+fn moving_reports(
+    (k1, first): (&Ed25519KeyPair, &str),
+    (k2, second): (&Ed25519KeyPair, &str),
+    job: &str,
+    gpus: &str,
+) -> Vec<(String, pb::SignedReport, pb::UsageReport)> {
+    let mut prev: std::collections::BTreeMap<String, Vec<u8>> = std::collections::BTreeMap::new();
+    let mut out = Vec::new();
+    for (k, host, seq) in [(k1, first, 1), (k1, first, 2), (k2, second, 1), (k1, first, 3)] {
+        let mut r = busy_report(host, seq, prev.get(host).map_or(&[][..], |v| v), 2);
+        let side = if host == first { "a" } else { "b" };
+        for (i, g) in r.gpus.iter_mut().enumerate() {
+            g.uuid = if host == second && i == 0 { format!("{gpus}-a-0") } else { format!("{gpus}-{side}-{i}") };
+        }
+        r.processes[0].gpu_uuids = r.gpus.iter().map(|g| g.uuid.clone()).collect();
+        r.processes[0].slurm_job_id = Some(job.into());
+        let sr = gpuattest_proto::sign_report(k, prost::Message::encode_to_vec(&r));
+        prev.insert(host.to_string(), gpuattest_proto::sha256(&sr.report).to_vec());
+        out.push((host.to_string(), sr, r));
+    }
+    out
+}
+
+/// What a commit handed the policy, without the names that differ between two runs.
+fn totals_seen(ctx: &CommitContext) -> (Vec<String>, Vec<String>) {
+    let jobs = ctx
+        .jobs
+        .iter()
+        .map(|j| {
+            format!(
+                "gpus {} hours {:.9} J {:.3} ops {:e} seen {}..{} hosts {} verdict {:?}",
+                j.gpus,
+                j.gpu_hours,
+                j.energy_joules,
+                j.ops_upper_bound,
+                j.first_seen,
+                j.last_seen,
+                j.hosts.len(),
+                j.verdict
+            )
+        })
+        .collect();
+    (jobs, ctx.moved_gpus.iter().map(|m| m.uuid.rsplit('-').take(2).collect::<Vec<_>>().join("-")).collect())
+}
+
+/// A group commit accounts its reports in memory, in order: each report's totals, energy and GPU moves
+/// are the same as when the reports are committed one at a time, and what is stored after it equals
+/// what the last report handed the policy.
+fn a_group_commit_accounts_each_report_as_if_alone(b: &Backend) {
+    let s = b.open().expect("open");
+    let keys = [key(), key(), key(), key()];
+    let hosts: Vec<String> = ["a", "b", "c", "d"].iter().zip(&keys).map(|(n, k)| enrolled(&s, k, n).host_id).collect();
+    // One at a time: hosts a and b, job 77.
+    let mut alone = Vec::new();
+    for (host, sr, r) in moving_reports((&keys[0], &hosts[0]), (&keys[1], &hosts[1]), "77", "GPU-x") {
+        let inc = IncomingReport {
+            signed: &sr,
+            decoded: &r,
+            received_at: 100,
+            nonce_fresh: true,
+            process_tenants: &[],
+            reopen_decided: false,
+            evidence: &[],
+        };
+        let c = s.commit_report(&host, &inc, |_, ctx| {
+            alone.push(totals_seen(ctx));
+            Vec::new()
+        });
+        assert_eq!(c.expect("commit"), Commit::Stored { flags: 0 });
+    }
+    // Together: hosts c and d, job 88, the same reports in one batch.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let batch = moving_reports((&keys[2], &hosts[2]), (&keys[3], &hosts[3]), "88", "GPU-y")
+        .into_iter()
+        .enumerate()
+        .map(|(i, (host, sr, r))| {
+            let seen = seen.clone();
+            PendingCommit {
+                flags_for: Box::new(move |_, _, ctx| {
+                    seen.lock().expect("seen").push((i, totals_seen(ctx), ctx.jobs.clone()));
+                    Vec::new()
+                }),
+                ..pending(&host, sr, r)
+            }
+        })
+        .collect();
+    let results = s.commit_batch(batch);
+    assert!(results.iter().all(|r| matches!(r, Ok(Commit::Stored { flags: 0 }))), "{results:?}");
+    let seen = seen.lock().expect("seen").clone();
+    assert_eq!(seen.iter().map(|(i, _, _)| *i).collect::<Vec<_>>(), vec![0, 1, 2, 3], "in commit order, once each");
+    let together: Vec<_> = seen.iter().map(|(_, t, _)| t.clone()).collect();
+    assert_eq!(together, alone);
+    // The figures themselves: 2 GPUs x 10 s per report; the second report's energy is its counters'
+    // delta (1,000 J per GPU), the others' power x time (4,000 J per GPU); the GPU moves twice.
+    let job = |t: &(Vec<String>, Vec<String>)| t.0[0].clone();
+    assert!(job(&alone[0]).starts_with("gpus 2 hours 0.005555556 J 8000.000"), "{}", job(&alone[0]));
+    assert!(job(&alone[1]).starts_with("gpus 2 hours 0.011111111 J 10000.000"), "{}", job(&alone[1]));
+    assert!(job(&alone[2]).starts_with("gpus 3 hours 0.016666667 J 18000.000"), "{}", job(&alone[2]));
+    assert!(job(&alone[3]).starts_with("gpus 3 hours 0.022222222 J 23000.000"), "{}", job(&alone[3]));
+    let moves: Vec<Vec<String>> = alone.iter().map(|t| t.1.clone()).collect();
+    assert_eq!(moves, vec![vec![], vec![], vec!["0-a".to_string()], vec!["0-a".to_string()]]);
+    let stored = s.job("t1|slurm:88").expect("job").expect("accounted");
+    assert_eq!(seen[3].2, vec![stored], "the last report's totals are the stored ones");
+    let v = s.verify_all().expect("verify");
+    assert_eq!((v.checked, v.valid, v.chain_breaks), (8, 8, 0));
+}
+
 fn a_report_that_repeats_a_gpu_uuid_is_stored(b: &Backend) {
     // Rows are upserted several to a statement; PostgreSQL refuses a statement that updates one row
     // twice, so a report naming a GPU twice (a buggy or hostile agent) must not make every batch it is
@@ -861,8 +970,9 @@ fn a_new_job_seen_by_two_replicas_at_once_keeps_both_hosts(b: &Backend) {
     // Replica 1's transaction has accounted host a's report and not yet committed.
     let mut conn = s1.conn();
     let (mut tx, _) = commit::begin_reports(&mut conn, &[a.as_str()]).expect("begin");
-    let c = commit::commit_one(&mut tx, &a, &commit::incoming(&item_a), |_, _| vec![], None).expect("commit a");
-    assert!(matches!(c, Commit::Stored { .. }));
+    let c = commit::commit_reports(&mut tx, &[(a.as_str(), commit::incoming(&item_a))], |_, _, _| vec![], None)
+        .expect("commit a");
+    assert!(matches!(c[..], [Commit::Stored { .. }]));
     std::thread::scope(|scope| {
         let other = scope.spawn(|| s2.commit_batch(vec![item_b]));
         std::thread::sleep(std::time::Duration::from_millis(300));
@@ -880,6 +990,7 @@ fn a_new_job_seen_by_two_replicas_at_once_keeps_both_hosts(b: &Backend) {
 }
 
 on_both_backends!(
+    a_group_commit_accounts_each_report_as_if_alone,
     a_new_job_seen_by_two_replicas_at_once_keeps_both_hosts,
     the_newest_reports_of_a_range_are_found_across_gaps,
     replicas_sequencing_at_once_give_each_report_one_index,

@@ -1,0 +1,574 @@
+//! Job and GPU accounting inside a commit: each stored report adds its window's GPU time, energy and
+//! estimated operations to the jobs its processes belong to (across hosts), extends their
+//! training/inference evidence, and records where each GPU was seen, so a GPU that appears on a second
+//! host is noticed in the same transaction that stores the report.
+//!
+//! A group of reports committed together is accounted as one: what the group touches is read once
+//! ([`Accounting::load`]: the GPUs' locations, the jobs' rows, locked on PostgreSQL, and their usage
+//! sums), each report is applied in memory in commit order ([`Accounting::apply`], so the totals each
+//! report hands the policy are those after it), and the result is written once
+//! ([`Accounting::write`]: a few multi-row statements for the whole group, not per report).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use gpuattest_proto::pb;
+
+use super::db::{Db, params};
+use super::jobs::{MovedGpu, UsageSums, usage_sums};
+use super::{Result, sql};
+use crate::compute::{JobEvidence, JobSummary, job_identity, peak_for};
+
+/// Longest report window counted (a bogus window cannot add more than this much time).
+const MAX_WINDOW_SECONDS: f64 = 3600.0;
+
+/// One stored report, as job accounting sees it.
+pub(super) struct JobReport<'a> {
+    /// The reporting host.
+    pub host_id: &'a str,
+    /// The host's tenant.
+    pub tenant: Option<&'a str>,
+    /// Tenant per process (index-aligned; missing entries fall back to the host's).
+    pub process_tenants: &'a [Option<String>],
+    /// The decoded report.
+    pub report: &'a pb::UsageReport,
+    /// Unix ms.
+    pub received_at: i64,
+}
+
+impl JobReport<'_> {
+    /// When the report's window ended (its arrival, where it gives none).
+    fn at(&self) -> i64 {
+        let r = self.report;
+        if r.window_end_unix_ms > 0 { r.window_end_unix_ms } else { self.received_at }
+    }
+
+    /// Each process's job key and tenant, in process order.
+    fn process_jobs(&self) -> Vec<(String, Option<String>)> {
+        self.report
+            .processes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let t = self.process_tenants.get(i).cloned().flatten().or_else(|| self.tenant.map(str::to_string));
+                (job_identity(self.host_id, t.as_deref(), p), t)
+            })
+            .collect()
+    }
+}
+
+/// Which GPU (by its UUID or one of its MIG instances' UUIDs) each process UUID refers to.
+fn parent_gpu(r: &pb::UsageReport) -> BTreeMap<&str, usize> {
+    let mut m = BTreeMap::new();
+    for (i, g) in r.gpus.iter().enumerate() {
+        m.insert(g.uuid.as_str(), i);
+        for d in &g.mig_devices {
+            m.insert(d.uuid.as_str(), i);
+        }
+    }
+    m
+}
+
+/// Where a GPU was last seen, as stored and then as the group moves it.
+struct GpuAt {
+    host: String,
+    serial: String,
+    last_seen: i64,
+    energy_mj: Option<i64>,
+    /// What the group writes for it, once a report of the group has seen it.
+    write: Option<GpuWrite>,
+}
+
+/// A GPU location the group writes.
+struct GpuWrite {
+    /// When it arrived where it is now: the move's time where the group moved it (written over the
+    /// stored `first_seen`), else its first sighting in the group (kept only for a new row).
+    first_seen: i64,
+    moved: bool,
+    last_seq: u64,
+}
+
+/// One job's usage of one GPU on one host, summed over the group's reports.
+struct UsageRow {
+    name: String,
+    first_seen: i64,
+    last_seen: i64,
+    seconds: f64,
+    energy: f64,
+    ops: f64,
+    unknown: f64,
+    first_seq: u64,
+    last_seq: u64,
+}
+
+/// A job's row, as stored and then as the group extends it.
+struct JobRow {
+    tenant: Option<String>,
+    first_seen: i64,
+    last_seen: i64,
+    evidence: JobEvidence,
+}
+
+/// A job the group touches.
+#[derive(Default)]
+struct JobState {
+    /// Its row; `None` while the store has none (SQLite; PostgreSQL creates it before locking it).
+    row: Option<JobRow>,
+    /// Its usage summed over hosts and GPUs, stored plus the group's.
+    sums: UsageSums,
+    /// The group extended its evidence (a row of another tenant is never written).
+    dirty: bool,
+}
+
+/// The running state of a group of reports' accounting: read once, applied in memory, written once.
+pub(super) struct Accounting {
+    gpus: HashMap<String, GpuAt>,
+    jobs: BTreeMap<String, JobState>,
+    /// (job, GPU UUID) pairs with usage stored or added by the group: a job's GPU count.
+    pairs: HashSet<(String, String)>,
+    usage: BTreeMap<(String, String, String), UsageRow>,
+}
+
+/// A JSON array of strings, for the `keys_in!` lists.
+fn json_list<'a>(items: impl IntoIterator<Item = &'a String>) -> String {
+    serde_json::to_string(&items.into_iter().collect::<Vec<_>>()).unwrap_or_default()
+}
+
+impl Accounting {
+    /// Reads what `reports` touch, in four queries whatever their number: their GPUs' locations, their
+    /// jobs' rows (on PostgreSQL created where new and locked, in key order, so two replicas committing
+    /// one multi-host job's reports take turns and the later extends the earlier's evidence), the
+    /// jobs' usage sums, and which of the group's GPUs each job has used before.
+    pub(super) fn load(tx: &mut Db, reports: &[JobReport<'_>]) -> Result<Accounting> {
+        let mut acc =
+            Accounting { gpus: HashMap::new(), jobs: BTreeMap::new(), pairs: HashSet::new(), usage: BTreeMap::new() };
+        let uuids: BTreeSet<&String> = reports.iter().flat_map(|r| r.report.gpus.iter().map(|g| &g.uuid)).collect();
+        // Each job's tenant and the time of its first report in the group (for a row created now).
+        let mut keys: BTreeMap<String, (Option<String>, i64)> = BTreeMap::new();
+        for r in reports {
+            for (key, tenant) in r.process_jobs() {
+                keys.entry(key).or_insert((tenant, r.at()));
+            }
+        }
+        let pg = tx.is_postgres();
+        if !uuids.is_empty() {
+            // The gpu_locations primary key.
+            let locations_sql = if pg {
+                concat!(
+                    "SELECT uuid, host_id, serial, last_seen, last_energy_mj FROM gpu_locations WHERE uuid",
+                    keys_in!(pg)
+                )
+            } else {
+                concat!(
+                    "SELECT uuid, host_id, serial, last_seen, last_energy_mj FROM gpu_locations WHERE uuid",
+                    keys_in!(sqlite)
+                )
+            };
+            let rows = tx
+                .rows(locations_sql, params![&json_list(uuids.iter().copied())], |row| {
+                    let at = GpuAt {
+                        host: row.get(1)?,
+                        serial: row.get(2)?,
+                        last_seen: row.get(3)?,
+                        energy_mj: row.get(4)?,
+                        write: None,
+                    };
+                    Ok((row.get::<String>(0)?, at))
+                })
+                .map_err(sql("read gpu locations"))?;
+            acc.gpus.extend(rows);
+        }
+        if keys.is_empty() {
+            return Ok(acc);
+        }
+        let keys_json = json_list(keys.keys());
+        if pg {
+            // A job new to the store gets its row first (nothing if it exists), so the lock below covers
+            // it too. Sent with the read.
+            let mut ps = Vec::with_capacity(5 * keys.len());
+            for (key, (tenant, at)) in &keys {
+                ps.extend_from_slice(params![key, tenant.as_deref(), *at, *at, "{}"]);
+            }
+            tx.defer_values(
+                "INSERT INTO jobs (job_key, tenant, first_seen, last_seen, evidence) VALUES ",
+                5,
+                " ON CONFLICT (job_key) DO NOTHING",
+                &ps,
+            )
+            .map_err(sql("create jobs"))?;
+        }
+        // The jobs primary key.
+        let jobs_sql = if pg {
+            concat!(
+                "SELECT job_key, evidence, tenant, first_seen, last_seen FROM jobs WHERE job_key",
+                keys_in!(pg),
+                " ORDER BY job_key FOR UPDATE"
+            )
+        } else {
+            concat!("SELECT job_key, evidence, tenant, first_seen, last_seen FROM jobs WHERE job_key", keys_in!(sqlite))
+        };
+        let rows = tx
+            .rows(jobs_sql, params![&keys_json], |row| {
+                let key: String = row.get(0)?;
+                let evidence: String = row.get(1)?;
+                Ok((key, evidence, row.get(2)?, row.get(3)?, row.get(4)?))
+            })
+            .map_err(sql("read jobs"))?;
+        for (key, text, tenant, first_seen, last_seen) in rows {
+            let evidence = parsed_evidence(&key, &text);
+            acc.jobs.entry(key).or_default().row = Some(JobRow { tenant, first_seen, last_seen, evidence });
+        }
+        for (key, sums) in usage_sums(tx, &keys_json)? {
+            acc.jobs.entry(key).or_default().sums = sums;
+        }
+        // The job_usage primary key's prefix (job_key), narrowed by the group's GPUs.
+        let pairs_sql = if pg {
+            "SELECT DISTINCT job_key, gpu_uuid FROM job_usage \
+             WHERE job_key = ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(?1 AS jsonb)))) \
+               AND gpu_uuid = ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(?2 AS jsonb))))"
+        } else {
+            "SELECT DISTINCT job_key, gpu_uuid FROM job_usage \
+             WHERE job_key IN (SELECT value FROM json_each(?1)) AND gpu_uuid IN (SELECT value FROM json_each(?2))"
+        };
+        let pairs = tx
+            .rows(pairs_sql, params![&keys_json, &json_list(uuids.iter().copied())], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .map_err(sql("read job gpus"))?;
+        acc.pairs.extend(pairs);
+        Ok(acc)
+    }
+
+    /// Applies one report (loaded with [`Accounting::load`]) in memory: the totals after it of the jobs
+    /// it touched (by key) and its GPUs last seen on another host.
+    pub(super) fn apply(&mut self, jr: &JobReport<'_>) -> (Vec<JobSummary>, Vec<MovedGpu>) {
+        let (host_id, r) = (jr.host_id, jr.report);
+        let at = jr.at();
+        let dt = ((r.window_end_unix_ms - r.window_start_unix_ms) as f64 / 1000.0).clamp(0.0, MAX_WINDOW_SECONDS);
+        let parents = parent_gpu(r);
+        let (energy, moved) = self.locate(jr, at, dt);
+
+        // Jobs per GPU, so a shared GPU's time and energy are split between the jobs on it.
+        let mut jobs_on_gpu: Vec<BTreeSet<String>> = vec![BTreeSet::new(); r.gpus.len()];
+        let mut job_processes: BTreeMap<String, Vec<&pb::GpuProcess>> = BTreeMap::new();
+        let mut job_tenant: BTreeMap<String, Option<String>> = BTreeMap::new();
+        for ((key, t), p) in jr.process_jobs().into_iter().zip(&r.processes) {
+            job_tenant.entry(key.clone()).or_insert(t);
+            for u in &p.gpu_uuids {
+                if let Some(&i) = parents.get(u.as_str()) {
+                    jobs_on_gpu[i].insert(key.clone());
+                }
+            }
+            job_processes.entry(key).or_default().push(p);
+        }
+        // Usage per (job, GPU UUID), summed where a report repeats a UUID.
+        for (i, g) in r.gpus.iter().enumerate() {
+            let n = jobs_on_gpu[i].len();
+            if n == 0 {
+                continue;
+            }
+            let share = 1.0 / n as f64;
+            // Unknown utilisation counts as fully busy: an upper bound must not under-count.
+            let util = f64::from(g.utilization_gpu_pct.unwrap_or(100).min(100)) / 100.0;
+            let (ops, unknown) = match peak_for(&g.name) {
+                Some(p) => (p.bf16_dense_tflops * 1e12 * util * dt * share, 0.0),
+                None => (0.0, dt * share),
+            };
+            let (seconds, joules) = (dt * share, energy[i] * share);
+            for key in &jobs_on_gpu[i] {
+                let u = self.usage.entry((key.clone(), host_id.to_string(), g.uuid.clone())).or_insert(UsageRow {
+                    name: String::new(),
+                    first_seen: at,
+                    last_seen: at,
+                    seconds: 0.0,
+                    energy: 0.0,
+                    ops: 0.0,
+                    unknown: 0.0,
+                    first_seq: r.seq,
+                    last_seq: r.seq,
+                });
+                u.name.clone_from(&g.name);
+                (u.first_seen, u.last_seen) = (u.first_seen.min(at), u.last_seen.max(at));
+                (u.first_seq, u.last_seq) = (u.first_seq.min(r.seq), u.last_seq.max(r.seq));
+                u.seconds += seconds;
+                u.energy += joules;
+                u.ops += ops;
+                u.unknown += unknown;
+                let job = self.jobs.entry(key.clone()).or_default();
+                if self.pairs.insert((key.clone(), g.uuid.clone())) {
+                    job.sums.gpus += 1;
+                }
+                job.sums.gpu_seconds += seconds;
+                job.sums.energy += joules;
+                job.sums.ops += ops;
+                job.sums.unknown += unknown;
+            }
+        }
+
+        // Evidence, extended in memory; a job whose stored tenant is another (two keys collided) is left
+        // as it is.
+        let mut extended: Vec<String> = Vec::new();
+        // Each job's step period on this host, to find jobs of one tenant in lock-step.
+        let mut rhythms: Vec<(String, Option<String>, u32)> = Vec::new();
+        for (key, procs) in &job_processes {
+            let tenant = job_tenant.get(key).cloned().flatten();
+            let job = self.jobs.entry(key.clone()).or_default();
+            let row = job.row.get_or_insert_with(|| JobRow {
+                tenant: tenant.clone(),
+                first_seen: at,
+                last_seen: at,
+                evidence: JobEvidence::default(),
+            });
+            if row.tenant != tenant {
+                continue;
+            }
+            row.last_seen = row.last_seen.max(at);
+            job.dirty = true;
+            let ev = &mut row.evidence;
+            let gpus: BTreeSet<usize> = procs
+                .iter()
+                .flat_map(|p| p.gpu_uuids.iter())
+                .filter_map(|u| parents.get(u.as_str()).copied())
+                .collect();
+            if let Some(period) = ev.add_telemetry(host_id, gpus.iter().filter_map(|&i| r.gpus[i].telemetry.as_ref())) {
+                rhythms.push((key.clone(), tenant, period));
+            }
+            for p in procs {
+                let utils: Vec<u32> = p
+                    .gpu_uuids
+                    .iter()
+                    .filter_map(|u| parents.get(u.as_str()))
+                    .filter_map(|&i| r.gpus[i].utilization_gpu_pct)
+                    .collect();
+                ev.add_process(host_id, p, &utils);
+                for g in &r.gpus {
+                    let all = g.processes.iter().chain(g.mig_devices.iter().flat_map(|d| d.processes.iter()));
+                    for u in all.filter(|u| u.pid == p.pid) {
+                        ev.add_memory(u.used_memory_bytes);
+                    }
+                }
+            }
+            extended.push(key.clone());
+        }
+        // Jobs of one tenant stepping in the same rhythm on one host: one training run split into many
+        // small jobs looks like this.
+        for (key, tenant, mine) in &rhythms {
+            let others = rhythms
+                .iter()
+                .filter(|(k, t, p)| k != key && t == tenant && crate::classify::same_rhythm(*p, *mine))
+                .count();
+            if let Some(row) = self.jobs.get_mut(key).and_then(|j| j.row.as_mut()) {
+                row.evidence.lockstep_jobs = row.evidence.lockstep_jobs.max(others as u32);
+            }
+        }
+        let summaries = job_processes
+            .keys()
+            .filter_map(|key| {
+                let job = self.jobs.get(key)?;
+                let row = job.row.as_ref()?;
+                Some(job.sums.summary(
+                    key.clone(),
+                    row.tenant.clone(),
+                    row.first_seen,
+                    row.last_seen,
+                    row.evidence.clone(),
+                ))
+            })
+            .collect();
+        (summaries, moved)
+    }
+
+    /// Moves this report's GPUs to its host in memory: each GPU's energy in the window (the counter's
+    /// delta where the same host reported it last, else power × time) and the GPUs last seen elsewhere.
+    fn locate(&mut self, jr: &JobReport<'_>, at: i64, dt: f64) -> (Vec<f64>, Vec<MovedGpu>) {
+        let (host_id, r) = (jr.host_id, jr.report);
+        let mut moved = Vec::new();
+        let mut energy = vec![0.0f64; r.gpus.len()];
+        for (i, g) in r.gpus.iter().enumerate() {
+            // A lost GPU, or one without a UUID, is not located and adds no energy.
+            if g.uuid.is_empty() || g.lost {
+                continue;
+            }
+            let power = f64::from(g.power_mw.unwrap_or(0)) / 1000.0 * dt;
+            let counter = g.energy_mj.map(|v| v as i64);
+            let at_now = |moved, first_seen| GpuAt {
+                host: host_id.to_string(),
+                serial: g.serial.clone(),
+                last_seen: at,
+                energy_mj: counter,
+                write: Some(GpuWrite { first_seen, moved, last_seq: r.seq }),
+            };
+            match self.gpus.get_mut(&g.uuid) {
+                Some(prev) if prev.host != host_id => {
+                    energy[i] = power;
+                    moved.push(MovedGpu {
+                        uuid: g.uuid.clone(),
+                        serial: g.serial.clone(),
+                        previous_serial: std::mem::take(&mut prev.serial),
+                        from_host: std::mem::take(&mut prev.host),
+                        from_last_seen: prev.last_seen,
+                    });
+                    *prev = at_now(true, at);
+                }
+                Some(prev) => {
+                    energy[i] = match (prev.energy_mj, counter) {
+                        (Some(last), Some(now)) if now >= last => (now - last) as f64 / 1000.0,
+                        _ => power,
+                    };
+                    prev.serial.clone_from(&g.serial);
+                    prev.last_seen = prev.last_seen.max(at);
+                    prev.energy_mj = counter;
+                    let w = prev.write.get_or_insert(GpuWrite { first_seen: at, moved: false, last_seq: r.seq });
+                    w.last_seq = r.seq;
+                }
+                None => {
+                    energy[i] = power;
+                    self.gpus.insert(g.uuid.clone(), at_now(false, at));
+                }
+            }
+        }
+        (energy, moved)
+    }
+
+    /// Writes what the group changed: GPU locations, job usage and job evidence, each in one multi-row
+    /// statement (two for locations: moves, then sightings).
+    pub(super) fn write(self, tx: &mut Db) -> Result<()> {
+        let (mut moves, mut stays) = (Vec::new(), Vec::new());
+        // In UUID order, so two writers' row locks on PostgreSQL are taken in one order.
+        let gpus: BTreeMap<&String, &GpuAt> = self.gpus.iter().collect();
+        for (uuid, g) in gpus {
+            let Some(w) = &g.write else { continue };
+            let ps = if w.moved { &mut moves } else { &mut stays };
+            ps.extend_from_slice(params![
+                uuid.as_str(),
+                g.host.as_str(),
+                g.serial.as_str(),
+                w.first_seen,
+                g.last_seen,
+                w.last_seq,
+                g.energy_mj
+            ]);
+        }
+        tx.defer_values(
+            "INSERT INTO gpu_locations (uuid, host_id, serial, first_seen, last_seen, last_seq, last_energy_mj) VALUES ",
+            7,
+            " ON CONFLICT (uuid) DO UPDATE SET host_id = excluded.host_id, serial = excluded.serial, \
+               first_seen = excluded.first_seen, last_seen = excluded.last_seen, last_seq = excluded.last_seq, \
+               last_energy_mj = excluded.last_energy_mj",
+            &moves,
+        )
+        .map_err(sql("move gpu locations"))?;
+        tx.defer_values(
+            "INSERT INTO gpu_locations (uuid, host_id, serial, first_seen, last_seen, last_seq, last_energy_mj) VALUES ",
+            7,
+            " ON CONFLICT (uuid) DO UPDATE SET serial = excluded.serial, \
+               last_seen = CASE WHEN excluded.last_seen > gpu_locations.last_seen THEN excluded.last_seen ELSE gpu_locations.last_seen END, \
+               last_seq = excluded.last_seq, last_energy_mj = excluded.last_energy_mj",
+            &stays,
+        )
+        .map_err(sql("record gpu locations"))?;
+
+        let mut ps = Vec::with_capacity(12 * self.usage.len());
+        for ((key, host, uuid), u) in &self.usage {
+            ps.extend_from_slice(params![
+                key.as_str(),
+                host.as_str(),
+                uuid.as_str(),
+                u.name.as_str(),
+                u.first_seen,
+                u.last_seen,
+                u.seconds,
+                u.energy,
+                u.ops,
+                u.unknown,
+                u.first_seq,
+                u.last_seq
+            ]);
+        }
+        tx.defer_values(
+            "INSERT INTO job_usage (job_key, host_id, gpu_uuid, gpu_name, first_seen, last_seen, gpu_seconds, energy_joules, ops_upper, unknown_peak_seconds, first_seq, last_seq) VALUES ",
+            12,
+            " ON CONFLICT (job_key, host_id, gpu_uuid) DO UPDATE SET \
+               last_seen = CASE WHEN excluded.last_seen > job_usage.last_seen THEN excluded.last_seen ELSE job_usage.last_seen END, \
+               first_seen = CASE WHEN excluded.first_seen < job_usage.first_seen THEN excluded.first_seen ELSE job_usage.first_seen END, \
+               last_seq = CASE WHEN job_usage.last_seq IS NULL OR excluded.last_seq > job_usage.last_seq THEN excluded.last_seq ELSE job_usage.last_seq END, \
+               first_seq = CASE WHEN job_usage.first_seq IS NULL OR excluded.first_seq < job_usage.first_seq THEN excluded.first_seq ELSE job_usage.first_seq END, \
+               gpu_seconds = job_usage.gpu_seconds + excluded.gpu_seconds, \
+               energy_joules = job_usage.energy_joules + excluded.energy_joules, ops_upper = job_usage.ops_upper + excluded.ops_upper, \
+               unknown_peak_seconds = job_usage.unknown_peak_seconds + excluded.unknown_peak_seconds",
+            &ps,
+        )
+        .map_err(sql("account job usage"))?;
+
+        let written: Vec<(&String, &JobRow, String)> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.dirty)
+            .filter_map(|(key, j)| {
+                let row = j.row.as_ref()?;
+                Some((key, row, serde_json::to_string(&row.evidence).unwrap_or_default()))
+            })
+            .collect();
+        let mut ps = Vec::with_capacity(5 * written.len());
+        for (key, row, json) in &written {
+            ps.extend_from_slice(params![
+                key.as_str(),
+                row.tenant.as_deref(),
+                row.first_seen,
+                row.last_seen,
+                json.as_str()
+            ]);
+        }
+        tx.defer_values(
+            "INSERT INTO jobs (job_key, tenant, first_seen, last_seen, evidence) VALUES ",
+            5,
+            // A job belongs to one tenant: the key carries it, and the guard keeps evidence of another
+            // tenant out even if two keys ever collided.
+            " ON CONFLICT (job_key) DO UPDATE SET evidence = excluded.evidence, \
+               last_seen = CASE WHEN excluded.last_seen > jobs.last_seen THEN excluded.last_seen ELSE jobs.last_seen END \
+               WHERE jobs.tenant IS NOT DISTINCT FROM excluded.tenant",
+            &ps,
+        )
+        .map_err(sql("record jobs"))?;
+        for (key, row, json) in written {
+            remember_evidence(key, json, row.evidence.clone());
+        }
+        Ok(())
+    }
+}
+
+/// The last evidence this thread wrote per job, as text and parsed: a group touching a job whose stored
+/// evidence is still that text (the usual case: the committing thread wrote it) takes the parsed copy
+/// instead of parsing the text again. Compared by content, so a row another writer changed is parsed.
+/// Bounded: cleared when it reaches [`EVIDENCE_CACHE_JOBS`].
+struct EvidenceCache {
+    jobs: HashMap<String, (String, JobEvidence)>,
+}
+
+/// Jobs whose evidence one committing thread keeps parsed.
+const EVIDENCE_CACHE_JOBS: usize = 16_384;
+
+thread_local! {
+    static EVIDENCE: std::cell::RefCell<EvidenceCache> =
+        std::cell::RefCell::new(EvidenceCache { jobs: HashMap::new() });
+}
+
+/// A job's stored evidence, parsed (or taken from what this thread last wrote, when the text is the same).
+fn parsed_evidence(key: &str, text: &str) -> JobEvidence {
+    let cached = EVIDENCE.with(|c| {
+        let c = c.borrow();
+        c.jobs.get(key).filter(|(t, _)| t == text).map(|(_, ev)| ev.clone())
+    });
+    cached.unwrap_or_else(|| serde_json::from_str(text).unwrap_or_default())
+}
+
+/// Keeps what was just written for `key` (text and parsed) for its next report. If the transaction
+/// then rolls back, the stored text differs and the next read parses it.
+fn remember_evidence(key: &str, text: String, ev: JobEvidence) {
+    EVIDENCE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.jobs.len() >= EVIDENCE_CACHE_JOBS && !c.jobs.contains_key(key) {
+            c.jobs.clear();
+        }
+        c.jobs.insert(key.to_string(), (text, ev));
+    });
+}
