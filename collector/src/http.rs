@@ -15,6 +15,12 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+mod log_head;
+mod routes;
+
+pub use log_head::{HEAD_EVERY, LogHead, head_signer};
+pub use routes::{Action, ROUTES, RouteSpec, allowed};
+
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::tokens::{self, Access, Principal, Role};
@@ -104,126 +110,6 @@ impl Budget {
             false
         }
     }
-}
-
-/// The log's frontier and the last head recorded, so a tree head reads only the new leaves and
-/// records a head only when the tree grew.
-#[derive(Debug, Default)]
-pub struct LogHead {
-    frontier: crate::merkle::Frontier,
-    recorded: Option<u64>,
-}
-
-impl LogHead {
-    /// Extends the frontier with the leaves sequenced since the last call, signs the head, and records
-    /// it when the tree grew: O(new leaves) reads and hashes.
-    ///
-    /// # Errors
-    /// Reading leaves or recording the head.
-    pub fn advance(
-        &mut self,
-        store: &Store,
-        key: &crate::export::ExportKey,
-    ) -> Result<crate::export::keys::SignedHead, crate::store::StoreError> {
-        for leaf in store.log_leaves_after(self.frontier.size(), LOG_READ_BATCH)? {
-            self.frontier.push(leaf);
-        }
-        let (size, root) = (self.frontier.size(), self.frontier.root());
-        let head = key.sign_head(size, &root);
-        if self.recorded != Some(size) {
-            store.record_head(head.tree_size, &root, head.signature.as_bytes(), crate::now_ms())?;
-            self.recorded = Some(size);
-        }
-        Ok(head)
-    }
-}
-
-/// The sequencer's hook: after a pass appended leaves, sign and record the new head, at most once per
-/// [`HEAD_EVERY`] (a head per 50 ms pass would be a table of heads; `/api/v1/log/head` signs the
-/// newest one on demand anyway).
-pub fn head_signer(state: &HttpState) -> crate::store::OnSequenced {
-    let (store, key, log) = (state.store.clone(), state.export_key.clone(), state.log.clone());
-    let mut last: Option<std::time::Instant> = None;
-    Box::new(move |_| {
-        if last.is_some_and(|at| at.elapsed() < HEAD_EVERY) {
-            return;
-        }
-        last = Some(std::time::Instant::now());
-        if let Err(e) = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).advance(&store, &key) {
-            tracing::warn!(error = %e, "signing the log's new head failed; the next pass retries");
-        }
-    })
-}
-
-/// The least time between two heads the sequencer signs.
-pub const HEAD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// One route: method, path (axum syntax), and what it takes. `None`: public (no token).
-#[derive(Debug, Clone, Copy)]
-pub struct RouteSpec {
-    /// `GET` or `POST`.
-    pub method: &'static str,
-    /// The path.
-    pub path: &'static str,
-    /// The action a token must be allowed; `None` for public routes.
-    pub action: Option<Action>,
-}
-
-/// Every route the HTTP listener serves. The router is built from this table alone.
-pub const ROUTES: &[RouteSpec] = &[
-    RouteSpec { method: "GET", path: "/", action: None },
-    RouteSpec { method: "GET", path: "/ui.js", action: None },
-    RouteSpec { method: "GET", path: "/ui.css", action: None },
-    RouteSpec { method: "GET", path: "/healthz", action: None },
-    RouteSpec { method: "GET", path: "/readyz", action: None },
-    RouteSpec { method: "GET", path: "/metrics", action: None },
-    RouteSpec { method: "GET", path: "/api/v1/log/head", action: None },
-    RouteSpec { method: "GET", path: "/api/v1/flags", action: Some(Action::ListFlags) },
-    RouteSpec { method: "GET", path: "/api/v1/flags/{id}", action: Some(Action::ShowFlag) },
-    RouteSpec { method: "POST", path: "/api/v1/flags/{id}/decision", action: Some(Action::Decide) },
-    RouteSpec { method: "POST", path: "/api/v1/flags/{id}/assign", action: Some(Action::Assign) },
-    RouteSpec { method: "GET", path: "/api/v1/reports/{host}/{seq}", action: Some(Action::ReadReport) },
-    RouteSpec { method: "GET", path: "/api/v1/hosts", action: Some(Action::ListHosts) },
-    RouteSpec { method: "GET", path: "/api/v1/audit", action: Some(Action::ReadAudit) },
-    RouteSpec { method: "GET", path: "/api/v1/export", action: Some(Action::Export) },
-];
-
-/// API actions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// `GET /api/v1/flags`.
-    ListFlags,
-    /// `POST /api/v1/flags/{id}/decision`.
-    Decide,
-    /// `GET /api/v1/hosts`.
-    ListHosts,
-    /// `GET /api/v1/audit`.
-    ReadAudit,
-    /// `GET /api/v1/export`.
-    Export,
-    /// `GET /api/v1/flags/{id}`: a flag with its reports, job, timeline and screening.
-    ShowFlag,
-    /// `POST /api/v1/flags/{id}/assign`.
-    Assign,
-    /// `GET /api/v1/reports/{host}/{seq}`: a stored signed report, re-verified now.
-    ReadReport,
-}
-
-/// The contract's role table.
-pub fn allowed(role: Role, action: Action) -> bool {
-    use Action::*;
-    use Role::*;
-    matches!(
-        (role, action),
-        (Reviewer | Operator | Customer, ListFlags)
-            | (Reviewer, Decide)
-            | (Operator | Reviewer, ListHosts)
-            | (Operator | Reviewer, ReadAudit)
-            | (Reviewer | Operator | Customer, Export)
-            | (Reviewer | Operator | Customer, ShowFlag)
-            | (Reviewer, Assign)
-            | (Reviewer | Operator | Customer, ReadReport)
-    )
 }
 
 /// An API error: a status and one sentence, sent as `{"error": "..."}`.
@@ -549,10 +435,6 @@ async fn log_head(State(s): State<HttpState>) -> Result<Response, ApiError> {
     .map_err(store_err)?;
     Ok(Json(head).into_response())
 }
-
-/// Most new leaves one head request reads; a head that falls further behind catches up over the next
-/// requests (each head is still a valid, signed, smaller tree).
-const LOG_READ_BATCH: u64 = 1_000_000;
 
 fn public_budget_ok(s: &HttpState) -> Result<(), ApiError> {
     if s.public_budget.lock().unwrap_or_else(std::sync::PoisonError::into_inner).try_take() {
