@@ -41,7 +41,7 @@ fn print_json(v: &impl serde::Serialize) -> Result {
 /// # Errors
 /// When the state directory holds corrupt state.
 pub fn status(state_dir: &Path, json: bool) -> Result {
-    let s = crate::run::status(state_dir).map_err(|e| fail(1, e))?;
+    let s = crate::status::status(state_dir).map_err(|e| fail(1, e))?;
     if json {
         return print_json(&s);
     }
@@ -219,7 +219,7 @@ pub fn rotate_key(state_dir: &Path, collector: &str, tls: &crate::transport::Tls
     let host_id = chain.host_id.clone().ok_or_else(|| fail(1, "this host is not enrolled yet; nothing to rotate"))?;
     // The spool may hold a report newer than the state file (a crash between the two writes): the old
     // key must stay valid for everything it signed.
-    let last_seq = crate::run::status(state_dir).map_err(|e| fail(1, e))?.last_seq;
+    let last_seq = crate::status::status(state_dir).map_err(|e| fail(1, e))?.last_seq;
     let current = Identity::load_or_create(state_dir).map_err(|e| fail(1, e))?;
     let next = Identity::next_key(state_dir).map_err(|e| fail(1, e))?;
     let new_pk = next.public_key();

@@ -44,5 +44,6 @@ pub mod report;
 pub mod run;
 pub mod spool;
 pub mod state;
+pub mod status;
 pub mod telemetry;
 pub mod transport;
