@@ -277,3 +277,37 @@ fn the_review_ui_and_api_are_served_over_https() {
     let n = plain.read(&mut buf).unwrap_or(0);
     assert!(!String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "a plaintext request was answered");
 }
+
+/// `bench` refuses what it cannot run with one line that names the flag and the range, exit 64, before
+/// it starts a store, a listener or an agent.
+#[test]
+fn bench_refuses_bad_flags_with_one_line_naming_the_flag() {
+    let t = tempfile::tempdir().expect("tmp");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--agents", "0"], "--agents must be 1 to 100000; got 0"),
+        (&["--agents", "5000000"], "--agents must be 1 to 100000"),
+        (&["--seconds", "0"], "--seconds must be 1 to 86400"),
+        (&["--seconds", "9999999"], "--seconds must be 1 to 86400"),
+        (&["--replicas", "0"], "--replicas must be 1 to 16"),
+        (&["--replicas", "99", "--database", "postgres://nowhere.invalid/x"], "--replicas must be 1 to 16"),
+        (&["--replicas", "2"], "--replicas needs --database"),
+        (&["--interval", "0s"], "--interval must be more than 0"),
+        (&["--interval", "soon"], "--interval:"),
+        (&["--interval=-1s"], "--interval:"),
+        (&["--review-reports", "0"], "--review-reports must be 1 to 10000000"),
+        (&["--review-reports", "99999999999"], "--review-reports must be 1 to 10000000"),
+    ];
+    for (args, expect) in cases {
+        let (code, out, err) = run(collector_cmd(t.path()).arg("bench").args(*args));
+        assert_eq!(code, 64, "bench {args:?}: {err}");
+        assert!(out.is_empty(), "bench {args:?} printed {out}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "bench {args:?}: one line, got {err}");
+        assert!(lines[0].contains(expect), "bench {args:?}: {err}");
+    }
+    // A value that is not a number at all is the argument parser's refusal: non-zero, naming the flag.
+    let (code, _, err) = run(collector_cmd(t.path()).args(["bench", "--agents=-3"]));
+    assert_ne!(code, 0);
+    assert!(err.contains("--agents"), "{err}");
+    assert!(std::fs::read_dir(t.path()).expect("data dir").next().is_none(), "a refused bench wrote nothing");
+}

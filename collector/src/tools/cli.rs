@@ -25,13 +25,25 @@ pub fn demo(data: &Path, seconds: Option<u64>, http_listen: String, interval: &s
     runtime_rt()?.block_on(demo::run(opts)).map_err(runtime)
 }
 
+/// Most simulated agents: each is a real gRPC stream with its own connection (10,000 is the sizing
+/// table's largest run).
+pub const MAX_AGENTS: u64 = 100_000;
+/// Longest run, seconds (a day).
+pub const MAX_SECONDS: u64 = 86_400;
+/// Most collector replicas the bench starts in its one process.
+pub const MAX_REPLICAS: u64 = 16;
+/// Most reports `--review-reports` stores.
+pub const MAX_REVIEW_REPORTS: u64 = 10_000_000;
+
 /// `bench --review-reports N`: the review page of a flag over N stored reports of one host.
 ///
 /// # Errors
 /// Runtime errors from the store.
 pub fn bench_review(reports: u64, database: Option<&str>, json: bool) -> Result {
-    if reports == 0 {
-        return Err(usage("--review-reports must be at least 1"));
+    if !(1..=MAX_REVIEW_REPORTS).contains(&reports) {
+        return Err(usage(format!(
+            "--review-reports must be 1 to {MAX_REVIEW_REPORTS} (the issue's target page is 100000)"
+        )));
     }
     let f = bench::review_page(reports, database).map_err(runtime)?;
     if json {
@@ -61,17 +73,26 @@ pub fn bench(
     replicas: usize,
     json: bool,
 ) -> Result {
-    if agents == 0 || seconds == 0 || replicas == 0 {
-        return Err(usage("--agents, --seconds and --replicas must be at least 1"));
+    for (flag, value, max) in [
+        ("--agents", agents as u64, MAX_AGENTS),
+        ("--seconds", seconds, MAX_SECONDS),
+        ("--replicas", replicas as u64, MAX_REPLICAS),
+    ] {
+        if !(1..=max).contains(&value) {
+            return Err(usage(format!("{flag} must be 1 to {max}; got {value}")));
+        }
     }
     if replicas > 1 && database.is_none() {
         return Err(usage("--replicas needs --database: replicas share one PostgreSQL store"));
     }
-    let interval = interval
-        .map(gpuattest_proto::units::parse_duration)
-        .transpose()
-        .map_err(|e| usage(format!("--interval: {e}")))?
-        .filter(|d| !d.is_zero());
+    let interval = match interval.map(gpuattest_proto::units::parse_duration) {
+        None => None,
+        Some(Ok(d)) if d.is_zero() => {
+            return Err(usage("--interval must be more than 0; leave it out to send back to back"));
+        }
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => return Err(usage(format!("--interval: {e}"))),
+    };
     let f = runtime_rt()?.block_on(bench::run(agents, seconds, interval, database, replicas)).map_err(runtime)?;
     if json {
         return print_json(&f);
