@@ -23,7 +23,10 @@ pub const MAX_POLICY_BYTES: usize = 4 * 1024 * 1024;
 pub use crate::severity::Severity;
 
 mod host_rules;
+mod names;
 mod rules;
+
+pub use names::{glob, model_candidates};
 
 /// A model-id pattern with what it means.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -468,11 +471,21 @@ impl Policy {
     /// The patterns that match a command line, with the model id each matched.
     pub fn match_cmdline<'a>(&'a self, cmdline: &str) -> Vec<(&'a ModelPattern, String)> {
         let candidates = model_candidates(cmdline);
+        if candidates.is_empty() {
+            return Vec::new();
+        }
+        // Case-insensitive: each candidate lowered once, a pattern only where it has capitals (the
+        // lists' patterns are lower case), rather than both for every pair.
+        let lowered: Vec<String> = candidates.iter().map(|c| c.to_ascii_lowercase()).collect();
         let mut out = Vec::new();
         for p in &self.patterns {
-            if let Some(c) = candidates.iter().find(|c| glob(&p.pattern.to_ascii_lowercase(), &c.to_ascii_lowercase()))
-            {
-                out.push((p, c.clone()));
+            let pattern = if p.pattern.bytes().any(|b| b.is_ascii_uppercase()) {
+                std::borrow::Cow::Owned(p.pattern.to_ascii_lowercase())
+            } else {
+                std::borrow::Cow::Borrowed(p.pattern.as_str())
+            };
+            if let Some(i) = lowered.iter().position(|c| glob(&pattern, c)) {
+                out.push((p, candidates[i].clone()));
             }
         }
         out
@@ -546,53 +559,6 @@ impl Policy {
         j.ops_estimate = j.ops_upper_bound * self.compute.assumed_efficiency;
         j
     }
-}
-
-/// Model-id candidates in a command line: every `org/name` tail of each word, and Hugging Face cache
-/// directory names (`models--org--name`) turned back into `org/name`.
-pub fn model_candidates(cmdline: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for word in cmdline.split(|c: char| c.is_whitespace() || matches!(c, '=' | ',' | '"' | '\'' | ';')) {
-        if word.is_empty() || word.len() > 1024 {
-            continue;
-        }
-        let parts: Vec<&str> = word.split('/').filter(|s| !s.is_empty()).collect();
-        for w in parts.windows(2) {
-            out.push(format!("{}/{}", w[0], w[1]));
-        }
-        for part in &parts {
-            if let Some(rest) = part.strip_prefix("models--") {
-                let mut it = rest.splitn(2, "--");
-                if let (Some(org), Some(name)) = (it.next(), it.next()) {
-                    out.push(format!("{org}/{name}"));
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Glob match with `*` (any run) and `?` (one character), iterative with backtracking on the last `*`.
-pub fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
 }
 
 #[cfg(test)]

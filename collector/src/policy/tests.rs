@@ -213,3 +213,22 @@ fn hostile_policies_are_refused_with_line_and_key() {
     assert!(e.to_string().contains("severity") || e.to_string().contains("severe"), "{e}");
     assert!(Policy::parse("", "empty").is_ok());
 }
+
+#[test]
+fn glob_counts_characters_not_bytes_and_patterns_match_any_case() {
+    // `?` is one character also where the text is not ASCII (a byte-wise match would need two here).
+    assert!(glob("modèl?/x", "modèle/x"));
+    assert!(glob("m?dele/*", "mödele/anything"));
+    assert!(!glob("m??dele/*", "mödele/x"));
+    assert!(glob("*/naïve-*", "org/naïve-7b"));
+    let p = Policy::builtin();
+    let upper = p.match_cmdline("python serve.py --model DeepSeek-AI/DeepSeek-V3");
+    let lower = p.match_cmdline("python serve.py --model deepseek-ai/deepseek-v3");
+    assert!(!upper.is_empty(), "a listed developer's model matches whatever its case");
+    assert_eq!(
+        upper.iter().map(|(m, _)| &m.pattern).collect::<Vec<_>>(),
+        lower.iter().map(|(m, _)| &m.pattern).collect::<Vec<_>>()
+    );
+    assert_eq!(upper[0].1, "DeepSeek-AI/DeepSeek-V3", "the model id is reported as the command line wrote it");
+    assert!(p.match_cmdline("python train.py --lr 3e-4").is_empty());
+}
