@@ -14,47 +14,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use gpuattest_proto::pb;
 
 use super::db::{Db, params};
-use super::jobs::{MovedGpu, UsageSums, usage_sums};
+use super::jobs::{JobReport, MovedGpu, UsageSums, parsed_evidence, remember_evidence, usage_sums};
 use super::{Result, sql};
-use crate::compute::{JobEvidence, JobSummary, job_identity, peak_for};
+use crate::compute::{JobEvidence, JobSummary, peak_for};
 
 /// Longest report window counted (a bogus window cannot add more than this much time).
 const MAX_WINDOW_SECONDS: f64 = 3600.0;
-
-/// One stored report, as job accounting sees it.
-pub(super) struct JobReport<'a> {
-    /// The reporting host.
-    pub host_id: &'a str,
-    /// The host's tenant.
-    pub tenant: Option<&'a str>,
-    /// Tenant per process (index-aligned; missing entries fall back to the host's).
-    pub process_tenants: &'a [Option<String>],
-    /// The decoded report.
-    pub report: &'a pb::UsageReport,
-    /// Unix ms.
-    pub received_at: i64,
-}
-
-impl JobReport<'_> {
-    /// When the report's window ended (its arrival, where it gives none).
-    fn at(&self) -> i64 {
-        let r = self.report;
-        if r.window_end_unix_ms > 0 { r.window_end_unix_ms } else { self.received_at }
-    }
-
-    /// Each process's job key and tenant, in process order.
-    fn process_jobs(&self) -> Vec<(String, Option<String>)> {
-        self.report
-            .processes
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let t = self.process_tenants.get(i).cloned().flatten().or_else(|| self.tenant.map(str::to_string));
-                (job_identity(self.host_id, t.as_deref(), p), t)
-            })
-            .collect()
-    }
-}
 
 /// Which GPU (by its UUID or one of its MIG instances' UUIDs) each process UUID refers to.
 fn parent_gpu(r: &pb::UsageReport) -> BTreeMap<&str, usize> {
@@ -69,6 +34,7 @@ fn parent_gpu(r: &pb::UsageReport) -> BTreeMap<&str, usize> {
 }
 
 /// Where a GPU was last seen, as stored and then as the group moves it.
+#[derive(Clone)]
 struct GpuAt {
     host: String,
     serial: String,
@@ -79,6 +45,7 @@ struct GpuAt {
 }
 
 /// A GPU location the group writes.
+#[derive(Clone)]
 struct GpuWrite {
     /// When it arrived where it is now: the move's time where the group moved it (written over the
     /// stored `first_seen`), else its first sighting in the group (kept only for a new row).
@@ -101,6 +68,7 @@ struct UsageRow {
 }
 
 /// A job's row, as stored and then as the group extends it.
+#[derive(Clone)]
 struct JobRow {
     tenant: Option<String>,
     first_seen: i64,
@@ -109,12 +77,15 @@ struct JobRow {
 }
 
 /// A job the group touches.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct JobState {
     /// Its row; `None` while the store has none (SQLite; PostgreSQL creates it before locking it).
     row: Option<JobRow>,
     /// Its usage summed over hosts and GPUs, stored plus the group's.
     sums: UsageSums,
+    /// GPU UUIDs with usage of the job, stored or added by the group: its GPU count grows when one is
+    /// new. All of them where the job came from or goes to [`Running`]; else those of the group's GPUs.
+    uuids: HashSet<String>,
     /// The group extended its evidence (a row of another tenant is never written).
     dirty: bool,
 }
@@ -123,9 +94,61 @@ struct JobState {
 pub(super) struct Accounting {
     gpus: HashMap<String, GpuAt>,
     jobs: BTreeMap<String, JobState>,
-    /// (job, GPU UUID) pairs with usage stored or added by the group: a job's GPU count.
-    pairs: HashSet<(String, String)>,
     usage: BTreeMap<(String, String, String), UsageRow>,
+}
+
+/// The embedded store's accounting state as its writer last committed it: GPU locations, job rows,
+/// usage sums and each job's GPUs, so a group reads from the database only what no group before it
+/// touched. It holds while nothing else wrote: the commit compares SQLite's `data_version` (another
+/// connection committed) and the store's write generation (this connection was taken for anything but
+/// a commit) with the stamp the last commit left, and starts empty when either moved. Bounded: a map
+/// that outgrows its cap is emptied and refilled from the database. Not kept on PostgreSQL, where other
+/// replicas write the same rows.
+#[derive(Default)]
+pub(super) struct Running {
+    stamp: Option<(i64, u64)>,
+    gpus: HashMap<String, GpuAt>,
+    jobs: HashMap<String, JobState>,
+}
+
+/// GPUs whose location [`Running`] keeps (eight per host for 32,768 hosts).
+const RUNNING_GPUS: usize = 262_144;
+/// Jobs [`Running`] keeps, evidence included.
+const RUNNING_JOBS: usize = 16_384;
+
+impl Running {
+    /// Whether the state still matches the database, given this transaction's stamp; empties it if not.
+    pub(super) fn check(&mut self, stamp: (i64, u64)) {
+        if self.stamp != Some(stamp) {
+            self.forget();
+        }
+    }
+
+    /// Empties it: the next group reads everything from the database.
+    pub(super) fn forget(&mut self) {
+        self.stamp = None;
+        self.gpus.clear();
+        self.jobs.clear();
+    }
+
+    /// Takes in what a group committed, under the stamp its transaction read.
+    pub(super) fn absorb(&mut self, acc: Accounting, stamp: (i64, u64)) {
+        if self.gpus.len() + acc.gpus.len() > RUNNING_GPUS {
+            self.gpus.clear();
+        }
+        if self.jobs.len() + acc.jobs.len() > RUNNING_JOBS {
+            self.jobs.clear();
+        }
+        for (uuid, mut g) in acc.gpus {
+            g.write = None;
+            self.gpus.insert(uuid, g);
+        }
+        for (key, mut j) in acc.jobs {
+            j.dirty = false;
+            self.jobs.insert(key, j);
+        }
+        self.stamp = Some(stamp);
+    }
 }
 
 /// A JSON array of strings, for the `keys_in!` lists.
@@ -138,16 +161,41 @@ impl Accounting {
     /// jobs' rows (on PostgreSQL created where new and locked, in key order, so two replicas committing
     /// one multi-host job's reports take turns and the later extends the earlier's evidence), the
     /// jobs' usage sums, and which of the group's GPUs each job has used before.
-    pub(super) fn load(tx: &mut Db, reports: &[JobReport<'_>]) -> Result<Accounting> {
-        let mut acc =
-            Accounting { gpus: HashMap::new(), jobs: BTreeMap::new(), pairs: HashSet::new(), usage: BTreeMap::new() };
-        let uuids: BTreeSet<&String> = reports.iter().flat_map(|r| r.report.gpus.iter().map(|g| &g.uuid)).collect();
+    ///
+    /// With `running` (the embedded store), what it holds is taken from it instead, and each job read
+    /// from the database comes with all its GPUs, so it can join the running state after the commit.
+    pub(super) fn load(
+        tx: &mut Db,
+        reports: &[JobReport<'_>],
+        mut running: Option<&mut Running>,
+    ) -> Result<Accounting> {
+        let mut acc = Accounting { gpus: HashMap::new(), jobs: BTreeMap::new(), usage: BTreeMap::new() };
+        let mut uuids: BTreeSet<&String> = reports.iter().flat_map(|r| r.report.gpus.iter().map(|g| &g.uuid)).collect();
         // Each job's tenant and the time of its first report in the group (for a row created now).
         let mut keys: BTreeMap<String, (Option<String>, i64)> = BTreeMap::new();
         for r in reports {
             for (key, tenant) in r.process_jobs() {
                 keys.entry(key).or_insert((tenant, r.at()));
             }
+        }
+        let group_uuids = json_list(uuids.iter().copied());
+        if let Some(run) = running.as_deref_mut() {
+            // Taken out, and put back by `absorb` after the commit: a group that fails leaves them to be
+            // read from the database again.
+            uuids.retain(|u| match run.gpus.remove(*u) {
+                Some(g) => {
+                    acc.gpus.insert((*u).clone(), g);
+                    false
+                }
+                None => true,
+            });
+            keys.retain(|k, _| match run.jobs.remove(k) {
+                Some(j) => {
+                    acc.jobs.insert(k.clone(), j);
+                    false
+                }
+                None => true,
+            });
         }
         let pg = tx.is_postgres();
         if !uuids.is_empty() {
@@ -220,21 +268,29 @@ impl Accounting {
         for (key, sums) in usage_sums(tx, &keys_json)? {
             acc.jobs.entry(key).or_default().sums = sums;
         }
-        // The job_usage primary key's prefix (job_key), narrowed by the group's GPUs.
-        let pairs_sql = if pg {
-            "SELECT DISTINCT job_key, gpu_uuid FROM job_usage \
-             WHERE job_key = ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(?1 AS jsonb)))) \
-               AND gpu_uuid = ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(?2 AS jsonb))))"
-        } else {
-            "SELECT DISTINCT job_key, gpu_uuid FROM job_usage \
-             WHERE job_key IN (SELECT value FROM json_each(?1)) AND gpu_uuid IN (SELECT value FROM json_each(?2))"
+        // The job_usage primary key's prefix (job_key): narrowed by the group's GPUs, or every GPU of
+        // the job where it is to join the running state (`?2` unused then).
+        let pairs_sql = match (pg, running.is_some()) {
+            (true, _) => {
+                "SELECT DISTINCT job_key, gpu_uuid FROM job_usage \
+                 WHERE job_key = ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(?1 AS jsonb)))) \
+                   AND gpu_uuid = ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(?2 AS jsonb))))"
+            }
+            (false, false) => {
+                "SELECT DISTINCT job_key, gpu_uuid FROM job_usage \
+                 WHERE job_key IN (SELECT value FROM json_each(?1)) AND gpu_uuid IN (SELECT value FROM json_each(?2))"
+            }
+            (false, true) => {
+                "SELECT DISTINCT job_key, gpu_uuid FROM job_usage \
+                 WHERE job_key IN (SELECT value FROM json_each(?1)) AND ?2 IS NOT NULL"
+            }
         };
-        let pairs = tx
-            .rows(pairs_sql, params![&keys_json, &json_list(uuids.iter().copied())], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })
+        let pairs: Vec<(String, String)> = tx
+            .rows(pairs_sql, params![&keys_json, &group_uuids], |row| Ok((row.get(0)?, row.get(1)?)))
             .map_err(sql("read job gpus"))?;
-        acc.pairs.extend(pairs);
+        for (key, uuid) in pairs {
+            acc.jobs.entry(key).or_default().uuids.insert(uuid);
+        }
         Ok(acc)
     }
 
@@ -294,7 +350,8 @@ impl Accounting {
                 u.ops += ops;
                 u.unknown += unknown;
                 let job = self.jobs.entry(key.clone()).or_default();
-                if self.pairs.insert((key.clone(), g.uuid.clone())) {
+                if !job.uuids.contains(&g.uuid) {
+                    job.uuids.insert(g.uuid.clone());
                     job.sums.gpus += 1;
                 }
                 job.sums.gpu_seconds += seconds;
@@ -431,7 +488,7 @@ impl Accounting {
 
     /// Writes what the group changed: GPU locations, job usage and job evidence, each in one multi-row
     /// statement (two for locations: moves, then sightings).
-    pub(super) fn write(self, tx: &mut Db) -> Result<()> {
+    pub(super) fn write(&self, tx: &mut Db) -> Result<()> {
         let (mut moves, mut stays) = (Vec::new(), Vec::new());
         // In UUID order, so two writers' row locks on PostgreSQL are taken in one order.
         let gpus: BTreeMap<&String, &GpuAt> = self.gpus.iter().collect();
@@ -534,41 +591,4 @@ impl Accounting {
         }
         Ok(())
     }
-}
-
-/// The last evidence this thread wrote per job, as text and parsed: a group touching a job whose stored
-/// evidence is still that text (the usual case: the committing thread wrote it) takes the parsed copy
-/// instead of parsing the text again. Compared by content, so a row another writer changed is parsed.
-/// Bounded: cleared when it reaches [`EVIDENCE_CACHE_JOBS`].
-struct EvidenceCache {
-    jobs: HashMap<String, (String, JobEvidence)>,
-}
-
-/// Jobs whose evidence one committing thread keeps parsed.
-const EVIDENCE_CACHE_JOBS: usize = 16_384;
-
-thread_local! {
-    static EVIDENCE: std::cell::RefCell<EvidenceCache> =
-        std::cell::RefCell::new(EvidenceCache { jobs: HashMap::new() });
-}
-
-/// A job's stored evidence, parsed (or taken from what this thread last wrote, when the text is the same).
-fn parsed_evidence(key: &str, text: &str) -> JobEvidence {
-    let cached = EVIDENCE.with(|c| {
-        let c = c.borrow();
-        c.jobs.get(key).filter(|(t, _)| t == text).map(|(_, ev)| ev.clone())
-    });
-    cached.unwrap_or_else(|| serde_json::from_str(text).unwrap_or_default())
-}
-
-/// Keeps what was just written for `key` (text and parsed) for its next report. If the transaction
-/// then rolls back, the stored text differs and the next read parses it.
-fn remember_evidence(key: &str, text: String, ev: JobEvidence) {
-    EVIDENCE.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.jobs.len() >= EVIDENCE_CACHE_JOBS && !c.jobs.contains_key(key) {
-            c.jobs.clear();
-        }
-        c.jobs.insert(key.to_string(), (text, ev));
-    });
 }

@@ -1,5 +1,6 @@
 //! The commit: a verified report, its decoded rows, the host's new position, its queued log leaf, job accounting, evidence and flags, in one transaction (one report, or a group of them).
 
+use super::rows::{BatchRows, HostMove, HostPosition, IncomingRef, ReportRow, write_rows};
 use super::*;
 
 /// A verified, decoded report to commit.
@@ -82,19 +83,6 @@ pub enum Commit {
     },
 }
 
-/// A host's chain position and standing, read inside the report transaction.
-#[derive(Clone)]
-pub(super) struct HostPosition {
-    last_seq: i64,
-    last_hash: Option<Vec<u8>>,
-    revoked: bool,
-    tenant: Option<String>,
-    /// This (host, seq) is already stored.
-    stored: bool,
-    /// The host's current key id.
-    key_id: Vec<u8>,
-}
-
 pub(super) fn incoming(item: &PendingCommit) -> IncomingReport<'_> {
     IncomingReport {
         signed: &item.signed,
@@ -169,149 +157,14 @@ fn batch_hosts(items: &[PendingCommit]) -> Vec<&str> {
     items.iter().map(|i| i.host_id.as_str()).collect()
 }
 
-/// What a stored report writes beside its accounting: its row, its host's new position, its queued
-/// log leaf.
-pub(super) struct ReportRow<'a> {
-    host_id: &'a str,
-    incoming: IncomingRef<'a>,
-    hash: [u8; 32],
-    interval: Option<i64>,
-    leaf: [u8; 32],
-}
-
-/// The parts of an [`IncomingReport`] a report row keeps.
-#[derive(Clone, Copy)]
-pub(super) struct IncomingRef<'a> {
-    signed: &'a pb::SignedReport,
-    decoded: &'a pb::UsageReport,
-    received_at: i64,
-    nonce_fresh: bool,
-}
-
-impl<'a> IncomingRef<'a> {
-    fn of(i: &IncomingReport<'a>) -> Self {
-        IncomingRef { signed: i.signed, decoded: i.decoded, received_at: i.received_at, nonce_fresh: i.nonce_fresh }
-    }
-}
-
-/// A batch's report rows, written together before it commits (PostgreSQL: a few multi-row statements
-/// per batch instead of three statements per report), and where its reports have taken each host.
-#[derive(Default)]
-pub(super) struct BatchRows<'a> {
-    /// The batch's hosts as read (and locked) when it began.
-    hosts: std::collections::HashMap<String, HostPosition>,
-    /// Its (host, seq) already stored when it began.
-    stored_before: std::collections::HashSet<(String, i64)>,
-    rows: Vec<ReportRow<'a>>,
-    positions: std::collections::HashMap<&'a str, (i64, [u8; 32])>,
-    stored: std::collections::HashSet<(&'a str, i64)>,
-}
-
-impl<'a> BatchRows<'a> {
-    fn add(&mut self, row: ReportRow<'a>) {
-        let seq = row.incoming.decoded.seq as i64;
-        self.positions.insert(row.host_id, (seq, row.hash));
-        self.stored.insert((row.host_id, seq));
-        self.rows.push(row);
-    }
-
-    /// Writes the rows: reports and queued leaves in batch order, each host's last position once.
-    fn write(&self, tx: &mut Db) -> Result<()> {
-        let mut last: std::collections::BTreeMap<&str, HostMove<'_>> = Default::default();
-        for r in &self.rows {
-            let m = HostMove::of(r);
-            let e = last.entry(r.host_id).or_insert(m);
-            *e = HostMove { interval: m.interval.or(e.interval), ..m };
-        }
-        write_rows(tx, &self.rows, &last.into_values().collect::<Vec<_>>())
-    }
-}
-
-/// A host's new position after a report: its sequence number and hash, when it arrived, its interval.
-#[derive(Clone, Copy)]
-struct HostMove<'a> {
-    host: &'a str,
-    seq: i64,
-    hash: [u8; 32],
-    seen: i64,
-    interval: Option<i64>,
-}
-
-impl<'a> HostMove<'a> {
-    fn of(r: &ReportRow<'a>) -> Self {
-        HostMove {
-            host: r.host_id,
-            seq: r.incoming.decoded.seq as i64,
-            hash: r.hash,
-            seen: r.incoming.received_at,
-            interval: r.interval,
-        }
-    }
-}
-
-/// Inserts `rows` (reports, then their queued leaves) and moves each host of `hosts` to its new
-/// position: several rows per statement.
-fn write_rows(tx: &mut Db, rows: &[ReportRow<'_>], hosts: &[HostMove<'_>]) -> Result<()> {
-    let mut ps = Vec::with_capacity(11 * rows.len());
-    for row in rows {
-        let (i, r) = (&row.incoming, row.incoming.decoded);
-        ps.extend_from_slice(params![
-            row.host_id,
-            r.seq as i64,
-            &i.signed.report,
-            &i.signed.signature,
-            &i.signed.key_id,
-            row.hash.as_slice(),
-            i.received_at,
-            r.agent_time_unix_ms,
-            r.window_start_unix_ms,
-            r.window_end_unix_ms,
-            i.nonce_fresh
-        ]);
-    }
-    tx.defer_values(
-        "INSERT INTO reports (host_id, seq, report, signature, key_id, report_sha256, received_at, agent_time, window_start, window_end, nonce_fresh) VALUES ",
-        11,
-        "",
-        &ps,
-    )
-    .map_err(sql("insert reports"))?;
-    let mut ps = Vec::with_capacity(3 * rows.len());
-    for row in rows {
-        ps.extend_from_slice(params![row.host_id, row.incoming.decoded.seq as i64, row.leaf.as_slice()]);
-    }
-    tx.defer_values("INSERT INTO log_queue (host_id, seq, leaf_hash) VALUES ", 3, "", &ps)
-        .map_err(sql("queue for the transparency log"))?;
-    if let [m] = hosts {
-        tx.defer(
-            "UPDATE hosts SET last_seq = ?1, last_hash = ?2, last_seen = ?3, interval_ms = COALESCE(?5, interval_ms) WHERE host_id = ?4",
-            params![m.seq, m.hash.as_slice(), m.seen, m.host, m.interval],
-        )
-        .map_err(sql("advance host"))?;
-    } else if !hosts.is_empty() {
-        // Every host of the batch in one statement (PostgreSQL only: SQLite writes report by report).
-        let moved: Vec<serde_json::Value> = hosts
-            .iter()
-            .map(|m| {
-                serde_json::json!({"host_id": m.host, "seq": m.seq, "hash": gpuattest_proto::hex(&m.hash),
-                    "seen": m.seen, "interval_ms": m.interval})
-            })
-            .collect();
-        tx.defer(
-            "UPDATE hosts AS h SET last_seq = v.seq, last_hash = decode(v.hash, 'hex'), last_seen = v.seen, \
-               interval_ms = COALESCE(v.interval_ms, h.interval_ms) \
-             FROM jsonb_to_recordset(CAST(?1 AS jsonb)) AS v(host_id text, seq bigint, hash text, seen bigint, interval_ms bigint) \
-             WHERE h.host_id = v.host_id",
-            params![&serde_json::Value::Array(moved).to_string()],
-        )
-        .map_err(sql("advance hosts"))?;
-    }
-    Ok(())
+/// The parts of `i` its report row keeps.
+fn incoming_ref<'a>(i: &IncomingReport<'a>) -> IncomingRef<'a> {
+    IncomingRef { signed: i.signed, decoded: i.decoded, received_at: i.received_at, nonce_fresh: i.nonce_fresh }
 }
 
 /// The whole batch in one transaction without savepoints; `None`, with everything rolled back, at the
 /// first error (or a failed commit).
-pub(super) fn batch_together(conn: &mut Db, items: &[PendingCommit]) -> Option<Vec<Result<Commit>>> {
+pub(super) fn batch_together(store: &Store, conn: &mut Db, items: &[PendingCommit]) -> Option<Vec<Result<Commit>>> {
     let (mut tx, hosts) = begin_reports(conn, &batch_hosts(items)).ok()?;
     // PostgreSQL: the hosts' positions and which reports are stored already are read once for the
     // batch, and the report rows go in a few multi-row statements at the end (SQLite, in-process,
@@ -322,14 +175,23 @@ pub(super) fn batch_together(conn: &mut Db, items: &[PendingCommit]) -> Option<V
     } else {
         None
     };
+    let mut running = store.running_for(&mut tx);
     let group: Vec<(&str, IncomingReport<'_>)> = items.iter().map(|i| (i.host_id.as_str(), incoming(i))).collect();
-    let results =
-        commit_reports(&mut tx, &group, |i, pos, ctx| (items[i].flags_for)(&items[i].decoded, pos, ctx), rows.as_mut())
-            .ok()?;
+    let (results, accounting) = commit_reports(
+        &mut tx,
+        &group,
+        |i, pos, ctx| (items[i].flags_for)(&items[i].decoded, pos, ctx),
+        rows.as_mut(),
+        running.as_mut().map(|(r, _)| &mut **r),
+    )
+    .ok()?;
     if let Some(rows) = &rows {
         rows.write(&mut tx).ok()?;
     }
     tx.commit().ok()?;
+    if let Some((r, stamp)) = &mut running {
+        r.absorb(accounting, *stamp);
+    }
     Some(results.into_iter().map(Ok).collect())
 }
 
@@ -346,7 +208,8 @@ pub(super) fn batch_isolated(conn: &mut Db, items: &[PendingCommit]) -> Vec<Resu
     for item in items {
         let r = tx.savepoint(|db| {
             let one = [(item.host_id.as_str(), incoming(item))];
-            let c = commit_reports(db, &one, |_, pos, ctx| (item.flags_for)(&item.decoded, pos, ctx), None)?
+            let c = commit_reports(db, &one, |_, pos, ctx| (item.flags_for)(&item.decoded, pos, ctx), None, None)?
+                .0
                 .pop()
                 .unwrap_or(Commit::HostGone);
             let keep = matches!(c, Commit::Stored { .. });
@@ -370,12 +233,17 @@ pub(super) fn batch_isolated(conn: &mut Db, items: &[PendingCommit]) -> Vec<Resu
 /// the stored ones are accounted together (see [`account`](super::account): read once, applied in order,
 /// written once), their attestation evidence recorded and the policy's flags for each kept. Results are
 /// in the order given; a report writes nothing unless its result is [`Commit::Stored`].
+///
+/// With `running` (the embedded store's running state, current for this transaction), the accounting
+/// reads from it what it holds; the caller passes the returned accounting to
+/// [`account::Running::absorb`] once the transaction has committed.
 pub(super) fn commit_reports<'a>(
     tx: &mut Db,
     items: &[(&'a str, IncomingReport<'a>)],
     mut flags_for: impl FnMut(usize, &ChainPosition, &CommitContext) -> Vec<NewFlag>,
     mut batch: Option<&mut BatchRows<'a>>,
-) -> Result<Vec<Commit>> {
+    running: Option<&mut account::Running>,
+) -> Result<(Vec<Commit>, account::Accounting)> {
     let mut results = Vec::with_capacity(items.len());
     // The stored ones: their index, chain position and host tenant.
     let mut ready = Vec::new();
@@ -388,11 +256,11 @@ pub(super) fn commit_reports<'a>(
             }
         }
     }
-    let accounted: Vec<account::JobReport<'_>> = ready
+    let accounted: Vec<jobs::JobReport<'_>> = ready
         .iter()
         .map(|(i, _, tenant)| {
             let (host_id, incoming) = &items[*i];
-            account::JobReport {
+            jobs::JobReport {
                 host_id,
                 tenant: tenant.as_deref(),
                 process_tenants: incoming.process_tenants,
@@ -401,7 +269,7 @@ pub(super) fn commit_reports<'a>(
             }
         })
         .collect();
-    let mut accounting = account::Accounting::load(tx, &accounted)?;
+    let mut accounting = account::Accounting::load(tx, &accounted, running)?;
     for ((i, position, tenant), jr) in ready.iter().zip(&accounted) {
         let (host_id, incoming) = &items[*i];
         let r = incoming.decoded;
@@ -414,7 +282,7 @@ pub(super) fn commit_reports<'a>(
         results[*i] = Commit::Stored { flags: flags.len() };
     }
     accounting.write(tx)?;
-    Ok(results)
+    Ok((results, accounting))
 }
 
 /// Where [`place`] put a report.
@@ -502,7 +370,7 @@ fn place<'a>(
     let leaf = crate::merkle::leaf_hash(&log_leaf_data(host_id, r.seq, &hash));
     // Nothing per GPU or process is stored beside the verbatim bytes: what reads them (the review
     // timeline) decodes a bounded window of the host's reports.
-    let row = ReportRow { host_id, incoming: IncomingRef::of(incoming), hash, interval, leaf };
+    let row = ReportRow { host_id, incoming: incoming_ref(incoming), hash, interval, leaf };
     match batch {
         Some(b) => b.add(row),
         None => write_rows(tx, std::slice::from_ref(&row), &[HostMove::of(&row)])?,
@@ -533,21 +401,25 @@ impl Store {
         incoming: &IncomingReport<'_>,
         flags_for: impl FnOnce(&ChainPosition, &CommitContext) -> Vec<NewFlag>,
     ) -> Result<Commit> {
-        let mut conn = self.conn();
+        let mut conn = self.writer();
         let c = {
             let (mut tx, _) = begin_reports(&mut conn, &[host_id]).map_err(sql("begin"))?;
+            let mut running = self.running_for(&mut tx);
             let mut flags_for = Some(flags_for);
             let items = [(host_id, incoming.clone())];
-            let c = commit_reports(
+            let (mut results, accounting) = commit_reports(
                 &mut tx,
                 &items,
                 |_, pos, ctx| flags_for.take().map_or_else(Vec::new, |f| f(pos, ctx)),
                 None,
-            )?
-            .pop()
-            .unwrap_or(Commit::HostGone);
+                running.as_mut().map(|(r, _)| &mut **r),
+            )?;
+            let c = results.pop().unwrap_or(Commit::HostGone);
             if matches!(c, Commit::Stored { .. }) {
                 tx.commit().map_err(sql("commit report"))?;
+                if let Some((r, stamp)) = &mut running {
+                    r.absorb(accounting, *stamp);
+                }
             }
             c
         };
@@ -561,13 +433,38 @@ impl Store {
     /// savepoint, so one failing report leaves the others as they are. If the final commit fails, every
     /// report it would have stored fails with it.
     pub fn commit_batch(&self, items: Vec<PendingCommit>) -> Vec<Result<Commit>> {
-        let mut conn = self.conn();
-        let results = match batch_together(&mut conn, &items) {
+        let mut conn = self.writer();
+        let results = match batch_together(self, &mut conn, &items) {
             Some(results) => results,
-            None => batch_isolated(&mut conn, &items),
+            None => {
+                // The savepoint path does not keep the running state: it starts over from the database.
+                self.running().forget();
+                batch_isolated(&mut conn, &items)
+            }
         };
         self.restart_wal_if_asked(&mut conn);
         results
+    }
+
+    /// The embedded store's running accounting state, checked against this transaction (see
+    /// [`account::Running`]) and the stamp to keep it under; `None` on PostgreSQL. Held to the commit.
+    fn running_for(&self, tx: &mut Db) -> Option<(std::sync::MutexGuard<'_, account::Running>, (i64, u64))> {
+        if tx.is_postgres() {
+            return None;
+        }
+        let mut running = self.running();
+        // Changes when another connection (another process, a reader never) commits.
+        match tx.row("PRAGMA data_version", params![], |r| r.get::<i64>(0)) {
+            Ok(Some(version)) => {
+                let stamp = (version, self.generation.load(std::sync::atomic::Ordering::Acquire));
+                running.check(stamp);
+                Some((running, stamp))
+            }
+            _ => {
+                running.forget();
+                None
+            }
+        }
     }
 
     /// Makes the embedded store's write-ahead log start over when the checkpoint thread asked for it

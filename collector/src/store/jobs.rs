@@ -1,14 +1,17 @@
-//! Jobs as the store keeps them: what a commit tells the policy about the jobs and GPUs a report
-//! touched, each job's usage summed over its GPUs and hosts, and the readers of job totals. The
+//! Jobs as the store keeps them: a report's jobs as accounting sees them, what a commit tells the
+//! policy about the jobs and GPUs a report touched, each job's usage summed over its GPUs and hosts, the
+//! committing thread's parsed copy of the evidence it last wrote, and the readers of job totals. The
 //! accounting that writes them inside the commit is in `account`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
 use super::db::{Db, params};
 use super::{Result, Store, sql};
-use crate::compute::{JobEvidence, JobSummary, classify};
+use gpuattest_proto::pb;
+
+use crate::compute::{JobEvidence, JobSummary, classify, job_identity};
 
 /// What the commit learned beyond the chain position, for the policy.
 #[derive(Debug, Clone, Default)]
@@ -73,6 +76,78 @@ impl UsageSums {
             evidence,
         }
     }
+}
+
+/// One stored report, as job accounting sees it.
+pub(super) struct JobReport<'a> {
+    /// The reporting host.
+    pub host_id: &'a str,
+    /// The host's tenant.
+    pub tenant: Option<&'a str>,
+    /// Tenant per process (index-aligned; missing entries fall back to the host's).
+    pub process_tenants: &'a [Option<String>],
+    /// The decoded report.
+    pub report: &'a pb::UsageReport,
+    /// Unix ms.
+    pub received_at: i64,
+}
+
+impl JobReport<'_> {
+    /// When the report's window ended (its arrival, where it gives none).
+    pub(super) fn at(&self) -> i64 {
+        let r = self.report;
+        if r.window_end_unix_ms > 0 { r.window_end_unix_ms } else { self.received_at }
+    }
+
+    /// Each process's job key and tenant, in process order.
+    pub(super) fn process_jobs(&self) -> Vec<(String, Option<String>)> {
+        self.report
+            .processes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let t = self.process_tenants.get(i).cloned().flatten().or_else(|| self.tenant.map(str::to_string));
+                (job_identity(self.host_id, t.as_deref(), p), t)
+            })
+            .collect()
+    }
+}
+
+/// The last evidence this thread wrote per job, as text and parsed: a group touching a job whose stored
+/// evidence is still that text (the usual case: the committing thread wrote it) takes the parsed copy
+/// instead of parsing the text again. Compared by content, so a row another writer changed is parsed.
+/// Bounded: cleared when it reaches [`EVIDENCE_CACHE_JOBS`].
+struct EvidenceCache {
+    jobs: HashMap<String, (String, JobEvidence)>,
+}
+
+/// Jobs whose evidence one committing thread keeps parsed.
+const EVIDENCE_CACHE_JOBS: usize = 16_384;
+
+thread_local! {
+    static EVIDENCE: std::cell::RefCell<EvidenceCache> =
+        std::cell::RefCell::new(EvidenceCache { jobs: HashMap::new() });
+}
+
+/// A job's stored evidence, parsed (or taken from what this thread last wrote, when the text is the same).
+pub(super) fn parsed_evidence(key: &str, text: &str) -> JobEvidence {
+    let cached = EVIDENCE.with(|c| {
+        let c = c.borrow();
+        c.jobs.get(key).filter(|(t, _)| t == text).map(|(_, ev)| ev.clone())
+    });
+    cached.unwrap_or_else(|| serde_json::from_str(text).unwrap_or_default())
+}
+
+/// Keeps what was just written for `key` (text and parsed) for its next report. If the transaction
+/// then rolls back, the stored text differs and the next read parses it.
+pub(super) fn remember_evidence(key: &str, text: String, ev: JobEvidence) {
+    EVIDENCE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.jobs.len() >= EVIDENCE_CACHE_JOBS && !c.jobs.contains_key(key) {
+            c.jobs.clear();
+        }
+        c.jobs.insert(key.to_string(), (text, ev));
+    });
 }
 
 macro_rules! usage_sums_sql {

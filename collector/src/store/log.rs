@@ -69,7 +69,7 @@ impl Store {
         if subtrees.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn();
+        let mut conn = self.writer();
         let mut tx = conn.write().map_err(sql("begin"))?;
         for chunk in subtrees.chunks(500) {
             let mut ps = Vec::with_capacity(3 * chunk.len());
@@ -113,7 +113,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn record_head(&self, size: u64, root: &[u8], signature: &[u8], now: i64) -> Result<()> {
-        self.conn()
+        self.writer()
             .execute(
                 "INSERT INTO log_heads (tree_size, root_hash, signature, signed_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
                 params![size, root, signature, now],

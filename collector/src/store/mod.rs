@@ -58,6 +58,7 @@ mod open;
 pub mod pgtls;
 mod reports;
 mod review;
+mod rows;
 mod sequencer;
 mod tokens;
 // The rooms' public types keep their `crate::store::` paths; their private helpers are shared among
@@ -162,6 +163,12 @@ pub struct Store {
     location: Location,
     /// Stops the embedded store's checkpoint thread when the store is dropped.
     checkpointer: Option<Checkpointer>,
+    /// The embedded store's accounting state as the last commit left it (see [`account::Running`]).
+    /// Locked only while `conn` is held.
+    running: Mutex<account::Running>,
+    /// Counts the times `conn` was taken for anything but a report commit: such a write may change
+    /// what [`account::Running`] holds, so it is then read again.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -172,7 +179,21 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     fn conn(&self) -> std::sync::MutexGuard<'_, Db> {
+        let conn = self.writer();
+        // Counted once held, so a commit holding the connection sees every earlier taker's count.
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        conn
+    }
+
+    /// The writing connection, for a report commit (which keeps [`account::Running`] up to date itself)
+    /// and for writes that never touch the accounting tables: the transparency log's sequencer, its
+    /// subtrees and heads. Everything else takes [`Store::conn`].
+    fn writer(&self) -> std::sync::MutexGuard<'_, Db> {
         self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, account::Running> {
+        self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A free reader, or (all busy) the next one in turn, waited for.

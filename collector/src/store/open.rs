@@ -272,6 +272,8 @@ impl Store {
             next_reader: std::sync::atomic::AtomicUsize::new(0),
             checkpointer: Some(checkpointer),
             location: Location::File(path),
+            running: Mutex::default(),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -326,6 +328,8 @@ impl Store {
             next_reader: std::sync::atomic::AtomicUsize::new(0),
             checkpointer: None,
             location: Location::Postgres(shown),
+            running: Mutex::default(),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 

@@ -92,7 +92,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`]; what earlier passes appended stays appended.
     pub fn sequence_pending(&self) -> Result<Sequenced> {
-        let mut conn = self.conn();
+        let mut conn = self.writer();
         let mut all: Option<Sequenced> = None;
         loop {
             let pass = sequence_on(&mut conn, SEQUENCE_BATCH)?;
@@ -169,7 +169,7 @@ fn run(store: &Store, stop: &AtomicBool, leader: &AtomicBool, on_sequenced: &mut
         let pass = if matches!(store.location(), Location::Postgres(_)) {
             if own.is_none() {
                 let name = format!("gpuattest-sequencer-{}", std::process::id());
-                match store.conn().another(&name) {
+                match store.writer().another(&name) {
                     Some(Ok(db)) => own = Some(db),
                     Some(Err(e)) => tracing::warn!(error = %e, "the sequencer cannot connect; will retry"),
                     None => {}
@@ -202,7 +202,7 @@ fn run(store: &Store, stop: &AtomicBool, leader: &AtomicBool, on_sequenced: &mut
             sequence_on(db, SEQUENCE_BATCH)
         } else {
             leader.store(true, Ordering::Relaxed);
-            sequence_on(&mut store.conn(), SEQUENCE_BATCH)
+            sequence_on(&mut store.writer(), SEQUENCE_BATCH)
         };
         match pass {
             Ok(p) if !p.leaves.is_empty() => {

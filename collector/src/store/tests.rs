@@ -541,6 +541,68 @@ fn a_group_commit_accounts_each_report_as_if_alone(b: &Backend) {
     assert_eq!((v.checked, v.valid, v.chain_breaks), (8, 8, 0));
 }
 
+/// What a batch's commits handed the policy, by report.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<CommitContext>>>;
+
+/// `r` signed with `k` and pending, its commit's context kept in `seen`.
+fn pending_seen(k: &Ed25519KeyPair, host: &str, r: pb::UsageReport, seen: &Seen) -> PendingCommit {
+    let seen = seen.clone();
+    let sr = gpuattest_proto::sign_report(k, prost::Message::encode_to_vec(&r));
+    PendingCommit {
+        flags_for: Box::new(move |_, _, ctx| {
+            seen.lock().expect("seen").push(ctx.clone());
+            Vec::new()
+        }),
+        ..pending(host, sr, r)
+    }
+}
+
+/// The embedded store keeps its accounting state in memory between commits; what another writer
+/// commits in between (another store on the same database, or this store's connection used for
+/// anything but a commit) is read again, never overwritten with what memory held.
+fn the_running_state_yields_to_other_writers(b: &Backend) {
+    let (s1, s2) = (b.open().expect("store 1"), b.open().expect("store 2"));
+    let (ka, kb) = (key(), key());
+    let (a, bh) = (enrolled(&s1, &ka, "a").host_id, enrolled(&s1, &kb, "b").host_id);
+    let seen: Seen = Default::default();
+    let mut prev_a = Vec::new();
+    let report_a = |seq: u64, prev: &mut Vec<u8>| {
+        let r = busy_report(&a, seq, prev, 2);
+        *prev = gpuattest_proto::sha256(&prost::Message::encode_to_vec(&r)).to_vec();
+        r
+    };
+    // Store 1 accounts host a twice (the second time from memory).
+    for seq in 1..=2 {
+        let r = report_a(seq, &mut prev_a);
+        let results = s1.commit_batch(vec![pending_seen(&ka, &a, r, &seen)]);
+        assert!(matches!(results[..], [Ok(Commit::Stored { .. })]), "{results:?}");
+    }
+    // Store 2 (another connection) takes host a's GPU 0 to host b, for the same job.
+    let mut rb = busy_report(&bh, 1, &[], 1);
+    rb.gpus[0].uuid = format!("GPU-{a}-0");
+    rb.processes[0].gpu_uuids = vec![rb.gpus[0].uuid.clone()];
+    let results = s2.commit_batch(vec![pending_seen(&kb, &bh, rb, &seen)]);
+    assert!(matches!(results[..], [Ok(Commit::Stored { .. })]), "{results:?}");
+    // Store 1's next report of host a sees the move and the other host's usage.
+    let r = report_a(3, &mut prev_a);
+    let results = s1.commit_batch(vec![pending_seen(&ka, &a, r, &seen)]);
+    assert!(matches!(results[..], [Ok(Commit::Stored { .. })]), "{results:?}");
+    let ctx = seen.lock().expect("seen").last().cloned().expect("a context");
+    assert_eq!(ctx.moved_gpus.iter().map(|m| m.from_host.as_str()).collect::<Vec<_>>(), vec![bh.as_str()]);
+    let stored = s1.job("t1|slurm:77").expect("job").expect("accounted");
+    assert_eq!(ctx.jobs, vec![stored.clone()], "the totals handed the policy are the stored ones");
+    assert_eq!(stored.hosts.len(), 2, "{:?}", stored.hosts);
+    // This store's own connection, used for anything but a commit, also writes beside memory.
+    let ev = serde_json::json!({"max_world_size": 512, "hosts": [a, bh]}).to_string();
+    s1.conn().execute("UPDATE jobs SET evidence = ?1 WHERE job_key = 't1|slurm:77'", params![&ev]).expect("edit");
+    let r = report_a(4, &mut prev_a);
+    let results = s1.commit_batch(vec![pending_seen(&ka, &a, r, &seen)]);
+    assert!(matches!(results[..], [Ok(Commit::Stored { .. })]), "{results:?}");
+    let stored = s1.job("t1|slurm:77").expect("job").expect("accounted");
+    assert_eq!(stored.evidence.max_world_size, 512, "the edit was extended, not overwritten");
+    assert_eq!(seen.lock().expect("seen").last().map(|c| c.jobs.clone()), Some(vec![stored]));
+}
+
 fn a_report_that_repeats_a_gpu_uuid_is_stored(b: &Backend) {
     // Rows are upserted several to a statement; PostgreSQL refuses a statement that updates one row
     // twice, so a report naming a GPU twice (a buggy or hostile agent) must not make every batch it is
@@ -970,8 +1032,9 @@ fn a_new_job_seen_by_two_replicas_at_once_keeps_both_hosts(b: &Backend) {
     // Replica 1's transaction has accounted host a's report and not yet committed.
     let mut conn = s1.conn();
     let (mut tx, _) = commit::begin_reports(&mut conn, &[a.as_str()]).expect("begin");
-    let c = commit::commit_reports(&mut tx, &[(a.as_str(), commit::incoming(&item_a))], |_, _, _| vec![], None)
-        .expect("commit a");
+    let (c, _) =
+        commit::commit_reports(&mut tx, &[(a.as_str(), commit::incoming(&item_a))], |_, _, _| vec![], None, None)
+            .expect("commit a");
     assert!(matches!(c[..], [Commit::Stored { .. }]));
     std::thread::scope(|scope| {
         let other = scope.spawn(|| s2.commit_batch(vec![item_b]));
@@ -990,6 +1053,7 @@ fn a_new_job_seen_by_two_replicas_at_once_keeps_both_hosts(b: &Backend) {
 }
 
 on_both_backends!(
+    the_running_state_yields_to_other_writers,
     a_group_commit_accounts_each_report_as_if_alone,
     a_new_job_seen_by_two_replicas_at_once_keeps_both_hosts,
     the_newest_reports_of_a_range_are_found_across_gaps,
