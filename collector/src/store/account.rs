@@ -95,6 +95,10 @@ pub(super) struct Accounting {
     gpus: HashMap<String, GpuAt>,
     jobs: BTreeMap<String, JobState>,
     usage: BTreeMap<(String, String, String), UsageRow>,
+    /// Loaded without [`Running`] (PostgreSQL, or the savepoint path): the evidence written is also
+    /// kept in the thread's text cache for the next group's read. With [`Running`], that holds the
+    /// parsed evidence already, and a second copy would be work for nothing.
+    cache_text: bool,
 }
 
 /// The embedded store's accounting state as its writer last committed it: GPU locations, job rows,
@@ -169,7 +173,12 @@ impl Accounting {
         reports: &[JobReport<'_>],
         mut running: Option<&mut Running>,
     ) -> Result<Accounting> {
-        let mut acc = Accounting { gpus: HashMap::new(), jobs: BTreeMap::new(), usage: BTreeMap::new() };
+        let mut acc = Accounting {
+            gpus: HashMap::new(),
+            jobs: BTreeMap::new(),
+            usage: BTreeMap::new(),
+            cache_text: running.is_none(),
+        };
         let mut uuids: BTreeSet<&String> = reports.iter().flat_map(|r| r.report.gpus.iter().map(|g| &g.uuid)).collect();
         // Each job's tenant and the time of its first report in the group (for a row created now).
         let mut keys: BTreeMap<String, (Option<String>, i64)> = BTreeMap::new();
@@ -586,8 +595,10 @@ impl Accounting {
             &ps,
         )
         .map_err(sql("record jobs"))?;
-        for (key, row, json) in written {
-            remember_evidence(key, json, row.evidence.clone());
+        if self.cache_text {
+            for (key, row, json) in written {
+                remember_evidence(key, json, row.evidence.clone());
+            }
         }
         Ok(())
     }

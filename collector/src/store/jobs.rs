@@ -51,6 +51,18 @@ pub(super) struct UsageSums {
 }
 
 impl UsageSums {
+    /// The sums from a row's columns `first..first + 5`: GPUs, GPU-seconds, energy, operations, seconds
+    /// on GPUs without a known peak.
+    fn from_row(r: &super::db::Row<'_>, first: usize) -> std::result::Result<UsageSums, super::db::DbError> {
+        Ok(UsageSums {
+            gpus: r.u64(first)?,
+            gpu_seconds: r.get(first + 1)?,
+            energy: r.get(first + 2)?,
+            ops: r.get(first + 3)?,
+            unknown: r.get(first + 4)?,
+        })
+    }
+
     /// The job's summary with these sums, its row's fields and its evidence.
     pub(super) fn summary(
         &self,
@@ -165,18 +177,7 @@ macro_rules! usage_sums_sql {
 pub(super) fn usage_sums(tx: &mut Db, keys_json: &str) -> Result<BTreeMap<String, UsageSums>> {
     let sql_text = if tx.is_postgres() { usage_sums_sql!(pg) } else { usage_sums_sql!(sqlite) };
     let rows = tx
-        .rows(sql_text, params![keys_json], |r| {
-            Ok((
-                r.get::<String>(0)?,
-                UsageSums {
-                    gpus: r.u64(1)?,
-                    gpu_seconds: r.get(2)?,
-                    energy: r.get(3)?,
-                    ops: r.get(4)?,
-                    unknown: r.get(5)?,
-                },
-            ))
-        })
+        .rows(sql_text, params![keys_json], |r| Ok((r.get::<String>(0)?, UsageSums::from_row(r, 1)?)))
         .map_err(sql("sum job usage"))?;
     Ok(rows.into_iter().collect())
 }
@@ -214,13 +215,7 @@ pub(super) fn summaries(conn: &mut Db, keys: &[String]) -> Result<BTreeMap<Strin
                 first_seen: r.get(2)?,
                 last_seen: r.get(3)?,
                 evidence: r.get(4)?,
-                sums: UsageSums {
-                    gpus: r.u64(5)?,
-                    gpu_seconds: r.get(6)?,
-                    energy: r.get(7)?,
-                    ops: r.get(8)?,
-                    unknown: r.get(9)?,
-                },
+                sums: UsageSums::from_row(r, 5)?,
             })
         })
         .map_err(sql("sum job usage"))?;
