@@ -33,14 +33,22 @@ fn parent_gpu(r: &pb::UsageReport) -> BTreeMap<&str, usize> {
     m
 }
 
+/// How stale a GPU's stored `last_seen` may grow while it stays on one host: its location row is
+/// written when it appears, moves or changes serial, and otherwise once this long after its last write,
+/// not for every report.
+const LOCATION_REFRESH_MS: i64 = 60_000;
+
 /// Where a GPU was last seen, as stored and then as the group moves it.
 #[derive(Clone)]
 struct GpuAt {
     host: String,
     serial: String,
+    /// Its last sighting: exact in memory (the group's, or [`Running`]'s), up to
+    /// [`LOCATION_REFRESH_MS`] behind as read from the database.
     last_seen: i64,
-    energy_mj: Option<i64>,
-    /// What the group writes for it, once a report of the group has seen it.
+    /// The `last_seen` its row holds.
+    stored_seen: i64,
+    /// What the group writes for it: set when it appears, moves, changes serial or is due a refresh.
     write: Option<GpuWrite>,
 }
 
@@ -93,6 +101,9 @@ struct JobState {
 /// The running state of a group of reports' accounting: read once, applied in memory, written once.
 pub(super) struct Accounting {
     gpus: HashMap<String, GpuAt>,
+    /// Each host's GPU energy counters in its latest report: as stored before the group, then the
+    /// group's (the next report's energy is the delta).
+    counters: HashMap<String, HashMap<String, i64>>,
     jobs: BTreeMap<String, JobState>,
     usage: BTreeMap<(String, String, String), UsageRow>,
     /// Loaded without [`Running`] (PostgreSQL, or the savepoint path): the evidence written is also
@@ -144,7 +155,9 @@ impl Running {
             self.jobs.clear();
         }
         for (uuid, mut g) in acc.gpus {
-            g.write = None;
+            if g.write.take().is_some() {
+                g.stored_seen = g.last_seen;
+            }
             self.gpus.insert(uuid, g);
         }
         for (key, mut j) in acc.jobs {
@@ -153,6 +166,18 @@ impl Running {
         }
         self.stamp = Some(stamp);
     }
+}
+
+/// The energy counters of a report's GPUs (UUID to millijoules), which the next report of its host
+/// takes its energy from: kept with the host's position as a JSON object. A lost GPU, or one without
+/// a UUID or counter, has none.
+fn counters(r: &pb::UsageReport) -> impl Iterator<Item = (&String, i64)> {
+    r.gpus.iter().filter(|g| !g.uuid.is_empty() && !g.lost).filter_map(|g| Some((&g.uuid, g.energy_mj? as i64)))
+}
+
+/// [`counters`] as stored in `hosts.gpu_energy`.
+pub(super) fn counters_json(r: &pb::UsageReport) -> String {
+    serde_json::to_string(&counters(r).collect::<BTreeMap<_, _>>()).unwrap_or_default()
 }
 
 /// A JSON array of strings, for the `keys_in!` lists.
@@ -171,10 +196,19 @@ impl Accounting {
     pub(super) fn load(
         tx: &mut Db,
         reports: &[JobReport<'_>],
+        counters: &HashMap<&str, Option<&str>>,
         mut running: Option<&mut Running>,
     ) -> Result<Accounting> {
         let mut acc = Accounting {
             gpus: HashMap::new(),
+            // Written by this store (a row that fails to parse counts as none: power x time instead).
+            counters: counters
+                .iter()
+                .map(|(host, json)| {
+                    let parsed = json.and_then(|j| serde_json::from_str(j).ok()).unwrap_or_default();
+                    ((*host).to_string(), parsed)
+                })
+                .collect(),
             jobs: BTreeMap::new(),
             usage: BTreeMap::new(),
             cache_text: running.is_none(),
@@ -210,23 +244,18 @@ impl Accounting {
         if !uuids.is_empty() {
             // The gpu_locations primary key.
             let locations_sql = if pg {
-                concat!(
-                    "SELECT uuid, host_id, serial, last_seen, last_energy_mj FROM gpu_locations WHERE uuid",
-                    keys_in!(pg)
-                )
+                concat!("SELECT uuid, host_id, serial, last_seen FROM gpu_locations WHERE uuid", keys_in!(pg))
             } else {
-                concat!(
-                    "SELECT uuid, host_id, serial, last_seen, last_energy_mj FROM gpu_locations WHERE uuid",
-                    keys_in!(sqlite)
-                )
+                concat!("SELECT uuid, host_id, serial, last_seen FROM gpu_locations WHERE uuid", keys_in!(sqlite))
             };
             let rows = tx
                 .rows(locations_sql, params![&json_list(uuids.iter().copied())], |row| {
+                    let last_seen = row.get(3)?;
                     let at = GpuAt {
                         host: row.get(1)?,
                         serial: row.get(2)?,
-                        last_seen: row.get(3)?,
-                        energy_mj: row.get(4)?,
+                        last_seen,
+                        stored_seen: last_seen,
                         write: None,
                     };
                     Ok((row.get::<String>(0)?, at))
@@ -444,23 +473,24 @@ impl Accounting {
     }
 
     /// Moves this report's GPUs to its host in memory: each GPU's energy in the window (the counter's
-    /// delta where the same host reported it last, else power × time) and the GPUs last seen elsewhere.
+    /// delta since the host's previous report where the GPU stayed, else power x time) and the GPUs
+    /// last seen elsewhere. The report's counters become the host's.
     fn locate(&mut self, jr: &JobReport<'_>, at: i64, dt: f64) -> (Vec<f64>, Vec<MovedGpu>) {
         let (host_id, r) = (jr.host_id, jr.report);
         let mut moved = Vec::new();
         let mut energy = vec![0.0f64; r.gpus.len()];
+        let before = self.counters.insert(host_id.to_string(), counters(r).map(|(u, c)| (u.clone(), c)).collect());
         for (i, g) in r.gpus.iter().enumerate() {
             // A lost GPU, or one without a UUID, is not located and adds no energy.
             if g.uuid.is_empty() || g.lost {
                 continue;
             }
             let power = f64::from(g.power_mw.unwrap_or(0)) / 1000.0 * dt;
-            let counter = g.energy_mj.map(|v| v as i64);
             let at_now = |moved, first_seen| GpuAt {
                 host: host_id.to_string(),
                 serial: g.serial.clone(),
                 last_seen: at,
-                energy_mj: counter,
+                stored_seen: at,
                 write: Some(GpuWrite { first_seen, moved, last_seq: r.seq }),
             };
             match self.gpus.get_mut(&g.uuid) {
@@ -476,15 +506,19 @@ impl Accounting {
                     *prev = at_now(true, at);
                 }
                 Some(prev) => {
-                    energy[i] = match (prev.energy_mj, counter) {
+                    let last = before.as_ref().and_then(|c| c.get(&g.uuid)).copied();
+                    energy[i] = match (last, g.energy_mj.map(|v| v as i64)) {
                         (Some(last), Some(now)) if now >= last => (now - last) as f64 / 1000.0,
                         _ => power,
                     };
-                    prev.serial.clone_from(&g.serial);
                     prev.last_seen = prev.last_seen.max(at);
-                    prev.energy_mj = counter;
-                    let w = prev.write.get_or_insert(GpuWrite { first_seen: at, moved: false, last_seq: r.seq });
-                    w.last_seq = r.seq;
+                    let due = prev.serial != g.serial || prev.last_seen - prev.stored_seen >= LOCATION_REFRESH_MS;
+                    prev.serial.clone_from(&g.serial);
+                    if let Some(w) = &mut prev.write {
+                        w.last_seq = r.seq;
+                    } else if due {
+                        prev.write = Some(GpuWrite { first_seen: at, moved: false, last_seq: r.seq });
+                    }
                 }
                 None => {
                     energy[i] = power;
@@ -510,25 +544,24 @@ impl Accounting {
                 g.serial.as_str(),
                 w.first_seen,
                 g.last_seen,
-                w.last_seq,
-                g.energy_mj
+                w.last_seq
             ]);
         }
         tx.defer_values(
-            "INSERT INTO gpu_locations (uuid, host_id, serial, first_seen, last_seen, last_seq, last_energy_mj) VALUES ",
-            7,
+            "INSERT INTO gpu_locations (uuid, host_id, serial, first_seen, last_seen, last_seq) VALUES ",
+            6,
             " ON CONFLICT (uuid) DO UPDATE SET host_id = excluded.host_id, serial = excluded.serial, \
                first_seen = excluded.first_seen, last_seen = excluded.last_seen, last_seq = excluded.last_seq, \
-               last_energy_mj = excluded.last_energy_mj",
+               last_energy_mj = NULL",
             &moves,
         )
         .map_err(sql("move gpu locations"))?;
         tx.defer_values(
-            "INSERT INTO gpu_locations (uuid, host_id, serial, first_seen, last_seen, last_seq, last_energy_mj) VALUES ",
-            7,
+            "INSERT INTO gpu_locations (uuid, host_id, serial, first_seen, last_seen, last_seq) VALUES ",
+            6,
             " ON CONFLICT (uuid) DO UPDATE SET serial = excluded.serial, \
                last_seen = CASE WHEN excluded.last_seen > gpu_locations.last_seen THEN excluded.last_seen ELSE gpu_locations.last_seen END, \
-               last_seq = excluded.last_seq, last_energy_mj = excluded.last_energy_mj",
+               last_seq = excluded.last_seq, last_energy_mj = NULL",
             &stays,
         )
         .map_err(sql("record gpu locations"))?;

@@ -114,7 +114,7 @@ pub(super) fn begin_reports<'a>(
         hosts.dedup();
         tx.for_each(
             concat!(
-                "SELECT host_id, last_seq, last_hash, revoked_at, tenant, key_id FROM hosts WHERE host_id",
+                "SELECT host_id, last_seq, last_hash, revoked_at, tenant, key_id, gpu_energy FROM hosts WHERE host_id",
                 keys_in!(pg),
                 " ORDER BY host_id FOR UPDATE"
             ),
@@ -127,6 +127,7 @@ pub(super) fn begin_reports<'a>(
                     tenant: row.get(4)?,
                     stored: false,
                     key_id: row.get(5)?,
+                    gpu_energy: row.get(6)?,
                 };
                 positions.insert(row.get(0)?, position);
                 Ok(())
@@ -250,15 +251,15 @@ pub(super) fn commit_reports<'a>(
     for (i, (host_id, incoming)) in items.iter().enumerate() {
         match place(tx, host_id, incoming, batch.as_deref_mut())? {
             Placed::Refused(c) => results.push(c),
-            Placed::Stored { position, tenant } => {
+            Placed::Stored { position, tenant, gpu_energy } => {
                 results.push(Commit::Stored { flags: 0 });
-                ready.push((i, position, tenant));
+                ready.push((i, position, tenant, gpu_energy));
             }
         }
     }
     let accounted: Vec<jobs::JobReport<'_>> = ready
         .iter()
-        .map(|(i, _, tenant)| {
+        .map(|(i, _, tenant, _)| {
             let (host_id, incoming) = &items[*i];
             jobs::JobReport {
                 host_id,
@@ -269,8 +270,14 @@ pub(super) fn commit_reports<'a>(
             }
         })
         .collect();
-    let mut accounting = account::Accounting::load(tx, &accounted, running)?;
-    for ((i, position, tenant), jr) in ready.iter().zip(&accounted) {
+    // Each host's counters before the group: those of the host's first report in it (a later one's
+    // are the reports' before it, which the accounting has in memory).
+    let mut counters = std::collections::HashMap::new();
+    for (i, _, _, gpu_energy) in &ready {
+        counters.entry(items[*i].0).or_insert(gpu_energy.as_deref());
+    }
+    let mut accounting = account::Accounting::load(tx, &accounted, &counters, running)?;
+    for ((i, position, tenant, _), jr) in ready.iter().zip(&accounted) {
         let (host_id, incoming) = &items[*i];
         let r = incoming.decoded;
         let (jobs, moved_gpus) = accounting.apply(jr);
@@ -295,6 +302,8 @@ enum Placed {
         position: ChainPosition,
         /// The host's tenant.
         tenant: Option<String>,
+        /// The GPUs' energy counters in the host's report before it, as stored.
+        gpu_energy: Option<String>,
     },
 }
 
@@ -318,7 +327,7 @@ fn place<'a>(
         None => tx
             .row(
                 "SELECT last_seq, last_hash, revoked_at, tenant, \
-               (SELECT COUNT(*) FROM reports WHERE host_id = ?1 AND seq = ?2), key_id FROM hosts WHERE host_id = ?1",
+               (SELECT COUNT(*) FROM reports WHERE host_id = ?1 AND seq = ?2), key_id, gpu_energy FROM hosts WHERE host_id = ?1",
                 params![host_id, seq],
                 |row| {
                     Ok(HostPosition {
@@ -328,12 +337,14 @@ fn place<'a>(
                         tenant: row.get(3)?,
                         stored: row.get::<i64>(4)? > 0,
                         key_id: row.get(5)?,
+                        gpu_energy: row.get(6)?,
                     })
                 },
             )
             .map_err(sql("read host position"))?,
     };
-    let Some(HostPosition { mut last_seq, mut last_hash, revoked, tenant, mut stored, key_id }) = host else {
+    let Some(HostPosition { mut last_seq, mut last_hash, revoked, tenant, mut stored, key_id, gpu_energy }) = host
+    else {
         return Ok(Placed::Refused(Commit::HostGone));
     };
     // Reports earlier in this batch are not written yet: where they took the host counts.
@@ -386,7 +397,7 @@ fn place<'a>(
         )
         .map_err(sql("record gap"))?;
     }
-    Ok(Placed::Stored { position, tenant })
+    Ok(Placed::Stored { position, tenant, gpu_energy })
 }
 
 impl Store {

@@ -14,6 +14,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migration8.sql"),
     include_str!("migration9.sql"),
     include_str!("migration10.sql"),
+    include_str!("migration11.sql"),
 ];
 
 /// The same migrations for PostgreSQL: the same tables, columns and keys, in its types.
@@ -28,6 +29,7 @@ pub(super) const PG_MIGRATIONS: &[&str] = &[
     include_str!("pg/migration8.sql"),
     include_str!("pg/migration9.sql"),
     include_str!("pg/migration10.sql"),
+    include_str!("pg/migration11.sql"),
 ];
 
 /// Where the store lives.

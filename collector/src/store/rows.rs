@@ -4,6 +4,7 @@
 
 use gpuattest_proto::pb;
 
+use super::account::counters_json;
 use super::db::{Db, params};
 use super::{Result, sql};
 
@@ -18,6 +19,8 @@ pub(super) struct HostPosition {
     pub(super) stored: bool,
     /// The host's current key id.
     pub(super) key_id: Vec<u8>,
+    /// The GPUs' energy counters in the host's latest report (JSON; see [`super::account::counters_json`]).
+    pub(super) gpu_energy: Option<String>,
 }
 
 /// What a stored report writes beside its accounting: its row, its host's new position, its queued
@@ -65,21 +68,30 @@ impl<'a> BatchRows<'a> {
         let mut last: std::collections::BTreeMap<&str, HostMove<'_>> = Default::default();
         for r in &self.rows {
             let m = HostMove::of(r);
-            let e = last.entry(r.host_id).or_insert(m);
-            *e = HostMove { interval: m.interval.or(e.interval), ..m };
+            match last.entry(r.host_id) {
+                std::collections::btree_map::Entry::Occupied(mut e) => {
+                    let interval = m.interval.or(e.get().interval);
+                    e.insert(HostMove { interval, ..m });
+                }
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(m);
+                }
+            }
         }
         write_rows(tx, &self.rows, &last.into_values().collect::<Vec<_>>())
     }
 }
 
 /// A host's new position after a report: its sequence number and hash, when it arrived, its interval.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(super) struct HostMove<'a> {
     pub(super) host: &'a str,
     pub(super) seq: i64,
     pub(super) hash: [u8; 32],
     pub(super) seen: i64,
     pub(super) interval: Option<i64>,
+    /// Its report's GPU energy counters, kept for the energy of its next report.
+    pub(super) energy: String,
 }
 
 impl<'a> HostMove<'a> {
@@ -90,6 +102,7 @@ impl<'a> HostMove<'a> {
             hash: r.hash,
             seen: r.incoming.received_at,
             interval: r.interval,
+            energy: counters_json(r.incoming.decoded),
         }
     }
 }
@@ -129,8 +142,9 @@ pub(super) fn write_rows(tx: &mut Db, rows: &[ReportRow<'_>], hosts: &[HostMove<
         .map_err(sql("queue for the transparency log"))?;
     if let [m] = hosts {
         tx.defer(
-            "UPDATE hosts SET last_seq = ?1, last_hash = ?2, last_seen = ?3, interval_ms = COALESCE(?5, interval_ms) WHERE host_id = ?4",
-            params![m.seq, m.hash.as_slice(), m.seen, m.host, m.interval],
+            "UPDATE hosts SET last_seq = ?1, last_hash = ?2, last_seen = ?3, interval_ms = COALESCE(?5, interval_ms), \
+               gpu_energy = ?6 WHERE host_id = ?4",
+            params![m.seq, m.hash.as_slice(), m.seen, m.host, m.interval, &m.energy],
         )
         .map_err(sql("advance host"))?;
     } else if !hosts.is_empty() {
@@ -139,13 +153,13 @@ pub(super) fn write_rows(tx: &mut Db, rows: &[ReportRow<'_>], hosts: &[HostMove<
             .iter()
             .map(|m| {
                 serde_json::json!({"host_id": m.host, "seq": m.seq, "hash": gpuattest_proto::hex(&m.hash),
-                    "seen": m.seen, "interval_ms": m.interval})
+                    "seen": m.seen, "interval_ms": m.interval, "energy": m.energy})
             })
             .collect();
         tx.defer(
             "UPDATE hosts AS h SET last_seq = v.seq, last_hash = decode(v.hash, 'hex'), last_seen = v.seen, \
-               interval_ms = COALESCE(v.interval_ms, h.interval_ms) \
-             FROM jsonb_to_recordset(CAST(?1 AS jsonb)) AS v(host_id text, seq bigint, hash text, seen bigint, interval_ms bigint) \
+               interval_ms = COALESCE(v.interval_ms, h.interval_ms), gpu_energy = v.energy \
+             FROM jsonb_to_recordset(CAST(?1 AS jsonb)) AS v(host_id text, seq bigint, hash text, seen bigint, interval_ms bigint, energy text) \
              WHERE h.host_id = v.host_id",
             params![&serde_json::Value::Array(moved).to_string()],
         )

@@ -603,6 +603,67 @@ fn the_running_state_yields_to_other_writers(b: &Backend) {
     assert_eq!(seen.lock().expect("seen").last().map(|c| c.jobs.clone()), Some(vec![stored]));
 }
 
+/// A GPU that stays on its host costs no location write per report: its row is written when it
+/// appears, moves or is a minute stale. Its energy counter is kept with its host's position instead,
+/// so energy stays the counter's delta across a restart, and a move is still seen at once.
+fn gpu_locations_are_written_on_change_and_energy_survives_a_restart(b: &Backend) {
+    let probe = b.open().expect("probe");
+    let stored_seen = |uuid: &str| {
+        probe
+            .conn()
+            .row("SELECT last_seen FROM gpu_locations WHERE uuid = ?1", params![uuid], |r| r.get::<i64>(0))
+            .expect("read location")
+    };
+    let (ka, kb) = (key(), key());
+    let (a, bh) = (enrolled(&probe, &ka, "a").host_id, enrolled(&probe, &kb, "b").host_id);
+    let gpu0 = format!("GPU-{a}-0");
+    let mut prev = Vec::new();
+    let mut commit_a = |s: &Store, seq: u64| {
+        let r = busy_report(&a, seq, &prev, 2);
+        let (c, sr) = sign_and_commit(s, &ka, &a, &r, |_, _| Vec::new());
+        assert_eq!(c.expect("commit"), Commit::Stored { flags: 0 });
+        prev = gpuattest_proto::sha256(&sr.report).to_vec();
+    };
+    let s = b.open().expect("open");
+    // Reports 1-3 end at 20, 30 and 40 s: the row keeps its first sighting.
+    for seq in 1..=3 {
+        commit_a(&s, seq);
+    }
+    assert_eq!(stored_seen(&gpu0), Some(20_000));
+    // A restart: the next report's energy is still its counters' delta (1,000 J a GPU, not 4,000).
+    drop(s);
+    let s = b.open().expect("reopen");
+    for seq in 4..=6 {
+        commit_a(&s, seq);
+    }
+    assert_eq!(stored_seen(&gpu0), Some(20_000), "50 s on: not yet due");
+    commit_a(&s, 7);
+    assert_eq!(stored_seen(&gpu0), Some(80_000), "60 s on: written again");
+    let job = s.job("t1|slurm:77").expect("job").expect("accounted");
+    assert!((job.energy_joules - 2.0 * (4000.0 + 6.0 * 1000.0)).abs() < 1e-6, "{}", job.energy_joules);
+    // Host b takes GPU 0: seen as a move at once, and the row follows it.
+    let mut rb = busy_report(&bh, 1, &[], 1);
+    rb.gpus[0].uuid.clone_from(&gpu0);
+    rb.processes[0].gpu_uuids = vec![gpu0.clone()];
+    (rb.window_start_unix_ms, rb.window_end_unix_ms) = (80_000, 90_000);
+    let mut moved = Vec::new();
+    let (c, _) = sign_and_commit(&s, &kb, &bh, &rb, |_, ctx| {
+        moved.clone_from(&ctx.moved_gpus);
+        Vec::new()
+    });
+    assert_eq!(c.expect("commit"), Commit::Stored { flags: 0 });
+    assert_eq!(
+        moved.iter().map(|m| (m.from_host.as_str(), m.from_last_seen)).collect::<Vec<_>>(),
+        vec![(a.as_str(), 80_000)]
+    );
+    assert_eq!(stored_seen(&gpu0), Some(90_000));
+    let host_of = probe
+        .conn()
+        .row("SELECT host_id FROM gpu_locations WHERE uuid = ?1", params![&gpu0], |r| r.get::<String>(0))
+        .expect("read location");
+    assert_eq!(host_of, Some(bh));
+}
+
 fn a_report_that_repeats_a_gpu_uuid_is_stored(b: &Backend) {
     // Rows are upserted several to a statement; PostgreSQL refuses a statement that updates one row
     // twice, so a report naming a GPU twice (a buggy or hostile agent) must not make every batch it is
@@ -1074,6 +1135,7 @@ on_both_backends!(
     decisions_are_recorded_and_audited,
     a_batch_commits_each_report_on_its_own_merits,
     jobs_are_accounted_across_reports_and_gpus,
+    gpu_locations_are_written_on_change_and_energy_survives_a_restart,
     a_report_that_repeats_a_gpu_uuid_is_stored,
     the_totals_a_commit_hands_the_policy_are_the_stored_ones,
     review_reads_and_writes_round_trip,
