@@ -95,6 +95,91 @@ pub struct JobEvidence {
 /// Most entries kept in each evidence list.
 const MAX_LIST: usize = 16;
 
+/// The part of [`JobEvidence`] every report adds to: counts and sums, which the store keeps as
+/// commutative counters beside the job's usage rows (added to in place, by any replica, in any order),
+/// so the job's evidence row is rewritten only when its slow-changing part (lists, largest values,
+/// step periods) changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EvidenceCounters {
+    /// As [`JobEvidence::util_samples`].
+    pub util_samples: u64,
+    /// As [`JobEvidence::util_sum`].
+    pub util_sum: f64,
+    /// As [`JobEvidence::util_sq_sum`].
+    pub util_sq_sum: f64,
+    /// As [`JobEvidence::windows`].
+    pub windows: u64,
+    /// As [`JobEvidence::rhythmic`].
+    pub rhythmic: u64,
+    /// As [`JobEvidence::synced`].
+    pub synced: u64,
+    /// As [`JobEvidence::bursty`].
+    pub bursty: u64,
+    /// As [`JobEvidence::steady`].
+    pub steady: u64,
+    /// As [`JobEvidence::memory_bound`].
+    pub memory_bound: u64,
+}
+
+impl EvidenceCounters {
+    /// `self + o`, field by field (`sign` -1 subtracts).
+    fn combine(&self, o: &EvidenceCounters, sign: i8) -> EvidenceCounters {
+        let n = |a: u64, b: u64| if sign < 0 { a.saturating_sub(b) } else { a.saturating_add(b) };
+        let f = |a: f64, b: f64| if sign < 0 { a - b } else { a + b };
+        EvidenceCounters {
+            util_samples: n(self.util_samples, o.util_samples),
+            util_sum: f(self.util_sum, o.util_sum),
+            util_sq_sum: f(self.util_sq_sum, o.util_sq_sum),
+            windows: n(self.windows, o.windows),
+            rhythmic: n(self.rhythmic, o.rhythmic),
+            synced: n(self.synced, o.synced),
+            bursty: n(self.bursty, o.bursty),
+            steady: n(self.steady, o.steady),
+            memory_bound: n(self.memory_bound, o.memory_bound),
+        }
+    }
+
+    /// The sum of both.
+    pub fn plus(&self, o: &EvidenceCounters) -> EvidenceCounters {
+        self.combine(o, 1)
+    }
+
+    /// What `self` has beyond `earlier` (counts never below zero).
+    pub fn since(&self, earlier: &EvidenceCounters) -> EvidenceCounters {
+        self.combine(earlier, -1)
+    }
+
+    /// Whether every count and sum is zero.
+    pub fn is_zero(&self) -> bool {
+        *self == EvidenceCounters::default()
+    }
+}
+
+impl JobEvidence {
+    /// Its counters.
+    pub fn counters(&self) -> EvidenceCounters {
+        EvidenceCounters {
+            util_samples: self.util_samples,
+            util_sum: self.util_sum,
+            util_sq_sum: self.util_sq_sum,
+            windows: self.windows,
+            rhythmic: self.rhythmic,
+            synced: self.synced,
+            bursty: self.bursty,
+            steady: self.steady,
+            memory_bound: self.memory_bound,
+        }
+    }
+
+    /// The same evidence with these counters.
+    pub fn with_counters(mut self, c: EvidenceCounters) -> JobEvidence {
+        (self.util_samples, self.util_sum, self.util_sq_sum) = (c.util_samples, c.util_sum, c.util_sq_sum);
+        (self.windows, self.rhythmic, self.synced) = (c.windows, c.rhythmic, c.synced);
+        (self.bursty, self.steady, self.memory_bound) = (c.bursty, c.steady, c.memory_bound);
+        self
+    }
+}
+
 fn push_bounded(v: &mut Vec<String>, s: &str, max: usize) {
     if v.len() < max && !v.iter().any(|x| x == s) {
         v.push(s.chars().take(512).collect());

@@ -16,6 +16,7 @@ use gpuattest_proto::pb;
 use super::db::{Db, params};
 use super::jobs::{JobReport, MovedGpu, UsageSums, parsed_evidence, remember_evidence, usage_sums};
 use super::{Result, sql};
+use crate::classify::EvidenceCounters;
 use crate::compute::{JobEvidence, JobSummary, peak_for};
 
 /// Longest report window counted (a bogus window cannot add more than this much time).
@@ -33,10 +34,10 @@ fn parent_gpu(r: &pb::UsageReport) -> BTreeMap<&str, usize> {
     m
 }
 
-/// How stale a GPU's stored `last_seen` may grow while it stays on one host: its location row is
-/// written when it appears, moves or changes serial, and otherwise once this long after its last write,
-/// not for every report.
-const LOCATION_REFRESH_MS: i64 = 60_000;
+/// How stale a stored `last_seen` may grow: a GPU's location row is written when the GPU appears, moves
+/// or changes serial, a job's row when its evidence's slow part changes, and otherwise each once this
+/// long after its last write, not for every report.
+const SIGHTING_REFRESH_MS: i64 = 60_000;
 
 /// Where a GPU was last seen, as stored and then as the group moves it.
 #[derive(Clone)]
@@ -44,7 +45,7 @@ struct GpuAt {
     host: String,
     serial: String,
     /// Its last sighting: exact in memory (the group's, or [`Running`]'s), up to
-    /// [`LOCATION_REFRESH_MS`] behind as read from the database.
+    /// [`SIGHTING_REFRESH_MS`] behind as read from the database.
     last_seen: i64,
     /// The `last_seen` its row holds.
     stored_seen: i64,
@@ -73,6 +74,8 @@ struct UsageRow {
     unknown: f64,
     first_seq: u64,
     last_seq: u64,
+    /// The evidence counters of its job that the group's reports added (see [`EvidenceCounters`]).
+    counters: EvidenceCounters,
 }
 
 /// A job's row, as stored and then as the group extends it.
@@ -80,8 +83,22 @@ struct UsageRow {
 struct JobRow {
     tenant: Option<String>,
     first_seen: i64,
+    /// Exact: the stored row's, or its usage's last sighting where later, or the group's.
     last_seen: i64,
+    /// Complete: counters included.
     evidence: JobEvidence,
+    /// The counters `jobs.evidence` itself carries (those from before migration 11; any that found no
+    /// usage row): the rest are summed from `job_usage`.
+    row_counters: EvidenceCounters,
+    /// What the stored row holds: its evidence as written and its `last_seen`; `None` for a new row.
+    stored: Option<(JobEvidence, i64)>,
+}
+
+impl JobRow {
+    /// The evidence as its row keeps it.
+    fn row_evidence(&self) -> JobEvidence {
+        self.evidence.clone().with_counters(self.row_counters)
+    }
 }
 
 /// A job the group touches.
@@ -95,7 +112,7 @@ struct JobState {
     /// new. All of them where the job came from or goes to [`Running`]; else those of the group's GPUs.
     uuids: HashSet<String>,
     /// The group extended its evidence (a row of another tenant is never written).
-    dirty: bool,
+    extended: bool,
 }
 
 /// The running state of a group of reports' accounting: read once, applied in memory, written once.
@@ -161,7 +178,7 @@ impl Running {
             self.gpus.insert(uuid, g);
         }
         for (key, mut j) in acc.jobs {
-            j.dirty = false;
+            j.extended = false;
             self.jobs.insert(key, j);
         }
         self.stamp = Some(stamp);
@@ -301,10 +318,22 @@ impl Accounting {
             .map_err(sql("read jobs"))?;
         for (key, text, tenant, first_seen, last_seen) in rows {
             let evidence = parsed_evidence(&key, &text);
-            acc.jobs.entry(key).or_default().row = Some(JobRow { tenant, first_seen, last_seen, evidence });
+            acc.jobs.entry(key).or_default().row = Some(JobRow {
+                tenant,
+                first_seen,
+                last_seen,
+                row_counters: evidence.counters(),
+                stored: Some((evidence.clone(), last_seen)),
+                evidence,
+            });
         }
         for (key, sums) in usage_sums(tx, &keys_json)? {
-            acc.jobs.entry(key).or_default().sums = sums;
+            let job = acc.jobs.entry(key).or_default();
+            if let Some(row) = &mut job.row {
+                row.evidence = sums.complete(std::mem::take(&mut row.evidence));
+                row.last_seen = row.last_seen.max(sums.last_seen.unwrap_or(i64::MIN));
+            }
+            job.sums = sums;
         }
         // The job_usage primary key's prefix (job_key): narrowed by the group's GPUs, or every GPU of
         // the job where it is to join the running state (`?2` unused then).
@@ -379,6 +408,7 @@ impl Accounting {
                     unknown: 0.0,
                     first_seq: r.seq,
                     last_seq: r.seq,
+                    counters: EvidenceCounters::default(),
                 });
                 u.name.clone_from(&g.name);
                 (u.first_seen, u.last_seen) = (u.first_seen.min(at), u.last_seen.max(at));
@@ -401,7 +431,6 @@ impl Accounting {
 
         // Evidence, extended in memory; a job whose stored tenant is another (two keys collided) is left
         // as it is.
-        let mut extended: Vec<String> = Vec::new();
         // Each job's step period on this host, to find jobs of one tenant in lock-step.
         let mut rhythms: Vec<(String, Option<String>, u32)> = Vec::new();
         for (key, procs) in &job_processes {
@@ -412,12 +441,15 @@ impl Accounting {
                 first_seen: at,
                 last_seen: at,
                 evidence: JobEvidence::default(),
+                row_counters: EvidenceCounters::default(),
+                stored: None,
             });
             if row.tenant != tenant {
                 continue;
             }
             row.last_seen = row.last_seen.max(at);
-            job.dirty = true;
+            job.extended = true;
+            let counted = row.evidence.counters();
             let ev = &mut row.evidence;
             let gpus: BTreeSet<usize> = procs
                 .iter()
@@ -442,7 +474,18 @@ impl Accounting {
                     }
                 }
             }
-            extended.push(key.clone());
+            // What this report added to the counters goes with the usage of the job's first GPU in it,
+            // which the group writes anyway (else, never in practice, with the job's row).
+            let added = row.evidence.counters().since(&counted);
+            if !added.is_zero() {
+                let first = jobs_on_gpu.iter().position(|on| on.contains(key));
+                let usage =
+                    first.and_then(|i| self.usage.get_mut(&(key.clone(), host_id.to_string(), r.gpus[i].uuid.clone())));
+                match usage {
+                    Some(u) => u.counters = u.counters.plus(&added),
+                    None => row.row_counters = row.row_counters.plus(&added),
+                }
+            }
         }
         // Jobs of one tenant stepping in the same rhythm on one host: one training run split into many
         // small jobs looks like this.
@@ -512,7 +555,7 @@ impl Accounting {
                         _ => power,
                     };
                     prev.last_seen = prev.last_seen.max(at);
-                    let due = prev.serial != g.serial || prev.last_seen - prev.stored_seen >= LOCATION_REFRESH_MS;
+                    let due = prev.serial != g.serial || prev.last_seen - prev.stored_seen >= SIGHTING_REFRESH_MS;
                     prev.serial.clone_from(&g.serial);
                     if let Some(w) = &mut prev.write {
                         w.last_seq = r.seq;
@@ -531,7 +574,7 @@ impl Accounting {
 
     /// Writes what the group changed: GPU locations, job usage and job evidence, each in one multi-row
     /// statement (two for locations: moves, then sightings).
-    pub(super) fn write(&self, tx: &mut Db) -> Result<()> {
+    pub(super) fn write(&mut self, tx: &mut Db) -> Result<()> {
         let (mut moves, mut stays) = (Vec::new(), Vec::new());
         // In UUID order, so two writers' row locks on PostgreSQL are taken in one order.
         let gpus: BTreeMap<&String, &GpuAt> = self.gpus.iter().collect();
@@ -566,8 +609,9 @@ impl Accounting {
         )
         .map_err(sql("record gpu locations"))?;
 
-        let mut ps = Vec::with_capacity(12 * self.usage.len());
+        let mut ps = Vec::with_capacity(21 * self.usage.len());
         for ((key, host, uuid), u) in &self.usage {
+            let c = &u.counters;
             ps.extend_from_slice(params![
                 key.as_str(),
                 host.as_str(),
@@ -580,12 +624,22 @@ impl Accounting {
                 u.ops,
                 u.unknown,
                 u.first_seq,
-                u.last_seq
+                u.last_seq,
+                c.util_samples,
+                c.util_sum,
+                c.util_sq_sum,
+                c.windows,
+                c.rhythmic,
+                c.synced,
+                c.bursty,
+                c.steady,
+                c.memory_bound
             ]);
         }
         tx.defer_values(
-            "INSERT INTO job_usage (job_key, host_id, gpu_uuid, gpu_name, first_seen, last_seen, gpu_seconds, energy_joules, ops_upper, unknown_peak_seconds, first_seq, last_seq) VALUES ",
-            12,
+            "INSERT INTO job_usage (job_key, host_id, gpu_uuid, gpu_name, first_seen, last_seen, gpu_seconds, energy_joules, ops_upper, unknown_peak_seconds, first_seq, last_seq, \
+               util_samples, util_sum, util_sq_sum, windows, rhythmic, synced, bursty, steady, memory_bound) VALUES ",
+            21,
             " ON CONFLICT (job_key, host_id, gpu_uuid) DO UPDATE SET \
                last_seen = CASE WHEN excluded.last_seen > job_usage.last_seen THEN excluded.last_seen ELSE job_usage.last_seen END, \
                first_seen = CASE WHEN excluded.first_seen < job_usage.first_seen THEN excluded.first_seen ELSE job_usage.first_seen END, \
@@ -593,22 +647,33 @@ impl Accounting {
                first_seq = CASE WHEN job_usage.first_seq IS NULL OR excluded.first_seq < job_usage.first_seq THEN excluded.first_seq ELSE job_usage.first_seq END, \
                gpu_seconds = job_usage.gpu_seconds + excluded.gpu_seconds, \
                energy_joules = job_usage.energy_joules + excluded.energy_joules, ops_upper = job_usage.ops_upper + excluded.ops_upper, \
-               unknown_peak_seconds = job_usage.unknown_peak_seconds + excluded.unknown_peak_seconds",
+               unknown_peak_seconds = job_usage.unknown_peak_seconds + excluded.unknown_peak_seconds, \
+               util_samples = job_usage.util_samples + excluded.util_samples, util_sum = job_usage.util_sum + excluded.util_sum, \
+               util_sq_sum = job_usage.util_sq_sum + excluded.util_sq_sum, windows = job_usage.windows + excluded.windows, \
+               rhythmic = job_usage.rhythmic + excluded.rhythmic, synced = job_usage.synced + excluded.synced, \
+               bursty = job_usage.bursty + excluded.bursty, steady = job_usage.steady + excluded.steady, \
+               memory_bound = job_usage.memory_bound + excluded.memory_bound",
             &ps,
         )
         .map_err(sql("account job usage"))?;
 
-        let written: Vec<(&String, &JobRow, String)> = self
-            .jobs
-            .iter()
-            .filter(|(_, j)| j.dirty)
-            .filter_map(|(key, j)| {
-                let row = j.row.as_ref()?;
-                Some((key, row, serde_json::to_string(&row.evidence).unwrap_or_default()))
-            })
-            .collect();
+        // A job's row where the group changed the slow part of its evidence, or its last sighting is a
+        // minute past the stored one, or it is new.
+        let mut written: Vec<(&String, &mut JobRow, JobEvidence, String)> = Vec::new();
+        for (key, j) in &mut self.jobs {
+            let Some(row) = j.row.as_mut().filter(|_| j.extended) else { continue };
+            let form = row.row_evidence();
+            let due = match &row.stored {
+                Some((ev, seen)) => *ev != form || row.last_seen - seen >= SIGHTING_REFRESH_MS,
+                None => true,
+            };
+            if due {
+                let json = serde_json::to_string(&form).unwrap_or_default();
+                written.push((key, row, form, json));
+            }
+        }
         let mut ps = Vec::with_capacity(5 * written.len());
-        for (key, row, json) in &written {
+        for (key, row, _, json) in &written {
             ps.extend_from_slice(params![
                 key.as_str(),
                 row.tenant.as_deref(),
@@ -628,9 +693,11 @@ impl Accounting {
             &ps,
         )
         .map_err(sql("record jobs"))?;
-        if self.cache_text {
-            for (key, row, json) in written {
-                remember_evidence(key, json, row.evidence.clone());
+        let cache_text = self.cache_text;
+        for (key, row, form, json) in written {
+            row.stored = Some((form.clone(), row.last_seen));
+            if cache_text {
+                remember_evidence(key, json, form);
             }
         }
         Ok(())

@@ -11,6 +11,7 @@ use super::db::{Db, params};
 use super::{Result, Store, sql};
 use gpuattest_proto::pb;
 
+use crate::classify::EvidenceCounters;
 use crate::compute::{JobEvidence, JobSummary, classify, job_identity};
 
 /// What the commit learned beyond the chain position, for the policy.
@@ -48,22 +49,59 @@ pub(super) struct UsageSums {
     pub energy: f64,
     pub ops: f64,
     pub unknown: f64,
+    /// Its evidence counters kept with the usage (added to the counters in `jobs.evidence`).
+    pub counters: EvidenceCounters,
+    /// Its last sighting on any GPU (exact: `jobs.last_seen` is written once a minute).
+    pub last_seen: Option<i64>,
+}
+
+/// What [`UsageSums::from_row`] reads, after the job key: the SQL of the sums over `job_usage` rows.
+macro_rules! usage_sums_columns {
+    () => {
+        "COUNT(DISTINCT gpu_uuid), COALESCE(SUM(gpu_seconds), 0), COALESCE(SUM(energy_joules), 0), \
+         COALESCE(SUM(ops_upper), 0), COALESCE(SUM(unknown_peak_seconds), 0), \
+         CAST(COALESCE(SUM(util_samples), 0) AS BIGINT), COALESCE(SUM(util_sum), 0), COALESCE(SUM(util_sq_sum), 0), \
+         CAST(COALESCE(SUM(windows), 0) AS BIGINT), CAST(COALESCE(SUM(rhythmic), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(synced), 0) AS BIGINT), CAST(COALESCE(SUM(bursty), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(steady), 0) AS BIGINT), CAST(COALESCE(SUM(memory_bound), 0) AS BIGINT), MAX(last_seen)"
+    };
 }
 
 impl UsageSums {
-    /// The sums from a row's columns `first..first + 5`: GPUs, GPU-seconds, energy, operations, seconds
-    /// on GPUs without a known peak.
+    /// The sums from a row's columns from `first` on, as [`usage_sums_columns`] selects them (a job
+    /// without usage: all NULL).
     fn from_row(r: &super::db::Row<'_>, first: usize) -> std::result::Result<UsageSums, super::db::DbError> {
+        let f = |i: usize| r.get::<Option<f64>>(first + i).map(Option::unwrap_or_default);
+        let n = |i: usize| r.get::<Option<i64>>(first + i).map(|v| v.unwrap_or_default().max(0) as u64);
         Ok(UsageSums {
-            gpus: r.u64(first)?,
-            gpu_seconds: r.get(first + 1)?,
-            energy: r.get(first + 2)?,
-            ops: r.get(first + 3)?,
-            unknown: r.get(first + 4)?,
+            gpus: n(0)?,
+            gpu_seconds: f(1)?,
+            energy: f(2)?,
+            ops: f(3)?,
+            unknown: f(4)?,
+            counters: EvidenceCounters {
+                util_samples: n(5)?,
+                util_sum: f(6)?,
+                util_sq_sum: f(7)?,
+                windows: n(8)?,
+                rhythmic: n(9)?,
+                synced: n(10)?,
+                bursty: n(11)?,
+                steady: n(12)?,
+                memory_bound: n(13)?,
+            },
+            last_seen: r.get(first + 14)?,
         })
     }
 
-    /// The job's summary with these sums, its row's fields and its evidence.
+    /// The job's evidence: what `jobs.evidence` holds, its counters plus these.
+    pub(super) fn complete(&self, stored: JobEvidence) -> JobEvidence {
+        let counters = stored.counters().plus(&self.counters);
+        stored.with_counters(counters)
+    }
+
+    /// The job's summary with these sums, its row's fields and its evidence (complete: counters
+    /// included).
     pub(super) fn summary(
         &self,
         key: String,
@@ -165,8 +203,9 @@ pub(super) fn remember_evidence(key: &str, text: String, ev: JobEvidence) {
 macro_rules! usage_sums_sql {
     ($dialect:tt) => {
         concat!(
-            "SELECT job_key, COUNT(DISTINCT gpu_uuid), COALESCE(SUM(gpu_seconds), 0), COALESCE(SUM(energy_joules), 0), \
-             COALESCE(SUM(ops_upper), 0), COALESCE(SUM(unknown_peak_seconds), 0) FROM job_usage WHERE job_key",
+            "SELECT job_key, ",
+            usage_sums_columns!(),
+            " FROM job_usage WHERE job_key",
             keys_in!($dialect),
             " GROUP BY job_key"
         )
@@ -187,11 +226,10 @@ macro_rules! summaries_sql {
         // Both tables filtered by the keys (each through its own index), then joined: joined first,
         // PostgreSQL's plan read all of job_usage for every report.
         concat!(
-            "SELECT j.job_key, j.tenant, j.first_seen, j.last_seen, j.evidence, COALESCE(u.gpus, 0), \
-             COALESCE(u.seconds, 0), COALESCE(u.energy, 0), COALESCE(u.ops, 0), COALESCE(u.unknown, 0) \
-             FROM jobs j LEFT JOIN (SELECT job_key, COUNT(DISTINCT gpu_uuid) AS gpus, SUM(gpu_seconds) AS seconds, \
-               SUM(energy_joules) AS energy, SUM(ops_upper) AS ops, SUM(unknown_peak_seconds) AS unknown \
-               FROM job_usage WHERE job_key",
+            "SELECT j.job_key, j.tenant, j.first_seen, j.last_seen, j.evidence, u.* \
+             FROM jobs j LEFT JOIN (SELECT ",
+            usage_sums_columns!(),
+            ", job_key FROM job_usage WHERE job_key",
             keys_in!($dialect),
             " GROUP BY job_key) u ON u.job_key = j.job_key WHERE j.job_key",
             keys_in!($dialect)
@@ -234,8 +272,10 @@ struct Totals {
 
 impl Totals {
     fn summary(self) -> JobSummary {
-        let evidence: JobEvidence = serde_json::from_str(&self.evidence).unwrap_or_default();
-        self.sums.summary(self.key, self.tenant, self.first_seen, self.last_seen, evidence)
+        let stored: JobEvidence = serde_json::from_str(&self.evidence).unwrap_or_default();
+        let evidence = self.sums.complete(stored);
+        let last_seen = self.sums.last_seen.map_or(self.last_seen, |l| l.max(self.last_seen));
+        self.sums.summary(self.key, self.tenant, self.first_seen, last_seen, evidence)
     }
 }
 

@@ -664,6 +664,82 @@ fn gpu_locations_are_written_on_change_and_energy_survives_a_restart(b: &Backend
     assert_eq!(host_of, Some(bh));
 }
 
+/// A job's evidence counters go with its usage rows (added to in place), so its own row is rewritten
+/// only when the slow part of its evidence changes or its last sighting is a minute stale; readers and
+/// the policy see the whole evidence either way, counters from before migration 11 included.
+fn job_evidence_counters_are_kept_with_usage_and_the_row_written_on_change(b: &Backend) {
+    let probe = b.open().expect("probe");
+    let raw = || {
+        probe
+            .conn()
+            .row("SELECT evidence, last_seen FROM jobs WHERE job_key = 't1|slurm:77'", params![], |r| {
+                Ok((serde_json::from_str::<serde_json::Value>(&r.get::<String>(0)?).expect("json"), r.get::<i64>(1)?))
+            })
+            .expect("read job")
+            .expect("job row")
+    };
+    let k = key();
+    let a = enrolled(&probe, &k, "a").host_id;
+    let s = b.open().expect("open");
+    let mut prev = Vec::new();
+    // Commits host a's report `seq`; what the policy was handed of the job.
+    let mut commit_a = |seq: u64, model: Option<&str>| {
+        let mut r = busy_report(&a, seq, &prev, 2);
+        if let Some(m) = model {
+            r.processes[0].models = vec![pb::ModelFingerprint { name: Some(m.into()), ..Default::default() }];
+        }
+        let mut seen = None;
+        let (c, sr) = sign_and_commit(&s, &k, &a, &r, |_, ctx| {
+            seen = ctx.jobs.first().cloned();
+            Vec::new()
+        });
+        assert_eq!(c.expect("commit"), Commit::Stored { flags: 0 });
+        prev = gpuattest_proto::sha256(&sr.report).to_vec();
+        seen.expect("the job")
+    };
+    // Three reports, each 2 utilisation samples of 50%: the row is written once, by the first.
+    for seq in 1..=3 {
+        commit_a(seq, None);
+    }
+    let (ev, last_seen) = raw();
+    assert_eq!((ev["util_samples"].as_u64(), last_seen), (Some(0), 20_000), "{ev}");
+    let job = s.job("t1|slurm:77").expect("job").expect("accounted");
+    assert_eq!((job.evidence.util_samples, job.evidence.util_sum, job.last_seen), (6, 300.0, 40_000));
+    // A row written before the counters moved holds some itself: they count once, beside the rest.
+    let mut legacy = ev.clone();
+    legacy["util_samples"] = 10.into();
+    legacy["util_sum"] = 500.0.into();
+    probe
+        .conn()
+        .execute("UPDATE jobs SET evidence = ?1 WHERE job_key = 't1|slurm:77'", params![&legacy.to_string()])
+        .expect("edit");
+    let seen = commit_a(4, None);
+    let job = s.job("t1|slurm:77").expect("job").expect("accounted");
+    assert_eq!((job.evidence.util_samples, job.evidence.util_sum), (18, 900.0));
+    assert_eq!(seen, job, "the policy saw what a reader sees");
+    assert_eq!(raw().0["util_samples"].as_u64(), Some(10), "not rewritten");
+    // A model seen: the slow part changed, so the row is rewritten, its own counters as they were.
+    let seen = commit_a(5, Some("Llama-3.1-70B"));
+    let (ev, last_seen) = raw();
+    assert_eq!(
+        (ev["models"].clone(), ev["util_samples"].as_u64(), last_seen),
+        (serde_json::json!(["Llama-3.1-70B"]), Some(10), 60_000)
+    );
+    let job = s.job("t1|slurm:77").expect("job").expect("accounted");
+    assert_eq!((job.evidence.util_samples, job.last_seen), (20, 60_000));
+    assert_eq!(seen, job);
+    // Its last sighting is written again a minute after the last write (the job list's order).
+    for seq in 6..=10 {
+        commit_a(seq, Some("Llama-3.1-70B"));
+    }
+    assert_eq!(raw().1, 60_000);
+    let seen = commit_a(11, Some("Llama-3.1-70B"));
+    assert_eq!(raw().1, 120_000);
+    let job = s.job("t1|slurm:77").expect("job").expect("accounted");
+    assert_eq!((job.evidence.util_samples, job.evidence.util_sum), (32, 1_600.0));
+    assert_eq!(seen, job);
+}
+
 fn a_report_that_repeats_a_gpu_uuid_is_stored(b: &Backend) {
     // Rows are upserted several to a statement; PostgreSQL refuses a statement that updates one row
     // twice, so a report naming a GPU twice (a buggy or hostile agent) must not make every batch it is
@@ -1136,6 +1212,7 @@ on_both_backends!(
     a_batch_commits_each_report_on_its_own_merits,
     jobs_are_accounted_across_reports_and_gpus,
     gpu_locations_are_written_on_change_and_energy_survives_a_restart,
+    job_evidence_counters_are_kept_with_usage_and_the_row_written_on_change,
     a_report_that_repeats_a_gpu_uuid_is_stored,
     the_totals_a_commit_hands_the_policy_are_the_stored_ones,
     review_reads_and_writes_round_trip,
