@@ -1,7 +1,11 @@
 //! Job and GPU accounting inside a commit: each stored report adds its window's GPU time, energy and
 //! estimated operations to the jobs its processes belong to (across hosts), extends their
-//! training/inference evidence, and records where each GPU was seen, so a GPU that appears on a second
-//! host is noticed in the same transaction that stores the report.
+//! training/inference evidence, and records where each GPU was seen ([`super::sightings`]), so a GPU
+//! that appears on a second host is noticed in the same transaction that stores the report.
+//!
+//! What changes with every report is written as commutative additions to the `job_usage` rows the
+//! report updates anyway (time, energy, operations, the evidence's counters); a job's own row and a
+//! GPU's location row are written when something slower changes, or once a minute.
 //!
 //! A group of reports committed together is accounted as one: what the group touches is read once
 //! ([`Accounting::load`]: the GPUs' locations, the jobs' rows, locked on PostgreSQL, and their usage
@@ -15,6 +19,7 @@ use gpuattest_proto::pb;
 
 use super::db::{Db, params};
 use super::jobs::{JobReport, MovedGpu, UsageSums, parsed_evidence, remember_evidence, usage_sums};
+use super::sightings::{GpuAt, SIGHTING_REFRESH_MS, Sightings, json_list};
 use super::{Result, sql};
 use crate::classify::EvidenceCounters;
 use crate::compute::{JobEvidence, JobSummary, peak_for};
@@ -32,35 +37,6 @@ fn parent_gpu(r: &pb::UsageReport) -> BTreeMap<&str, usize> {
         }
     }
     m
-}
-
-/// How stale a stored `last_seen` may grow: a GPU's location row is written when the GPU appears, moves
-/// or changes serial, a job's row when its evidence's slow part changes, and otherwise each once this
-/// long after its last write, not for every report.
-const SIGHTING_REFRESH_MS: i64 = 60_000;
-
-/// Where a GPU was last seen, as stored and then as the group moves it.
-#[derive(Clone)]
-struct GpuAt {
-    host: String,
-    serial: String,
-    /// Its last sighting: exact in memory (the group's, or [`Running`]'s), up to
-    /// [`SIGHTING_REFRESH_MS`] behind as read from the database.
-    last_seen: i64,
-    /// The `last_seen` its row holds.
-    stored_seen: i64,
-    /// What the group writes for it: set when it appears, moves, changes serial or is due a refresh.
-    write: Option<GpuWrite>,
-}
-
-/// A GPU location the group writes.
-#[derive(Clone)]
-struct GpuWrite {
-    /// When it arrived where it is now: the move's time where the group moved it (written over the
-    /// stored `first_seen`), else its first sighting in the group (kept only for a new row).
-    first_seen: i64,
-    moved: bool,
-    last_seq: u64,
 }
 
 /// One job's usage of one GPU on one host, summed over the group's reports.
@@ -117,10 +93,8 @@ struct JobState {
 
 /// The running state of a group of reports' accounting: read once, applied in memory, written once.
 pub(super) struct Accounting {
-    gpus: HashMap<String, GpuAt>,
-    /// Each host's GPU energy counters in its latest report: as stored before the group, then the
-    /// group's (the next report's energy is the delta).
-    counters: HashMap<String, HashMap<String, i64>>,
+    /// Where the group's GPUs are, and its hosts' energy counters.
+    gpus: Sightings,
     jobs: BTreeMap<String, JobState>,
     usage: BTreeMap<(String, String, String), UsageRow>,
     /// Loaded without [`Running`] (PostgreSQL, or the savepoint path): the evidence written is also
@@ -165,41 +139,19 @@ impl Running {
 
     /// Takes in what a group committed, under the stamp its transaction read.
     pub(super) fn absorb(&mut self, acc: Accounting, stamp: (i64, u64)) {
-        if self.gpus.len() + acc.gpus.len() > RUNNING_GPUS {
+        if self.gpus.len() + acc.gpus.gpus.len() > RUNNING_GPUS {
             self.gpus.clear();
         }
         if self.jobs.len() + acc.jobs.len() > RUNNING_JOBS {
             self.jobs.clear();
         }
-        for (uuid, mut g) in acc.gpus {
-            if g.write.take().is_some() {
-                g.stored_seen = g.last_seen;
-            }
-            self.gpus.insert(uuid, g);
-        }
+        self.gpus.extend(acc.gpus.committed());
         for (key, mut j) in acc.jobs {
             j.extended = false;
             self.jobs.insert(key, j);
         }
         self.stamp = Some(stamp);
     }
-}
-
-/// The energy counters of a report's GPUs (UUID to millijoules), which the next report of its host
-/// takes its energy from: kept with the host's position as a JSON object. A lost GPU, or one without
-/// a UUID or counter, has none.
-fn counters(r: &pb::UsageReport) -> impl Iterator<Item = (&String, i64)> {
-    r.gpus.iter().filter(|g| !g.uuid.is_empty() && !g.lost).filter_map(|g| Some((&g.uuid, g.energy_mj? as i64)))
-}
-
-/// [`counters`] as stored in `hosts.gpu_energy`.
-pub(super) fn counters_json(r: &pb::UsageReport) -> String {
-    serde_json::to_string(&counters(r).collect::<BTreeMap<_, _>>()).unwrap_or_default()
-}
-
-/// A JSON array of strings, for the `keys_in!` lists.
-fn json_list<'a>(items: impl IntoIterator<Item = &'a String>) -> String {
-    serde_json::to_string(&items.into_iter().collect::<Vec<_>>()).unwrap_or_default()
 }
 
 impl Accounting {
@@ -217,15 +169,7 @@ impl Accounting {
         mut running: Option<&mut Running>,
     ) -> Result<Accounting> {
         let mut acc = Accounting {
-            gpus: HashMap::new(),
-            // Written by this store (a row that fails to parse counts as none: power x time instead).
-            counters: counters
-                .iter()
-                .map(|(host, json)| {
-                    let parsed = json.and_then(|j| serde_json::from_str(j).ok()).unwrap_or_default();
-                    ((*host).to_string(), parsed)
-                })
-                .collect(),
+            gpus: Sightings::new(counters),
             jobs: BTreeMap::new(),
             usage: BTreeMap::new(),
             cache_text: running.is_none(),
@@ -244,7 +188,7 @@ impl Accounting {
             // read from the database again.
             uuids.retain(|u| match run.gpus.remove(*u) {
                 Some(g) => {
-                    acc.gpus.insert((*u).clone(), g);
+                    acc.gpus.gpus.insert((*u).clone(), g);
                     false
                 }
                 None => true,
@@ -258,28 +202,7 @@ impl Accounting {
             });
         }
         let pg = tx.is_postgres();
-        if !uuids.is_empty() {
-            // The gpu_locations primary key.
-            let locations_sql = if pg {
-                concat!("SELECT uuid, host_id, serial, last_seen FROM gpu_locations WHERE uuid", keys_in!(pg))
-            } else {
-                concat!("SELECT uuid, host_id, serial, last_seen FROM gpu_locations WHERE uuid", keys_in!(sqlite))
-            };
-            let rows = tx
-                .rows(locations_sql, params![&json_list(uuids.iter().copied())], |row| {
-                    let last_seen = row.get(3)?;
-                    let at = GpuAt {
-                        host: row.get(1)?,
-                        serial: row.get(2)?,
-                        last_seen,
-                        stored_seen: last_seen,
-                        write: None,
-                    };
-                    Ok((row.get::<String>(0)?, at))
-                })
-                .map_err(sql("read gpu locations"))?;
-            acc.gpus.extend(rows);
-        }
+        acc.gpus.read(tx, &uuids)?;
         if keys.is_empty() {
             return Ok(acc);
         }
@@ -368,7 +291,7 @@ impl Accounting {
         let at = jr.at();
         let dt = ((r.window_end_unix_ms - r.window_start_unix_ms) as f64 / 1000.0).clamp(0.0, MAX_WINDOW_SECONDS);
         let parents = parent_gpu(r);
-        let (energy, moved) = self.locate(jr, at, dt);
+        let (energy, moved) = self.gpus.locate(host_id, r, at, dt);
 
         // Jobs per GPU, so a shared GPU's time and energy are split between the jobs on it.
         let mut jobs_on_gpu: Vec<BTreeSet<String>> = vec![BTreeSet::new(); r.gpus.len()];
@@ -515,99 +438,10 @@ impl Accounting {
         (summaries, moved)
     }
 
-    /// Moves this report's GPUs to its host in memory: each GPU's energy in the window (the counter's
-    /// delta since the host's previous report where the GPU stayed, else power x time) and the GPUs
-    /// last seen elsewhere. The report's counters become the host's.
-    fn locate(&mut self, jr: &JobReport<'_>, at: i64, dt: f64) -> (Vec<f64>, Vec<MovedGpu>) {
-        let (host_id, r) = (jr.host_id, jr.report);
-        let mut moved = Vec::new();
-        let mut energy = vec![0.0f64; r.gpus.len()];
-        let before = self.counters.insert(host_id.to_string(), counters(r).map(|(u, c)| (u.clone(), c)).collect());
-        for (i, g) in r.gpus.iter().enumerate() {
-            // A lost GPU, or one without a UUID, is not located and adds no energy.
-            if g.uuid.is_empty() || g.lost {
-                continue;
-            }
-            let power = f64::from(g.power_mw.unwrap_or(0)) / 1000.0 * dt;
-            let at_now = |moved, first_seen| GpuAt {
-                host: host_id.to_string(),
-                serial: g.serial.clone(),
-                last_seen: at,
-                stored_seen: at,
-                write: Some(GpuWrite { first_seen, moved, last_seq: r.seq }),
-            };
-            match self.gpus.get_mut(&g.uuid) {
-                Some(prev) if prev.host != host_id => {
-                    energy[i] = power;
-                    moved.push(MovedGpu {
-                        uuid: g.uuid.clone(),
-                        serial: g.serial.clone(),
-                        previous_serial: std::mem::take(&mut prev.serial),
-                        from_host: std::mem::take(&mut prev.host),
-                        from_last_seen: prev.last_seen,
-                    });
-                    *prev = at_now(true, at);
-                }
-                Some(prev) => {
-                    let last = before.as_ref().and_then(|c| c.get(&g.uuid)).copied();
-                    energy[i] = match (last, g.energy_mj.map(|v| v as i64)) {
-                        (Some(last), Some(now)) if now >= last => (now - last) as f64 / 1000.0,
-                        _ => power,
-                    };
-                    prev.last_seen = prev.last_seen.max(at);
-                    let due = prev.serial != g.serial || prev.last_seen - prev.stored_seen >= SIGHTING_REFRESH_MS;
-                    prev.serial.clone_from(&g.serial);
-                    if let Some(w) = &mut prev.write {
-                        w.last_seq = r.seq;
-                    } else if due {
-                        prev.write = Some(GpuWrite { first_seen: at, moved: false, last_seq: r.seq });
-                    }
-                }
-                None => {
-                    energy[i] = power;
-                    self.gpus.insert(g.uuid.clone(), at_now(false, at));
-                }
-            }
-        }
-        (energy, moved)
-    }
-
     /// Writes what the group changed: GPU locations, job usage and job evidence, each in one multi-row
     /// statement (two for locations: moves, then sightings).
     pub(super) fn write(&mut self, tx: &mut Db) -> Result<()> {
-        let (mut moves, mut stays) = (Vec::new(), Vec::new());
-        // In UUID order, so two writers' row locks on PostgreSQL are taken in one order.
-        let gpus: BTreeMap<&String, &GpuAt> = self.gpus.iter().collect();
-        for (uuid, g) in gpus {
-            let Some(w) = &g.write else { continue };
-            let ps = if w.moved { &mut moves } else { &mut stays };
-            ps.extend_from_slice(params![
-                uuid.as_str(),
-                g.host.as_str(),
-                g.serial.as_str(),
-                w.first_seen,
-                g.last_seen,
-                w.last_seq
-            ]);
-        }
-        tx.defer_values(
-            "INSERT INTO gpu_locations (uuid, host_id, serial, first_seen, last_seen, last_seq) VALUES ",
-            6,
-            " ON CONFLICT (uuid) DO UPDATE SET host_id = excluded.host_id, serial = excluded.serial, \
-               first_seen = excluded.first_seen, last_seen = excluded.last_seen, last_seq = excluded.last_seq, \
-               last_energy_mj = NULL",
-            &moves,
-        )
-        .map_err(sql("move gpu locations"))?;
-        tx.defer_values(
-            "INSERT INTO gpu_locations (uuid, host_id, serial, first_seen, last_seen, last_seq) VALUES ",
-            6,
-            " ON CONFLICT (uuid) DO UPDATE SET serial = excluded.serial, \
-               last_seen = CASE WHEN excluded.last_seen > gpu_locations.last_seen THEN excluded.last_seen ELSE gpu_locations.last_seen END, \
-               last_seq = excluded.last_seq, last_energy_mj = NULL",
-            &stays,
-        )
-        .map_err(sql("record gpu locations"))?;
+        self.gpus.write(tx)?;
 
         let mut ps = Vec::with_capacity(21 * self.usage.len());
         for ((key, host, uuid), u) in &self.usage {

@@ -60,6 +60,7 @@ mod reports;
 mod review;
 mod rows;
 mod sequencer;
+mod sightings;
 mod tokens;
 // The rooms' public types keep their `crate::store::` paths; their private helpers are shared among
 // the rooms through these globs.

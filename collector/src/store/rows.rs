@@ -4,8 +4,8 @@
 
 use gpuattest_proto::pb;
 
-use super::account::counters_json;
 use super::db::{Db, params};
+use super::sightings::counters_json;
 use super::{Result, sql};
 
 /// A host's chain position and standing, read inside the report transaction.
@@ -19,7 +19,7 @@ pub(super) struct HostPosition {
     pub(super) stored: bool,
     /// The host's current key id.
     pub(super) key_id: Vec<u8>,
-    /// The GPUs' energy counters in the host's latest report (JSON; see [`super::account::counters_json`]).
+    /// The GPUs' energy counters in the host's latest report (JSON; see [`super::sightings::counters_json`]).
     pub(super) gpu_energy: Option<String>,
 }
 
