@@ -6,6 +6,7 @@
 //! commit. A bad report gets an in-band `Rejection` with a gRPC code; the stream and the collector go
 //! on, and nothing stored changes. Conversion to `tonic::Status` happens here and nowhere else.
 
+mod keys;
 mod service;
 
 use std::sync::{Arc, RwLock};
@@ -38,6 +39,8 @@ pub struct Ingest {
     revocations: tokio::sync::broadcast::Sender<(String, String)>,
     /// The collector's shutdown: every stream is closed with "reconnect elsewhere" when it turns true.
     shutdown: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Hosts' current signing keys, so a report's verification reads nothing from the store.
+    keys: Arc<keys::CurrentKeys>,
 }
 
 /// How often the collector looks for hosts revoked since its last look (a revocation may come from
@@ -155,6 +158,7 @@ impl Ingest {
             cpu: Arc::new(tokio::sync::Semaphore::new(cores)),
             revocations,
             shutdown: None,
+            keys: Arc::default(),
         })
     }
 
@@ -213,10 +217,11 @@ impl Ingest {
         let started = Instant::now();
         let refuse =
             |seq: u64, code: Code, kind: Reject, message: String| Ok(Err(Refusal { seq, code, message, kind }));
-        // The key is looked up by the report's key id in the store now, never taken from the stream's
-        // copy of the host: a report may be signed by a key retired since (it waited in the spool) and
-        // must then fall within that key's validity; a key retired mid-stream stops working at once.
-        let key = self.store.signing_key(&host.host_id, &signed.key_id).map_err(|e| internal(&e))?;
+        // The key is looked up by the report's key id, never taken from the stream's copy of the host: a
+        // report may be signed by a key retired since (it waited in the spool) and must then fall within
+        // that key's validity. The host's current key is kept in memory; a key retired mid-stream stops
+        // working at once all the same, since the commit checks the key's standing again.
+        let key = self.keys.signing_key(&self.store, &host.host_id, &signed.key_id).map_err(|e| internal(&e))?;
         let report = match crate::verify::report(key.as_ref(), &signed, &host.host_id, None) {
             Ok(r) => r,
             Err(p) => {

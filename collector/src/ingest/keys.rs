@@ -1,0 +1,51 @@
+//! Each host's current signing key, kept in memory between its reports, so verifying a report costs
+//! no store read (a round trip to the database on the shared store) in the usual case.
+//!
+//! Only a host's current key is kept, and only as a shortcut for verification: the commit checks the
+//! key's standing again inside its transaction (`store::commit::place`), so a key retired after it was
+//! kept here, by a rotation on any replica, still signs nothing past its last report; its reports are
+//! refused at the commit instead of before it. Any other key id is read from the store.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::store::{Result, Store};
+use crate::verify::SigningKey;
+
+/// Hosts whose current key is kept; past this the map is emptied and refills as reports arrive.
+const KEPT_HOSTS: usize = 65_536;
+
+/// A host's current key as last read from the store.
+struct Kept {
+    key_id: Vec<u8>,
+    /// Raw Ed25519.
+    public_key: Vec<u8>,
+}
+
+/// Each host's current key, by host id.
+#[derive(Default)]
+pub(super) struct CurrentKeys {
+    keys: Mutex<HashMap<String, Kept>>,
+}
+
+impl CurrentKeys {
+    /// The key `key_id` of `host_id`: the kept current key when it is that one, else as the store holds
+    /// it (kept when it is the host's current key).
+    pub(super) fn signing_key(&self, store: &Store, host_id: &str, key_id: &[u8]) -> Result<Option<SigningKey>> {
+        let lock = || self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(kept) = lock().get(host_id)
+            && kept.key_id == key_id
+        {
+            return Ok(Some(SigningKey { public_key: kept.public_key.clone(), valid_through: None }));
+        }
+        let key = store.signing_key(host_id, key_id)?;
+        if let Some(k) = key.as_ref().filter(|k| k.valid_through.is_none()) {
+            let mut keys = lock();
+            if keys.len() >= KEPT_HOSTS && !keys.contains_key(host_id) {
+                keys.clear();
+            }
+            keys.insert(host_id.to_string(), Kept { key_id: key_id.to_vec(), public_key: k.public_key.clone() });
+        }
+        Ok(key)
+    }
+}
