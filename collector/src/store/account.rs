@@ -119,8 +119,10 @@ pub(super) struct Running {
 
 /// GPUs whose location [`Running`] keeps (eight per host for 32,768 hosts).
 const RUNNING_GPUS: usize = 262_144;
-/// Jobs [`Running`] keeps, evidence included.
-const RUNNING_JOBS: usize = 16_384;
+/// Jobs [`Running`] keeps, evidence included (four per host for 16,384 hosts). At 16,384, a fleet of
+/// 10,000 hosts with four jobs each emptied the map every few seconds, and the commits that followed
+/// read every job back: ack p99 0.3-1.2 s at 1,000 reports/s instead of 41-52 ms, for about 35 MiB.
+const RUNNING_JOBS: usize = 65_536;
 
 impl Running {
     /// Whether the state still matches the database, given this transaction's stamp; empties it if not.
