@@ -65,16 +65,17 @@ impl<'a> BatchRows<'a> {
 
     /// Writes the rows: reports and queued leaves in batch order, each host's last position once.
     pub(super) fn write(&self, tx: &mut Db) -> Result<()> {
+        // Latest first: a host's move is its last report's (built once per host), with the latest
+        // interval any of its reports gave.
         let mut last: std::collections::BTreeMap<&str, HostMove<'_>> = Default::default();
-        for r in &self.rows {
-            let m = HostMove::of(r);
+        for r in self.rows.iter().rev() {
             match last.entry(r.host_id) {
                 std::collections::btree_map::Entry::Occupied(mut e) => {
-                    let interval = m.interval.or(e.get().interval);
-                    e.insert(HostMove { interval, ..m });
+                    let m = e.get_mut();
+                    m.interval = m.interval.or(r.interval);
                 }
                 std::collections::btree_map::Entry::Vacant(e) => {
-                    e.insert(m);
+                    e.insert(HostMove::of(r));
                 }
             }
         }
