@@ -197,6 +197,7 @@ pub(super) fn batch_together(store: &Store, conn: &mut Db, items: &[PendingCommi
         None
     };
     let mut running = store.running_for(&mut tx);
+    let mut known = rows.is_some().then(|| store.known_jobs());
     let group: Vec<(&str, IncomingReport<'_>)> = items.iter().map(|i| (i.host_id.as_str(), incoming(i))).collect();
     let (results, accounting) = commit_reports(
         &mut tx,
@@ -204,6 +205,7 @@ pub(super) fn batch_together(store: &Store, conn: &mut Db, items: &[PendingCommi
         |i, pos, ctx| (items[i].flags_for)(&items[i].decoded, pos, ctx),
         rows.as_mut(),
         running.as_mut().map(|(r, _)| &mut **r),
+        known.as_deref(),
     )
     .ok()?;
     if let Some(rows) = &rows {
@@ -212,6 +214,8 @@ pub(super) fn batch_together(store: &Store, conn: &mut Db, items: &[PendingCommi
     tx.commit().ok()?;
     if let Some((r, stamp)) = &mut running {
         r.absorb(accounting, *stamp);
+    } else if let Some(k) = &mut known {
+        k.absorb(&accounting);
     }
     Some(results.into_iter().map(Ok).collect())
 }
@@ -229,10 +233,11 @@ pub(super) fn batch_isolated(conn: &mut Db, items: &[PendingCommit]) -> Vec<Resu
     for item in items {
         let r = tx.savepoint(|db| {
             let one = [(item.host_id.as_str(), incoming(item))];
-            let c = commit_reports(db, &one, |_, pos, ctx| (item.flags_for)(&item.decoded, pos, ctx), None, None)?
-                .0
-                .pop()
-                .unwrap_or(Commit::HostGone);
+            let c =
+                commit_reports(db, &one, |_, pos, ctx| (item.flags_for)(&item.decoded, pos, ctx), None, None, None)?
+                    .0
+                    .pop()
+                    .unwrap_or(Commit::HostGone);
             let keep = matches!(c, Commit::Stored { .. });
             Ok::<_, StoreError>((c, keep))
         });
@@ -264,6 +269,7 @@ pub(super) fn commit_reports<'a>(
     mut flags_for: impl FnMut(usize, &ChainPosition, &CommitContext) -> Vec<NewFlag>,
     mut batch: Option<&mut BatchRows<'a>>,
     running: Option<&mut account::Running>,
+    known: Option<&account::KnownJobs>,
 ) -> Result<(Vec<Commit>, account::Accounting)> {
     let mut results = Vec::with_capacity(items.len());
     // The stored ones: their index, chain position and host tenant.
@@ -296,7 +302,7 @@ pub(super) fn commit_reports<'a>(
     for (i, _, _, gpu_energy) in &ready {
         counters.entry(items[*i].0).or_insert(gpu_energy.as_deref());
     }
-    let mut accounting = account::Accounting::load(tx, &accounted, &counters, running)?;
+    let mut accounting = account::Accounting::load(tx, &accounted, &counters, running, known)?;
     for ((i, position, tenant, _), jr) in ready.iter().zip(&accounted) {
         let (host_id, incoming) = &items[*i];
         let r = incoming.decoded;
@@ -444,6 +450,7 @@ impl Store {
                 |_, pos, ctx| flags_for.take().map_or_else(Vec::new, |f| f(pos, ctx)),
                 None,
                 running.as_mut().map(|(r, _)| &mut **r),
+                None,
             )?;
             let c = results.pop().unwrap_or(Commit::HostGone);
             if matches!(c, Commit::Stored { .. }) {

@@ -201,10 +201,12 @@ pub(super) fn remember_evidence(key: &str, text: String, ev: JobEvidence) {
 }
 
 macro_rules! usage_sums_sql {
-    ($dialect:tt) => {
+    ($dialect:tt, $gpus:literal) => {
         concat!(
             "SELECT job_key, ",
             usage_sums_columns!(),
+            ", ",
+            $gpus,
             " FROM job_usage WHERE job_key",
             keys_in!($dialect),
             " GROUP BY job_key"
@@ -212,11 +214,35 @@ macro_rules! usage_sums_sql {
     };
 }
 
-/// The jobs' (`keys_json`, a JSON array) usage sums, in one query by the job_usage primary key's prefix.
-pub(super) fn usage_sums(tx: &mut Db, keys_json: &str) -> Result<BTreeMap<String, UsageSums>> {
-    let sql_text = if tx.is_postgres() { usage_sums_sql!(pg) } else { usage_sums_sql!(sqlite) };
+/// The jobs' (`keys_json`, a JSON array) usage sums, in one query by the job_usage primary key's prefix,
+/// each with the GPU UUIDs it has used among `gpus_json` (a JSON array), or among all its GPUs where
+/// `gpus_json` is `None` (embedded store only). The same scan answers both: a job's GPUs are what makes
+/// its GPU count grow when a report adds one. (`IN (SELECT ...)`, a hashed subplan, not `= ANY(...)`,
+/// which compares every row with every GPU of the group: on PostgreSQL this one query costs a third less
+/// than the sums and a second query for the GPUs did.)
+pub(super) fn usage_sums(
+    tx: &mut Db,
+    keys_json: &str,
+    gpus_json: Option<&str>,
+) -> Result<BTreeMap<String, (UsageSums, Vec<String>)>> {
+    let sql_text = match (tx.is_postgres(), gpus_json.is_some()) {
+        (true, _) => usage_sums_sql!(
+            pg,
+            "CAST(json_agg(DISTINCT gpu_uuid) FILTER (WHERE gpu_uuid IN (SELECT jsonb_array_elements_text(CAST(?2 AS jsonb)))) AS text)"
+        ),
+        (false, true) => usage_sums_sql!(
+            sqlite,
+            "json_group_array(DISTINCT gpu_uuid) FILTER (WHERE gpu_uuid IN (SELECT value FROM json_each(?2)))"
+        ),
+        (false, false) => usage_sums_sql!(sqlite, "json_group_array(DISTINCT gpu_uuid) FILTER (WHERE ?2 IS NULL)"),
+    };
     let rows = tx
-        .rows(sql_text, params![keys_json], |r| Ok((r.get::<String>(0)?, UsageSums::from_row(r, 1)?)))
+        .rows(sql_text, params![keys_json, gpus_json], |r| {
+            let gpus: Option<String> = r.get(16)?;
+            // The store's own JSON array of strings; anything else is no GPU (counted again, never lost).
+            let gpus: Vec<String> = gpus.and_then(|g| serde_json::from_str(&g).ok()).unwrap_or_default();
+            Ok((r.get::<String>(0)?, (UsageSums::from_row(r, 1)?, gpus)))
+        })
         .map_err(sql("sum job usage"))?;
     Ok(rows.into_iter().collect())
 }

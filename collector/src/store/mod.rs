@@ -167,6 +167,9 @@ pub struct Store {
     /// The embedded store's accounting state as the last commit left it (see [`account::Running`]).
     /// Locked only while `conn` is held.
     running: Mutex<account::Running>,
+    /// PostgreSQL: job keys this replica saw committed with a row (see [`account::KnownJobs`]).
+    /// Locked only while `conn` is held.
+    known_jobs: Mutex<account::KnownJobs>,
     /// Counts the times `conn` was taken for anything but a report commit: such a write may change
     /// what [`account::Running`] holds, so it is then read again.
     generation: std::sync::atomic::AtomicU64,
@@ -195,6 +198,10 @@ impl Store {
 
     fn running(&self) -> std::sync::MutexGuard<'_, account::Running> {
         self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn known_jobs(&self) -> std::sync::MutexGuard<'_, account::KnownJobs> {
+        self.known_jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A free reader, or (all busy) the next one in turn, waited for.

@@ -275,6 +275,7 @@ impl Store {
             checkpointer: Some(checkpointer),
             location: Location::File(path),
             running: Mutex::default(),
+            known_jobs: Mutex::default(),
             generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -331,6 +332,7 @@ impl Store {
             checkpointer: None,
             location: Location::Postgres(shown),
             running: Mutex::default(),
+            known_jobs: Mutex::default(),
             generation: std::sync::atomic::AtomicU64::new(0),
         })
     }

@@ -1156,37 +1156,58 @@ fn the_newest_reports_of_a_range_are_found_across_gaps(b: &Backend) {
     assert_eq!(seqs(10, 29, 5), Vec::<u64>::new());
 }
 
-/// Two replicas commit the first reports of one new multi-host job at the same time: the second waits
-/// for the first's job row and extends its evidence, rather than overwriting it with its own.
-fn a_new_job_seen_by_two_replicas_at_once_keeps_both_hosts(b: &Backend) {
-    let (s1, s2) = (b.open().expect("replica 1"), b.open().expect("replica 2"));
-    let (ka, kb) = (key(), key());
-    let (a, bh) = (enrolled(&s1, &ka, "a").host_id, enrolled(&s1, &kb, "b").host_id);
-    let ra = busy_report(&a, 1, &[], 1);
-    let item_a = pending(&a, gpuattest_proto::sign_report(&ka, prost::Message::encode_to_vec(&ra)), ra);
-    let rb = busy_report(&bh, 1, &[], 1);
-    let item_b = pending(&bh, gpuattest_proto::sign_report(&kb, prost::Message::encode_to_vec(&rb)), rb);
-    // Replica 1's transaction has accounted host a's report and not yet committed.
+/// Replica 1 holds a transaction that has accounted `first` (host a's report) while replica 2 commits
+/// `second` (host b's); replica 2 commits only after replica 1 has.
+fn race_two_replicas(s1: &Store, s2: &Store, first: PendingCommit, second: PendingCommit) {
+    let a = first.host_id.clone();
     let mut conn = s1.conn();
     let (mut tx, _) = commit::begin_reports(&mut conn, &[a.as_str()]).expect("begin");
     let (c, _) =
-        commit::commit_reports(&mut tx, &[(a.as_str(), commit::incoming(&item_a))], |_, _, _| vec![], None, None)
+        commit::commit_reports(&mut tx, &[(a.as_str(), commit::incoming(&first))], |_, _, _| vec![], None, None, None)
             .expect("commit a");
     assert!(matches!(c[..], [Commit::Stored { .. }]));
     std::thread::scope(|scope| {
-        let other = scope.spawn(|| s2.commit_batch(vec![item_b]));
+        let other = scope.spawn(|| s2.commit_batch(vec![second]));
         std::thread::sleep(std::time::Duration::from_millis(300));
         tx.commit().expect("commit replica 1");
         let results = other.join().expect("replica 2");
         assert!(matches!(results[0], Ok(Commit::Stored { .. })), "{results:?}");
     });
-    drop(conn);
+}
+
+/// Two replicas commit the first reports of one new multi-host job at the same time: the second waits
+/// for the first's job row and extends its evidence, rather than overwriting it with its own. Then
+/// again with the job known to both (replica 2 sends no create for it; it still waits on the lock).
+fn a_new_job_seen_by_two_replicas_at_once_keeps_both_hosts(b: &Backend) {
+    let (s1, s2) = (b.open().expect("replica 1"), b.open().expect("replica 2"));
+    let (ka, kb) = (key(), key());
+    let (a, bh) = (enrolled(&s1, &ka, "a").host_id, enrolled(&s1, &kb, "b").host_id);
+    let ra = busy_report(&a, 1, &[], 1);
+    let sa = gpuattest_proto::sign_report(&ka, prost::Message::encode_to_vec(&ra));
+    let rb = busy_report(&bh, 1, &[], 1);
+    let sb = gpuattest_proto::sign_report(&kb, prost::Message::encode_to_vec(&rb));
+    let (prev_a, prev_b) = (gpuattest_proto::sha256(&sa.report), gpuattest_proto::sha256(&sb.report));
+    race_two_replicas(&s1, &s2, pending(&a, sa, ra), pending(&bh, sb, rb));
     let job = s1.job("t1|slurm:77").expect("job").expect("stored");
     let mut hosts = job.hosts.clone();
     hosts.sort();
     let mut both = vec![a.clone(), bh.clone()];
     both.sort();
     assert_eq!(hosts, both, "neither replica's evidence was lost");
+
+    // Each report now adds a checkpoint the other's does not know of.
+    let second = |host: &str, k: &Ed25519KeyPair, prev: &[u8]| {
+        let mut r = busy_report(host, 2, prev, 1);
+        r.processes[0].writing = vec![format!("/ckpt/{host}.pt")];
+        pending(host, gpuattest_proto::sign_report(k, prost::Message::encode_to_vec(&r)), r)
+    };
+    race_two_replicas(&s1, &s2, second(&a, &ka, &prev_a), second(&bh, &kb, &prev_b));
+    let job = s1.job("t1|slurm:77").expect("job").expect("stored");
+    let mut writes = job.evidence.checkpoint_writes.clone();
+    writes.sort();
+    let mut both = vec![format!("/ckpt/{a}.pt"), format!("/ckpt/{bh}.pt")];
+    both.sort();
+    assert_eq!(writes, both, "a job known to both replicas is still locked before it is extended");
 }
 
 on_both_backends!(
