@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use gpuattest_proto::pb;
 
 use super::db::{Db, params};
+use super::generations::Generations;
 use super::jobs::{JobReport, MovedGpu, UsageSums, parsed_evidence, remember_evidence, usage_sums};
 use super::sightings::{GpuAt, SIGHTING_REFRESH_MS, Sightings, json_list};
 use super::{Result, sql};
@@ -100,41 +101,51 @@ pub(super) struct Accounting {
 /// usage sums and each job's GPUs, so a group reads from the database only what no group before it
 /// touched. It holds while nothing else wrote: the commit compares SQLite's `data_version` (another
 /// connection committed) and the store's write generation (this connection was taken for anything but
-/// a commit) with the stamp the last commit left, and starts empty when either moved. Bounded: a map
-/// that outgrows its cap is emptied and refilled from the database. Not kept on PostgreSQL, where other
-/// replicas write the same rows.
-#[derive(Default)]
+/// a commit) with the stamp the last commit left, and starts empty when either moved. Bounded by
+/// [`Generations`]: what no group used for a generation is dropped and read again when needed. Not kept
+/// on PostgreSQL, where other replicas write the same rows.
 pub(super) struct Running {
     stamp: Option<(i64, u64)>,
-    gpus: HashMap<String, GpuAt>,
-    jobs: HashMap<String, JobState>,
+    gpus: Generations<GpuAt>,
+    jobs: Generations<JobState>,
 }
 
-/// GPUs whose location [`Running`] keeps (eight per host for 32,768 hosts).
+impl Default for Running {
+    fn default() -> Running {
+        Running { stamp: None, gpus: Generations::new(RUNNING_GPUS), jobs: Generations::new(RUNNING_JOBS) }
+    }
+}
+
+/// GPUs per generation of [`Running`] (eight per host for 32,768 hosts).
 const RUNNING_GPUS: usize = 262_144;
-/// Jobs [`Running`] keeps, evidence included (four per host for 16,384 hosts). At 16,384, a fleet of
-/// 10,000 hosts with four jobs each emptied the map every few seconds, and the commits that followed
-/// read every job back: ack p99 0.3-1.2 s at 1,000 reports/s instead of 41-52 ms, for about 35 MiB.
+/// Jobs per generation of [`Running`], evidence included (four per host for 16,384 hosts). A map emptied
+/// whole at a cap of 16,384 made 10,000 hosts with four jobs each read every job back every few seconds
+/// (ack p99 0.3-1.2 s at 1,000 reports/s instead of 41-52 ms); with generations, only jobs idle for a
+/// generation are read again.
 const RUNNING_JOBS: usize = 65_536;
 
 /// Job keys a replica has seen committed with a row (PostgreSQL). Jobs are never deleted, so a known
 /// job's row needs no create before the group locks it: the create of a committed row is a no-op that
 /// still cost a statement per group (6% of the database's time per report). A key created by a
 /// transaction still open elsewhere is never known here, so creates wait on each other exactly as
-/// before. Bounded: emptied when full.
-#[derive(Default)]
-pub(super) struct KnownJobs(HashSet<String>);
+/// before. Bounded by [`Generations`].
+pub(super) struct KnownJobs(Generations<()>);
 
-/// Job keys [`KnownJobs`] keeps.
+impl Default for KnownJobs {
+    fn default() -> KnownJobs {
+        KnownJobs(Generations::new(KNOWN_JOBS))
+    }
+}
+
+/// Job keys per generation of [`KnownJobs`].
 const KNOWN_JOBS: usize = 262_144;
 
 impl KnownJobs {
     /// Takes in the jobs with a row in a group just committed.
     pub(super) fn absorb(&mut self, acc: &Accounting) {
-        if self.0.len() + acc.jobs.len() > KNOWN_JOBS {
-            self.0.clear();
+        for (key, _) in acc.jobs.iter().filter(|(_, j)| j.row.is_some()) {
+            self.0.put(key.clone(), ());
         }
-        self.0.extend(acc.jobs.iter().filter(|(_, j)| j.row.is_some()).map(|(k, _)| k.clone()));
     }
 }
 
@@ -155,16 +166,12 @@ impl Running {
 
     /// Takes in what a group committed, under the stamp its transaction read.
     pub(super) fn absorb(&mut self, acc: Accounting, stamp: (i64, u64)) {
-        if self.gpus.len() + acc.gpus.gpus.len() > RUNNING_GPUS {
-            self.gpus.clear();
+        for (uuid, at) in acc.gpus.committed() {
+            self.gpus.put(uuid, at);
         }
-        if self.jobs.len() + acc.jobs.len() > RUNNING_JOBS {
-            self.jobs.clear();
-        }
-        self.gpus.extend(acc.gpus.committed());
         for (key, mut j) in acc.jobs {
             j.extended = false;
-            self.jobs.insert(key, j);
+            self.jobs.put(key, j);
         }
         self.stamp = Some(stamp);
     }
@@ -203,14 +210,14 @@ impl Accounting {
         if let Some(run) = running.as_deref_mut() {
             // Taken out, and put back by `absorb` after the commit: a group that fails leaves them to be
             // read from the database again.
-            uuids.retain(|u| match run.gpus.remove(*u) {
+            uuids.retain(|u| match run.gpus.take(u) {
                 Some(g) => {
                     acc.gpus.gpus.insert((*u).clone(), g);
                     false
                 }
                 None => true,
             });
-            keys.retain(|k, _| match run.jobs.remove(k) {
+            keys.retain(|k, _| match run.jobs.take(k) {
                 Some(j) => {
                     acc.jobs.insert(k.clone(), j);
                     false
@@ -228,7 +235,7 @@ impl Accounting {
             // A job new to the store gets its row first (nothing if it exists), so the lock below covers
             // it too. Sent with the read; not for jobs known to have a row.
             let mut ps = Vec::with_capacity(5 * keys.len());
-            for (key, (tenant, at)) in keys.iter().filter(|(k, _)| !known.is_some_and(|n| n.0.contains(*k))) {
+            for (key, (tenant, at)) in keys.iter().filter(|(k, _)| !known.is_some_and(|n| n.0.contains(k))) {
                 ps.extend_from_slice(params![key, tenant.as_deref(), *at, *at, "{}"]);
             }
             tx.defer_values(

@@ -49,6 +49,7 @@ mod commit;
 pub mod db;
 mod evidence;
 mod flags;
+mod generations;
 mod group;
 mod hosts;
 mod jobs;
