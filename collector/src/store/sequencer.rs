@@ -46,8 +46,10 @@ impl Sequenced {
 /// One sequencing pass over `db`: up to `max` queued leaves, oldest first. An empty queue costs one
 /// read, no write transaction (an idle sequencer looks every [`SEQUENCE_EVERY`]).
 pub(super) fn sequence_on(db: &mut Db, max: usize) -> Result<Sequenced> {
+    // By the primary key: a plain `LIMIT 1` scanned the table from its start, through every row the
+    // passes before had dequeued and PostgreSQL had not yet vacuumed (0.26 ms a look under load).
     let queued = db
-        .row("SELECT 1 FROM log_queue LIMIT 1", params![], |r| r.get::<i64>(0))
+        .row("SELECT id FROM log_queue ORDER BY id LIMIT 1", params![], |r| r.get::<i64>(0))
         .map_err(sql("look at the log queue"))?;
     if queued.is_none() {
         return Ok(Sequenced::default());
