@@ -6,13 +6,14 @@
 //! kept here, by a rotation on any replica, still signs nothing past its last report; its reports are
 //! refused at the commit instead of before it. Any other key id is read from the store.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
+use crate::store::generations::Generations;
 use crate::store::{Result, Store};
 use crate::verify::SigningKey;
 
-/// Hosts whose current key is kept; past this the map is emptied and refills as reports arrive.
+/// Hosts whose current key is kept per generation (see [`Generations`]): a host that has not reported
+/// for a generation has its key read again.
 const KEPT_HOSTS: usize = 65_536;
 
 /// A host's current key as last read from the store.
@@ -23,9 +24,14 @@ struct Kept {
 }
 
 /// Each host's current key, by host id.
-#[derive(Default)]
 pub(super) struct CurrentKeys {
-    keys: Mutex<HashMap<String, Kept>>,
+    keys: Mutex<Generations<Kept>>,
+}
+
+impl Default for CurrentKeys {
+    fn default() -> CurrentKeys {
+        CurrentKeys { keys: Mutex::new(Generations::new(KEPT_HOSTS)) }
+    }
 }
 
 impl CurrentKeys {
@@ -33,18 +39,20 @@ impl CurrentKeys {
     /// it (kept when it is the host's current key).
     pub(super) fn signing_key(&self, store: &Store, host_id: &str, key_id: &[u8]) -> Result<Option<SigningKey>> {
         let lock = || self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(kept) = lock().get(host_id)
-            && kept.key_id == key_id
         {
-            return Ok(Some(SigningKey { public_key: kept.public_key.clone(), valid_through: None }));
+            let mut keys = lock();
+            if let Some(kept) = keys.take(host_id) {
+                // Put back (kept young), whichever key this report names.
+                let hit = (kept.key_id == key_id).then(|| kept.public_key.clone());
+                keys.put(host_id.to_string(), kept);
+                if let Some(public_key) = hit {
+                    return Ok(Some(SigningKey { public_key, valid_through: None }));
+                }
+            }
         }
         let key = store.signing_key(host_id, key_id)?;
         if let Some(k) = key.as_ref().filter(|k| k.valid_through.is_none()) {
-            let mut keys = lock();
-            if keys.len() >= KEPT_HOSTS && !keys.contains_key(host_id) {
-                keys.clear();
-            }
-            keys.insert(host_id.to_string(), Kept { key_id: key_id.to_vec(), public_key: k.public_key.clone() });
+            lock().put(host_id.to_string(), Kept { key_id: key_id.to_vec(), public_key: k.public_key.clone() });
         }
         Ok(key)
     }

@@ -1,4 +1,5 @@
-//! A map bounded by generations, for state a store keeps between commits: entries go into the young
+//! A map bounded by generations, for state kept in memory between reports (the store's running state
+//! and known jobs, the committing thread's parsed evidence, ingest's current keys): entries go into the young
 //! generation; when it reaches its cap it becomes the old one (the previous old one is dropped) and a new
 //! young one starts. Taking an entry looks in both. So an entry used within the last generation is never
 //! dropped, and the map holds at most twice its cap. A map emptied whole when full, as before, made every
@@ -8,7 +9,7 @@
 use std::collections::HashMap;
 
 /// See the module docs.
-pub(super) struct Generations<V> {
+pub(crate) struct Generations<V> {
     young: HashMap<String, V>,
     old: HashMap<String, V>,
     cap: usize,
@@ -16,23 +17,29 @@ pub(super) struct Generations<V> {
 
 impl<V> Generations<V> {
     /// An empty map whose young generation holds up to `cap` entries.
-    pub(super) fn new(cap: usize) -> Generations<V> {
+    pub(crate) fn new(cap: usize) -> Generations<V> {
         Generations { young: HashMap::new(), old: HashMap::new(), cap: cap.max(1) }
     }
 
     /// Removes and returns `key`'s entry, from either generation.
-    pub(super) fn take(&mut self, key: &str) -> Option<V> {
+    pub(crate) fn take(&mut self, key: &str) -> Option<V> {
         self.young.remove(key).or_else(|| self.old.remove(key))
     }
 
+    /// `key`'s entry, from either generation, left where it is (an entry only read ages out; put it
+    /// back to keep it young).
+    pub(crate) fn get(&self, key: &str) -> Option<&V> {
+        self.young.get(key).or_else(|| self.old.get(key))
+    }
+
     /// Whether `key` has an entry.
-    pub(super) fn contains(&self, key: &str) -> bool {
+    pub(crate) fn contains(&self, key: &str) -> bool {
         self.young.contains_key(key) || self.old.contains_key(key)
     }
 
     /// Puts `key`'s entry in the young generation (replacing any in either), first ageing the young
     /// generation if it is full.
-    pub(super) fn put(&mut self, key: String, value: V) {
+    pub(crate) fn put(&mut self, key: String, value: V) {
         self.old.remove(&key);
         if self.young.len() >= self.cap && !self.young.contains_key(&key) {
             self.old = std::mem::take(&mut self.young);
@@ -41,14 +48,14 @@ impl<V> Generations<V> {
     }
 
     /// Drops every entry.
-    pub(super) fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.young.clear();
         self.old.clear();
     }
 
     /// Entries in both generations.
     #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.young.len() + self.old.len()
     }
 }

@@ -3,11 +3,12 @@
 //! committing thread's parsed copy of the evidence it last wrote, and the readers of job totals. The
 //! accounting that writes them inside the commit is in `account`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use super::db::{Db, params};
+use super::generations::Generations;
 use super::{Result, Store, sql};
 use gpuattest_proto::pb;
 
@@ -166,24 +167,22 @@ impl JobReport<'_> {
 /// The last evidence this thread wrote per job, as text and parsed: a group touching a job whose stored
 /// evidence is still that text (the usual case: the committing thread wrote it) takes the parsed copy
 /// instead of parsing the text again. Compared by content, so a row another writer changed is parsed.
-/// Bounded: cleared when it reaches [`EVIDENCE_CACHE_JOBS`].
-struct EvidenceCache {
-    jobs: HashMap<String, (String, JobEvidence)>,
-}
+/// Bounded by [`Generations`]: a job not written for a generation is parsed again.
+type EvidenceCache = Generations<(String, JobEvidence)>;
 
-/// Jobs whose evidence one committing thread keeps parsed.
+/// Jobs whose evidence one committing thread keeps parsed, per generation.
 const EVIDENCE_CACHE_JOBS: usize = 16_384;
 
 thread_local! {
     static EVIDENCE: std::cell::RefCell<EvidenceCache> =
-        std::cell::RefCell::new(EvidenceCache { jobs: HashMap::new() });
+        std::cell::RefCell::new(Generations::new(EVIDENCE_CACHE_JOBS));
 }
 
 /// A job's stored evidence, parsed (or taken from what this thread last wrote, when the text is the same).
 pub(super) fn parsed_evidence(key: &str, text: &str) -> JobEvidence {
     let cached = EVIDENCE.with(|c| {
         let c = c.borrow();
-        c.jobs.get(key).filter(|(t, _)| t == text).map(|(_, ev)| ev.clone())
+        c.get(key).filter(|(t, _)| t == text).map(|(_, ev)| ev.clone())
     });
     cached.unwrap_or_else(|| serde_json::from_str(text).unwrap_or_default())
 }
@@ -192,11 +191,7 @@ pub(super) fn parsed_evidence(key: &str, text: &str) -> JobEvidence {
 /// then rolls back, the stored text differs and the next read parses it.
 pub(super) fn remember_evidence(key: &str, text: String, ev: JobEvidence) {
     EVIDENCE.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.jobs.len() >= EVIDENCE_CACHE_JOBS && !c.jobs.contains_key(key) {
-            c.jobs.clear();
-        }
-        c.jobs.insert(key.to_string(), (text, ev));
+        c.borrow_mut().put(key.to_string(), (text, ev));
     });
 }
 

@@ -49,7 +49,7 @@ mod commit;
 pub mod db;
 mod evidence;
 mod flags;
-mod generations;
+pub(crate) mod generations;
 mod group;
 mod hosts;
 mod jobs;
