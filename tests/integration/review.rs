@@ -185,6 +185,8 @@ fn the_ingest_benchmark_prints_the_contract_fields() {
         "collector_cpu_us_per_report",
         "verify_us_per_report",
         "cpu_ratio",
+        "store_threads_cpu_us_per_report",
+        "cpu_ratio_without_store",
         "replicas",
     ] {
         assert!(v[k].is_number(), "{k} missing in {v}");

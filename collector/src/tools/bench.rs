@@ -63,6 +63,14 @@ pub struct Figures {
     /// With `--database` on a local server: CPU time of every `postgres` process over the run, per report,
     /// microseconds (the run's backends and whatever else that server did meanwhile); otherwise null.
     pub database_cpu_us_per_report: Option<f64>,
+    /// CPU time of the store's own threads ([`STORE_THREADS`]: the group commit, the log's sequencer,
+    /// the write-ahead-log checkpointer, PostgreSQL connections) over the run, per report, microseconds:
+    /// the part of `collector_cpu_us_per_report` that the store costs in this process.
+    pub store_threads_cpu_us_per_report: f64,
+    /// `verify_us_per_report / (collector_cpu_us_per_report - store_threads_cpu_us_per_report)`: the
+    /// `cpu_ratio` this run would have had if the store cost nothing, the ceiling that work on the
+    /// store alone can reach; the rest is gRPC, decoding, verification, policy and scheduling.
+    pub cpu_ratio_without_store: f64,
     /// Collector replicas serving the agents (`--replicas`, on one PostgreSQL store; agents spread
     /// across them in turn).
     pub replicas: usize,
@@ -81,6 +89,30 @@ fn process_cpu_us(pid: &str) -> Option<(String, u64)> {
     let fields: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
     let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some((comm, ticks * 1_000_000 / USER_HZ))
+}
+
+/// The threads the store starts, by name (`thread::Builder::name`); `/proc` shows a thread's name cut
+/// to 15 bytes.
+const STORE_THREADS: [&str; 4] = ["gpuattest-commit", "gpuattest-sequencer", "gpuattest-checkpoint", "gpuattest-pg"];
+
+/// CPU time of each of this process's threads that the store started, microseconds, by thread id.
+fn store_threads_cpu_us() -> std::collections::HashMap<String, u64> {
+    let named = |comm: &str| STORE_THREADS.iter().any(|n| n.get(..n.len().min(15)) == Some(comm));
+    std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter_map(|tid| process_cpu_us(&format!("self/task/{tid}")).map(|(comm, us)| (tid, comm, us)))
+        .filter(|(_, comm, _)| named(comm))
+        .map(|(tid, _, us)| (tid, us))
+        .collect()
+}
+
+/// CPU the store's threads spent between two readings of [`store_threads_cpu_us`] (a thread started in
+/// between counts from zero).
+fn store_threads_spent(before: &std::collections::HashMap<String, u64>) -> u64 {
+    store_threads_cpu_us().iter().map(|(tid, us)| us.saturating_sub(before.get(tid).copied().unwrap_or(0))).sum()
 }
 
 /// CPU time of every process named `postgres` on this machine, microseconds.
@@ -270,9 +302,11 @@ pub async fn run(
     .map_err(|e| e.to_string())?;
     let local_db = database.is_some_and(database_is_local);
     let cpu_before = process_cpu_us("self").map_or(0, |c| c.1);
+    let store_before = store_threads_cpu_us();
     let db_before = local_db.then(postgres_cpu_us);
     let (mut latencies, elapsed, agents_rss_bytes) = run_agents_process(&urls, &tok, agents, seconds, interval).await?;
     let collector_cpu_us = process_cpu_us("self").map_or(0, |c| c.1).saturating_sub(cpu_before);
+    let store_cpu_us = store_threads_spent(&store_before);
     let db_cpu_us = db_before.map(|b| postgres_cpu_us().saturating_sub(b));
     let rss_bytes = rss();
     let _ = stop_tx.send(true);
@@ -295,6 +329,8 @@ pub async fn run(
     let threads = std::thread::available_parallelism().map_or(1, usize::from) as f64;
     let verify_us = 1e6 * threads / ceiling.max(1.0);
     let collector_us = collector_cpu_us as f64 / acknowledged;
+    let store_us = store_cpu_us as f64 / acknowledged;
+    let rest_us = collector_us - store_us;
     Ok(Figures {
         agents,
         reports: latencies.len() as u64,
@@ -311,6 +347,8 @@ pub async fn run(
         verify_us_per_report: verify_us,
         cpu_ratio: if collector_us > 0.0 { verify_us / collector_us } else { 0.0 },
         database_cpu_us_per_report: db_cpu_us.map(|us| us as f64 / acknowledged),
+        store_threads_cpu_us_per_report: store_us,
+        cpu_ratio_without_store: if rest_us > 0.0 { verify_us / rest_us } else { 0.0 },
         replicas,
     })
 }
