@@ -64,22 +64,35 @@ async fn tampered_replayed_foreign_and_malformed_reports_are_refused() {
 
     // The stream still works.
     let s2 = sign(&key, &report(&host_id, 2, &prev, "vllm serve deepseek-ai/DeepSeek-R1"));
-    assert!(matches!(s.next_after(s2).await, Msg::Ack(a) if a.seq == 2));
+    assert!(matches!(s.next_after(s2.clone()).await, Msg::Ack(a) if a.seq == 2));
+
+    // Reports larger than those verified on the runtime's thread take the blocking path: stored when
+    // good, refused when tampered, the same as small ones.
+    let prev = gpuattest_proto::sha256(&s2.report);
+    let long = format!("python train.py {}", "--flag=value ".repeat(2_000));
+    let big = sign(&key, &report(&host_id, 3, &prev, &long));
+    assert!(big.report.len() > gpuattest_collector::ingest::INLINE_REPORT_BYTES, "{}", big.report.len());
+    let mut tampered = sign(&key, &report(&host_id, 4, &gpuattest_proto::sha256(&big.report), &long));
+    assert!(matches!(s.next_after(big).await, Msg::Ack(a) if a.seq == 3));
+    tampered.report[20] ^= 0x01;
+    let (_, code, msg) = rejection(s.next_after(tampered).await);
+    assert_eq!(code, tonic::Code::InvalidArgument as i32);
+    assert!(msg.contains("signature"), "{msg}");
 
     let h = host(t.path(), "raw-host").expect("host listed");
-    assert_eq!((h["reports"].as_u64(), h["last_seq"].as_u64(), h["gaps"].as_u64()), (Some(2), Some(2), Some(0)));
+    assert_eq!((h["reports"].as_u64(), h["last_seq"].as_u64(), h["gaps"].as_u64()), (Some(3), Some(3), Some(0)));
     assert_eq!(h["tenant"], "acme");
     let v = collector_json(t.path(), &["reports", "verify", "--json"]);
-    assert_eq!((v["checked"].as_u64(), v["valid"].as_u64(), v["chain_breaks"].as_u64()), (Some(2), Some(2), Some(0)));
+    assert_eq!((v["checked"].as_u64(), v["valid"].as_u64(), v["chain_breaks"].as_u64()), (Some(3), Some(3), Some(0)));
 
     // Counted, by reason.
     let (status, metrics) = http_get(&c.http, "/metrics", None);
     assert_eq!(status, 200);
-    for (reason, n) in [("bad_signature", 1), ("replay", 1), ("unknown_key", 1), ("malformed", 1), ("wrong_host", 1)] {
+    for (reason, n) in [("bad_signature", 2), ("replay", 1), ("unknown_key", 1), ("malformed", 1), ("wrong_host", 1)] {
         let line = format!("gpuattest_reports_rejected_total{{reason=\"{reason}\"}} {n}");
         assert!(metrics.contains(&line), "missing `{line}` in\n{metrics}");
     }
-    assert!(metrics.contains("gpuattest_reports_accepted_total 2"));
+    assert!(metrics.contains("gpuattest_reports_accepted_total 3"));
 
     // The flag from the second report names host, GPU and pid.
     let flags = collector_json(t.path(), &["flags", "list", "--json"]);

@@ -194,6 +194,12 @@ fn the_ingest_benchmark_prints_the_contract_fields() {
     assert!(v["database_cpu_us_per_report"].is_null(), "the embedded store has no database process: {v}");
     assert!(v["collector_cpu_us_per_report"].as_f64().is_some_and(|c| c > 0.0), "{v}");
     assert!(v["reports"].as_u64().is_some_and(|r| r > 0), "{v}");
+    let (all, store) = (v["collector_cpu_us_per_report"].as_f64(), v["store_threads_cpu_us_per_report"].as_f64());
+    assert!(store <= all, "the store's threads are part of the collector: {v}");
+    assert!(
+        v["cpu_ratio_without_store"].as_f64() >= v["cpu_ratio"].as_f64(),
+        "taking the store's share away cannot lower the ratio: {v}"
+    );
     assert_eq!(v["agents"], 2, "{v}");
     assert!(v["agents_rss_bytes"].as_u64().is_some_and(|r| r > 0), "the agents ran in their own process: {v}");
 }

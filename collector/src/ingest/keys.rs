@@ -38,22 +38,28 @@ impl CurrentKeys {
     /// The key `key_id` of `host_id`: the kept current key when it is that one, else as the store holds
     /// it (kept when it is the host's current key).
     pub(super) fn signing_key(&self, store: &Store, host_id: &str, key_id: &[u8]) -> Result<Option<SigningKey>> {
-        let lock = || self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        {
-            let mut keys = lock();
-            if let Some(kept) = keys.take(host_id) {
-                // Put back (kept young), whichever key this report names.
-                let hit = (kept.key_id == key_id).then(|| kept.public_key.clone());
-                keys.put(host_id.to_string(), kept);
-                if let Some(public_key) = hit {
-                    return Ok(Some(SigningKey { public_key, valid_through: None }));
-                }
-            }
+        if let Some(key) = self.kept(host_id, key_id) {
+            return Ok(Some(key));
         }
         let key = store.signing_key(host_id, key_id)?;
         if let Some(k) = key.as_ref().filter(|k| k.valid_through.is_none()) {
-            lock().put(host_id.to_string(), Kept { key_id: key_id.to_vec(), public_key: k.public_key.clone() });
+            self.lock().put(host_id.to_string(), Kept { key_id: key_id.to_vec(), public_key: k.public_key.clone() });
         }
         Ok(key)
+    }
+
+    /// The key `key_id` of `host_id` when it is the kept current key; `None` says "read the store".
+    /// Never blocks on anything but this map's lock.
+    pub(super) fn kept(&self, host_id: &str, key_id: &[u8]) -> Option<SigningKey> {
+        let mut keys = self.lock();
+        let kept = keys.take(host_id)?;
+        // Put back (kept young), whichever key this report names.
+        let hit = (kept.key_id == key_id).then(|| kept.public_key.clone());
+        keys.put(host_id.to_string(), kept);
+        hit.map(|public_key| SigningKey { public_key, valid_through: None })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generations<Kept>> {
+        self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
