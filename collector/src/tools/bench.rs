@@ -71,6 +71,11 @@ pub struct Figures {
     /// `cpu_ratio` this run would have had if the store cost nothing, the ceiling that work on the
     /// store alone can reach; the rest is gRPC, decoding, verification, policy and scheduling.
     pub cpu_ratio_without_store: f64,
+    /// Bytes the collector process caused to be written to storage over the run (`write_bytes` of
+    /// `/proc/self/io`: the embedded store's write-ahead log and its checkpoints into the database
+    /// file), per report; null where that file cannot be read. On PostgreSQL the server writes, not
+    /// the collector.
+    pub write_bytes_per_report: Option<f64>,
     /// Collector replicas serving the agents (`--replicas`, on one PostgreSQL store; agents spread
     /// across them in turn).
     pub replicas: usize,
@@ -113,6 +118,15 @@ fn store_threads_cpu_us() -> std::collections::HashMap<String, u64> {
 /// between counts from zero).
 fn store_threads_spent(before: &std::collections::HashMap<String, u64>) -> u64 {
     store_threads_cpu_us().iter().map(|(tid, us)| us.saturating_sub(before.get(tid).copied().unwrap_or(0))).sum()
+}
+
+/// Bytes this process has caused to be written to storage so far (`/proc/self/io`).
+fn written_bytes() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// CPU time of every process named `postgres` on this machine, microseconds.
@@ -303,10 +317,12 @@ pub async fn run(
     let local_db = database.is_some_and(database_is_local);
     let cpu_before = process_cpu_us("self").map_or(0, |c| c.1);
     let store_before = store_threads_cpu_us();
+    let written_before = written_bytes();
     let db_before = local_db.then(postgres_cpu_us);
     let (mut latencies, elapsed, agents_rss_bytes) = run_agents_process(&urls, &tok, agents, seconds, interval).await?;
     let collector_cpu_us = process_cpu_us("self").map_or(0, |c| c.1).saturating_sub(cpu_before);
     let store_cpu_us = store_threads_spent(&store_before);
+    let written = written_before.and_then(|b| Some(written_bytes()?.saturating_sub(b)));
     let db_cpu_us = db_before.map(|b| postgres_cpu_us().saturating_sub(b));
     let rss_bytes = rss();
     let _ = stop_tx.send(true);
@@ -349,6 +365,7 @@ pub async fn run(
         database_cpu_us_per_report: db_cpu_us.map(|us| us as f64 / acknowledged),
         store_threads_cpu_us_per_report: store_us,
         cpu_ratio_without_store: if rest_us > 0.0 { verify_us / rest_us } else { 0.0 },
+        write_bytes_per_report: written.map(|b| b as f64 / acknowledged),
         replicas,
     })
 }

@@ -119,5 +119,9 @@ pub fn bench(
         f.cpu_ratio,
         f.cpu_ratio_without_store,
         f.database_cpu_us_per_report.map_or(String::new(), |d| format!("; database CPU {d:.0} us per report"))
-    ))
+    ))?;
+    match f.write_bytes_per_report {
+        Some(b) => out(&format!("written to storage by the collector: {:.1} KiB per report\n", b / 1024.0)),
+        None => Ok(()),
+    }
 }
