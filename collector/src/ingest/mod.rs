@@ -405,8 +405,8 @@ impl Ingest {
     /// A report of at most [`INLINE_REPORT_BYTES`] signed by its host's current key (kept in memory) and
     /// carrying no GPU evidence or landmark records is verified and checked right here, on the runtime's
     /// thread: that is pure CPU, about 100 us for an 8-GPU report, and handing it to a blocking thread
-    /// and back cost the collector about a third more CPU per report in `bench` (two thread switches and
-    /// their cache misses). Everything else (large reports, other keys, evidence, landmarks: store reads
+    /// and back cost the collector 12-18% more CPU per report in `bench` (two thread switches and their
+    /// cache misses). Everything else (large reports, other keys, evidence, landmarks: store reads
     /// and certificate chains) runs on a blocking thread, at most one per core at once.
     async fn ingest(
         &self,
@@ -422,19 +422,9 @@ impl Ingest {
             Some(Err(refusal)) => Err(refusal),
             Some(Ok(report)) if !needs_store(&report) => self.finish(host, signed, report, nonce, started)?,
             Some(Ok(report)) => {
-                let _permit = self.cpu.acquire().await.map_err(|e| Status::internal(e.to_string()))?;
-                let (svc, h, n) = (self.clone(), host.clone(), nonce.to_vec());
-                tokio::task::spawn_blocking(move || svc.finish(&h, signed, report, &n, started))
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))??
+                self.on_blocking_thread(host, nonce, move |svc, h, n| svc.finish(h, signed, report, n, started)).await?
             }
-            None => {
-                let _permit = self.cpu.acquire().await.map_err(|e| Status::internal(e.to_string()))?;
-                let (svc, h, n) = (self.clone(), host.clone(), nonce.to_vec());
-                tokio::task::spawn_blocking(move || svc.prepare(&h, signed, &n))
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))??
-            }
+            None => self.on_blocking_thread(host, nonce, move |svc, h, n| svc.prepare(h, signed, n)).await?,
         };
         match prepared {
             Err(r) => Ok(Err(r)),
@@ -453,6 +443,21 @@ impl Ingest {
                 Ok(self.answer(&host.host_id, p.seq, p.started, outcome))
             }
         }
+    }
+
+    /// Runs `work` (part of [`Ingest::prepare`]) on a blocking thread, at most one per core at once.
+    async fn on_blocking_thread<F>(
+        &self,
+        host: &HostRow,
+        nonce: &[u8],
+        work: F,
+    ) -> Result<Result<Prepared, Refusal>, Status>
+    where
+        F: FnOnce(&Ingest, &HostRow, &[u8]) -> Result<Result<Prepared, Refusal>, Status> + Send + 'static,
+    {
+        let _permit = self.cpu.acquire().await.map_err(|e| Status::internal(e.to_string()))?;
+        let (svc, h, n) = (self.clone(), host.clone(), nonce.to_vec());
+        tokio::task::spawn_blocking(move || work(&svc, &h, &n)).await.map_err(|e| Status::internal(e.to_string()))?
     }
 
     /// The registered landmarks, as agents dial them (none when the store cannot say: location is

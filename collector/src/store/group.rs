@@ -31,7 +31,7 @@ impl GroupCommitter {
     /// When the thread cannot be spawned.
     pub fn start(store: Arc<Store>) -> std::io::Result<GroupCommitter> {
         let (tx, rx) = mpsc::channel::<(PendingCommit, Reply)>(MAX_BATCH * 4);
-        std::thread::Builder::new().name("gpuattest-commit".into()).spawn(move || run(&store, rx))?;
+        std::thread::Builder::new().name(super::COMMIT_THREAD.into()).spawn(move || run(&store, rx))?;
         Ok(GroupCommitter { tx })
     }
 

@@ -82,6 +82,15 @@ pub use tokens::*;
 
 use db::{Db, DbError, Row, params};
 
+/// The names of the threads the store starts (`/proc` shows each cut to 15 bytes): the group commit,
+/// the log's sequencer, the write-ahead-log checkpointer and a PostgreSQL connection's. `bench` sums
+/// their CPU as the store's.
+pub const THREAD_NAMES: [&str; 4] = [COMMIT_THREAD, SEQUENCER_THREAD, CHECKPOINT_THREAD, PG_THREAD];
+const COMMIT_THREAD: &str = "gpuattest-commit";
+const SEQUENCER_THREAD: &str = "gpuattest-sequencer";
+const CHECKPOINT_THREAD: &str = "gpuattest-checkpoint";
+const PG_THREAD: &str = "gpuattest-pg";
+
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

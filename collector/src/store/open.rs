@@ -98,7 +98,7 @@ impl Checkpointer {
         let restart = std::sync::Arc::new(AtomicBool::new(false));
         let ask = restart.clone();
         let thread = std::thread::Builder::new()
-            .name("gpuattest-checkpoint".into())
+            .name(super::CHECKPOINT_THREAD.into())
             .spawn(move || {
                 let tick = std::time::Duration::from_millis(100);
                 let mut waited = std::time::Duration::ZERO;

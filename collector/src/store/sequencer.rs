@@ -142,7 +142,7 @@ impl Sequencer {
         let leader = Arc::new(AtomicBool::new(false));
         let (s, l) = (stop.clone(), leader.clone());
         let thread = std::thread::Builder::new()
-            .name("gpuattest-sequencer".into())
+            .name(super::SEQUENCER_THREAD.into())
             .spawn(move || run(&store, &s, &l, &mut on_sequenced))?;
         Ok(Sequencer { stop, leader, thread: Some(thread) })
     }

@@ -63,7 +63,7 @@ pub struct Figures {
     /// With `--database` on a local server: CPU time of every `postgres` process over the run, per report,
     /// microseconds (the run's backends and whatever else that server did meanwhile); otherwise null.
     pub database_cpu_us_per_report: Option<f64>,
-    /// CPU time of the store's own threads ([`STORE_THREADS`]: the group commit, the log's sequencer,
+    /// CPU time of the store's own threads ([`crate::store::THREAD_NAMES`]: the group commit, the log's sequencer,
     /// the write-ahead-log checkpointer, PostgreSQL connections) over the run, per report, microseconds:
     /// the part of `collector_cpu_us_per_report` that the store costs in this process.
     pub store_threads_cpu_us_per_report: f64,
@@ -96,13 +96,9 @@ fn process_cpu_us(pid: &str) -> Option<(String, u64)> {
     Some((comm, ticks * 1_000_000 / USER_HZ))
 }
 
-/// The threads the store starts, by name (`thread::Builder::name`); `/proc` shows a thread's name cut
-/// to 15 bytes.
-const STORE_THREADS: [&str; 4] = ["gpuattest-commit", "gpuattest-sequencer", "gpuattest-checkpoint", "gpuattest-pg"];
-
 /// CPU time of each of this process's threads that the store started, microseconds, by thread id.
 fn store_threads_cpu_us() -> std::collections::HashMap<String, u64> {
-    let named = |comm: &str| STORE_THREADS.iter().any(|n| n.get(..n.len().min(15)) == Some(comm));
+    let named = |comm: &str| crate::store::THREAD_NAMES.iter().any(|n| n.get(..n.len().min(15)) == Some(comm));
     std::fs::read_dir("/proc/self/task")
         .into_iter()
         .flatten()

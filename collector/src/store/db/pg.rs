@@ -113,7 +113,7 @@ impl Pg {
         let config = config.clone();
         let transport = transport.clone();
         std::thread::Builder::new()
-            .name("gpuattest-pg".into())
+            .name(crate::store::PG_THREAD.into())
             .spawn(move || {
                 let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
